@@ -1,0 +1,193 @@
+//! Named network namespaces, created and entered without forking.
+//!
+//! `setns` moves only the calling thread, so every kernel call for a namespace runs on an OS
+//! thread that entered it ([`Netns::run`]) with, where async netlink is needed, a current-thread
+//! tokio runtime ([`block_on`]). Namespaces are bind-mounted under `/run/netns` like iproute2
+//! does, so `ip netns exec NAME tc filter show ...` sees them too.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+/// Where named namespaces live (iproute2's convention).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Every namespace the harness creates has a name starting with this prefix.
+pub const PREFIX: &str = "hostdp-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("create namespace {name}: {message}")]
+    Create { name: String, message: String },
+    #[error("enter namespace {name}: {message}")]
+    Enter { name: String, message: String },
+    #[error("delete namespace {name}: {message}")]
+    Delete { name: String, message: String },
+    #[error("namespace {0} does not exist")]
+    Missing(String),
+}
+
+/// A named network namespace. Dropping it does not delete it: ownership and teardown are the
+/// topology's business ([`crate::topology`]), which deletes explicitly and on drop of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a new, empty network namespace named `name` (which should start with [`PREFIX`]).
+    pub fn create(name: &str) -> Result<Netns, NetnsError> {
+        let err = |message: String| NetnsError::Create { name: name.to_string(), message };
+        ensure_run_dir().map_err(err)?;
+        let path = Path::new(NETNS_RUN_DIR).join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
+        // A fresh thread unshares, and the bind mount keeps the namespace alive after it ends.
+        let p = path.clone();
+        let res = std::thread::spawn(move || -> Result<(), String> {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare: {e}"))?;
+            let own = "/proc/thread-self/ns/net";
+            mount(Some(own), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| format!("bind mount onto {}: {e}", p.display()))
+        })
+        .join()
+        .map_err(|_| err("namespace thread panicked".into()))?;
+        if let Err(m) = res {
+            let _ = std::fs::remove_file(&path);
+            return Err(err(m));
+        }
+        let ns = Netns { name: name.to_string() };
+        // Loopback up, as `ip netns add` leaves it down but every real node has it up.
+        Ok(ns)
+    }
+
+    /// An existing namespace by name.
+    pub fn open(name: &str) -> Result<Netns, NetnsError> {
+        if Path::new(NETNS_RUN_DIR).join(name).exists() {
+            Ok(Netns { name: name.to_string() })
+        } else {
+            Err(NetnsError::Missing(name.to_string()))
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_RUN_DIR).join(&self.name)
+    }
+
+    /// Runs `f` on a new OS thread that has entered this namespace, and returns its result.
+    /// A panic inside `f` is propagated to the caller.
+    pub fn run<R, F>(&self, f: F) -> Result<R, NetnsError>
+    where
+        R: Send,
+        F: FnOnce() -> R + Send,
+    {
+        let file = File::open(self.path())
+            .map_err(|e| NetnsError::Enter { name: self.name.clone(), message: e.to_string() })?;
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetnsError::Enter { name: self.name.clone(), message: format!("setns: {e}") })?;
+                Ok(f())
+            });
+            match h.join() {
+                Ok(r) => r,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+    }
+
+    /// Deletes the namespace's name; the kernel frees it once no process or fd holds it.
+    pub fn delete(&self) -> Result<(), NetnsError> {
+        delete_named(&self.name)
+    }
+}
+
+/// Unmounts and removes `/run/netns/NAME`.
+pub fn delete_named(name: &str) -> Result<(), NetnsError> {
+    let path = Path::new(NETNS_RUN_DIR).join(name);
+    match umount2(&path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(NetnsError::Delete { name: name.to_string(), message: format!("umount: {e}") }),
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NetnsError::Delete { name: name.to_string(), message: e.to_string() }),
+    }
+}
+
+/// Names of all namespaces under `/run/netns` (any owner).
+pub fn list_named() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(NETNS_RUN_DIR)
+        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Makes `/run/netns` exist and be a shared mount point, as iproute2 does, so namespaces
+/// mounted there are visible from other mount namespaces too.
+fn ensure_run_dir() -> Result<(), String> {
+    std::fs::create_dir_all(NETNS_RUN_DIR).map_err(|e| format!("cannot create {NETNS_RUN_DIR}: {e}"))?;
+    let dir = Path::new(NETNS_RUN_DIR);
+    match mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => {
+            // Not a mount point yet: bind it onto itself, then make it shared.
+            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                .map_err(|e| format!("bind {NETNS_RUN_DIR}: {e}"))?;
+            mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+                .map_err(|e| format!("make {NETNS_RUN_DIR} shared: {e}"))
+        }
+        Err(e) => Err(format!("make {NETNS_RUN_DIR} shared: {e}")),
+    }
+}
+
+/// Runs a future to completion on a current-thread tokio runtime built on the calling thread.
+/// Use inside [`Netns::run`]: sockets opened by the future belong to that namespace.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build a current-thread tokio runtime")
+        .block_on(fut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn create_enter_delete() {
+        if !is_root() {
+            eprintln!("skipping: needs root");
+            return;
+        }
+        let name = format!("{PREFIX}unit-{}", std::process::id());
+        let ns = Netns::create(&name).unwrap();
+        assert!(list_named().contains(&name));
+        // Inside the namespace only `lo` exists.
+        let links = ns
+            .run(|| std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default())
+            .unwrap();
+        let _ = links;
+        let names = ns.run(|| nix::net::if_::if_nameindex().unwrap().iter().map(|i| i.name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap();
+        assert_eq!(names, vec!["lo".to_string()]);
+        ns.delete().unwrap();
+        assert!(!list_named().contains(&name));
+    }
+}
