@@ -1,3 +1,102 @@
-fn main() {
-    std::process::exit(0);
+//! The `hostdp` command line (see the contract's command-line table).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use hostdp::{exit, runner};
+
+#[derive(Parser)]
+#[command(name = "hostdp", version, about = "Which eBPF programs Cilium's host datapath attaches to which links, on real kernels")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
 }
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate scenario files and the fixtures they name, without privileges.
+    Check {
+        /// Files or folders (default: scenarios/).
+        paths: Vec<PathBuf>,
+    },
+    /// Run scenarios (files or folders; default scenarios/).
+    Run {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Run inside a VM booted with this kernel (`debian-6.1`, `debian-6.12`, a vmlinuz path),
+        /// or `host` for this machine's kernel. Repeat for a kernel matrix.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Exit 0 even when scenarios were skipped.
+        #[arg(long)]
+        allow_skips: bool,
+        /// Keep the per-run state directory (objects, headers) even on success.
+        #[arg(long)]
+        keep: bool,
+        /// Scenarios run at once (default: the number of CPUs).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Write the JSON record to this file as well (whatever --format says).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        paths: Vec<PathBuf>,
+    },
+    /// List every tc, tcx and XDP attachment on every link of a namespace (read-only).
+    Inspect {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Which devices a profile's loader would select on this node's real links, and what it
+    /// would attach there, beside what is attached now (read-only).
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "v1.14.4")]
+        profile: String,
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Remove what dead hostdp runs left behind (namespaces, bpffs mounts); live runs are kept.
+    Gc,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Check { paths } => runner::cli_check(&default_paths(paths)),
+        Cmd::Run { format, kernels, allow_skips, keep, jobs, output, paths } => runner::cli_run(&runner::RunArgs {
+            json: format == Format::Json,
+            kernels,
+            allow_skips,
+            keep,
+            jobs,
+            output,
+            paths: default_paths(paths),
+        }),
+        Cmd::Inspect { netns, format } => runner::cli_inspect(netns.as_deref(), format == Format::Json),
+        Cmd::Explain { config, profile, netns } => runner::cli_explain(&config, &profile, netns.as_deref()),
+        Cmd::Gc => runner::cli_gc(),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn default_paths(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    if paths.is_empty() {
+        vec![PathBuf::from("scenarios")]
+    } else {
+        paths
+    }
+}
+
+#[allow(dead_code)]
+const _: i32 = exit::OK;

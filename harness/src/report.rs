@@ -1,1 +1,581 @@
-//! (to be written)
+//! The result record (JSON, as the contract shapes it), the table view, and the pure check of a
+//! step's expectations against what was observed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::inspect::{Attachment, Hook};
+use crate::scenario::{DeviceExpect, Expect, ProgramExpect, XdpExpect};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Error,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Error => "error",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// One expectation that did not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mismatch {
+    /// What was compared: `devices`, `attachments.bond0.ingress`, `unchanged`, ...
+    pub key: String,
+    pub expected: String,
+    pub observed: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub action: String,
+    /// 1-based line of the step in the scenario file.
+    #[serde(default)]
+    pub line: usize,
+    pub status: Status,
+    pub error: Option<String>,
+    /// The loader's native device list after the step (null when the agent is not running).
+    pub devices: Option<Vec<String>>,
+    pub regenerated: Vec<String>,
+    pub attachments: Vec<Attachment>,
+    pub mismatches: Vec<Mismatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioRecord {
+    pub file: String,
+    pub name: String,
+    pub profile: String,
+    pub status: Status,
+    pub reason: Option<String>,
+    /// The kernel it ran (or was skipped) on; set when a run covers several kernels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Wall time of the scenario in milliseconds.
+    #[serde(default)]
+    pub millis: u64,
+    pub steps: Vec<StepRecord>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+    pub errors: usize,
+    pub skipped: usize,
+}
+
+impl Summary {
+    pub fn of<'a>(records: impl IntoIterator<Item = &'a ScenarioRecord>) -> Summary {
+        let mut s = Summary::default();
+        for r in records {
+            match r.status {
+                Status::Pass => s.passed += 1,
+                Status::Fail => s.failed += 1,
+                Status::Error => s.errors += 1,
+                Status::Skipped => s.skipped += 1,
+            }
+        }
+        s
+    }
+
+    /// The closing line of the table view: `N passed, N failed` (errors count as failed there),
+    /// then `, N skipped` when something was skipped.
+    pub fn line(&self) -> String {
+        let mut s = format!("{} passed, {} failed", self.passed, self.failed + self.errors);
+        if self.skipped > 0 {
+            let _ = write!(s, ", {} skipped", self.skipped);
+        }
+        s
+    }
+}
+
+/// The whole record printed by `hostdp run --format json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Kernel release the scenarios ran on; with several kernels, the first one.
+    pub kernel: String,
+    pub scenarios: Vec<ScenarioRecord>,
+    pub summary: Summary,
+    /// Per-kernel records when the run covered several kernels (`--kernel` given more than once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<KernelRun>,
+}
+
+/// The scenarios of one kernel, inside a multi-kernel record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelRun {
+    /// What was asked for (`host`, `debian-6.1`, a path).
+    pub target: String,
+    pub kernel: String,
+    pub scenarios: Vec<ScenarioRecord>,
+    pub summary: Summary,
+    /// Wall time of this kernel's part, VM boot included, in milliseconds.
+    #[serde(default)]
+    pub millis: u64,
+}
+
+impl RunRecord {
+    pub fn single(kernel: String, scenarios: Vec<ScenarioRecord>) -> RunRecord {
+        let summary = Summary::of(&scenarios);
+        RunRecord { kernel, scenarios, summary, runs: Vec::new() }
+    }
+
+    /// Combines per-kernel runs: a scenario passes when it passed on at least one kernel and
+    /// failed or errored on none; it is skipped only when skipped on every kernel.
+    pub fn combine(runs: Vec<KernelRun>) -> RunRecord {
+        let mut order: Vec<String> = Vec::new();
+        let mut by_file: BTreeMap<String, Vec<&ScenarioRecord>> = BTreeMap::new();
+        for run in &runs {
+            for s in &run.scenarios {
+                if !by_file.contains_key(&s.file) {
+                    order.push(s.file.clone());
+                }
+                by_file.entry(s.file.clone()).or_default().push(s);
+            }
+        }
+        let mut scenarios = Vec::new();
+        for file in order {
+            let recs = &by_file[&file];
+            let worst = recs
+                .iter()
+                .filter(|r| matches!(r.status, Status::Fail | Status::Error))
+                .max_by_key(|r| r.status)
+                .copied();
+            let chosen = worst
+                .or_else(|| recs.iter().find(|r| r.status == Status::Pass).copied())
+                .unwrap_or(recs[0]);
+            let mut rec = chosen.clone();
+            if rec.status == Status::Skipped {
+                let reasons: BTreeSet<String> = recs
+                    .iter()
+                    .map(|r| format!("{}: {}", r.kernel.clone().unwrap_or_default(), r.reason.clone().unwrap_or_default()))
+                    .collect();
+                rec.reason = Some(format!("skipped on every kernel tried ({})", reasons.into_iter().collect::<Vec<_>>().join("; ")));
+            }
+            scenarios.push(rec);
+        }
+        let kernel = runs.first().map(|r| r.kernel.clone()).unwrap_or_default();
+        let summary = Summary::of(&scenarios);
+        RunRecord { kernel, scenarios, summary, runs }
+    }
+}
+
+/// What a step observed, for [`check`].
+#[derive(Debug, Clone)]
+pub struct Observed<'a> {
+    pub devices: Option<&'a [String]>,
+    pub attachments: &'a [Attachment],
+    /// The attachments after the previous step, for `unchanged`.
+    pub previous: Option<&'a [Attachment]>,
+    pub regenerated: &'a [String],
+    /// The step's error (an agent refusal), if it failed.
+    pub error: Option<&'a str>,
+    /// `pod:NAMESPACE/NAME` → lxc device name.
+    pub aliases: &'a BTreeMap<String, String>,
+}
+
+static NO_ALIASES: BTreeMap<String, String> = BTreeMap::new();
+
+impl Default for Observed<'_> {
+    fn default() -> Self {
+        Observed { devices: None, attachments: &[], previous: None, regenerated: &[], error: None, aliases: &NO_ALIASES }
+    }
+}
+
+/// Compares a step's expectations with what was observed. Every key given is checked; links
+/// not listed under `attachments` must have nothing attached.
+pub fn check(expect: &Expect, obs: &Observed<'_>) -> Vec<Mismatch> {
+    let mut out = Vec::new();
+    match (&expect.error, obs.error) {
+        (Some(want), Some(got)) if !got.contains(want.as_str()) => {
+            out.push(mm("error", format!("an error containing {want:?}"), got.to_string()))
+        }
+        (Some(want), None) => out.push(mm("error", format!("an error containing {want:?}"), "the step succeeded".into())),
+        (None, Some(got)) => out.push(mm("error", "no error".into(), got.to_string())),
+        _ => {}
+    }
+    if let Some(want) = &expect.devices {
+        let mut want = want.clone();
+        want.sort();
+        let got: Vec<String> = obs.devices.map(|d| d.to_vec()).unwrap_or_default();
+        if want != got {
+            out.push(mm("devices", fmt_list(&want), obs.devices.map(fmt_list).unwrap_or_else(|| "no agent running".into())));
+        }
+    }
+    if let Some(want) = &expect.attachments {
+        check_attachments(want, obs, &mut out);
+    }
+    if expect.unchanged == Some(true) {
+        match obs.previous {
+            None => out.push(mm("unchanged", "the attachments of the previous step".into(), "no previous step".into())),
+            Some(prev) => {
+                let a: BTreeSet<_> = prev.iter().map(Attachment::identity).collect();
+                let b: BTreeSet<_> = obs.attachments.iter().map(Attachment::identity).collect();
+                if a != b {
+                    let gone: Vec<String> = a.difference(&b).map(fmt_identity).collect();
+                    let new: Vec<String> = b.difference(&a).map(fmt_identity).collect();
+                    out.push(mm(
+                        "unchanged",
+                        "the same attachments as after the previous step".into(),
+                        format!("removed [{}], added [{}]", gone.join(", "), new.join(", ")),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(want) = &expect.regenerated {
+        let w: BTreeSet<&String> = want.iter().collect();
+        let g: BTreeSet<&String> = obs.regenerated.iter().collect();
+        if w != g {
+            out.push(mm("regenerated", fmt_list(want), fmt_list(obs.regenerated)));
+        }
+    }
+    out
+}
+
+fn check_attachments(want: &BTreeMap<String, DeviceExpect>, obs: &Observed<'_>, out: &mut Vec<Mismatch>) {
+    let resolve = |name: &str| -> String { obs.aliases.get(name).cloned().unwrap_or_else(|| name.to_string()) };
+    let listed: BTreeSet<String> = want.keys().map(|k| resolve(k)).collect();
+    for (key, dev_expect) in want {
+        let dev = resolve(key);
+        let on_dev: Vec<&Attachment> = obs.attachments.iter().filter(|a| a.device == dev).collect();
+        let label = if key == &dev { dev.clone() } else { format!("{key} ({dev})") };
+        match dev_expect {
+            DeviceExpect::Nothing => {
+                if !on_dev.is_empty() {
+                    out.push(mm(&format!("attachments.{label}"), "nothing attached".into(), fmt_atts(&on_dev)));
+                }
+            }
+            DeviceExpect::Hooks(h) => {
+                for (hook, list) in [(Hook::Ingress, &h.ingress), (Hook::Egress, &h.egress)] {
+                    let Some(list) = list else { continue };
+                    let got: Vec<&Attachment> = on_dev.iter().copied().filter(|a| a.hook == hook).collect();
+                    let ok = got.len() == list.len() && list.iter().zip(&got).all(|(w, g)| program_matches(w, g));
+                    if !ok {
+                        out.push(mm(&format!("attachments.{label}.{}", hook.as_str()), fmt_expects(list), fmt_atts(&got)));
+                    }
+                }
+                if let Some(x) = &h.xdp {
+                    let got: Vec<&Attachment> = on_dev.iter().copied().filter(|a| a.hook == Hook::Xdp).collect();
+                    let ok = match x {
+                        XdpExpect::Nothing => got.is_empty(),
+                        XdpExpect::Program(p) => got.len() == 1 && program_matches(p, got[0]),
+                    };
+                    if !ok {
+                        let want = match x {
+                            XdpExpect::Nothing => "nothing".to_string(),
+                            XdpExpect::Program(p) => fmt_expect(p),
+                        };
+                        out.push(mm(&format!("attachments.{label}.xdp"), want, fmt_atts(&got)));
+                    }
+                }
+            }
+        }
+    }
+    // Every link that is not listed must be bare (catches programs on bond slaves).
+    let mut unlisted: BTreeMap<&str, Vec<&Attachment>> = BTreeMap::new();
+    for a in obs.attachments {
+        if !listed.contains(&a.device) {
+            unlisted.entry(a.device.as_str()).or_default().push(a);
+        }
+    }
+    for (dev, atts) in unlisted {
+        let label = match &atts[0].endpoint {
+            Some(e) => format!("{e} ({dev})"),
+            None => dev.to_string(),
+        };
+        out.push(mm(&format!("attachments.{label}"), "nothing attached (link not listed)".into(), fmt_atts(&atts)));
+    }
+}
+
+/// A program entry matches when the name matches and every long-form key given matches.
+pub fn program_matches(w: &ProgramExpect, g: &Attachment) -> bool {
+    w.program == g.program
+        && w.mechanism.as_deref().is_none_or(|m| {
+            let got = match g.mechanism {
+                crate::inspect::Mechanism::Tc => "tc",
+                crate::inspect::Mechanism::Tcx => "tcx",
+                crate::inspect::Mechanism::Xdp => "xdp",
+            };
+            m == got
+        })
+        && w.filter.as_ref().is_none_or(|f| g.filter.as_ref() == Some(f))
+        && w.priority.is_none_or(|p| g.priority == Some(p))
+        && w.handle.is_none_or(|h| g.handle == Some(h))
+        && w.mode.as_ref().is_none_or(|m| g.mode.as_ref() == Some(m))
+}
+
+fn mm(key: &str, expected: String, observed: String) -> Mismatch {
+    Mismatch { key: key.to_string(), expected, observed }
+}
+
+fn fmt_list(v: &[String]) -> String {
+    format!("[{}]", v.join(", "))
+}
+
+fn fmt_identity(i: &(String, Hook, String, crate::inspect::Mechanism)) -> String {
+    format!("{} {} {} ({:?})", i.0, i.1.as_str(), i.2, i.3).to_lowercase()
+}
+
+/// `cil_from_netdev (tc cil_from_netdev-bond0 pref 1 handle 0x1)`.
+pub fn fmt_att(a: &Attachment) -> String {
+    match a.mechanism {
+        crate::inspect::Mechanism::Tc => format!(
+            "{} (tc {} pref {} handle {:#x}{})",
+            a.program,
+            a.filter.as_deref().unwrap_or("?"),
+            a.priority.unwrap_or(0),
+            a.handle.unwrap_or(0),
+            if a.direct_action == Some(true) { " da" } else { "" }
+        ),
+        crate::inspect::Mechanism::Tcx => format!("{} (tcx)", a.program),
+        crate::inspect::Mechanism::Xdp => format!("{} (xdp {})", a.program, a.mode.as_deref().unwrap_or("?")),
+    }
+}
+
+fn fmt_atts(v: &[&Attachment]) -> String {
+    if v.is_empty() {
+        return "nothing".into();
+    }
+    let hooks: Vec<String> = v
+        .iter()
+        .map(|a| if v.iter().all(|b| b.hook == a.hook) { fmt_att(a) } else { format!("{}: {}", a.hook.as_str(), fmt_att(a)) })
+        .collect();
+    format!("[{}]", hooks.join(", "))
+}
+
+fn fmt_expect(p: &ProgramExpect) -> String {
+    let mut s = p.program.clone();
+    let mut extra = Vec::new();
+    if let Some(m) = &p.mechanism {
+        extra.push(m.clone());
+    }
+    if let Some(f) = &p.filter {
+        extra.push(f.clone());
+    }
+    if let Some(x) = p.priority {
+        extra.push(format!("pref {x}"));
+    }
+    if let Some(x) = p.handle {
+        extra.push(format!("handle {x:#x}"));
+    }
+    if let Some(m) = &p.mode {
+        extra.push(m.clone());
+    }
+    if !extra.is_empty() {
+        let _ = write!(s, " ({})", extra.join(" "));
+    }
+    s
+}
+
+fn fmt_expects(v: &[ProgramExpect]) -> String {
+    if v.is_empty() {
+        return "nothing".into();
+    }
+    format!("[{}]", v.iter().map(fmt_expect).collect::<Vec<_>>().join(", "))
+}
+
+/// The table view of a run: one block per scenario, mismatches expected beside observed, a
+/// re-run hint for failures, and the closing `N passed, N failed` line.
+pub fn table(rec: &RunRecord) -> String {
+    let mut s = String::new();
+    if rec.runs.len() > 1 {
+        let _ = writeln!(s, "kernels:");
+        for r in &rec.runs {
+            let _ = writeln!(s, "  {:<12} {:<28} {}  ({:.1} s)", r.target, r.kernel, r.summary.line(), r.millis as f64 / 1000.0);
+        }
+        for r in &rec.runs {
+            let _ = writeln!(s, "\n== {} ({})", r.target, r.kernel);
+            scenario_lines(&mut s, &r.scenarios);
+        }
+        let _ = writeln!(s, "\n== combined");
+    } else {
+        let _ = writeln!(s, "kernel {}", rec.kernel);
+    }
+    scenario_lines(&mut s, &rec.scenarios);
+    let _ = writeln!(s, "{}", rec.summary.line());
+    s
+}
+
+fn scenario_lines(s: &mut String, scenarios: &[ScenarioRecord]) {
+    for sc in scenarios {
+        let tag = match sc.status {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Error => "ERROR",
+            Status::Skipped => "SKIP",
+        };
+        let _ = writeln!(s, "{tag:<5} {} [{}] ({} ms)", sc.file, sc.profile, sc.millis);
+        if let Some(r) = &sc.reason {
+            let _ = writeln!(s, "      {r}");
+        }
+        for st in &sc.steps {
+            if st.status == Status::Pass {
+                continue;
+            }
+            let _ = writeln!(s, "      step {} `{}` (line {}): {}", st_index(sc, st), st.action, st.line, st.status.as_str());
+            if let Some(e) = &st.error {
+                let _ = writeln!(s, "        error: {e}");
+            }
+            for m in &st.mismatches {
+                let _ = writeln!(s, "        {}:\n          expected: {}\n          observed: {}", m.key, m.expected, m.observed);
+            }
+        }
+        if matches!(sc.status, Status::Fail | Status::Error) {
+            let _ = writeln!(s, "      re-run just this one: hostdp run {}", sc.file);
+        }
+    }
+}
+
+fn st_index(sc: &ScenarioRecord, st: &StepRecord) -> usize {
+    sc.steps.iter().position(|x| std::ptr::eq(x, st)).map(|i| i + 1).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::Mechanism;
+    use crate::scenario::HookExpect;
+
+    fn att(dev: &str, hook: Hook, prog: &str) -> Attachment {
+        Attachment {
+            device: dev.into(),
+            hook,
+            mechanism: Mechanism::Tc,
+            program: prog.into(),
+            filter: Some(format!("{prog}-{dev}")),
+            priority: Some(1),
+            handle: Some(1),
+            direct_action: Some(true),
+            prog_id: 7,
+            tag: None,
+            mode: None,
+            endpoint: None,
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<ProgramExpect> {
+        v.iter().map(|p| ProgramExpect { program: p.to_string(), ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn unlisted_link_with_a_program_is_a_mismatch() {
+        let atts = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev"), att("eth0", Hook::Ingress, "cil_from_netdev")];
+        let mut want = BTreeMap::new();
+        want.insert(
+            "bond0.212".to_string(),
+            DeviceExpect::Hooks(HookExpect { ingress: Some(names(&["cil_from_netdev"])), egress: Some(vec![]), xdp: None }),
+        );
+        let aliases = BTreeMap::new();
+        let exp = Expect { attachments: Some(want), ..Default::default() };
+        let m = check(&exp, &Observed { attachments: &atts, aliases: &aliases, ..Default::default() });
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].key, "attachments.eth0");
+    }
+
+    #[test]
+    fn long_form_compares_given_keys() {
+        let a = att("bond0", Hook::Ingress, "cil_from_netdev");
+        let mut w = ProgramExpect { program: "cil_from_netdev".into(), priority: Some(1), ..Default::default() };
+        assert!(program_matches(&w, &a));
+        w.filter = Some("cil_from_netdev-eth0".into());
+        assert!(!program_matches(&w, &a));
+        w.filter = None;
+        w.mechanism = Some("tcx".into());
+        assert!(!program_matches(&w, &a));
+    }
+
+    #[test]
+    fn unchanged_and_error_and_devices() {
+        let prev = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev")];
+        let now = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev"), att("bond0", Hook::Ingress, "cil_from_netdev")];
+        let aliases = BTreeMap::new();
+        let exp = Expect { unchanged: Some(true), devices: Some(vec!["bond0.212".into()]), ..Default::default() };
+        let devs = vec!["bond0".to_string(), "bond0.212".to_string()];
+        let m = check(&exp, &Observed { devices: Some(&devs), attachments: &now, previous: Some(&prev), aliases: &aliases, ..Default::default() });
+        let keys: Vec<&str> = m.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(keys, vec!["devices", "unchanged"]);
+        let exp = Expect { error: Some("requires".into()), ..Default::default() };
+        assert_eq!(check(&exp, &Observed { aliases: &aliases, ..Default::default() }).len(), 1);
+        assert!(check(&exp, &Observed { aliases: &aliases, error: Some("BPF masquerade requires NodePort"), ..Default::default() }).is_empty());
+    }
+
+    #[test]
+    fn combine_prefers_failures_and_reports_skips() {
+        let rec = |status, kernel: &str| ScenarioRecord {
+            file: "a.yaml".into(),
+            name: "a".into(),
+            profile: "v1.14.4".into(),
+            status,
+            reason: if status == Status::Skipped { Some("kernel lacks bonding".into()) } else { None },
+            kernel: Some(kernel.into()),
+            millis: 0,
+            steps: vec![],
+        };
+        let run = |s, k: &str| KernelRun { target: k.into(), kernel: k.into(), scenarios: vec![rec(s, k)], summary: Summary::default(), millis: 0 };
+        let r = RunRecord::combine(vec![run(Status::Skipped, "6.18"), run(Status::Pass, "6.1")]);
+        assert_eq!(r.summary.passed, 1);
+        let r = RunRecord::combine(vec![run(Status::Skipped, "6.18"), run(Status::Skipped, "6.1")]);
+        assert_eq!(r.summary.skipped, 1);
+        assert!(r.scenarios[0].reason.as_ref().unwrap().contains("every kernel"));
+        let r = RunRecord::combine(vec![run(Status::Pass, "6.18"), run(Status::Fail, "6.1")]);
+        assert_eq!(r.summary.failed, 1);
+        assert_eq!(r.summary.line(), "0 passed, 1 failed");
+    }
+}
+
+/// The README's behaviour table: for each scenario of a record, what its first `start` step
+/// left on the given devices (`-` for nothing), one row per scenario. Produced from runs, never
+/// written by hand (`ci/behaviour-table`).
+pub fn behaviour_table(rec: &RunRecord, devices: &[&str]) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "| scenario | kernel | status | selected devices |");
+    for d in devices {
+        let _ = write!(s, " {d} |");
+    }
+    s.push('\n');
+    s.push_str(&"|---".repeat(4 + devices.len()));
+    s.push_str("|\n");
+    for sc in &rec.scenarios {
+        let start = sc.steps.iter().find(|st| st.action == "start");
+        let devs = start.and_then(|st| st.devices.clone()).map(|d| if d.is_empty() { "none".to_string() } else { d.join(", ") });
+        let _ = write!(
+            s,
+            "| `{}` | {} | {} | {} |",
+            sc.name,
+            sc.kernel.as_deref().unwrap_or(&rec.kernel),
+            sc.status.as_str(),
+            devs.unwrap_or_else(|| "-".into())
+        );
+        for d in devices {
+            let cell = match start {
+                None => "-".to_string(),
+                Some(st) => {
+                    let on: Vec<String> = st
+                        .attachments
+                        .iter()
+                        .filter(|a| a.device == *d)
+                        .map(|a| format!("{}: {}", a.hook.as_str(), a.program))
+                        .collect();
+                    if on.is_empty() { "-".into() } else { on.join("<br>") }
+                }
+            };
+            let _ = write!(s, " {cell} |");
+        }
+        s.push('\n');
+    }
+    s
+}

@@ -1,1 +1,550 @@
-//! (to be written)
+//! Runs scenarios: builds the node, drives the agent step by step, reads back after each step
+//! and checks the expectations; on this kernel or inside a VM. Also the command-line entry
+//! points and the per-file test entry used by `cargo test`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::caps::Capabilities;
+use crate::exit;
+use crate::inspect::{self, Attachment};
+use crate::loader::agent::{Agent, AgentError};
+use crate::loader::compile::Compiler;
+use crate::loader::profile::Profile;
+use crate::report::{self, KernelRun, Observed, RunRecord, ScenarioRecord, Status, StepRecord};
+use crate::scenario::{self, Action, PodSpec, Scenario};
+use crate::topology::{self, Node, RunId};
+use crate::vm;
+
+/// Arguments of `hostdp run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunArgs {
+    pub json: bool,
+    pub kernels: Vec<String>,
+    pub allow_skips: bool,
+    pub keep: bool,
+    pub jobs: Option<usize>,
+    pub output: Option<PathBuf>,
+    pub paths: Vec<PathBuf>,
+}
+
+/// The project's root: where `bpf/` and `scenarios/` are. Known at build time; overridable
+/// with `HOSTDP_ROOT` for an installed binary.
+pub fn project_root() -> PathBuf {
+    if let Ok(r) = std::env::var("HOSTDP_ROOT") {
+        return PathBuf::from(r);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where compiled templates are cached across runs (must be writable; inside a VM the harness
+/// passes a writable folder).
+pub fn cache_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("HOSTDP_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| project_root().join("target"));
+    target.join("hostdp-cache")
+}
+
+fn compiler() -> &'static Compiler {
+    static C: std::sync::OnceLock<Compiler> = std::sync::OnceLock::new();
+    C.get_or_init(|| Compiler::new(project_root().join("bpf"), cache_dir()))
+}
+
+/// Expands files and folders into scenario files (`*.yaml`, `*.yml`), sorted.
+pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            v.retain(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml") | Some("yml")));
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+/// Runs one parsed scenario on this kernel.
+pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
+    let t0 = Instant::now();
+    let caps = Capabilities::probe();
+    let mut rec = ScenarioRecord {
+        file: sc.path.display().to_string(),
+        name: sc.name.clone(),
+        profile: sc.profile.clone(),
+        status: Status::Pass,
+        reason: None,
+        kernel: Some(caps.kernel_release().to_string()),
+        millis: 0,
+        steps: Vec::new(),
+    };
+    let missing = caps.missing_for(sc);
+    if !missing.is_empty() {
+        rec.status = Status::Skipped;
+        rec.reason = Some(missing.join(", "));
+        return rec;
+    }
+    let node = match Node::build(sc, run) {
+        Ok(n) => n,
+        Err(e) => {
+            rec.status = Status::Error;
+            rec.reason = Some(format!("build node: {e}"));
+            rec.millis = t0.elapsed().as_millis() as u64;
+            return rec;
+        }
+    };
+    let profile = Profile::parse(&sc.profile).unwrap_or(Profile::V1_14_4);
+    let node_ip = sc.node.ip.as_deref().and_then(|s| s.parse().ok());
+    let mut agent = Agent::new(profile, sc.agent.clone(), node_ip, sc.node.labels.clone(), compiler(), node.bpffs());
+    let mut pods: Vec<PodSpec> = sc.pods.clone();
+    let mut previous: Option<Vec<Attachment>> = None;
+    for step in &sc.steps {
+        let result = run_step(&mut agent, &node, &mut pods, &step.action);
+        let (regenerated, error, harness) = match result {
+            Ok(o) => (o.regenerated, None, None),
+            Err(AgentError::Refused(m)) => (Vec::new(), Some(m), None),
+            Err(AgentError::Harness(m)) => (Vec::new(), None, Some(m)),
+        };
+        let mut aliases = BTreeMap::new();
+        for p in &pods {
+            aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
+        }
+        let attachments = match inspect::inspect_netns(node.netns()) {
+            Ok(mut v) => {
+                for a in &mut v {
+                    a.endpoint = aliases.iter().find(|(_, d)| **d == a.device).map(|(k, _)| k.clone());
+                }
+                v
+            }
+            Err(e) => {
+                rec.steps.push(step_record(step, Status::Error, Some(format!("read back: {e}")), &agent, regenerated, vec![], vec![]));
+                rec.status = Status::Error;
+                rec.reason = Some(format!("step {} `{}`: read back failed: {e}", rec.steps.len(), step.action.key()));
+                break;
+            }
+        };
+        if let Some(h) = harness {
+            rec.steps.push(step_record(step, Status::Error, Some(h.clone()), &agent, regenerated, attachments, vec![]));
+            rec.status = Status::Error;
+            rec.reason = Some(format!("step {} `{}` (line {}): {h}", rec.steps.len(), step.action.key(), step.line));
+            break;
+        }
+        let devices = agent.devices().map(|d| d.to_vec());
+        let mismatches = report::check(
+            &step.expect,
+            &Observed {
+                devices: devices.as_deref(),
+                attachments: &attachments,
+                previous: previous.as_deref(),
+                regenerated: &regenerated,
+                error: error.as_deref(),
+                aliases: &aliases,
+            },
+        );
+        let status = if mismatches.is_empty() { Status::Pass } else { Status::Fail };
+        if status == Status::Fail && rec.status == Status::Pass {
+            rec.status = Status::Fail;
+        }
+        previous = Some(attachments.clone());
+        rec.steps.push(step_record(step, status, error, &agent, regenerated, attachments, mismatches));
+    }
+    drop(node);
+    rec.millis = t0.elapsed().as_millis() as u64;
+    rec
+}
+
+fn step_record(
+    step: &scenario::Step,
+    status: Status,
+    error: Option<String>,
+    agent: &Agent<'_>,
+    regenerated: Vec<String>,
+    attachments: Vec<Attachment>,
+    mismatches: Vec<report::Mismatch>,
+) -> StepRecord {
+    StepRecord {
+        action: step.action.key().to_string(),
+        line: step.line,
+        status,
+        error,
+        devices: agent.devices().map(|d| d.to_vec()),
+        regenerated,
+        attachments,
+        mismatches,
+    }
+}
+
+fn run_step(agent: &mut Agent<'_>, node: &Node, pods: &mut Vec<PodSpec>, action: &Action) -> Result<crate::loader::agent::StepOutcome, AgentError> {
+    use crate::loader::agent::StepOutcome;
+    let h = |e: topology::TopologyError| AgentError::Harness(e.to_string());
+    match action {
+        Action::Start => agent.start(node, pods),
+        Action::Restart { agent: changes, profile } => agent.restart(node, pods, changes, profile.as_deref()),
+        Action::Stop => Ok(agent.stop()),
+        Action::Cleanup => agent.cleanup(node),
+        Action::Apply(p) => agent.apply(node, pods, p),
+        Action::Delete(p) => agent.delete(node, pods, p),
+        Action::AddPod(p) => {
+            node.add_pod(p).map_err(h)?;
+            pods.push(p.clone());
+            agent.pod_added(node, p)
+        }
+        Action::DeletePod(name) => {
+            let Some(i) = pods.iter().position(|p| &p.name == name || &p.key() == name) else {
+                return Err(AgentError::Harness(format!("delete-pod: no pod {name}")));
+            };
+            let p = pods.remove(i);
+            node.delete_pod(&p.key()).map_err(h)?;
+            Ok(StepOutcome::default())
+        }
+        Action::LinkAdd(l) => {
+            node.add_link(l).map_err(h)?;
+            agent.link_changed(node)
+        }
+        Action::LinkDelete(n) => {
+            node.delete_link(n).map_err(h)?;
+            agent.link_changed(node)
+        }
+        Action::LinkSet { name, up } => {
+            node.set_link_up(name, *up).map_err(h)?;
+            agent.link_changed(node)
+        }
+        Action::Foreign { device, direction, program } => {
+            crate::loader::attach::foreign(node.netns(), compiler(), device, *direction, program)
+                .map_err(|e| AgentError::Harness(e.to_string()))?;
+            Ok(StepOutcome::default())
+        }
+    }
+}
+
+/// Runs files on this kernel, `jobs` at a time. Invalid files become `error` records.
+pub fn run_local(files: &[PathBuf], jobs: usize) -> Vec<ScenarioRecord> {
+    let run = RunId::new();
+    let queue = Mutex::new(files.iter().enumerate().collect::<Vec<_>>().into_iter());
+    let results: Mutex<Vec<(usize, ScenarioRecord)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                let next = queue.lock().unwrap().next();
+                let Some((i, f)) = next else { break };
+                if !quiet() {
+                    eprintln!("hostdp: running {}", f.display());
+                }
+                let rec = match scenario::load(f) {
+                    Ok(sc) => run_scenario(&sc, &run),
+                    Err(e) => invalid_record(f, &e.to_string()),
+                };
+                if !quiet() {
+                    eprintln!("hostdp: {} {} ({} ms)", rec.status.as_str(), f.display(), rec.millis);
+                }
+                results.lock().unwrap().push((i, rec));
+            });
+        }
+    });
+    let mut v = results.into_inner().unwrap();
+    v.sort_by_key(|(i, _)| *i);
+    v.into_iter().map(|(_, r)| r).collect()
+}
+
+fn quiet() -> bool {
+    std::env::var_os("HOSTDP_QUIET").is_some()
+}
+
+fn invalid_record(f: &Path, msg: &str) -> ScenarioRecord {
+    ScenarioRecord {
+        file: f.display().to_string(),
+        name: f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        profile: String::new(),
+        status: Status::Error,
+        reason: Some(msg.to_string()),
+        kernel: None,
+        millis: 0,
+        steps: Vec::new(),
+    }
+}
+
+/// Runs files on one target: `host` (this kernel) or a VM kernel.
+pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<KernelRun, vm::VmError> {
+    let t0 = Instant::now();
+    if target == "host" || target == "local" {
+        let scenarios = run_local(files, jobs);
+        let kernel = Capabilities::probe().kernel_release().to_string();
+        let summary = report::Summary::of(&scenarios);
+        return Ok(KernelRun { target: target.into(), kernel, scenarios, summary, millis: t0.elapsed().as_millis() as u64 });
+    }
+    let kernel = vm::KernelRef::resolve(target)?;
+    let results = tempfile::Builder::new().prefix("hostdp-vm-").tempdir_in(vm_scratch_dir()).map_err(|e| vm::VmError::Io(e.to_string()))?;
+    let out_file = results.path().join("record.json");
+    let exe = match VM_EXE.with(|c| c.borrow().clone()) {
+        Some(e) => e,
+        None => std::env::current_exe().map_err(|e| vm::VmError::Io(e.to_string()))?,
+    };
+    let mut cmd: Vec<String> = vec![
+        exe.display().to_string(),
+        "run".into(),
+        "--format".into(),
+        "json".into(),
+        "--allow-skips".into(),
+        "--output".into(),
+        out_file.display().to_string(),
+    ];
+    let cwd = std::env::current_dir().unwrap_or_else(|_| project_root());
+    for f in files {
+        let abs = if f.is_absolute() { f.clone() } else { cwd.join(f) };
+        cmd.push(abs.display().to_string());
+    }
+    let cache = cache_dir();
+    let _ = std::fs::create_dir_all(&cache);
+    let out = vm::run_in_vm(&kernel, &cmd, &[results.path().to_path_buf(), cache], &cwd)?;
+    let text = std::fs::read_to_string(&out_file).map_err(|_| vm::VmError::NoResult {
+        status: out.status,
+        tail: tail(&format!("{}\n{}", out.stdout, out.stderr), 30),
+    })?;
+    let rec: RunRecord = serde_json::from_str(&text).map_err(|e| vm::VmError::Io(format!("parse the guest's record: {e}")))?;
+    let mut scenarios = rec.scenarios;
+    for s in &mut scenarios {
+        // Paths as the user gave them, not the absolute ones passed into the guest.
+        if let Some(orig) = files.iter().find(|f| cwd.join(f).display().to_string() == s.file || f.display().to_string() == s.file) {
+            s.file = orig.display().to_string();
+        }
+        s.kernel = Some(rec.kernel.clone());
+    }
+    let summary = report::Summary::of(&scenarios);
+    Ok(KernelRun { target: target.into(), kernel: rec.kernel, scenarios, summary, millis: t0.elapsed().as_millis() as u64 })
+}
+
+/// A writable scratch folder the guest can also write (shared read-write into the VM).
+fn vm_scratch_dir() -> PathBuf {
+    let d = cache_dir().join("vm");
+    let _ = std::fs::create_dir_all(&d);
+    d
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn jobs(args: &RunArgs) -> usize {
+    args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// `hostdp check`.
+pub fn cli_check(paths: &[PathBuf]) -> i32 {
+    let (ok, errors) = scenario::check(paths);
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    if errors.is_empty() {
+        println!("{ok} scenario file(s) valid");
+        exit::OK
+    } else {
+        eprintln!("{} error(s) in {} file(s) checked", errors.len(), ok + errors.len());
+        exit::INVALID
+    }
+}
+
+/// `hostdp run`.
+pub fn cli_run(args: &RunArgs) -> i32 {
+    let files = expand(&args.paths);
+    if files.is_empty() {
+        eprintln!("hostdp run: no scenario files in {}", args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        return exit::INVALID;
+    }
+    // Invalid input is exit 2 before anything runs.
+    let (_, errors) = scenario::check(&files);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        return exit::INVALID;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("hostdp run: needs root (network namespaces, bpf); run it with sudo");
+        return exit::ENVIRONMENT;
+    }
+    topology::install_signal_cleanup();
+    let _ = topology::cleanup_stale();
+    let rec = if args.kernels.is_empty() {
+        RunRecord::single(Capabilities::probe().kernel_release().to_string(), run_local(&files, jobs(args)))
+    } else {
+        let mut runs = Vec::new();
+        for k in &args.kernels {
+            if !quiet() {
+                eprintln!("hostdp: kernel {k}: {} scenario(s)", files.len());
+            }
+            match run_target(k, &files, jobs(args)) {
+                Ok(r) => runs.push(r),
+                Err(e) => {
+                    eprintln!("hostdp run --kernel {k}: {e}");
+                    return if e.is_environment() { exit::ENVIRONMENT } else { exit::FAILED };
+                }
+            }
+        }
+        if runs.len() == 1 {
+            let r = runs.pop().unwrap();
+            let mut rec = RunRecord::single(r.kernel, r.scenarios);
+            rec.runs = Vec::new();
+            rec
+        } else {
+            RunRecord::combine(runs)
+        }
+    };
+    let json = serde_json::to_string_pretty(&rec).expect("serialise the record");
+    if let Some(o) = &args.output {
+        if let Err(e) = std::fs::write(o, &json) {
+            eprintln!("hostdp run: cannot write {}: {e}", o.display());
+        }
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", report::table(&rec));
+    }
+    let s = rec.summary;
+    if s.failed + s.errors > 0 {
+        exit::FAILED
+    } else if s.skipped > 0 && !args.allow_skips {
+        exit::SKIPPED
+    } else {
+        exit::OK
+    }
+}
+
+/// `hostdp inspect`.
+pub fn cli_inspect(netns: Option<&str>, json: bool) -> i32 {
+    let ns = match netns {
+        Some(n) => match crate::netns::Netns::open(n) {
+            Ok(ns) => Some(ns),
+            Err(e) => {
+                eprintln!("hostdp inspect: {e}");
+                return exit::INVALID;
+            }
+        },
+        None => None,
+    };
+    let res = match &ns {
+        Some(ns) => inspect::inspect_netns(ns),
+        None => inspect::inspect_current(),
+    };
+    match res {
+        Ok(atts) => {
+            if json {
+                println!("{}", serde_json::json!({ "attachments": atts }));
+            } else if atts.is_empty() {
+                println!("no attachments");
+            } else {
+                for a in &atts {
+                    println!("{:<16} {:<8} {}  id {}", a.device, a.hook.as_str(), report::fmt_att(a), a.prog_id);
+                }
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("hostdp inspect: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+/// `hostdp explain`.
+pub fn cli_explain(config: &Path, profile: &str, netns: Option<&str>) -> i32 {
+    match crate::loader::explain(config, profile, netns) {
+        Ok(text) => {
+            print!("{text}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("hostdp explain: {e}");
+            exit::INVALID
+        }
+    }
+}
+
+/// `hostdp gc`.
+pub fn cli_gc() -> i32 {
+    let removed = topology::cleanup_stale();
+    for r in &removed {
+        println!("removed {r}");
+    }
+    println!("{} stale item(s) removed", removed.len());
+    exit::OK
+}
+
+/// The per-file test behind `cargo test` (harness/tests/scenarios.rs): runs the scenario on
+/// this kernel; if this kernel cannot host it, inside the VM kernels of `HOSTDP_TEST_KERNELS`
+/// (default `debian-6.1,debian-6.12`) in turn until one can. Panics with the scenario path,
+/// the failing step, expected beside observed, and how to re-run just that one.
+pub fn test_scenario(path: &Path, exe: &Path) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{}: scenario tests need root (network namespaces, bpf): run `sudo -E cargo test`",
+        path.display()
+    );
+    let sc = scenario::load(path).unwrap_or_else(|e| panic!("{e}"));
+    topology::install_signal_cleanup();
+    let rec = run_scenario(&sc, &RunId::new());
+    let mut tried = vec![format!("{}: {}", rec.kernel.clone().unwrap_or_default(), rec.reason.clone().unwrap_or_default())];
+    let rec = if rec.status == Status::Skipped {
+        let kernels = std::env::var("HOSTDP_TEST_KERNELS").unwrap_or_else(|_| "debian-6.1,debian-6.12".into());
+        let mut found = None;
+        for k in kernels.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            let res = with_exe(exe, || run_target(k, &[path.to_path_buf()], 1));
+            match res {
+                Ok(run) => {
+                    let r = run.scenarios.into_iter().next().expect("one scenario record");
+                    if r.status == Status::Skipped {
+                        tried.push(format!("{k} ({}): {}", run.kernel, r.reason.clone().unwrap_or_default()));
+                        continue;
+                    }
+                    eprintln!("{}: ran in the {k} VM (kernel {})", path.display(), run.kernel);
+                    found = Some(r);
+                    break;
+                }
+                Err(e) => panic!("{}: this kernel cannot host it ({}) and the {k} VM failed: {e}", path.display(), tried[0]),
+            }
+        }
+        found.unwrap_or_else(|| panic!("{}: skipped on every kernel tried: {}", path.display(), tried.join("; ")))
+    } else {
+        eprintln!("{}: ran on this kernel ({})", path.display(), rec.kernel.clone().unwrap_or_default());
+        rec
+    };
+    let summary = report::Summary::of(std::iter::once(&rec));
+    let record = RunRecord::single(rec.kernel.clone().unwrap_or_default(), vec![rec.clone()]);
+    let text = report::table(&record);
+    eprintln!("{text}");
+    if summary.passed != 1 {
+        panic!(
+            "{} {}: see above (expected beside observed); re-run just this one: sudo -E cargo test --test scenarios -- {} --exact, or hostdp run {}",
+            path.display(),
+            rec.status.as_str(),
+            test_name(path),
+            path.display()
+        );
+    }
+}
+
+fn test_name(path: &Path) -> String {
+    format!("scenario::path_{}", path.file_stem().map(|s| s.to_string_lossy().replace(['-', '.'], "_")).unwrap_or_default())
+}
+
+/// `run_target` uses `current_exe()` as the binary to run in the guest; from a test binary that
+/// is the test itself, so the test passes the real `hostdp` binary through this.
+fn with_exe<R>(exe: &Path, f: impl FnOnce() -> R) -> R {
+    VM_EXE.with(|c| *c.borrow_mut() = Some(exe.to_path_buf()));
+    let r = f();
+    VM_EXE.with(|c| *c.borrow_mut() = None);
+    r
+}
+
+thread_local! {
+    static VM_EXE: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
