@@ -3,7 +3,8 @@
 //! The raw serde structs mirror the file one to one (`deny_unknown_fields` everywhere) so that
 //! serde_yaml reports unknown keys and wrong types with the line and column of the offending key.
 //! Validation that needs the whole document (references between links, cycles, kind-specific
-//! keys) runs afterwards and looks lines up through [`LineIndex`].
+//! keys) runs afterwards and looks lines up in a positioned tree read by saphyr-parser
+//! (`scenario/locate.rs`); the rules are in `scenario/validate.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -477,13 +478,20 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<Scenario, ScenarioError> {
 
 /// Validates scenario files; folders stand for their `*.yaml`/`*.yml` files (not recursive),
 /// sorted. Returns how many files are valid and the error of each invalid one (backs
-/// `hostdp check`).
+/// `hostdp check`). Scenario names must also be unique among the files checked together.
 pub fn check(paths: &[PathBuf]) -> (usize, Vec<ScenarioError>) {
     let mut ok = 0;
     let mut errors = Vec::new();
+    let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     for file in expand(paths, &mut errors) {
         match load(&file) {
-            Ok(_) => ok += 1,
+            Ok(s) => match names.get(&s.name) {
+                Some(first) => errors.push(validate::name_taken(&s, first)),
+                None => {
+                    names.insert(s.name, file);
+                    ok += 1;
+                }
+            },
             Err(e) => errors.push(e),
         }
     }
@@ -814,6 +822,10 @@ steps:
         );
         assert_eq!(bad(&doc(&["{name: r, kind: vrf}"], "")), "4:7: link \"r\": a vrf link needs \"table\"");
         assert_eq!(
+            bad(&doc(&["{name: eth0, kind: veth}", "{name: v, kind: vlan, parent: null, id: 2}"], "")),
+            "5:7: link \"v\": a vlan link needs \"parent\""
+        );
+        assert_eq!(
             bad(&doc(&["{name: eth0, kind: veth, up: maybe}"], "")),
             "4:36: \"up\": invalid type: string \"maybe\", expected a boolean"
         );
@@ -970,6 +982,7 @@ steps:
             "  - foreign: {device: eth1, direction: ingress, program: foreign_tc}\n",
             "  - link: {delete: eth1}\n",
             "  - foreign: {device: eth0, direction: xdp, program: foreign_xdp}\n",
+            "  - foreign: {device: cilium_host, direction: egress, program: foreign_tc}\n",
         )));
         let actions: Vec<Action> = s.steps.iter().map(|s| s.action.clone()).collect();
         assert_eq!(actions[2], Action::DeletePod("prod/web".into()));
@@ -1009,7 +1022,7 @@ steps:
         );
         assert_eq!(
             bad(&st("  - foreign: {device: eth9, direction: ingress, program: foreign_tc}\n")),
-            "6:23: foreign: device \"eth9\" is not a link of this scenario"
+            "6:23: foreign: device \"eth9\" is neither a link of this scenario at this step, a cilium_ device nor pod:NAMESPACE/NAME of a pod"
         );
         assert_eq!(
             bad(&st("  - foreign: {device: eth0, direction: xdp, program: foreign_tc}\n")),
@@ -1025,6 +1038,26 @@ steps:
         );
     }
 
+    /// Truncations and byte edits of a valid document give errors, never a panic.
+    #[test]
+    fn mangled_input_never_panics() {
+        let base = doc(
+            &["{name: eth0, kind: veth, master: bond0}", "{name: bond0, kind: bond, mode: 802.3ad}", "{name: bond0.2, kind: vlan, parent: bond0, id: 2, addresses: [10.0.0.1/24]}"],
+            "  routes:\n    - {dst: default, via: 10.0.0.254, dev: bond0.2}\nagent: {enable-node-port: true}\npods: [{name: web}]\nsteps:\n  - start: {}\n    expect: {attachments: {\"pod:default/web\": none, bond0.2: {ingress: [cil_from_netdev]}}}\n  - link: {set: {name: eth0, up: false}}\n",
+        );
+        ok(&base);
+        let b = base.as_bytes();
+        for i in 0..b.len() {
+            let _ = parse(Path::new("m.yaml"), &b[..i]);
+            for patch in [b"\xff" as &[u8], b"{", b"]", b"\n", b"- ", b": ", b"*a", b"&a ", b"\"", b"0"] {
+                let mut m = b[..i].to_vec();
+                m.extend_from_slice(patch);
+                m.extend_from_slice(&b[i + 1..]);
+                let _ = parse(Path::new("m.yaml"), &m);
+            }
+        }
+    }
+
     #[test]
     fn check_expands_folders() {
         let dir = tempfile::tempdir().unwrap();
@@ -1032,10 +1065,15 @@ steps:
         std::fs::write(dir.path().join("b.yaml"), &good).unwrap();
         std::fs::write(dir.path().join("a.yml"), "profile: v1.14.4\n").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not yaml").unwrap();
+        std::fs::write(dir.path().join("c.yaml"), format!("{HEAD}name: b\n{}", &good[HEAD.len()..])).unwrap();
         let (n, errors) = check(&[dir.path().to_path_buf(), dir.path().join("missing.yaml")]);
         assert_eq!(n, 1);
-        assert_eq!(errors.len(), 2);
+        assert_eq!(errors.len(), 3);
         assert_eq!(errors[0].path(), dir.path().join("a.yml"));
-        assert!(matches!(errors[1], ScenarioError::Read { .. }));
+        assert_eq!(
+            errors[1].to_string(),
+            format!("{}:2:7: scenario name \"b\" is already used by {}", dir.path().join("c.yaml").display(), dir.path().join("b.yaml").display())
+        );
+        assert!(matches!(errors[2], ScenarioError::Read { .. }));
     }
 }

@@ -52,10 +52,8 @@ fn every_invalid_scenario_fails_as_its_first_line_says() {
         .collect();
     files.sort();
     assert!(files.len() >= 25, "the corpus has only {} files", files.len());
-    let failures: Vec<String> = files
-        .iter()
-        .filter_map(|f| check_file(f).err().map(|e| format!("{}: {e}", f.display())))
-        .collect();
+    let failures: Vec<String> =
+        files.iter().filter_map(|f| check_file(f).err().map(|e| format!("{}: {e}", f.display()))).collect();
     assert!(failures.is_empty(), "{} of {} files differ:\n{}", failures.len(), files.len(), failures.join("\n"));
 }
 

@@ -124,16 +124,12 @@ impl Locator {
                 Some(Open::Map(_, pending, entries)) => match pending.take() {
                     None => {
                         if let Kind::Scalar(k) = &node.kind {
-                            if let Some((first, _)) = entries
-                                .iter()
-                                .find(|(key, _)| matches!(&key.kind, Kind::Scalar(s) if s == k))
+                            if let Some((first, _)) =
+                                entries.iter().find(|(key, _)| matches!(&key.kind, Kind::Scalar(s) if s == k))
                             {
                                 return Err(LocateError {
                                     pos: node.pos,
-                                    message: format!(
-                                        "duplicate key \"{k}\" (first given at line {})",
-                                        first.pos.line
-                                    ),
+                                    message: format!("duplicate key \"{k}\" (first given at line {})", first.pos.line),
                                 });
                             }
                         }
@@ -209,10 +205,9 @@ fn not_map(pos: Pos, what: &str, found: &str) -> LocateError {
 /// The child at `seg`: (its key node for maps, its value node).
 fn child<'n>(n: &'n Node, seg: Seg) -> Option<(Option<&'n Node>, &'n Node)> {
     match (&n.kind, seg) {
-        (Kind::Map(entries), Seg::K(key)) => entries
-            .iter()
-            .find(|(k, _)| matches!(&k.kind, Kind::Scalar(s) if s == key))
-            .map(|(k, v)| (Some(k), v)),
+        (Kind::Map(entries), Seg::K(key)) => {
+            entries.iter().find(|(k, _)| matches!(&k.kind, Kind::Scalar(s) if s == key)).map(|(k, v)| (Some(k), v))
+        }
         (Kind::Seq(items), Seg::I(i)) => items.get(i).map(|v| (None, v)),
         _ => None,
     }

@@ -16,8 +16,20 @@ use crate::loader::profile::Profile;
 
 /// Kernel features `requires` may name, beyond what the links imply.
 pub const KNOWN_FEATURES: &[&str] = &[
-    "tcx", "bonding", "vlan", "wireguard", "dummy", "vxlan", "macvlan", "vrf", "ifb", "bridge", "veth", "xdp",
-    "netkit", "btf",
+    "tcx",
+    "bonding",
+    "vlan",
+    "wireguard",
+    "dummy",
+    "vxlan",
+    "macvlan",
+    "vrf",
+    "ifb",
+    "bridge",
+    "veth",
+    "xdp",
+    "netkit",
+    "btf",
 ];
 
 /// Action keys of a step, as written in files.
@@ -169,7 +181,11 @@ impl<'de> Deserialize<'de> for RawRequires {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", expecting = "a step: a map with one action key such as `start: {}`")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "kebab-case",
+    expecting = "a step: a map with one action key such as `start: {}`"
+)]
 #[allow(dead_code)] // `start`, `stop`, `cleanup` are read to check their shape; presence comes from the locator
 struct RawStep {
     #[serde(default)]
@@ -347,7 +363,9 @@ fn check_dns_label(what: &str, name: &str) -> Result<(), String> {
     if name.len() <= 63 && !name.contains('.') {
         check_dns_subdomain(what, name)
     } else {
-        Err(format!("{what} \"{name}\" is not a valid Kubernetes namespace name (a DNS label of at most 63 characters)"))
+        Err(format!(
+            "{what} \"{name}\" is not a valid Kubernetes namespace name (a DNS label of at most 63 characters)"
+        ))
     }
 }
 
@@ -377,10 +395,9 @@ fn check_profile(name: &str) -> Result<(), String> {
     let implemented: Vec<&str> = Profile::implemented().iter().map(|p| p.as_str()).collect();
     match Profile::parse(name) {
         Some(p) if Profile::implemented().contains(&p) => Ok(()),
-        Some(_) => Err(format!(
-            "profile \"{name}\" is known but not implemented yet; implemented: {}",
-            implemented.join(", ")
-        )),
+        Some(_) => {
+            Err(format!("profile \"{name}\" is known but not implemented yet; implemented: {}", implemented.join(", ")))
+        }
         None => {
             let known: Vec<&str> = Profile::ALL.iter().map(|p| p.as_str()).collect();
             Err(format!("{} (implemented: {})", unknown("profile", name, &known), implemented.join(", ")))
@@ -463,8 +480,8 @@ fn build(cx: &Ctx, raw: RawScenario) -> Result<Scenario, ScenarioError> {
     let base = cx.path.parent().unwrap_or(Path::new(""));
     let (mut agent, agent_ignored, agent_file) = match &raw.agent_file {
         Some(f) => {
-            let (a, ignored, p) = load_agent_file(cx, base, f)?;
-            (a, ignored, Some(p))
+            let AgentFile { agent, ignored, path } = load_agent_file(cx, base, f)?;
+            (agent, ignored, Some(path))
         }
         None => (BTreeMap::new(), Vec::new(), None),
     };
@@ -537,23 +554,22 @@ fn check_agent_key(cx: &Ctx, at: &[Seg], key: &str) -> Result<(), ScenarioError>
     }
 }
 
+/// What `agent_file` contributes.
+struct AgentFile {
+    agent: BTreeMap<String, String>,
+    ignored: Vec<String>,
+    path: PathBuf,
+}
+
 /// Reads `agent_file` (relative to the scenario's folder): a ConfigMap manifest whose `data`
 /// keys the profiles model become agent settings; the others are returned as ignored.
-fn load_agent_file(
-    cx: &Ctx,
-    base: &Path,
-    file: &str,
-) -> Result<(BTreeMap<String, String>, Vec<String>, PathBuf), ScenarioError> {
+fn load_agent_file(cx: &Ctx, base: &Path, file: &str) -> Result<AgentFile, ScenarioError> {
     let resolved = base.join(file);
     let bytes = std::fs::read(&resolved).map_err(|e| {
         cx.at(&[K("agent_file")], format!("cannot read agent_file \"{file}\" ({}): {e}", resolved.display()))
     })?;
-    let at_file = |line: usize, col: usize, message: String| ScenarioError::At {
-        path: resolved.clone(),
-        line,
-        col,
-        message,
-    };
+    let at_file =
+        |line: usize, col: usize, message: String| ScenarioError::At { path: resolved.clone(), line, col, message };
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         let (line, col) = line_col(&bytes, e.valid_up_to());
         at_file(line, col, "the ConfigMap file is not UTF-8 text".into())
@@ -576,10 +592,11 @@ fn load_agent_file(
         let Some(value) = value.0 else {
             return Err(at_file(p.line, p.col, format!("ConfigMap key \"{key}\" has no value")));
         };
-        config::check_value(&key, &value).map_err(|m| at_file(p.line, p.col, format!("ConfigMap key \"{key}\": {m}")))?;
+        config::check_value(&key, &value)
+            .map_err(|m| at_file(p.line, p.col, format!("ConfigMap key \"{key}\": {m}")))?;
         agent.insert(key, value);
     }
-    Ok((agent, ignored, resolved))
+    Ok(AgentFile { agent, ignored, path: resolved })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -600,7 +617,9 @@ fn check_topology(cx: &Ctx, topo: &TopologySpec) -> Result<BTreeMap<String, Link
         for (name, name_at) in names {
             check_ifname(&name).map_err(|m| cx.at(&name_at, m))?;
             if let Some(p) = first.get(&name) {
-                return Err(cx.at(&name_at, format!("duplicate link name \"{name}\" (first defined at line {})", p.line)));
+                return Err(
+                    cx.at(&name_at, format!("duplicate link name \"{name}\" (first defined at line {})", p.line))
+                );
             }
             first.insert(name.clone(), cx.loc.at(&name_at));
             known.insert(name, l.kind);
@@ -627,7 +646,11 @@ fn check_link(cx: &Ctx, at: &[Seg], l: &LinkSpec, known: &BTreeMap<String, LinkK
                 ALL_KINDS.iter().filter(|k| kind_keys(**k).contains(&key)).map(|k| k.as_str()).collect();
             return Err(cx.err(
                 pos,
-                format!("{who}: key \"{key}\" is not valid for a {} link (it is for: {})", l.kind.as_str(), valid_for.join(", ")),
+                format!(
+                    "{who}: key \"{key}\" is not valid for a {} link (it is for: {})",
+                    l.kind.as_str(),
+                    valid_for.join(", ")
+                ),
             ));
         }
     }
@@ -638,8 +661,13 @@ fn check_link(cx: &Ctx, at: &[Seg], l: &LinkSpec, known: &BTreeMap<String, LinkK
         LinkKind::Vrf => &["table"],
         _ => &[],
     };
-    let keys: Vec<&str> = cx.loc.keys(at).into_iter().map(|(k, _)| k).collect();
-    if let Some(missing) = required.iter().find(|k| !keys.contains(k)) {
+    let given = |k: &str| match k {
+        "parent" => l.parent.is_some(),
+        "id" => l.id.is_some(),
+        "vni" => l.vni.is_some(),
+        _ => l.table.is_some(),
+    };
+    if let Some(missing) = required.iter().find(|k| !given(k)) {
         return Err(cx.at(at, format!("{who}: a {} link needs \"{missing}\"", l.kind.as_str())));
     }
     if let Some(peer) = &l.peer {
@@ -660,11 +688,14 @@ fn check_link(cx: &Ctx, at: &[Seg], l: &LinkSpec, known: &BTreeMap<String, LinkK
     }
     if let Some(p) = &l.protocol {
         if !VLAN_PROTOCOLS.contains(&p.as_str()) {
-            return Err(cx.at(&with(at, &[K("protocol")]), format!("{who}: {}", unknown("vlan protocol", p, VLAN_PROTOCOLS))));
+            return Err(
+                cx.at(&with(at, &[K("protocol")]), format!("{who}: {}", unknown("vlan protocol", p, VLAN_PROTOCOLS)))
+            );
         }
     }
     if let Some(m) = &l.mode {
-        let (what, list) = if l.kind == LinkKind::Bond { ("bond mode", BOND_MODES) } else { ("macvlan mode", MACVLAN_MODES) };
+        let (what, list) =
+            if l.kind == LinkKind::Bond { ("bond mode", BOND_MODES) } else { ("macvlan mode", MACVLAN_MODES) };
         if !list.contains(&m.as_str()) {
             return Err(cx.at(&with(at, &[K("mode")]), format!("{who}: {}", unknown(what, m, list))));
         }
@@ -679,18 +710,26 @@ fn check_link(cx: &Ctx, at: &[Seg], l: &LinkSpec, known: &BTreeMap<String, LinkK
     }
     if let Some(parent) = &l.parent {
         if !known.contains_key(parent) {
-            return Err(cx.at(&with(at, &[K("parent")]), format!("{who}: parent \"{parent}\" is not a link of this scenario")));
+            return Err(
+                cx.at(&with(at, &[K("parent")]), format!("{who}: parent \"{parent}\" is not a link of this scenario"))
+            );
         }
     }
     if let Some(master) = &l.master {
         match known.get(master) {
             None => {
-                return Err(cx.at(&with(at, &[K("master")]), format!("{who}: master \"{master}\" is not a link of this scenario")))
+                return Err(cx.at(
+                    &with(at, &[K("master")]),
+                    format!("{who}: master \"{master}\" is not a link of this scenario"),
+                ))
             }
             Some(k) if !matches!(k, LinkKind::Bond | LinkKind::Bridge | LinkKind::Vrf) => {
                 return Err(cx.at(
                     &with(at, &[K("master")]),
-                    format!("{who}: master \"{master}\" is a {} link; only a bond, bridge or vrf can be a master", k.as_str()),
+                    format!(
+                        "{who}: master \"{master}\" is a {} link; only a bond, bridge or vrf can be a master",
+                        k.as_str()
+                    ),
                 ))
             }
             _ => {}
@@ -773,10 +812,9 @@ fn check_route(cx: &Ctx, at: &[Seg], r: &RouteSpec, known: &BTreeMap<String, Lin
         match r.dst.parse::<IpNet>() {
             Ok(n) => Some(n.addr().is_ipv4()),
             Err(_) => {
-                return Err(cx.at(
-                    &with(at, &[K("dst")]),
-                    format!("route dst \"{}\" is neither `default` nor a CIDR", r.dst),
-                ))
+                return Err(
+                    cx.at(&with(at, &[K("dst")]), format!("route dst \"{}\" is neither `default` nor a CIDR", r.dst))
+                )
             }
         }
     };
@@ -785,7 +823,9 @@ fn check_route(cx: &Ctx, at: &[Seg], r: &RouteSpec, known: &BTreeMap<String, Lin
             .parse::<IpAddr>()
             .map_err(|_| cx.at(&with(at, &[K("via")]), format!("{who}: via \"{via}\" is not an IP address")))?;
         if dst_family.is_some_and(|v4| v4 != ip.is_ipv4()) {
-            return Err(cx.at(&with(at, &[K("via")]), format!("{who}: via {via} is not of the destination's address family")));
+            return Err(
+                cx.at(&with(at, &[K("via")]), format!("{who}: via {via} is not of the destination's address family"))
+            );
         }
     }
     if !known.contains_key(&r.dev) {
@@ -794,10 +834,14 @@ fn check_route(cx: &Ctx, at: &[Seg], r: &RouteSpec, known: &BTreeMap<String, Lin
     if let Some(t) = &r.table {
         match t.id() {
             Some(0) | None => {
-                return Err(cx.at(&with(at, &[K("table")]), format!("{who}: table must be `main`, `local` or a number from 1")))
+                return Err(
+                    cx.at(&with(at, &[K("table")]), format!("{who}: table must be `main`, `local` or a number from 1"))
+                )
             }
             Some(_) if matches!(t, RouteTable::Name(n) if n != "main" && n != "local") => {
-                return Err(cx.at(&with(at, &[K("table")]), format!("{who}: table must be `main`, `local` or a number from 1")))
+                return Err(
+                    cx.at(&with(at, &[K("table")]), format!("{who}: table must be `main`, `local` or a number from 1"))
+                )
             }
             Some(_) => {}
         }
@@ -812,7 +856,9 @@ fn check_pod(cx: &Ctx, at: &[Seg], pod: &PodSpec, pods: &BTreeMap<String, Pos>) 
     check_dns_subdomain("pod name", &pod.name).map_err(|m| cx.at(&with(at, &[K("name")]), m))?;
     check_dns_label("pod namespace", &pod.namespace).map_err(|m| cx.at(&with(at, &[K("namespace")]), m))?;
     if let Some(p) = pods.get(&pod.key()) {
-        return Err(cx.at(&with(at, &[K("name")]), format!("pod {} already exists (defined at line {})", pod.key(), p.line)));
+        return Err(
+            cx.at(&with(at, &[K("name")]), format!("pod {} already exists (defined at line {})", pod.key(), p.line))
+        );
     }
     Ok(())
 }
@@ -839,7 +885,9 @@ fn check_step(
     let actions: Vec<(&str, Pos)> = cx.loc.keys(&at).into_iter().filter(|(k, _)| ACTION_KEYS.contains(k)).collect();
     match actions.len() {
         0 => {
-            return Err(cx.at(&at, format!("step {} has no action; give exactly one of: {}", i + 1, ACTION_KEYS.join(", "))))
+            return Err(
+                cx.at(&at, format!("step {} has no action; give exactly one of: {}", i + 1, ACTION_KEYS.join(", ")))
+            )
         }
         1 => {}
         _ => {
@@ -907,14 +955,24 @@ fn check_step(
         "link" => link_action(cx, &a(&[]), raw.link, links)?,
         "foreign" => {
             let f = raw.foreign.ok_or_else(|| cx.at(&a(&[]), "foreign needs `{device, direction, program}`"))?;
-            if !links.contains_key(&f.device) {
-                return Err(cx.at(&a(&[K("device")]), format!("foreign: device \"{}\" is not a link of this scenario", f.device)));
+            // Besides the scenario's links: the agent's own devices, and pods' node-side veths.
+            let known = links.contains_key(&f.device)
+                || f.device.starts_with("cilium_")
+                || f.device.strip_prefix("pod:").is_some_and(|p| pods.contains_key(p));
+            if !known {
+                return Err(cx.at(
+                    &a(&[K("device")]),
+                    format!("foreign: device \"{}\" is neither a link of this scenario at this step, a cilium_ device nor pod:NAMESPACE/NAME of a pod", f.device),
+                ));
             }
             let fits = match f.program.as_str() {
                 "foreign_tc" => f.direction != ForeignDirection::Xdp,
                 "foreign_xdp" => f.direction == ForeignDirection::Xdp,
                 other => {
-                    return Err(cx.at(&a(&[K("program")]), format!("foreign: {}", unknown("program", other, &["foreign_tc", "foreign_xdp"]))))
+                    return Err(cx.at(
+                        &a(&[K("program")]),
+                        format!("foreign: {}", unknown("program", other, &["foreign_tc", "foreign_xdp"])),
+                    ))
                 }
             };
             if !fits {
@@ -947,7 +1005,9 @@ fn link_action(
         let lat = with(at, &[K("add")]);
         check_ifname(&l.name).map_err(|m| cx.at(&with(&lat, &[K("name")]), m))?;
         if links.contains_key(&l.name) {
-            return Err(cx.at(&with(&lat, &[K("name")]), format!("link add: link \"{}\" already exists at this step", l.name)));
+            return Err(
+                cx.at(&with(&lat, &[K("name")]), format!("link add: link \"{}\" already exists at this step", l.name))
+            );
         }
         check_link(cx, &lat, &l, links)?;
         if l.master.as_deref() == Some(&l.name) || l.parent.as_deref() == Some(&l.name) {
@@ -964,7 +1024,10 @@ fn link_action(
     }
     if let Some(s) = raw.set {
         if !links.contains_key(&s.name) {
-            return Err(cx.at(&with(at, &[K("set"), K("name")]), format!("link set: \"{}\" is not a link at this step", s.name)));
+            return Err(cx.at(
+                &with(at, &[K("set"), K("name")]),
+                format!("link set: \"{}\" is not a link at this step", s.name),
+            ));
         }
         return Ok(Action::LinkSet { name: s.name, up: s.up });
     }
@@ -979,7 +1042,9 @@ fn check_expect(cx: &Ctx, at: &[Seg], e: &Expect, pods: &BTreeMap<String, Pos>) 
         let dat = with(at, &[K("attachments"), K(dev)]);
         if let Some(pod) = dev.strip_prefix("pod:") {
             if !pods.contains_key(pod) {
-                return Err(cx.key_at(&dat, format!("attachments: \"{dev}\" names no pod of this scenario at this step")));
+                return Err(
+                    cx.key_at(&dat, format!("attachments: \"{dev}\" names no pod of this scenario at this step"))
+                );
             }
         } else {
             check_ifname(dev).map_err(|m| cx.key_at(&dat, format!("attachments: {m}")))?;
@@ -1025,4 +1090,20 @@ fn check_program(cx: &Ctx, at: &[Seg], p: &ProgramExpect, xdp: bool) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The error for a scenario whose name an earlier file of the same check already uses, placed
+/// at its `name` key (or the file's start when the name is the file stem).
+pub fn name_taken(s: &Scenario, first: &Path) -> ScenarioError {
+    let pos = std::fs::read(&s.path)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| Locator::new(&t, "scenario").ok())
+        .map_or(Pos::START, |l| l.at(&[K("name")]));
+    ScenarioError::At {
+        path: s.path.clone(),
+        line: pos.line,
+        col: pos.col,
+        message: format!("scenario name \"{}\" is already used by {}", s.name, first.display()),
+    }
 }
