@@ -40,6 +40,13 @@ pub fn known_keys() -> &'static [&'static str] {
 /// Checks one value's type (`"true"`/`"false"` for booleans, a number for priorities, ...).
 /// Returns a message that says what is accepted.
 pub fn check_value(key: &str, value: &str) -> Result<(), String> {
-    let _ = (key, value);
+    // Minimal typing for scenario validation; the config phase may refine it per key.
+    let boolean = key.starts_with("enable-") || matches!(key, "encrypt-node" | "force-device-detection");
+    if boolean && value != "true" && value != "false" {
+        return Err(format!("expected \"true\" or \"false\", found \"{value}\""));
+    }
+    if key == "bpf-filter-priority" && !value.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n)) {
+        return Err(format!("expected a number from 1 to 65535, found \"{value}\""));
+    }
     Ok(())
 }

@@ -1,0 +1,1109 @@
+//! From bytes to a [`Scenario`]: structure check (locator), typed parse (serde_yaml with
+//! `deny_unknown_fields`), then the rules that need the whole document, each error placed at
+//! the line and column of the key or value it is about. The first problem found is reported.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::locate::{Locator, Pos, Seg, Seg::I, Seg::K};
+use super::*;
+use crate::loader::config;
+use crate::loader::profile::Profile;
+
+/// Kernel features `requires` may name, beyond what the links imply.
+pub const KNOWN_FEATURES: &[&str] = &[
+    "tcx",
+    "bonding",
+    "vlan",
+    "wireguard",
+    "dummy",
+    "vxlan",
+    "macvlan",
+    "vrf",
+    "ifb",
+    "bridge",
+    "veth",
+    "xdp",
+    "netkit",
+    "btf",
+];
+
+/// Action keys of a step, as written in files.
+pub const ACTION_KEYS: &[&str] =
+    &["start", "restart", "apply", "delete", "add-pod", "delete-pod", "link", "foreign", "stop", "cleanup"];
+
+const BOND_MODES: &[&str] =
+    &["balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "balance-tlb", "balance-alb"];
+const MACVLAN_MODES: &[&str] = &["bridge", "private", "vepa", "passthru"];
+const VLAN_PROTOCOLS: &[&str] = &["802.1Q", "802.1ad"];
+const COMMON_LINK_KEYS: &[&str] = &["name", "kind", "up", "mtu", "mac", "addresses", "master"];
+
+/// Keys a link of `kind` may carry beyond the common ones.
+fn kind_keys(kind: LinkKind) -> &'static [&'static str] {
+    match kind {
+        LinkKind::Veth => &["peer", "peer_in"],
+        LinkKind::Bond => &["mode", "miimon"],
+        LinkKind::Vlan => &["parent", "id", "protocol"],
+        LinkKind::Macvlan => &["parent", "mode"],
+        LinkKind::Vxlan => &["vni", "port", "parent"],
+        LinkKind::Vrf => &["table"],
+        LinkKind::Bridge | LinkKind::Dummy | LinkKind::Ifb | LinkKind::Wireguard => &[],
+    }
+}
+
+const ALL_KINDS: [LinkKind; 10] = [
+    LinkKind::Veth,
+    LinkKind::Bond,
+    LinkKind::Vlan,
+    LinkKind::Bridge,
+    LinkKind::Dummy,
+    LinkKind::Ifb,
+    LinkKind::Wireguard,
+    LinkKind::Macvlan,
+    LinkKind::Vxlan,
+    LinkKind::Vrf,
+];
+
+// ---------------------------------------------------------------------------------------------
+// Raw layer: what serde_yaml reads. Types that are already exact (links, routes, pods, expect)
+// are the public ones.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a scenario: a map with `profile`, `topology` and `steps`")]
+struct RawScenario {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    profile: String,
+    #[serde(default)]
+    requires: Option<RawRequires>,
+    #[serde(default)]
+    node: Option<NodeSpec>,
+    topology: TopologySpec,
+    #[serde(default)]
+    agent: Option<BTreeMap<String, Scalar>>,
+    #[serde(default)]
+    agent_file: Option<String>,
+    #[serde(default)]
+    pods: Vec<PodSpec>,
+    steps: Vec<RawStep>,
+}
+
+/// A ConfigMap value: a string, or a YAML boolean or number normalised to its string; `None`
+/// for null (which removes a key in `restart`).
+struct Scalar(Option<String>);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, Visitor};
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, boolean or number")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(Some(v.to_string())))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(Some(v.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(Some(v.to_string())))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(Some(v.to_string())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(Some(v.to_string())))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `requires`: a list of features, or `{features: [...], kernel: {min, max}}`.
+struct RawRequires(Requires);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequiresMap {
+    #[serde(default)]
+    features: Vec<String>,
+    #[serde(default)]
+    kernel: Option<KernelBounds>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KernelBounds {
+    #[serde(default)]
+    min: Option<String>,
+    #[serde(default)]
+    max: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawRequires {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRequires;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of features or `{features: [...], kernel: {min, max}}`")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawRequires, A::Error> {
+                let features = Vec::<String>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(RawRequires(Requires { features, ..Default::default() }))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRequires, A::Error> {
+                let m = RequiresMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let (kernel_min, kernel_max) = m.kernel.map(|k| (k.min, k.max)).unwrap_or_default();
+                Ok(RawRequires(Requires { features: m.features, kernel_min, kernel_max }))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawRequires, E> {
+                Ok(RawRequires(Requires::default()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "kebab-case",
+    expecting = "a step: a map with one action key such as `start: {}`"
+)]
+#[allow(dead_code)] // `start`, `stop`, `cleanup` are read to check their shape; presence comes from the locator
+struct RawStep {
+    #[serde(default)]
+    start: Option<Empty>,
+    #[serde(default)]
+    restart: Option<RawRestart>,
+    #[serde(default)]
+    apply: Option<String>,
+    #[serde(default)]
+    delete: Option<String>,
+    #[serde(default)]
+    add_pod: Option<PodSpec>,
+    #[serde(default)]
+    delete_pod: Option<String>,
+    #[serde(default)]
+    link: Option<RawLinkAction>,
+    #[serde(default)]
+    foreign: Option<RawForeign>,
+    #[serde(default)]
+    stop: Option<Empty>,
+    #[serde(default)]
+    cleanup: Option<Empty>,
+    #[serde(default)]
+    expect: Option<Expect>,
+}
+
+/// `{}`: actions that take no arguments.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRestart {
+    #[serde(default)]
+    agent: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    profile: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLinkAction {
+    #[serde(default)]
+    add: Option<LinkSpec>,
+    #[serde(default)]
+    delete: Option<String>,
+    #[serde(default)]
+    set: Option<LinkSet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkSet {
+    name: String,
+    up: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForeign {
+    device: String,
+    direction: ForeignDirection,
+    program: String,
+}
+
+/// The parts of a ConfigMap manifest `agent_file` reads; other keys (apiVersion, metadata) are
+/// not looked at.
+#[derive(Deserialize)]
+struct RawConfigMap {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    data: BTreeMap<String, Scalar>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// The closest candidate to `word`, if close enough to be a likely typo.
+pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        // A candidate the word is a prefix of ("v1.14" → "v1.14.4") beats an equally near one.
+        .map(|c| (strsim::normalized_damerau_levenshtein(word, c) + if c.starts_with(word) { 0.2 } else { 0.0 }, c))
+        .filter(|(score, _)| *score >= 0.6)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// `unknown WHAT "word", did you mean "x"?` or `...; expected one of: a, b`.
+pub fn unknown(what: &str, word: &str, candidates: &[&str]) -> String {
+    match suggest(word, candidates.iter().copied()) {
+        Some(s) => format!("unknown {what} \"{word}\", did you mean \"{s}\"?"),
+        None if candidates.is_empty() => format!("unknown {what} \"{word}\" (none are allowed here)"),
+        None => format!("unknown {what} \"{word}\"; expected one of: {}", candidates.join(", ")),
+    }
+}
+
+/// Rewrites a serde_yaml error into this module's wording and position.
+fn from_serde(path: &Path, e: &serde_yaml::Error) -> ScenarioError {
+    let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+    let mut msg = e.to_string();
+    let suffix = format!(" at line {line} column {col}");
+    if msg.ends_with(&suffix) {
+        msg.truncate(msg.len() - suffix.len());
+    }
+    // serde_yaml prefixes the path (`topology.links[1]: ...`); the position says it better.
+    let mut field = None;
+    if let Some((prefix, rest)) = msg.split_once(": ") {
+        if !prefix.contains(' ') && !prefix.contains('`') {
+            field = prefix.rsplit('.').next().map(|s| s.split('[').next().unwrap_or(s).to_string());
+            msg = rest.to_string();
+        }
+    }
+    let ticked: Vec<&str> = msg.split('`').skip(1).step_by(2).collect();
+    let message = if msg.starts_with("unknown field `") {
+        unknown("key", ticked[0], &ticked[1..])
+    } else if msg.starts_with("unknown variant `") {
+        unknown(field.as_deref().unwrap_or("value"), ticked[0], &ticked[1..])
+    } else if msg.starts_with("missing field `") {
+        format!("missing key \"{}\"", ticked[0])
+    } else if msg.starts_with("duplicate field `") {
+        format!("duplicate key \"{}\"", ticked[0])
+    } else {
+        match field {
+            Some(f) if !f.is_empty() => format!("\"{f}\": {msg}"),
+            _ => msg,
+        }
+    };
+    ScenarioError::At { path: path.to_path_buf(), line, col, message }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names and values
+
+/// A Linux interface name: 1–15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("an interface name must not be empty".into());
+    }
+    if name.len() > 15 {
+        return Err(format!("interface name \"{name}\" is {} bytes long, at most 15 fit", name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("\"{name}\" is not a valid interface name"));
+    }
+    if let Some(c) = name.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace()) {
+        return Err(format!("interface name \"{name}\" contains {c:?}, which interface names cannot hold"));
+    }
+    Ok(())
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain), as pod names are.
+fn check_dns_subdomain(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} \"{name}\" is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253)"
+        ))
+    }
+}
+
+/// A Kubernetes namespace name (DNS-1123 label).
+fn check_dns_label(what: &str, name: &str) -> Result<(), String> {
+    if name.len() <= 63 && !name.contains('.') {
+        check_dns_subdomain(what, name)
+    } else {
+        Err(format!(
+            "{what} \"{name}\" is not a valid Kubernetes namespace name (a DNS label of at most 63 characters)"
+        ))
+    }
+}
+
+fn check_mac(mac: &str) -> Result<(), String> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(format!("mac \"{mac}\" is not a MAC address (six hex octets separated by ':')"));
+    }
+    let first = u8::from_str_radix(parts[0], 16).unwrap_or(0);
+    if first & 1 == 1 {
+        return Err(format!("mac \"{mac}\" is a multicast address; a link needs a unicast one"));
+    }
+    Ok(())
+}
+
+fn check_kernel_version(v: &str) -> Result<(), String> {
+    let parts: Vec<&str> = v.split('.').collect();
+    if (2..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+        Ok(())
+    } else {
+        Err(format!("kernel version \"{v}\" is not of the form MAJOR.MINOR or MAJOR.MINOR.PATCH (quote it: \"6.10\")"))
+    }
+}
+
+fn check_profile(name: &str) -> Result<(), String> {
+    let implemented: Vec<&str> = Profile::implemented().iter().map(|p| p.as_str()).collect();
+    match Profile::parse(name) {
+        Some(p) if Profile::implemented().contains(&p) => Ok(()),
+        Some(_) => {
+            Err(format!("profile \"{name}\" is known but not implemented yet; implemented: {}", implemented.join(", ")))
+        }
+        None => {
+            let known: Vec<&str> = Profile::ALL.iter().map(|p| p.as_str()).collect();
+            Err(format!("{} (implemented: {})", unknown("profile", name, &known), implemented.join(", ")))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checker
+
+/// The scenario being checked: where it came from and where its nodes are.
+struct Ctx<'a> {
+    path: &'a Path,
+    loc: &'a Locator,
+}
+
+impl Ctx<'_> {
+    fn err(&self, pos: Pos, message: impl Into<String>) -> ScenarioError {
+        ScenarioError::At { path: self.path.to_path_buf(), line: pos.line, col: pos.col, message: message.into() }
+    }
+    fn at(&self, path: &[Seg], message: impl Into<String>) -> ScenarioError {
+        self.err(self.loc.at(path), message)
+    }
+    fn key_at(&self, path: &[Seg], message: impl Into<String>) -> ScenarioError {
+        self.err(self.loc.key_at(path), message)
+    }
+}
+
+fn with<'a>(base: &[Seg<'a>], more: &[Seg<'a>]) -> Vec<Seg<'a>> {
+    let mut v = base.to_vec();
+    v.extend_from_slice(more);
+    v
+}
+
+/// Parses and validates; see [`super::parse`].
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Scenario, ScenarioError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, col) = line_col(bytes, e.valid_up_to());
+        ScenarioError::At {
+            path: path.to_path_buf(),
+            line,
+            col,
+            message: format!("the file is not UTF-8 text (invalid byte 0x{:02x})", bytes[e.valid_up_to()]),
+        }
+    })?;
+    let loc = Locator::new(text, "scenario").map_err(|e| ScenarioError::At {
+        path: path.to_path_buf(),
+        line: e.pos.line,
+        col: e.pos.col,
+        message: e.message,
+    })?;
+    let raw: RawScenario = serde_yaml::from_str(text).map_err(|e| from_serde(path, &e))?;
+    let cx = Ctx { path, loc: &loc };
+    build(&cx, raw)
+}
+
+/// 1-based line and column (in characters) of byte offset `at`, which must end valid UTF-8.
+fn line_col(bytes: &[u8], at: usize) -> (usize, usize) {
+    let before = &bytes[..at];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let col = std::str::from_utf8(&before[start..]).map_or(at - start, |s| s.chars().count()) + 1;
+    (line, col)
+}
+
+fn build(cx: &Ctx, raw: RawScenario) -> Result<Scenario, ScenarioError> {
+    check_profile(&raw.profile).map_err(|m| cx.at(&[K("profile")], m))?;
+
+    let requires = raw.requires.map(|r| r.0).unwrap_or_default();
+    check_requires(cx, &requires)?;
+
+    let node = raw.node.unwrap_or_default();
+    if let Some(ip) = &node.ip {
+        ip.parse::<IpAddr>()
+            .map_err(|_| cx.at(&[K("node"), K("ip")], format!("node ip \"{ip}\" is not an IP address")))?;
+    }
+
+    let mut links = check_topology(cx, &raw.topology)?;
+
+    let base = cx.path.parent().unwrap_or(Path::new(""));
+    let (mut agent, agent_ignored, agent_file) = match &raw.agent_file {
+        Some(f) => {
+            let AgentFile { agent, ignored, path } = load_agent_file(cx, base, f)?;
+            (agent, ignored, Some(path))
+        }
+        None => (BTreeMap::new(), Vec::new(), None),
+    };
+    for (key, value) in raw.agent.unwrap_or_default() {
+        let at = [K("agent"), K(&key)];
+        check_agent_key(cx, &at, &key)?;
+        let Some(value) = value.0 else {
+            return Err(cx.key_at(&at, format!("agent key \"{key}\" has no value; quote it or remove the key")));
+        };
+        config::check_value(&key, &value).map_err(|m| cx.at(&at, format!("agent key \"{key}\": {m}")))?;
+        agent.insert(key, value);
+    }
+
+    let mut pods: BTreeMap<String, Pos> = BTreeMap::new();
+    for (i, pod) in raw.pods.iter().enumerate() {
+        check_pod(cx, &[K("pods"), I(i)], pod, &pods)?;
+        pods.insert(pod.key(), cx.loc.at(&[K("pods"), I(i)]));
+    }
+
+    if raw.steps.is_empty() {
+        return Err(cx.at(&[K("steps")], "a scenario needs at least one step"));
+    }
+    let mut steps = Vec::with_capacity(raw.steps.len());
+    for (i, step) in raw.steps.into_iter().enumerate() {
+        steps.push(check_step(cx, i, step, base, &mut links, &mut pods)?);
+    }
+
+    let name = match raw.name {
+        Some(n) if n.trim().is_empty() => return Err(cx.at(&[K("name")], "name must not be empty")),
+        Some(n) => n,
+        None => cx.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
+    Ok(Scenario {
+        path: cx.path.to_path_buf(),
+        name,
+        description: raw.description,
+        profile: raw.profile,
+        requires,
+        node,
+        topology: raw.topology,
+        agent,
+        agent_ignored,
+        agent_file,
+        pods: raw.pods,
+        steps,
+    })
+}
+
+fn check_requires(cx: &Ctx, r: &Requires) -> Result<(), ScenarioError> {
+    let list = matches!(cx.loc.node(&[K("requires")]).map(|n| &n.kind), Some(super::locate::Kind::Seq(_)));
+    for (i, f) in r.features.iter().enumerate() {
+        if !KNOWN_FEATURES.contains(&f.as_str()) {
+            let at = if list { vec![K("requires"), I(i)] } else { vec![K("requires"), K("features"), I(i)] };
+            return Err(cx.at(&at, unknown("feature", f, KNOWN_FEATURES)));
+        }
+    }
+    for (key, v) in [("min", &r.kernel_min), ("max", &r.kernel_max)] {
+        if let Some(v) = v {
+            check_kernel_version(v).map_err(|m| cx.at(&[K("requires"), K("kernel"), K(key)], m))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_agent_key(cx: &Ctx, at: &[Seg], key: &str) -> Result<(), ScenarioError> {
+    if config::known_keys().contains(&key) {
+        Ok(())
+    } else {
+        Err(cx.key_at(at, unknown("key", key, config::known_keys())))
+    }
+}
+
+/// What `agent_file` contributes.
+struct AgentFile {
+    agent: BTreeMap<String, String>,
+    ignored: Vec<String>,
+    path: PathBuf,
+}
+
+/// Reads `agent_file` (relative to the scenario's folder): a ConfigMap manifest whose `data`
+/// keys the profiles model become agent settings; the others are returned as ignored.
+fn load_agent_file(cx: &Ctx, base: &Path, file: &str) -> Result<AgentFile, ScenarioError> {
+    let resolved = base.join(file);
+    let bytes = std::fs::read(&resolved).map_err(|e| {
+        cx.at(&[K("agent_file")], format!("cannot read agent_file \"{file}\" ({}): {e}", resolved.display()))
+    })?;
+    let at_file =
+        |line: usize, col: usize, message: String| ScenarioError::At { path: resolved.clone(), line, col, message };
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let (line, col) = line_col(&bytes, e.valid_up_to());
+        at_file(line, col, "the ConfigMap file is not UTF-8 text".into())
+    })?;
+    let loc = Locator::new(text, "ConfigMap").map_err(|e| at_file(e.pos.line, e.pos.col, e.message))?;
+    let cm: RawConfigMap = serde_yaml::from_str(text).map_err(|e| from_serde(&resolved, &e))?;
+    if cm.kind.as_deref() != Some("ConfigMap") {
+        let p = loc.at(&[K("kind")]);
+        let found = cm.kind.map_or("no kind".to_string(), |k| format!("kind \"{k}\""));
+        return Err(at_file(p.line, p.col, format!("agent_file must be a ConfigMap manifest, found {found}")));
+    }
+    let mut agent = BTreeMap::new();
+    let mut ignored = Vec::new();
+    for (key, value) in cm.data {
+        let p = loc.at(&[K("data"), K(&key)]);
+        if !config::known_keys().contains(&key.as_str()) {
+            ignored.push(key);
+            continue;
+        }
+        let Some(value) = value.0 else {
+            return Err(at_file(p.line, p.col, format!("ConfigMap key \"{key}\" has no value")));
+        };
+        config::check_value(&key, &value)
+            .map_err(|m| at_file(p.line, p.col, format!("ConfigMap key \"{key}\": {m}")))?;
+        agent.insert(key, value);
+    }
+    Ok(AgentFile { agent, ignored, path: resolved })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topology
+
+fn check_topology(cx: &Ctx, topo: &TopologySpec) -> Result<BTreeMap<String, LinkKind>, ScenarioError> {
+    let links_at = [K("topology"), K("links")];
+    let mut known: BTreeMap<String, LinkKind> = BTreeMap::new();
+    let mut first: HashMap<String, Pos> = HashMap::new();
+    // Names first, so that references can point forward. A veth peer kept in the node
+    // namespace (`peer_in: node`) is a link of the node too.
+    for (i, l) in topo.links.iter().enumerate() {
+        let at = with(&links_at, &[I(i)]);
+        let mut names = vec![(l.name.clone(), with(&at, &[K("name")]))];
+        if l.kind == LinkKind::Veth && l.peer_in == Some(PeerIn::Node) {
+            names.push((l.peer_name(), with(&at, &[K("peer")])));
+        }
+        for (name, name_at) in names {
+            check_ifname(&name).map_err(|m| cx.at(&name_at, m))?;
+            if let Some(p) = first.get(&name) {
+                return Err(
+                    cx.at(&name_at, format!("duplicate link name \"{name}\" (first defined at line {})", p.line))
+                );
+            }
+            first.insert(name.clone(), cx.loc.at(&name_at));
+            known.insert(name, l.kind);
+        }
+    }
+    for (i, l) in topo.links.iter().enumerate() {
+        check_link(cx, &with(&links_at, &[I(i)]), l, &known)?;
+    }
+    check_cycles(cx, topo)?;
+    check_addresses(cx, topo.links.iter().enumerate().map(|(i, l)| (with(&links_at, &[I(i)]), l)))?;
+    for (i, r) in topo.routes.iter().enumerate() {
+        check_route(cx, &[K("topology"), K("routes"), I(i)], r, &known)?;
+    }
+    Ok(known)
+}
+
+/// Rules for one link that need only the link and the names known so far.
+fn check_link(cx: &Ctx, at: &[Seg], l: &LinkSpec, known: &BTreeMap<String, LinkKind>) -> Result<(), ScenarioError> {
+    let who = format!("link \"{}\"", l.name);
+    let extra = kind_keys(l.kind);
+    for (key, pos) in cx.loc.keys(at) {
+        if !COMMON_LINK_KEYS.contains(&key) && !extra.contains(&key) {
+            let valid_for: Vec<&str> =
+                ALL_KINDS.iter().filter(|k| kind_keys(**k).contains(&key)).map(|k| k.as_str()).collect();
+            return Err(cx.err(
+                pos,
+                format!(
+                    "{who}: key \"{key}\" is not valid for a {} link (it is for: {})",
+                    l.kind.as_str(),
+                    valid_for.join(", ")
+                ),
+            ));
+        }
+    }
+    let required: &[&str] = match l.kind {
+        LinkKind::Vlan => &["parent", "id"],
+        LinkKind::Macvlan => &["parent"],
+        LinkKind::Vxlan => &["vni"],
+        LinkKind::Vrf => &["table"],
+        _ => &[],
+    };
+    let given = |k: &str| match k {
+        "parent" => l.parent.is_some(),
+        "id" => l.id.is_some(),
+        "vni" => l.vni.is_some(),
+        _ => l.table.is_some(),
+    };
+    if let Some(missing) = required.iter().find(|k| !given(k)) {
+        return Err(cx.at(at, format!("{who}: a {} link needs \"{missing}\"", l.kind.as_str())));
+    }
+    if let Some(peer) = &l.peer {
+        check_ifname(peer).map_err(|m| cx.at(&with(at, &[K("peer")]), format!("{who}: peer: {m}")))?;
+    }
+    if let Some(mtu) = l.mtu {
+        if !(68..=65535).contains(&mtu) {
+            return Err(cx.at(&with(at, &[K("mtu")]), format!("{who}: mtu {mtu} is out of range 68–65535")));
+        }
+    }
+    if let Some(mac) = &l.mac {
+        check_mac(mac).map_err(|m| cx.at(&with(at, &[K("mac")]), format!("{who}: {m}")))?;
+    }
+    if let Some(id) = l.id {
+        if !(1..=4094).contains(&id) {
+            return Err(cx.at(&with(at, &[K("id")]), format!("{who}: vlan id {id} is out of range 1–4094")));
+        }
+    }
+    if let Some(p) = &l.protocol {
+        if !VLAN_PROTOCOLS.contains(&p.as_str()) {
+            return Err(
+                cx.at(&with(at, &[K("protocol")]), format!("{who}: {}", unknown("vlan protocol", p, VLAN_PROTOCOLS)))
+            );
+        }
+    }
+    if let Some(m) = &l.mode {
+        let (what, list) =
+            if l.kind == LinkKind::Bond { ("bond mode", BOND_MODES) } else { ("macvlan mode", MACVLAN_MODES) };
+        if !list.contains(&m.as_str()) {
+            return Err(cx.at(&with(at, &[K("mode")]), format!("{who}: {}", unknown(what, m, list))));
+        }
+    }
+    if let Some(vni) = l.vni {
+        if vni > 0xFF_FFFF {
+            return Err(cx.at(&with(at, &[K("vni")]), format!("{who}: vni {vni} is out of range 0–16777215")));
+        }
+    }
+    if l.table == Some(0) {
+        return Err(cx.at(&with(at, &[K("table")]), format!("{who}: vrf table must not be 0")));
+    }
+    if let Some(parent) = &l.parent {
+        if !known.contains_key(parent) {
+            return Err(
+                cx.at(&with(at, &[K("parent")]), format!("{who}: parent \"{parent}\" is not a link of this scenario"))
+            );
+        }
+    }
+    if let Some(master) = &l.master {
+        match known.get(master) {
+            None => {
+                return Err(cx.at(
+                    &with(at, &[K("master")]),
+                    format!("{who}: master \"{master}\" is not a link of this scenario"),
+                ))
+            }
+            Some(k) if !matches!(k, LinkKind::Bond | LinkKind::Bridge | LinkKind::Vrf) => {
+                return Err(cx.at(
+                    &with(at, &[K("master")]),
+                    format!(
+                        "{who}: master \"{master}\" is a {} link; only a bond, bridge or vrf can be a master",
+                        k.as_str()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    for (i, a) in l.addresses.iter().enumerate() {
+        if a.parse::<IpNet>().is_err() {
+            return Err(cx.at(
+                &with(at, &[K("addresses"), I(i)]),
+                format!("{who}: address \"{a}\" is not a CIDR (an IPv4 or IPv6 address with /PREFIX)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Masters and parents must form no cycle: links are created references first.
+fn check_cycles(cx: &Ctx, topo: &TopologySpec) -> Result<(), ScenarioError> {
+    let index: HashMap<&str, usize> = topo.links.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
+    let deps = |i: usize| -> Vec<usize> {
+        let l = &topo.links[i];
+        [&l.master, &l.parent].into_iter().flatten().filter_map(|n| index.get(n.as_str()).copied()).collect()
+    };
+    // Peel off links whose references are all resolved; what remains sits on or behind a cycle.
+    let mut left: BTreeSet<usize> = (0..topo.links.len()).collect();
+    loop {
+        let ready: Vec<usize> = left.iter().copied().filter(|i| deps(*i).iter().all(|d| !left.contains(d))).collect();
+        if ready.is_empty() {
+            break;
+        }
+        for i in ready {
+            left.remove(&i);
+        }
+    }
+    let Some(&start) = left.iter().next() else { return Ok(()) };
+    let mut walk = vec![start];
+    let mut cur = start;
+    loop {
+        cur = deps(cur).into_iter().find(|d| left.contains(d)).unwrap_or(start);
+        if let Some(p) = walk.iter().position(|x| *x == cur) {
+            let cycle = &walk[p..];
+            let mut names: Vec<&str> = cycle.iter().map(|i| topo.links[*i].name.as_str()).collect();
+            names.push(names[0]);
+            let l = &topo.links[cycle[0]];
+            let next = &topo.links[cycle.get(1).copied().unwrap_or(cycle[0])].name;
+            let key = if l.master.as_deref() == Some(next) { "master" } else { "parent" };
+            return Err(cx.at(
+                &[K("topology"), K("links"), I(cycle[0]), K(key)],
+                format!("links form a cycle of masters/parents: {}", names.join(" -> ")),
+            ));
+        }
+        walk.push(cur);
+    }
+}
+
+fn check_addresses<'s, 'a>(
+    cx: &Ctx,
+    links: impl Iterator<Item = (Vec<Seg<'s>>, &'a LinkSpec)>,
+) -> Result<(), ScenarioError> {
+    let mut seen: HashMap<IpAddr, &str> = HashMap::new();
+    for (at, l) in links {
+        for (i, a) in l.addresses.iter().enumerate() {
+            let Ok(net) = a.parse::<IpNet>() else { continue };
+            if let Some(other) = seen.insert(net.addr(), &l.name) {
+                return Err(cx.at(
+                    &with(&at, &[K("addresses"), I(i)]),
+                    format!("link \"{}\": address {} is already on link \"{other}\"", l.name, net.addr()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_route(cx: &Ctx, at: &[Seg], r: &RouteSpec, known: &BTreeMap<String, LinkKind>) -> Result<(), ScenarioError> {
+    let who = format!("route to {}", r.dst);
+    let dst_family = if r.dst == "default" {
+        None
+    } else {
+        match r.dst.parse::<IpNet>() {
+            Ok(n) => Some(n.addr().is_ipv4()),
+            Err(_) => {
+                return Err(
+                    cx.at(&with(at, &[K("dst")]), format!("route dst \"{}\" is neither `default` nor a CIDR", r.dst))
+                )
+            }
+        }
+    };
+    if let Some(via) = &r.via {
+        let ip = via
+            .parse::<IpAddr>()
+            .map_err(|_| cx.at(&with(at, &[K("via")]), format!("{who}: via \"{via}\" is not an IP address")))?;
+        if dst_family.is_some_and(|v4| v4 != ip.is_ipv4()) {
+            return Err(
+                cx.at(&with(at, &[K("via")]), format!("{who}: via {via} is not of the destination's address family"))
+            );
+        }
+    }
+    if !known.contains_key(&r.dev) {
+        return Err(cx.at(&with(at, &[K("dev")]), format!("{who}: dev \"{}\" is not a link of this scenario", r.dev)));
+    }
+    if let Some(t) = &r.table {
+        match t.id() {
+            Some(0) | None => {
+                return Err(
+                    cx.at(&with(at, &[K("table")]), format!("{who}: table must be `main`, `local` or a number from 1"))
+                )
+            }
+            Some(_) if matches!(t, RouteTable::Name(n) if n != "main" && n != "local") => {
+                return Err(
+                    cx.at(&with(at, &[K("table")]), format!("{who}: table must be `main`, `local` or a number from 1"))
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods and steps
+
+fn check_pod(cx: &Ctx, at: &[Seg], pod: &PodSpec, pods: &BTreeMap<String, Pos>) -> Result<(), ScenarioError> {
+    check_dns_subdomain("pod name", &pod.name).map_err(|m| cx.at(&with(at, &[K("name")]), m))?;
+    check_dns_label("pod namespace", &pod.namespace).map_err(|m| cx.at(&with(at, &[K("namespace")]), m))?;
+    if let Some(p) = pods.get(&pod.key()) {
+        return Err(
+            cx.at(&with(at, &[K("name")]), format!("pod {} already exists (defined at line {})", pod.key(), p.line))
+        );
+    }
+    Ok(())
+}
+
+/// `NAMESPACE/NAME`, or `NAME` in namespace `default`.
+fn pod_key(name: &str) -> String {
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        format!("default/{name}")
+    }
+}
+
+fn check_step(
+    cx: &Ctx,
+    i: usize,
+    raw: RawStep,
+    base: &Path,
+    links: &mut BTreeMap<String, LinkKind>,
+    pods: &mut BTreeMap<String, Pos>,
+) -> Result<Step, ScenarioError> {
+    let at = [K("steps"), I(i)];
+    let line = cx.loc.at(&at).line;
+    let actions: Vec<(&str, Pos)> = cx.loc.keys(&at).into_iter().filter(|(k, _)| ACTION_KEYS.contains(k)).collect();
+    match actions.len() {
+        0 => {
+            return Err(
+                cx.at(&at, format!("step {} has no action; give exactly one of: {}", i + 1, ACTION_KEYS.join(", ")))
+            )
+        }
+        1 => {}
+        _ => {
+            let names: Vec<&str> = actions.iter().map(|(k, _)| *k).collect();
+            return Err(cx.err(
+                actions[1].1,
+                format!("step {} has {} actions ({}); give exactly one per step", i + 1, names.len(), names.join(", ")),
+            ));
+        }
+    }
+    let key = actions[0].0;
+    let a = |more: &[Seg<'static>]| with(&at, &with(&[K(key)], more));
+    let fixture = |p: &str| -> Result<PathBuf, ScenarioError> {
+        let resolved = base.join(p);
+        if resolved.is_file() {
+            Ok(resolved)
+        } else {
+            Err(cx.at(&a(&[]), format!("{key}: fixture \"{p}\" does not exist (resolved to {})", resolved.display())))
+        }
+    };
+    let action = match key {
+        "start" => Action::Start,
+        "stop" => Action::Stop,
+        "cleanup" => Action::Cleanup,
+        "restart" => {
+            let r = raw.restart.unwrap_or_default();
+            let mut agent = BTreeMap::new();
+            for (k, v) in r.agent {
+                let kat = with(&at, &[K("restart"), K("agent"), K(&k)]);
+                check_agent_key(cx, &kat, &k)?;
+                if let Some(v) = &v.0 {
+                    config::check_value(&k, v).map_err(|m| cx.at(&kat, format!("agent key \"{k}\": {m}")))?;
+                }
+                agent.insert(k, v.0);
+            }
+            if let Some(p) = &r.profile {
+                check_profile(p).map_err(|m| cx.at(&a(&[K("profile")]), m))?;
+            }
+            Action::Restart { agent, profile: r.profile }
+        }
+        "apply" | "delete" => {
+            let p = if key == "apply" { raw.apply } else { raw.delete };
+            let p = p.ok_or_else(|| cx.at(&a(&[]), format!("{key} needs the path of a policy fixture")))?;
+            let resolved = fixture(&p)?;
+            if key == "apply" {
+                Action::Apply(resolved)
+            } else {
+                Action::Delete(resolved)
+            }
+        }
+        "add-pod" => {
+            let pod = raw.add_pod.ok_or_else(|| cx.at(&a(&[]), "add-pod needs `{name, namespace, labels}`"))?;
+            check_pod(cx, &a(&[]), &pod, pods)?;
+            pods.insert(pod.key(), cx.loc.at(&a(&[])));
+            Action::AddPod(pod)
+        }
+        "delete-pod" => {
+            let name = raw.delete_pod.ok_or_else(|| cx.at(&a(&[]), "delete-pod needs a pod name"))?;
+            let k = pod_key(&name);
+            if pods.remove(&k).is_none() {
+                return Err(cx.at(&a(&[]), format!("delete-pod: pod {k} does not exist at this step")));
+            }
+            Action::DeletePod(k)
+        }
+        "link" => link_action(cx, &a(&[]), raw.link, links)?,
+        "foreign" => {
+            let f = raw.foreign.ok_or_else(|| cx.at(&a(&[]), "foreign needs `{device, direction, program}`"))?;
+            // Besides the scenario's links: the agent's own devices, and pods' node-side veths.
+            let known = links.contains_key(&f.device)
+                || f.device.starts_with("cilium_")
+                || f.device.strip_prefix("pod:").is_some_and(|p| pods.contains_key(p));
+            if !known {
+                return Err(cx.at(
+                    &a(&[K("device")]),
+                    format!("foreign: device \"{}\" is neither a link of this scenario at this step, a cilium_ device nor pod:NAMESPACE/NAME of a pod", f.device),
+                ));
+            }
+            let fits = match f.program.as_str() {
+                "foreign_tc" => f.direction != ForeignDirection::Xdp,
+                "foreign_xdp" => f.direction == ForeignDirection::Xdp,
+                other => {
+                    return Err(cx.at(
+                        &a(&[K("program")]),
+                        format!("foreign: {}", unknown("program", other, &["foreign_tc", "foreign_xdp"])),
+                    ))
+                }
+            };
+            if !fits {
+                return Err(cx.at(
+                    &a(&[K("direction")]),
+                    "foreign: foreign_tc goes with direction ingress or egress, foreign_xdp with direction xdp",
+                ));
+            }
+            Action::Foreign { device: f.device, direction: f.direction, program: f.program }
+        }
+        _ => unreachable!("action keys are listed in ACTION_KEYS"),
+    };
+    let expect = raw.expect.unwrap_or_default();
+    check_expect(cx, &with(&at, &[K("expect")]), &expect, pods)?;
+    Ok(Step { action, expect, line })
+}
+
+fn link_action(
+    cx: &Ctx,
+    at: &[Seg],
+    raw: Option<RawLinkAction>,
+    links: &mut BTreeMap<String, LinkKind>,
+) -> Result<Action, ScenarioError> {
+    let keys = cx.loc.keys(at);
+    let raw = match raw {
+        Some(r) if keys.len() == 1 => r,
+        _ => return Err(cx.at(at, "link needs exactly one of `add: LINK`, `delete: NAME`, `set: {name, up}`")),
+    };
+    if let Some(l) = raw.add {
+        let lat = with(at, &[K("add")]);
+        check_ifname(&l.name).map_err(|m| cx.at(&with(&lat, &[K("name")]), m))?;
+        if links.contains_key(&l.name) {
+            return Err(
+                cx.at(&with(&lat, &[K("name")]), format!("link add: link \"{}\" already exists at this step", l.name))
+            );
+        }
+        check_link(cx, &lat, &l, links)?;
+        if l.master.as_deref() == Some(&l.name) || l.parent.as_deref() == Some(&l.name) {
+            return Err(cx.at(&lat, format!("link \"{}\" refers to itself", l.name)));
+        }
+        links.insert(l.name.clone(), l.kind);
+        return Ok(Action::LinkAdd(l));
+    }
+    if let Some(name) = raw.delete {
+        if links.remove(&name).is_none() {
+            return Err(cx.at(&with(at, &[K("delete")]), format!("link delete: \"{name}\" is not a link at this step")));
+        }
+        return Ok(Action::LinkDelete(name));
+    }
+    if let Some(s) = raw.set {
+        if !links.contains_key(&s.name) {
+            return Err(cx.at(
+                &with(at, &[K("set"), K("name")]),
+                format!("link set: \"{}\" is not a link at this step", s.name),
+            ));
+        }
+        return Ok(Action::LinkSet { name: s.name, up: s.up });
+    }
+    Err(cx.at(at, "link needs exactly one of `add: LINK`, `delete: NAME`, `set: {name, up}`"))
+}
+
+fn check_expect(cx: &Ctx, at: &[Seg], e: &Expect, pods: &BTreeMap<String, Pos>) -> Result<(), ScenarioError> {
+    for (i, d) in e.devices.iter().flatten().enumerate() {
+        check_ifname(d).map_err(|m| cx.at(&with(at, &[K("devices"), I(i)]), format!("devices: {m}")))?;
+    }
+    for (dev, hooks) in e.attachments.iter().flatten() {
+        let dat = with(at, &[K("attachments"), K(dev)]);
+        if let Some(pod) = dev.strip_prefix("pod:") {
+            if !pods.contains_key(pod) {
+                return Err(
+                    cx.key_at(&dat, format!("attachments: \"{dev}\" names no pod of this scenario at this step"))
+                );
+            }
+        } else {
+            check_ifname(dev).map_err(|m| cx.key_at(&dat, format!("attachments: {m}")))?;
+        }
+        if let DeviceExpect::Hooks(h) = hooks {
+            for (hook, list) in [("ingress", &h.ingress), ("egress", &h.egress)] {
+                for (i, p) in list.iter().flatten().enumerate() {
+                    check_program(cx, &with(&dat, &[K(hook), I(i)]), p, false)?;
+                }
+            }
+            if let Some(XdpExpect::Program(p)) = &h.xdp {
+                check_program(cx, &with(&dat, &[K("xdp")]), p, true)?;
+            }
+        }
+    }
+    for (i, r) in e.regenerated.iter().flatten().enumerate() {
+        if r != "host" && !pods.contains_key(r) {
+            return Err(cx.at(
+                &with(at, &[K("regenerated"), I(i)]),
+                format!("regenerated: \"{r}\" is neither `host` nor NAMESPACE/NAME of a pod of this scenario"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_program(cx: &Ctx, at: &[Seg], p: &ProgramExpect, xdp: bool) -> Result<(), ScenarioError> {
+    if p.program.is_empty() {
+        return Err(cx.at(at, "a program name must not be empty"));
+    }
+    let mechanisms: &[&str] = if xdp { &["xdp"] } else { &["tc", "tcx"] };
+    if let Some(m) = &p.mechanism {
+        if !mechanisms.contains(&m.as_str()) {
+            return Err(cx.at(&with(at, &[K("mechanism")]), unknown("mechanism", m, mechanisms)));
+        }
+    }
+    if let Some(m) = &p.mode {
+        if !xdp {
+            return Err(cx.key_at(&with(at, &[K("mode")]), "`mode` is only for xdp programs"));
+        }
+        if !["native", "generic"].contains(&m.as_str()) {
+            return Err(cx.at(&with(at, &[K("mode")]), unknown("xdp mode", m, &["native", "generic"])));
+        }
+    }
+    Ok(())
+}
+
+/// The error for a scenario whose name an earlier file of the same check already uses, placed
+/// at its `name` key (or the file's start when the name is the file stem).
+pub fn name_taken(s: &Scenario, first: &Path) -> ScenarioError {
+    let pos = std::fs::read(&s.path)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| Locator::new(&t, "scenario").ok())
+        .map_or(Pos::START, |l| l.at(&[K("name")]));
+    ScenarioError::At {
+        path: s.path.clone(),
+        line: pos.line,
+        col: pos.col,
+        message: format!("scenario name \"{}\" is already used by {}", s.name, first.display()),
+    }
+}
