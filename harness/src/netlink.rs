@@ -232,13 +232,22 @@ fn kernel_message(err: &rtnetlink::Error, change: Option<&Change>) -> String {
         return err.to_string();
     };
     let code = -e.raw_code();
-    let mut text = nix::errno::Errno::from_raw(code).desc().to_string();
+    let mut text = errno_text(code);
     if let Some(Change::AddLink { link, .. }) = change {
         if code == libc::EOPNOTSUPP || code == libc::EAFNOSUPPORT {
             text.push_str(&format!(" (kernel lacks {}?)", feature_of_kind(link.kind())));
         }
     }
     text
+}
+
+/// strerror's text for an errno (`Operation not supported`), without Rust's `(os error N)`.
+pub fn errno_text(code: i32) -> String {
+    let s = std::io::Error::from_raw_os_error(code).to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 /// The errno of a failed call, if the kernel answered with one.

@@ -235,7 +235,7 @@ fn create_bpffs_tracked(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&mnt).map_err(|e| fs_err("create directory", &mnt, e.to_string()))?;
     r.dirs.insert(dir.to_path_buf());
     nix::mount::mount(Some("bpf"), &mnt, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| fs_err("mount bpffs on", &mnt, e.desc().to_string()))?;
+        .map_err(|e| fs_err("mount bpffs on", &mnt, crate::netlink::errno_text(e as i32)))?;
     Ok(mnt)
 }
 
@@ -306,6 +306,22 @@ pub fn install_signal_cleanup() {
             }
         }
     });
+}
+
+/// Runs `f` with a fresh namespace `name` that is deleted afterwards (also on panic).
+pub fn with_scratch_netns<R>(name: &str, f: impl FnOnce(&Netns) -> R) -> std::result::Result<R, NetnsError> {
+    struct Guard(String);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = delete_netns_tracked(&self.0);
+        }
+    }
+    let ns = create_netns_tracked(name).map_err(|e| match e {
+        TopologyError::Netns(e) => e,
+        other => NetnsError::Create { name: name.to_string(), message: other.to_string() },
+    })?;
+    let _guard = Guard(name.to_string());
+    Ok(f(&ns))
 }
 
 /// Names of the namespaces this process created and has not deleted yet.
