@@ -492,6 +492,13 @@ pub fn plan(scenario: &Scenario, wire: &Path) -> Result<(Vec<Change>, Vec<Change
 // ---------------------------------------------------------------------------------------------
 // The node.
 
+/// `<run>-<6 hex digits of the scenario's hash>`: what every name of a node built from
+/// `scenario` in run `run` starts with (then `-<seq>-node`, `-<seq>-wire`, `-<seq>-pod<N>`).
+pub fn node_prefix(scenario: &Scenario, run: &RunId) -> String {
+    let digest = Sha256::digest(format!("{}\0{}", scenario.name, scenario.path.display()).as_bytes());
+    format!("{run}-{}", &hex::encode(digest)[..6])
+}
+
 /// One pod of a node: its namespace and the veth pair joining it to the node.
 #[derive(Debug, Clone)]
 pub struct Pod {
@@ -529,8 +536,7 @@ impl Node {
     pub fn build(scenario: &Scenario, run_id: &RunId) -> Result<Node> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let digest = Sha256::digest(format!("{}\0{}", scenario.name, scenario.path.display()).as_bytes());
-        let id = format!("{run_id}-{}-{seq}", &hex::encode(digest)[..6]);
+        let id = format!("{}-{seq}", node_prefix(scenario, run_id));
         // Dropped on any early return below, taking with it what was created so far.
         let mut n = Node { id, run: run_id.clone(), node: None, wire: None, pods: Vec::new(), next_pod: 0, dir: None, bpffs: None };
         let node = create_netns_tracked(&format!("{}-node", n.id))?;
