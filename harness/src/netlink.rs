@@ -347,7 +347,24 @@ impl Conn {
         Ok(())
     }
 
+    /// Reports a failed name lookup as a failure of the change (`delete link eth3: no such
+    /// link eth3`).
     async fn apply_one(&self, change: &Change) -> Result<()> {
+        self.apply_inner(change).await.map_err(|e| match e {
+            NetlinkError::Call { op: "find link", object: missing, message } => {
+                let (op, object) = change.describe();
+                let message = if message == "no such link" {
+                    format!("no such link {missing}")
+                } else {
+                    format!("find link {missing}: {message}")
+                };
+                NetlinkError::Call { op, object, message }
+            }
+            other => other,
+        })
+    }
+
+    async fn apply_inner(&self, change: &Change) -> Result<()> {
         let (op, object) = change.describe();
         let fail = |message: String| NetlinkError::Call { op, object: object.clone(), message };
         let kernel = |e: rtnetlink::Error| fail(kernel_message(&e, Some(change)));

@@ -62,7 +62,7 @@ impl RunId {
 
     fn with_tag(tag: &str) -> RunId {
         let pid = std::process::id();
-        let start = start_time(pid).map(|s| base36(s)).unwrap_or_else(|| "0".into());
+        let start = start_time(pid).map(base36).unwrap_or_else(|| "0".into());
         RunId(format!("{PREFIX}{tag}{pid}-{start}"))
     }
 
@@ -445,8 +445,8 @@ pub fn creation_order(links: &[LinkSpec]) -> Result<Vec<&LinkSpec>> {
 pub fn plan(scenario: &Scenario, wire: &Path) -> Result<(Vec<Change>, Vec<Change>)> {
     let order = creation_order(&scenario.topology.links)?;
     let mut node = Vec::new();
-    let mut wire_changes = vec![Change::SetUp { name: "lo".into(), up: true }];
-    node.push(Change::SetUp { name: "lo".into(), up: true });
+    // `lo` is up already: Netns::create brings it up in every namespace.
+    let mut wire_changes = Vec::new();
     for l in &order {
         node.extend(link_changes(l, wire)?);
     }
@@ -627,7 +627,6 @@ impl Node {
             Change::SetUp { name: lxc, up: true },
         ];
         let pod_changes = [
-            Change::SetUp { name: "lo".into(), up: true },
             Change::AddAddress { name: "eth0".into(), addr: ip },
             Change::SetUp { name: "eth0".into(), up: true },
         ];

@@ -174,6 +174,7 @@ fn veth_bridge_macvlan_vxlan_and_routes() {
     assert_eq!(p.lxc, lxc);
     assert!(p.netns.name().ends_with("-pod0"));
     let pod_links = links_in(&p.netns);
+    assert!(by_name(&pod_links, "lo").up);
     let peth0 = by_name(&pod_links, "eth0");
     assert!(peth0.up);
     assert!(peth0.addresses.contains(&p.ip));
@@ -192,7 +193,13 @@ fn veth_bridge_macvlan_vxlan_and_routes() {
     node.delete_link("eth3").unwrap();
     assert!(!node.links().unwrap().iter().any(|l| l.name == "eth3"));
     let err = node.delete_link("eth3").unwrap_err().to_string();
-    assert_eq!(err, "find link eth3: no such link");
+    assert_eq!(err, "delete link eth3: no such link eth3");
+    let err = node.add_link(&{
+        let mut l = link("eth4", LinkKind::Veth);
+        l.master = Some("bond9".into());
+        l
+    });
+    assert_eq!(err.unwrap_err().to_string(), "enslave link eth4 to bond9: no such link bond9");
 
     let pod_ns = {
         let p2 = node.add_pod(&PodSpec { name: "web".into(), namespace: "prod".into(), labels: BTreeMap::new() }).unwrap();
