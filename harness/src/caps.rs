@@ -403,25 +403,7 @@ mod tests {
     }
 
     fn scenario() -> Scenario {
-        let link = |name: &str, kind: LinkKind| LinkSpec {
-            name: name.into(),
-            kind,
-            up: true,
-            mtu: None,
-            mac: None,
-            addresses: vec![],
-            master: None,
-            peer: None,
-            peer_in: None,
-            mode: None,
-            miimon: None,
-            parent: None,
-            id: None,
-            protocol: None,
-            vni: None,
-            port: None,
-            table: None,
-        };
+        let link = crate::topology::bare_link;
         let mut vlan = link("bond0.212", LinkKind::Vlan);
         vlan.protocol = Some("802.1ad".into());
         Scenario {

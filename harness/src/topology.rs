@@ -339,6 +339,29 @@ pub fn lxc_name(pod_key: &str) -> String {
     format!("lxc{}", &hex::encode(digest)[..12])
 }
 
+/// A link of `kind` with every optional key unset (up, no addresses), to fill in from code.
+pub fn bare_link(name: &str, kind: LinkKind) -> LinkSpec {
+    LinkSpec {
+        name: name.into(),
+        kind,
+        up: true,
+        mtu: None,
+        mac: None,
+        addresses: vec![],
+        master: None,
+        peer: None,
+        peer_in: None,
+        mode: None,
+        miimon: None,
+        parent: None,
+        id: None,
+        protocol: None,
+        vni: None,
+        port: None,
+        table: None,
+    }
+}
+
 /// The changes creating one link (without addresses and without bringing it up): the link,
 /// mtu, mac, and enslavement (set down first, as bonds require).
 fn link_changes(l: &LinkSpec, wire: &Path) -> Result<Vec<Change>> {
@@ -724,25 +747,7 @@ mod tests {
     use crate::scenario::{RouteSpec, RouteTable, TopologySpec};
 
     fn link(name: &str, kind: LinkKind) -> LinkSpec {
-        LinkSpec {
-            name: name.into(),
-            kind,
-            up: true,
-            mtu: None,
-            mac: None,
-            addresses: vec![],
-            master: None,
-            peer: None,
-            peer_in: None,
-            mode: None,
-            miimon: None,
-            parent: None,
-            id: None,
-            protocol: None,
-            vni: None,
-            port: None,
-            table: None,
-        }
+        bare_link(name, kind)
     }
 
     fn scenario(links: Vec<LinkSpec>, routes: Vec<RouteSpec>) -> Scenario {

@@ -26,25 +26,7 @@ macro_rules! need_root {
 }
 
 fn link(name: &str, kind: LinkKind) -> LinkSpec {
-    LinkSpec {
-        name: name.into(),
-        kind,
-        up: true,
-        mtu: None,
-        mac: None,
-        addresses: vec![],
-        master: None,
-        peer: None,
-        peer_in: None,
-        mode: None,
-        miimon: None,
-        parent: None,
-        id: None,
-        protocol: None,
-        vni: None,
-        port: None,
-        table: None,
-    }
+    topology::bare_link(name, kind)
 }
 
 fn route(dst: &str, via: Option<&str>, dev: &str, table: Option<RouteTable>) -> RouteSpec {
