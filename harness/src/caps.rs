@@ -1,1 +1,476 @@
-//! (to be written)
+//! What the running kernel can do, probed for real in a scratch namespace: each link kind, a
+//! clsact qdisc, a cls_bpf filter, BPF program loading and tcx links. A scenario needing
+//! something missing is skipped with a reason (`kernel lacks bonding`), not failed.
+//!
+//! Creating a link of an unknown kind makes the kernel call modprobe; the probe never lets it:
+//! where the kernel supports modules, a kind is only tried when its module is loaded or built
+//! in (set `HOSTDP_ALLOW_MODPROBE=1`, e.g. inside a throwaway VM, to let the kernel load it).
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use futures::StreamExt;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+use netlink_packet_route::tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
+use netlink_packet_route::RouteNetlinkMessage;
+use serde::Serialize;
+
+use crate::netlink::{Change, Conn, NewLink};
+use crate::scenario::{Action, LinkKind, LinkSpec, Scenario};
+
+/// Features the probe knows, beside the link kinds' (`veth`, `bonding`, `vlan`, ...).
+pub const EXTRA_FEATURES: &[&str] = &["vlan-802.1ad", "clsact", "cls_bpf", "bpf", "tcx"];
+
+/// Every link kind's feature name (see [`crate::netlink::feature_of_kind`]).
+pub const LINK_FEATURES: &[&str] =
+    &["veth", "bonding", "vlan", "bridge", "dummy", "ifb", "wireguard", "macvlan", "vxlan", "vrf"];
+
+/// Probed capabilities of the running kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Feature name → `None` if available, `Some(why not)` otherwise. Holds every name of
+    /// [`LINK_FEATURES`] and [`EXTRA_FEATURES`].
+    pub features: BTreeMap<String, Option<String>>,
+}
+
+impl Capabilities {
+    /// Probes once per process (about 50 ms), then answers from the cache.
+    pub fn probe() -> Capabilities {
+        static CACHE: OnceLock<Capabilities> = OnceLock::new();
+        CACHE.get_or_init(probe_now).clone()
+    }
+
+    pub fn has(&self, feature: &str) -> bool {
+        matches!(self.features.get(feature), Some(None))
+    }
+
+    /// Why each feature the scenario needs is unavailable (`kernel lacks bonding`), from its
+    /// links (also those added by steps), `requires` and kernel bounds. Empty: it can run.
+    pub fn missing_for(&self, scenario: &Scenario) -> Vec<String> {
+        let mut needed: Vec<String> = Vec::new();
+        let mut need = |f: &str| {
+            if !needed.iter().any(|n| n == f) {
+                needed.push(f.to_string());
+            }
+        };
+        let step_links = scenario.steps.iter().filter_map(|s| match &s.action {
+            Action::LinkAdd(l) => Some(l),
+            _ => None,
+        });
+        for l in scenario.topology.links.iter().chain(step_links) {
+            for f in link_features(l) {
+                need(f);
+            }
+        }
+        if !scenario.pods.is_empty() {
+            need("veth");
+        }
+        for f in &scenario.requires.features {
+            need(f);
+        }
+        let mut out: Vec<String> = needed
+            .iter()
+            .filter(|f| !self.has(f))
+            .map(|f| match self.features.get(f.as_str()) {
+                Some(_) => format!("kernel lacks {f}"),
+                None => format!("kernel lacks {f} (not a feature the probe knows)"),
+            })
+            .collect();
+        if let Some(min) = &scenario.requires.kernel_min {
+            if compare_kernel(&self.kernel, min) == Some(std::cmp::Ordering::Less) {
+                out.push(format!("kernel {} is older than {min} (requires kernel min)", self.kernel));
+            }
+        }
+        if let Some(max) = &scenario.requires.kernel_max {
+            if compare_kernel(&self.kernel, max) == Some(std::cmp::Ordering::Greater) {
+                out.push(format!("kernel {} is newer than {max} (requires kernel max)", self.kernel));
+            }
+        }
+        out
+    }
+
+    /// Why a feature is missing, as probed (`None` if available or unknown).
+    pub fn detail(&self, feature: &str) -> Option<&str> {
+        self.features.get(feature).and_then(|d| d.as_deref())
+    }
+}
+
+/// The features a link needs: its kind's, and `vlan-802.1ad` for such VLANs.
+fn link_features(l: &LinkSpec) -> Vec<&'static str> {
+    let mut v = vec![feature_of(l.kind)];
+    if l.kind == LinkKind::Vlan && l.protocol.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("802.1ad")) {
+        v.push("vlan-802.1ad");
+    }
+    v
+}
+
+fn feature_of(kind: LinkKind) -> &'static str {
+    match kind {
+        LinkKind::Bond => "bonding",
+        k => k.as_str(),
+    }
+}
+
+/// The leading numeric components of a kernel release: `6.18.44-fc` → `[6, 18, 44]`.
+pub fn kernel_version(release: &str) -> Vec<u64> {
+    let mut v = Vec::new();
+    for part in release.split('.') {
+        let digits: String = part.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if digits.is_empty() {
+            break;
+        }
+        v.push(digits.parse().unwrap_or(u64::MAX));
+        if digits.len() != part.len() {
+            break;
+        }
+    }
+    v
+}
+
+/// Compares a kernel release with a bound on the bound's components only, so `6.5.7` is
+/// within `max: 6.5` and `6.6.0` meets `min: 6.6`. `None` if either is not a version.
+pub fn compare_kernel(release: &str, bound: &str) -> Option<std::cmp::Ordering> {
+    let k = kernel_version(release);
+    let b = kernel_version(bound);
+    if k.is_empty() || b.is_empty() {
+        return None;
+    }
+    let n = b.len();
+    let mut k: Vec<u64> = k.into_iter().take(n).collect();
+    k.resize(n, 0);
+    Some(k.cmp(&b))
+}
+
+fn uname_release() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The module providing a feature, for the modprobe guard.
+fn module_of(feature: &str) -> &str {
+    match feature {
+        "vlan" | "vlan-802.1ad" => "8021q",
+        "clsact" => "sch_ingress",
+        other => other,
+    }
+}
+
+/// `None` if trying `feature` cannot make the kernel call modprobe, else why it is not tried.
+fn modprobe_guard(feature: &str, release: &str) -> Option<String> {
+    if !Path::new("/proc/modules").exists() || std::env::var_os("HOSTDP_ALLOW_MODPROBE").is_some_and(|v| v == "1") {
+        return None; // no module support: nothing can be loaded behind our back
+    }
+    let m = module_of(feature);
+    if Path::new("/sys/module").join(m).exists() {
+        return None;
+    }
+    let builtin = std::fs::read_to_string(format!("/lib/modules/{release}/modules.builtin")).unwrap_or_default();
+    if builtin.lines().any(|l| l.rsplit('/').next() == Some(&format!("{m}.ko"))) {
+        return None;
+    }
+    Some(format!("module {m} is not loaded (not probed, to avoid loading modules)"))
+}
+
+fn probe_now() -> Capabilities {
+    let kernel = uname_release();
+    let mut features: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let guarded: Vec<(String, Option<String>)> = LINK_FEATURES
+        .iter()
+        .chain(EXTRA_FEATURES)
+        .map(|f| (f.to_string(), if *f == "bpf" || *f == "tcx" { None } else { modprobe_guard(f, &kernel) }))
+        .collect();
+    let name = format!("{}-caps", crate::topology::RunId::new());
+    let result = crate::topology::with_scratch_netns(&name, |ns| ns.run(|| crate::netns::block_on(probe_inside(&guarded))))
+        .and_then(|r| r)
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    match result {
+        Ok(found) => features = found,
+        Err(e) => {
+            for f in LINK_FEATURES.iter().chain(EXTRA_FEATURES) {
+                features.insert(f.to_string(), Some(format!("probe failed: {e}")));
+            }
+        }
+    }
+    Capabilities { kernel, features }
+}
+
+/// Runs inside the scratch namespace: tries every feature not ruled out by `guarded`.
+async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<String, Option<String>>, String> {
+    let conn = Conn::open().map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    let blocked = |f: &str| guarded.iter().find(|(n, _)| n == f).and_then(|(_, g)| g.clone());
+    let try_link = async |feature: &str, name: &str, link: NewLink, needs_veth: bool| -> Option<String> {
+        if let Some(g) = blocked(feature) {
+            return Some(g);
+        }
+        if needs_veth && blocked("veth").is_some() {
+            return Some("needs a veth to stack on, and veth is unavailable".into());
+        }
+        conn.apply(&[Change::AddLink { name: name.into(), link }]).await.err().map(|e| short(&e.to_string()))
+    };
+    // `pv0`/`pv1`: the veth other probes stack on and attach to; kept until the namespace goes.
+    let veth = try_link("veth", "pv0", NewLink::Veth { peer: "pv1".into(), peer_netns: None }, false).await;
+    let veth_ok = veth.is_none();
+    out.insert("veth".to_string(), veth);
+    let vlan_on = |p: Option<&str>| NewLink::Vlan { parent: "pv0".into(), id: 7, protocol: p.map(str::to_string) };
+    let probes: Vec<(&str, &str, NewLink, bool)> = vec![
+        ("bonding", "pbond", NewLink::Bond { mode: Some("active-backup".into()), miimon: Some(100) }, false),
+        ("vlan", "pv0.7", vlan_on(None), true),
+        ("vlan-802.1ad", "pv0.8", NewLink::Vlan { parent: "pv0".into(), id: 8, protocol: Some("802.1ad".into()) }, true),
+        ("bridge", "pbr", NewLink::Bridge, false),
+        ("dummy", "pdummy", NewLink::Dummy, false),
+        ("ifb", "pifb", NewLink::Ifb, false),
+        ("wireguard", "pwg", NewLink::Wireguard, false),
+        ("macvlan", "pmv", NewLink::Macvlan { parent: "pv0".into(), mode: None }, true),
+        ("vxlan", "pvx", NewLink::Vxlan { vni: 42, port: None, parent: None }, false),
+        ("vrf", "pvrf", NewLink::Vrf { table: 10 }, false),
+    ];
+    for (feature, name, link, needs_veth) in probes {
+        let r = try_link(feature, name, link, needs_veth).await;
+        out.insert(feature.to_string(), r);
+    }
+    let index = if veth_ok { conn.index_of("pv0").await.ok() } else { None };
+
+    let clsact = match (blocked("clsact"), index) {
+        (Some(g), _) => Some(g),
+        (None, None) => Some("needs a veth to attach to, and veth is unavailable".into()),
+        (None, Some(i)) => add_clsact(&conn, i).await.err(),
+    };
+    let clsact_ok = clsact.is_none();
+    out.insert("clsact".into(), clsact);
+
+    let sched_cls = load_program(BPF_PROG_TYPE_SCHED_CLS);
+    out.insert("bpf".into(), load_program(BPF_PROG_TYPE_SOCKET_FILTER).err());
+    let cls_bpf = match (blocked("cls_bpf"), &sched_cls, index, clsact_ok) {
+        (Some(g), ..) => Some(g),
+        (None, Err(e), ..) => Some(format!("cannot load a sched_cls program: {e}")),
+        (None, Ok(_), None, _) | (None, Ok(_), _, false) => Some("needs a clsact qdisc on a veth".into()),
+        (None, Ok(fd), Some(i), true) => add_bpf_filter(&conn, i, fd).await.err(),
+    };
+    out.insert("cls_bpf".into(), cls_bpf);
+    let tcx = match (&sched_cls, index) {
+        (Err(e), _) => Some(format!("cannot load a sched_cls program: {e}")),
+        (Ok(_), None) => Some("needs a veth to attach to, and veth is unavailable".into()),
+        (Ok(fd), Some(i)) => tcx_attach(fd, i).err(),
+    };
+    out.insert("tcx".into(), tcx);
+    Ok(out)
+}
+
+/// `create link pbond: Operation not supported (kernel lacks bonding?)` → the kernel's words.
+fn short(message: &str) -> String {
+    message.split_once(": ").map(|(_, m)| m).unwrap_or(message).to_string()
+}
+
+async fn request_ack(conn: &Conn, msg: RouteNetlinkMessage) -> Result<(), String> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    let mut resp = conn.handle().clone().request(req).map_err(|e| e.to_string())?;
+    while let Some(m) = resp.next().await {
+        if let NetlinkPayload::Error(e) = m.payload {
+            if e.raw_code() != 0 {
+                return Err(crate::netlink::errno_text(-e.raw_code()));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn add_clsact(conn: &Conn, index: u32) -> Result<(), String> {
+    let mut m = TcMessage::with_index(index as i32);
+    m.header.parent = TcHandle::CLSACT;
+    m.header.handle = TcHandle { major: 0xffff, minor: 0 };
+    m.attributes.push(TcAttribute::Kind("clsact".into()));
+    request_ack(conn, RouteNetlinkMessage::NewQueueDiscipline(m)).await
+}
+
+async fn add_bpf_filter(conn: &Conn, index: u32, prog: &OwnedFd) -> Result<(), String> {
+    let mut m = TcMessage::with_index(index as i32);
+    m.header.parent = TcHandle { major: 0xffff, minor: TcHandle::MIN_INGRESS };
+    m.header.handle = TcHandle { major: 0, minor: 1 };
+    // priority 1, protocol ETH_P_ALL in network byte order
+    m.header.info = (1 << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
+    m.attributes.push(TcAttribute::Kind("bpf".into()));
+    m.attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName("hostdp_probe".into())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ]));
+    request_ack(conn, RouteNetlinkMessage::NewTrafficFilter(m)).await
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_TCX_INGRESS: u32 = 46;
+
+/// The leading part of `union bpf_attr` for BPF_PROG_LOAD; the kernel accepts a shorter attr.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// The leading part of `union bpf_attr` for BPF_LINK_CREATE with the tcx fields.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    relative_fd: u32,
+    _pad: u32,
+    expected_revision: u64,
+}
+
+fn bpf_call<T>(cmd: libc::c_long, attr: &mut T) -> Result<OwnedFd, String> {
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32) };
+    if fd < 0 {
+        return Err(crate::netlink::errno_text(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Loads `r0 = 0; exit` as a program of type `prog_type`.
+fn load_program(prog_type: u32) -> Result<OwnedFd, String> {
+    // (opcode, regs, off, imm): BPF_ALU64|BPF_MOV|BPF_K r0 = 0; BPF_JMP|BPF_EXIT.
+    let insns: [u64; 2] = [0xb7, 0x95];
+    let license = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    attr.prog_name[..12].copy_from_slice(b"hostdp_probe");
+    bpf_call(BPF_PROG_LOAD, &mut attr)
+}
+
+/// Attaches `prog` as a tcx ingress link on `ifindex`; closing the link detaches it again.
+fn tcx_attach(prog: &OwnedFd, ifindex: u32) -> Result<(), String> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_TCX_INGRESS,
+        ..Default::default()
+    };
+    bpf_call(BPF_LINK_CREATE, &mut attr).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn kernel_versions_compare_numerically() {
+        assert_eq!(kernel_version("6.18.44-fc-v669"), vec![6, 18, 44]);
+        assert_eq!(kernel_version("6.1.0-56-amd64"), vec![6, 1, 0]);
+        assert_eq!(kernel_version("5.15"), vec![5, 15]);
+        assert_eq!(compare_kernel("6.10.1", "6.6"), Some(Ordering::Greater));
+        assert_eq!(compare_kernel("6.5.7", "6.5"), Some(Ordering::Equal));
+        assert_eq!(compare_kernel("6.6.0-rc1", "6.6"), Some(Ordering::Equal));
+        assert_eq!(compare_kernel("6.1.0-56-amd64", "6.6"), Some(Ordering::Less));
+        assert_eq!(compare_kernel("6", "6.1"), Some(Ordering::Less));
+        assert_eq!(compare_kernel("x", "6.1"), None);
+    }
+
+    fn caps(missing: &[&str], kernel: &str) -> Capabilities {
+        let features = LINK_FEATURES
+            .iter()
+            .chain(EXTRA_FEATURES)
+            .map(|f| (f.to_string(), missing.contains(f).then(|| "Operation not supported".to_string())))
+            .collect();
+        Capabilities { kernel: kernel.into(), features }
+    }
+
+    fn scenario() -> Scenario {
+        let link = crate::topology::bare_link;
+        let mut vlan = link("bond0.212", LinkKind::Vlan);
+        vlan.protocol = Some("802.1ad".into());
+        Scenario {
+            path: "s.yaml".into(),
+            name: "s".into(),
+            description: None,
+            profile: "v1.14.4".into(),
+            requires: crate::scenario::Requires {
+                features: vec!["tcx".into()],
+                kernel_min: Some("6.6".into()),
+                kernel_max: None,
+            },
+            node: Default::default(),
+            topology: crate::scenario::TopologySpec { links: vec![link("eth0", LinkKind::Veth), link("bond0", LinkKind::Bond), vlan], routes: vec![] },
+            agent: Default::default(),
+            agent_ignored: vec![],
+            pods: vec![],
+            steps: vec![crate::scenario::Step {
+                action: Action::LinkAdd(link("wg0", LinkKind::Wireguard)),
+                expect: Default::default(),
+                line: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn missing_features_name_the_kernel_feature() {
+        let s = scenario();
+        assert!(caps(&[], "6.18.44").missing_for(&s).is_empty());
+        let m = caps(&["bonding", "vlan-802.1ad", "wireguard", "tcx"], "6.1.0-56-amd64").missing_for(&s);
+        assert_eq!(
+            m,
+            vec![
+                "kernel lacks bonding",
+                "kernel lacks vlan-802.1ad",
+                "kernel lacks wireguard",
+                "kernel lacks tcx",
+                "kernel 6.1.0-56-amd64 is older than 6.6 (requires kernel min)",
+            ]
+        );
+        let mut s2 = s.clone();
+        s2.requires.kernel_min = None;
+        s2.requires.kernel_max = Some("6.5".into());
+        s2.requires.features = vec!["teleport".into()];
+        let m = caps(&[], "6.6.1").missing_for(&s2);
+        assert_eq!(m, vec!["kernel lacks teleport (not a feature the probe knows)", "kernel 6.6.1 is newer than 6.5 (requires kernel max)"]);
+    }
+
+    #[test]
+    fn probe_is_fast_and_real() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root");
+            return;
+        }
+        let t = std::time::Instant::now();
+        let c = Capabilities::probe();
+        let took = t.elapsed();
+        eprintln!("probe took {took:?}: {c:#?}");
+        assert!(took < std::time::Duration::from_millis(500), "probe took {took:?}");
+        assert!(c.has("veth"), "{c:?}");
+        assert!(c.has("bpf"), "{c:?}");
+        for f in LINK_FEATURES.iter().chain(EXTRA_FEATURES) {
+            assert!(c.features.contains_key(*f), "{f}");
+        }
+        // Cached: the second call does not probe again.
+        let t = std::time::Instant::now();
+        assert_eq!(Capabilities::probe(), c);
+        assert!(t.elapsed() < std::time::Duration::from_millis(5));
+    }
+}

@@ -1,10 +1,30 @@
 //! Thin layer over rtnetlink: list links, addresses and routes of the current namespace, and
 //! create or change them. Everything here runs on a thread that is inside the target namespace
 //! (see [`crate::netns`]); nothing here knows about scenarios.
+//!
+//! Two levels: [`Conn`] (async, one socket, for callers already inside a runtime) and the
+//! synchronous [`list_links`], [`list_routes`] and [`apply`], which each open one socket on a
+//! current-thread runtime and issue all their requests on it. Call the synchronous ones inside
+//! [`crate::netns::Netns::run`], never from within another tokio runtime.
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 
+use futures::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    BondMode, InfoBond, InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVrf, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode, VlanProtocol,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 use serde::Serialize;
 
 /// What the loader's device detection needs to know about a link: a plain snapshot, so the
@@ -53,4 +73,585 @@ pub enum NetlinkError {
     Call { op: &'static str, object: String, message: String },
     #[error("netlink: cannot open a socket: {0}")]
     Socket(std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, NetlinkError>;
+
+/// Main routing table id.
+pub const TABLE_MAIN: u32 = 254;
+
+/// A link to create, kind by kind as the scenario format has them. Links are named, not
+/// indexed: names are resolved on the socket when the request is issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewLink {
+    /// A veth pair; the peer is created directly inside `peer_netns` (a namespace file such as
+    /// `/run/netns/NAME`) when given, else next to the link.
+    Veth { peer: String, peer_netns: Option<PathBuf> },
+    /// `mode` is the iproute2 name (`802.3ad`, `active-backup`, ... or a number).
+    Bond { mode: Option<String>, miimon: Option<u32> },
+    /// `protocol`: `802.1Q` (default) or `802.1ad`.
+    Vlan { parent: String, id: u16, protocol: Option<String> },
+    Bridge,
+    Dummy,
+    Ifb,
+    Wireguard,
+    /// `mode`: bridge (default), private, vepa, passthru, source.
+    Macvlan { parent: String, mode: Option<String> },
+    /// `port` defaults to 4789 (IANA), not the kernel's historical 8472.
+    Vxlan { vni: u32, port: Option<u16>, parent: Option<String> },
+    Vrf { table: u32 },
+}
+
+impl NewLink {
+    /// The `IFLA_INFO_KIND` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NewLink::Veth { .. } => "veth",
+            NewLink::Bond { .. } => "bond",
+            NewLink::Vlan { .. } => "vlan",
+            NewLink::Bridge => "bridge",
+            NewLink::Dummy => "dummy",
+            NewLink::Ifb => "ifb",
+            NewLink::Wireguard => "wireguard",
+            NewLink::Macvlan { .. } => "macvlan",
+            NewLink::Vxlan { .. } => "vxlan",
+            NewLink::Vrf { .. } => "vrf",
+        }
+    }
+
+    /// Links this one must be created after.
+    pub fn depends_on(&self) -> Option<&str> {
+        match self {
+            NewLink::Vlan { parent, .. } | NewLink::Macvlan { parent, .. } => Some(parent),
+            NewLink::Vxlan { parent, .. } => parent.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The kernel feature a link kind needs, as capability reasons name it (`kernel lacks X`).
+pub fn feature_of_kind(kind: &str) -> &str {
+    match kind {
+        "bond" => "bonding",
+        other => other,
+    }
+}
+
+/// One change of the namespace's links, addresses or routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    AddLink { name: String, link: NewLink },
+    /// Enslaves `name` to `master`, or releases it with `None`.
+    SetMaster { name: String, master: Option<String> },
+    SetUp { name: String, up: bool },
+    SetMtu { name: String, mtu: u32 },
+    SetMac { name: String, mac: [u8; 6] },
+    AddAddress { name: String, addr: IpNet },
+    /// A unicast route; `dst` `0.0.0.0/0` or `::/0` is a default route.
+    AddRoute { dst: IpNet, via: Option<IpAddr>, dev: String, table: u32 },
+    DeleteLink { name: String },
+}
+
+impl Change {
+    /// `(operation, object)` for error messages, e.g. `("create link", "bond0")`.
+    fn describe(&self) -> (&'static str, String) {
+        match self {
+            Change::AddLink { name, .. } => ("create link", name.clone()),
+            Change::SetMaster { name, master: Some(m) } => ("enslave link", format!("{name} to {m}")),
+            Change::SetMaster { name, master: None } => ("release link", name.clone()),
+            Change::SetUp { name, up: true } => ("set link up", name.clone()),
+            Change::SetUp { name, up: false } => ("set link down", name.clone()),
+            Change::SetMtu { name, mtu } => ("set mtu", format!("{name} to {mtu}")),
+            Change::SetMac { name, mac } => ("set mac", format!("{name} to {}", format_mac(mac))),
+            Change::AddAddress { name, addr } => ("add address", format!("{addr} on {name}")),
+            Change::AddRoute { dst, via, dev, table } => {
+                let via = via.map(|v| format!(" via {v}")).unwrap_or_default();
+                ("add route", format!("{dst}{via} dev {dev} table {table}"))
+            }
+            Change::DeleteLink { name } => ("delete link", name.clone()),
+        }
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// iproute2's bond mode names (and numbers).
+pub fn parse_bond_mode(s: &str) -> Option<BondMode> {
+    Some(match s {
+        "balance-rr" | "0" => BondMode::BalanceRr,
+        "active-backup" | "1" => BondMode::ActiveBackup,
+        "balance-xor" | "2" => BondMode::BalanceXor,
+        "broadcast" | "3" => BondMode::Broadcast,
+        "802.3ad" | "4" => BondMode::Ieee8023Ad,
+        "balance-tlb" | "5" => BondMode::BalanceTlb,
+        "balance-alb" | "6" => BondMode::BalanceAlb,
+        _ => return None,
+    })
+}
+
+pub fn parse_macvlan_mode(s: &str) -> Option<MacVlanMode> {
+    Some(match s {
+        "bridge" => MacVlanMode::Bridge,
+        "private" => MacVlanMode::Private,
+        "vepa" => MacVlanMode::Vepa,
+        "passthru" => MacVlanMode::Passthrough,
+        "source" => MacVlanMode::Source,
+        _ => return None,
+    })
+}
+
+/// `802.1Q` / `802.1ad`, case-insensitively.
+pub fn parse_vlan_protocol(s: &str) -> Option<VlanProtocol> {
+    match s.to_ascii_lowercase().as_str() {
+        "802.1q" => Some(VlanProtocol::Ieee8021Q),
+        "802.1ad" => Some(VlanProtocol::Ieee8021Ad),
+        _ => None,
+    }
+}
+
+/// The text of a kernel error (`Operation not supported`), with a hint where the cause is
+/// usually a missing kernel feature.
+fn kernel_message(err: &rtnetlink::Error, change: Option<&Change>) -> String {
+    let rtnetlink::Error::NetlinkError(e) = err else {
+        return err.to_string();
+    };
+    let code = -e.raw_code();
+    let mut text = errno_text(code);
+    if let Some(Change::AddLink { link, .. }) = change {
+        if code == libc::EOPNOTSUPP || code == libc::EAFNOSUPPORT {
+            text.push_str(&format!(" (kernel lacks {}?)", feature_of_kind(link.kind())));
+        }
+    }
+    text
+}
+
+/// strerror's text for an errno (`Operation not supported`), without Rust's `(os error N)`.
+pub fn errno_text(code: i32) -> String {
+    let s = std::io::Error::from_raw_os_error(code).to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// The errno of a failed call, if the kernel answered with one.
+pub fn errno_of(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(e) if e.raw_code() != 0 => Some(-e.raw_code()),
+        _ => None,
+    }
+}
+
+/// One rtnetlink socket of the calling thread's namespace, driven by the current runtime.
+#[derive(Clone)]
+pub struct Conn {
+    handle: Handle,
+}
+
+impl Conn {
+    /// Opens a socket in the calling thread's namespace. Must run inside a tokio runtime
+    /// (e.g. [`crate::netns::block_on`]), whose executor drives the socket.
+    pub fn open() -> Result<Conn> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Conn { handle })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Every link with its addresses: one link dump and one address dump.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>> {
+        let call = |op: &'static str| {
+            move |e: rtnetlink::Error| NetlinkError::Call { op, object: "links".into(), message: kernel_message(&e, None) }
+        };
+        let msgs: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(call("list"))?;
+        let addrs: Vec<AddressMessage> =
+            self.handle.address().get().execute().try_collect().await.map_err(call("list addresses of"))?;
+        let mut by_index: HashMap<u32, Vec<IpNet>> = HashMap::new();
+        for a in &addrs {
+            if let Some(net) = address_of(a) {
+                by_index.entry(a.header.index).or_default().push(net);
+            }
+        }
+        let mut out: Vec<LinkInfo> = msgs
+            .iter()
+            .map(|m| {
+                let mut l = link_of(m);
+                l.addresses = by_index.remove(&l.index).unwrap_or_default();
+                l
+            })
+            .collect();
+        out.sort_by_key(|l| l.index);
+        Ok(out)
+    }
+
+    /// Every route of every table, IPv4 then IPv6.
+    pub async fn routes(&self) -> Result<Vec<RouteInfo>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = family;
+            let msgs: Vec<RouteMessage> = self.handle.route().get(msg).execute().try_collect().await.map_err(|e| {
+                NetlinkError::Call { op: "list", object: "routes".into(), message: kernel_message(&e, None) }
+            })?;
+            out.extend(msgs.iter().filter_map(route_of));
+        }
+        Ok(out)
+    }
+
+    /// The index of the link named `name`.
+    pub async fn index_of(&self, name: &str) -> Result<u32> {
+        let found: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::Call {
+                op: "find link",
+                object: name.to_string(),
+                message: if errno_of(&e) == Some(libc::ENODEV) { "no such link".into() } else { kernel_message(&e, None) },
+            })?;
+        found
+            .first()
+            .map(|m| m.header.index)
+            .ok_or_else(|| NetlinkError::Call { op: "find link", object: name.into(), message: "no such link".into() })
+    }
+
+    /// Issues `changes` in order on this socket; stops at the first failure.
+    pub async fn apply(&self, changes: &[Change]) -> Result<()> {
+        for c in changes {
+            self.apply_one(c).await?;
+        }
+        Ok(())
+    }
+
+    /// Reports a failed name lookup as a failure of the change (`delete link eth3: no such
+    /// link eth3`).
+    async fn apply_one(&self, change: &Change) -> Result<()> {
+        self.apply_inner(change).await.map_err(|e| match e {
+            NetlinkError::Call { op: "find link", object: missing, message } => {
+                let (op, object) = change.describe();
+                let message = if message == "no such link" {
+                    format!("no such link {missing}")
+                } else {
+                    format!("find link {missing}: {message}")
+                };
+                NetlinkError::Call { op, object, message }
+            }
+            other => other,
+        })
+    }
+
+    async fn apply_inner(&self, change: &Change) -> Result<()> {
+        let (op, object) = change.describe();
+        let fail = |message: String| NetlinkError::Call { op, object: object.clone(), message };
+        let kernel = |e: rtnetlink::Error| fail(kernel_message(&e, Some(change)));
+        let link = self.handle.link();
+        match change {
+            Change::AddLink { name, link: spec } => {
+                // Kept open until the request is answered: the kernel reads the fd then.
+                let mut _peer_ns: Option<File> = None;
+                let msg = self.new_link_message(name, spec, &mut _peer_ns).await.map_err(|e| match e {
+                    NetlinkError::Call { message, .. } => fail(message),
+                    other => other,
+                })?;
+                link.add(msg).execute().await.map_err(kernel)
+            }
+            Change::SetMaster { name, master } => {
+                let idx = self.index_of(name).await?;
+                let b = LinkUnspec::new_with_index(idx);
+                let b = match master {
+                    Some(m) => b.controller(self.index_of(m).await?),
+                    None => b.nocontroller(),
+                };
+                link.set(b.build()).execute().await.map_err(kernel)
+            }
+            Change::SetUp { name, up } => {
+                let b = LinkUnspec::new_with_index(self.index_of(name).await?);
+                let b = if *up { b.up() } else { b.down() };
+                link.set(b.build()).execute().await.map_err(kernel)
+            }
+            Change::SetMtu { name, mtu } => {
+                let b = LinkUnspec::new_with_index(self.index_of(name).await?).mtu(*mtu);
+                link.set(b.build()).execute().await.map_err(kernel)
+            }
+            Change::SetMac { name, mac } => {
+                let b = LinkUnspec::new_with_index(self.index_of(name).await?).address(mac.to_vec());
+                link.set(b.build()).execute().await.map_err(kernel)
+            }
+            Change::AddAddress { name, addr } => {
+                let idx = self.index_of(name).await?;
+                self.handle.address().add(idx, addr.addr(), addr.prefix_len()).execute().await.map_err(kernel)
+            }
+            Change::AddRoute { dst, via, dev, table } => {
+                let oif = self.index_of(dev).await?;
+                let msg = route_message(dst, via.as_ref(), oif, *table).map_err(fail)?;
+                self.handle.route().add(msg).execute().await.map_err(kernel)
+            }
+            Change::DeleteLink { name } => {
+                let idx = self.index_of(name).await?;
+                link.del(idx).execute().await.map_err(kernel)
+            }
+        }
+    }
+
+    async fn new_link_message(&self, name: &str, spec: &NewLink, peer_ns: &mut Option<File>) -> Result<LinkMessage> {
+        let bad = |message: String| NetlinkError::Call { op: "create link", object: name.into(), message };
+        let kinded = |kind: InfoKind| LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(kind).name(name);
+        let msg = match spec {
+            NewLink::Veth { peer, peer_netns } => {
+                let mut peer_b = LinkUnspec::new_with_name(peer);
+                if let Some(path) = peer_netns {
+                    let f = File::open(path).map_err(|e| bad(format!("open namespace {}: {e}", path.display())))?;
+                    peer_b = peer_b.setns_by_fd(f.as_raw_fd());
+                    *peer_ns = Some(f);
+                }
+                kinded(InfoKind::Veth).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_b.build())))
+            }
+            NewLink::Bond { mode, miimon } => {
+                let mut info = Vec::new();
+                if let Some(m) = mode {
+                    info.push(InfoBond::Mode(parse_bond_mode(m).ok_or_else(|| bad(format!("unknown bond mode {m:?}")))?));
+                }
+                if let Some(ms) = miimon {
+                    info.push(InfoBond::MiiMon(*ms));
+                }
+                let b = kinded(InfoKind::Bond);
+                if info.is_empty() { b } else { b.set_info_data(InfoData::Bond(info)) }
+            }
+            NewLink::Vlan { parent, id, protocol } => {
+                let mut info = vec![InfoVlan::Id(*id)];
+                if let Some(p) = protocol {
+                    info.push(InfoVlan::Protocol(
+                        parse_vlan_protocol(p).ok_or_else(|| bad(format!("unknown vlan protocol {p:?}")))?,
+                    ));
+                }
+                kinded(InfoKind::Vlan).link(self.index_of(parent).await?).set_info_data(InfoData::Vlan(info))
+            }
+            NewLink::Bridge => kinded(InfoKind::Bridge),
+            NewLink::Dummy => kinded(InfoKind::Dummy),
+            NewLink::Ifb => kinded(InfoKind::Ifb),
+            NewLink::Wireguard => kinded(InfoKind::Wireguard),
+            NewLink::Macvlan { parent, mode } => {
+                let m = mode.as_deref().unwrap_or("bridge");
+                let m = parse_macvlan_mode(m).ok_or_else(|| bad(format!("unknown macvlan mode {m:?}")))?;
+                kinded(InfoKind::MacVlan)
+                    .link(self.index_of(parent).await?)
+                    .set_info_data(InfoData::MacVlan(vec![InfoMacVlan::Mode(m)]))
+            }
+            NewLink::Vxlan { vni, port, parent } => {
+                let mut info = vec![InfoVxlan::Id(*vni), InfoVxlan::Port(port.unwrap_or(4789))];
+                if let Some(p) = parent {
+                    info.push(InfoVxlan::Link(self.index_of(p).await?));
+                }
+                kinded(InfoKind::Vxlan).set_info_data(InfoData::Vxlan(info))
+            }
+            NewLink::Vrf { table } => {
+                kinded(InfoKind::Vrf).set_info_data(InfoData::Vrf(vec![InfoVrf::TableId(*table)]))
+            }
+        };
+        Ok(msg.build())
+    }
+}
+
+/// Builds a unicast route message (`scope link` without a gateway, as `ip route` does).
+fn route_message(dst: &IpNet, via: Option<&IpAddr>, oif: u32, table: u32) -> std::result::Result<RouteMessage, String> {
+    let (family, v4) = match dst {
+        IpNet::V4(_) => (AddressFamily::Inet, true),
+        IpNet::V6(_) => (AddressFamily::Inet6, false),
+    };
+    if let Some(g) = via {
+        if g.is_ipv4() != v4 {
+            return Err(format!("gateway {g} is not of the destination's address family"));
+        }
+    }
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family;
+    msg.header.destination_prefix_length = dst.prefix_len();
+    msg.header.table = if table < 256 { table as u8 } else { RouteHeader::RT_TABLE_UNSPEC };
+    msg.header.protocol = RouteProtocol::Static;
+    msg.header.scope = if via.is_some() { RouteScope::Universe } else { RouteScope::Link };
+    msg.header.kind = RouteType::Unicast;
+    if dst.prefix_len() > 0 {
+        msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst.network())));
+    }
+    if let Some(g) = via {
+        msg.attributes.push(RouteAttribute::Gateway(RouteAddress::from(*g)));
+    }
+    msg.attributes.push(RouteAttribute::Oif(oif));
+    msg.attributes.push(RouteAttribute::Table(table));
+    Ok(msg)
+}
+
+/// A link message as a [`LinkInfo`] (addresses left empty).
+fn link_of(m: &LinkMessage) -> LinkInfo {
+    let flags = m.header.flags;
+    let mut l = LinkInfo {
+        index: m.header.index,
+        name: String::new(),
+        kind: String::new(),
+        up: flags.contains(LinkFlags::Up),
+        slave: flags.contains(LinkFlags::Port),
+        loopback: flags.contains(LinkFlags::Loopback),
+        multicast: flags.contains(LinkFlags::Multicast),
+        master_index: None,
+        parent_index: None,
+        vlan_id: None,
+        mac: None,
+        mtu: 0,
+        addresses: Vec::new(),
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::Controller(i) if *i != 0 => l.master_index = Some(*i),
+            // A veth's IFLA_LINK names its peer (maybe in another namespace), not a parent;
+            // only stacked devices report a lower device here.
+            LinkAttribute::Link(i) if *i != 0 && *i != m.header.index => l.parent_index = Some(*i),
+            LinkAttribute::Address(b) if b.len() == 6 && b.iter().any(|x| *x != 0) => {
+                l.mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]]);
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        NlLinkInfo::Kind(k) => l.kind = k.to_string(),
+                        NlLinkInfo::Data(InfoData::Vlan(v)) => {
+                            for x in v {
+                                if let InfoVlan::Id(id) = x {
+                                    l.vlan_id = Some(*id);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if l.kind == "veth" {
+        l.parent_index = None;
+    }
+    l
+}
+
+/// The address of an address message: `IFA_LOCAL` for IPv4 (IFA_ADDRESS is the peer on
+/// point-to-point links), `IFA_ADDRESS` otherwise.
+fn address_of(a: &AddressMessage) -> Option<IpNet> {
+    let mut local = None;
+    let mut address = None;
+    for attr in &a.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    let ip = local.or(address)?;
+    IpNet::new(ip, a.header.prefix_len).ok()
+}
+
+fn route_of(m: &RouteMessage) -> Option<RouteInfo> {
+    let v4 = match m.header.address_family {
+        AddressFamily::Inet => true,
+        AddressFamily::Inet6 => false,
+        _ => return None,
+    };
+    let mut dst: Option<IpAddr> = None;
+    let mut gateway = None;
+    let mut table = u32::from(m.header.table);
+    let mut oif = None;
+    let ip = |a: &RouteAddress| match a {
+        RouteAddress::Inet(x) => Some(IpAddr::V4(*x)),
+        RouteAddress::Inet6(x) => Some(IpAddr::V6(*x)),
+        _ => None,
+    };
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = ip(d),
+            RouteAttribute::Gateway(g) => gateway = ip(g),
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    let dst = dst.unwrap_or(if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) });
+    let dst = IpNet::new(dst, m.header.destination_prefix_length).ok()?;
+    Some(RouteInfo { dst, gateway, table, oif })
+}
+
+/// Every link of the calling thread's namespace, with addresses (one socket).
+pub fn list_links() -> Result<Vec<LinkInfo>> {
+    crate::netns::block_on(async { Conn::open()?.links().await })
+}
+
+/// Every route of every table of the calling thread's namespace, both families (one socket).
+pub fn list_routes() -> Result<Vec<RouteInfo>> {
+    crate::netns::block_on(async { Conn::open()?.routes().await })
+}
+
+/// Applies `changes` in order on one socket of the calling thread's namespace.
+pub fn apply(changes: &[Change]) -> Result<()> {
+    crate::netns::block_on(async { Conn::open()?.apply(changes).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip() {
+        let m = parse_mac("02:00:0a:ff:00:01").unwrap();
+        assert_eq!(m, [2, 0, 10, 255, 0, 1]);
+        assert_eq!(format_mac(&m), "02:00:0a:ff:00:01");
+        assert!(parse_mac("02:00:0a:ff:00").is_none());
+        assert!(parse_mac("02:00:0a:ff:00:01:02").is_none());
+        assert!(parse_mac("zz:00:0a:ff:00:01").is_none());
+        assert!(parse_mac("002:00:0a:ff:00:01").is_none());
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_bond_mode("802.3ad"), Some(BondMode::Ieee8023Ad));
+        assert_eq!(parse_bond_mode("active-backup"), Some(BondMode::ActiveBackup));
+        assert!(parse_bond_mode("lacp").is_none());
+        assert_eq!(parse_macvlan_mode("passthru"), Some(MacVlanMode::Passthrough));
+        assert_eq!(parse_vlan_protocol("802.1ad"), Some(VlanProtocol::Ieee8021Ad));
+        assert_eq!(parse_vlan_protocol("802.1Q"), Some(VlanProtocol::Ieee8021Q));
+        assert!(parse_vlan_protocol("qinq").is_none());
+    }
+
+    #[test]
+    fn route_messages() {
+        let m = route_message(&"0.0.0.0/0".parse().unwrap(), Some(&"10.0.0.1".parse().unwrap()), 3, 100).unwrap();
+        let r = route_of(&m).unwrap();
+        assert_eq!(r, RouteInfo { dst: "0.0.0.0/0".parse().unwrap(), gateway: Some("10.0.0.1".parse().unwrap()), table: 100, oif: Some(3) });
+        assert!(route_message(&"::/0".parse().unwrap(), Some(&"10.0.0.1".parse().unwrap()), 3, 254).is_err());
+        let m = route_message(&"fd00::/64".parse().unwrap(), None, 2, 1000).unwrap();
+        assert_eq!(m.header.table, 0);
+        assert_eq!(route_of(&m).unwrap().table, 1000);
+    }
 }

@@ -38,7 +38,8 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates a new, empty network namespace named `name` (which should start with [`PREFIX`]).
+    /// Creates a new network namespace named `name` (which should start with [`PREFIX`]) holding
+    /// only `lo`, up.
     pub fn create(name: &str) -> Result<Netns, NetnsError> {
         let err = |message: String| NetnsError::Create { name: name.to_string(), message };
         ensure_run_dir().map_err(err)?;
@@ -64,6 +65,12 @@ impl Netns {
         }
         let ns = Netns { name: name.to_string() };
         // Loopback up, as `ip netns add` leaves it down but every real node has it up.
+        let lo = [crate::netlink::Change::SetUp { name: "lo".into(), up: true }];
+        let up = ns.run(|| crate::netlink::apply(&lo)).map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(m) = up {
+            let _ = ns.delete();
+            return Err(err(m));
+        }
         Ok(ns)
     }
 
@@ -187,6 +194,8 @@ mod tests {
         let _ = links;
         let names = ns.run(|| nix::net::if_::if_nameindex().unwrap().iter().map(|i| i.name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap();
         assert_eq!(names, vec!["lo".to_string()]);
+        let lo = ns.run(crate::netlink::list_links).unwrap().unwrap();
+        assert!(lo[0].up, "lo is up in a new namespace");
         ns.delete().unwrap();
         assert!(!list_named().contains(&name));
     }
