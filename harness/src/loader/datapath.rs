@@ -73,6 +73,10 @@ pub enum Op {
     AttachXdp { device: String, program: ProgramRef, mode: XdpMode },
     /// Detach any XDP program (`maybeUnloadObsoleteXDPPrograms`).
     DetachXdp { device: String },
+    /// `cilium cleanup`: delete the tc filters (both directions) whose names contain
+    /// `bpf_netdev`, `bpf_network`, `bpf_host`, `bpf_lxc`, `bpf_overlay` or `cil_`, and the XDP
+    /// program if its name contains `cil_xdp_entry`. Other filters stay.
+    RemoveCiliumFilters { device: String },
 }
 
 /// The full plan of one (re)initialisation of the host datapath.
@@ -81,4 +85,257 @@ pub struct Plan {
     /// Node-config defines for the compile step (`ENABLE_NODEPORT` → `1`, ...).
     pub defines: BTreeMap<String, String>,
     pub ops: Vec<Op>,
+    /// What init.sh leaves in `$RUNDIR/device.state` after this run (`None`: no file); feed it
+    /// to the next run's [`plan_with_state`].
+    pub device_state: Option<String>,
+}
+
+use crate::loader::config::{Settings, WIREGUARD_DEVICE};
+use crate::loader::devices::Selection;
+use crate::loader::profile::Profile;
+use crate::netlink::LinkInfo;
+
+/// `defaults.HostDevice` / `defaults.SecondHostDevice`.
+pub const HOST_DEVICE: &str = "cilium_host";
+pub const SECOND_HOST_DEVICE: &str = "cilium_net";
+
+/// Reserved identities (pkg/identity): the host programs run as `host`, bpf_xdp as `world`.
+pub const IDENTITY_HOST: u32 = 1;
+pub const IDENTITY_WORLD: u32 = 2;
+
+const fn host_prog(symbol: &'static str) -> ProgramRef {
+    ProgramRef { object: Object::Host, symbol }
+}
+
+/// The loader's symbols (pkg/datapath/loader/loader.go).
+pub const CIL_FROM_NETDEV: ProgramRef = host_prog("cil_from_netdev");
+pub const CIL_TO_NETDEV: ProgramRef = host_prog("cil_to_netdev");
+pub const CIL_FROM_HOST: ProgramRef = host_prog("cil_from_host");
+pub const CIL_TO_HOST: ProgramRef = host_prog("cil_to_host");
+pub const CIL_XDP_ENTRY: ProgramRef = ProgramRef { object: Object::Xdp, symbol: "cil_xdp_entry" };
+pub const CIL_FROM_CONTAINER: ProgramRef = ProgramRef { object: Object::Lxc, symbol: "cil_from_container" };
+pub const CIL_TO_CONTAINER: ProgramRef = ProgramRef { object: Object::Lxc, symbol: "cil_to_container" };
+
+/// Errors of planning: the node-config header cannot be written (upstream's `Reinitialize`
+/// fails and the agent does not start).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("failed while reinitializing datapath: failed to write node configuration file: link {device}: Link not found")]
+    LinkNotFound { device: String },
+    #[error(
+        "failed while reinitializing datapath: allowed VLAN list is too big - {count} entries, please use \
+         '--vlan-bpf-bypass 0' in order to allow all available VLANs"
+    )]
+    TooManyVlans { count: usize },
+}
+
+/// `vlanFilterMacros` (pkg/datapath/linux/config/config.go): for each VLAN link whose parent is
+/// a device, its id passes on the parent iff the VLAN link is itself a device or its id is in
+/// `vlan-bpf-bypass`; bypass 0 lets everything pass. Every device must exist.
+pub fn vlan_filter(
+    settings: &Settings,
+    devices: &[String],
+    links: &[LinkInfo],
+) -> Result<BTreeMap<String, VlanAllow>, PlanError> {
+    let mut indices = Vec::new();
+    for d in devices {
+        let l = links.iter().find(|l| &l.name == d).ok_or_else(|| PlanError::LinkNotFound { device: d.clone() })?;
+        indices.push((d.clone(), l.index));
+    }
+    if settings.vlan_bpf_bypass.contains(&0) {
+        return Ok(indices.into_iter().map(|(d, _)| (d, VlanAllow::All)).collect());
+    }
+    let is_device = |i: u32| indices.iter().any(|(_, x)| *x == i);
+    let mut out: BTreeMap<String, VlanAllow> = BTreeMap::new();
+    let mut count = 0;
+    for (name, index) in &indices {
+        let mut ids: Vec<u16> = links
+            .iter()
+            .filter(|l| l.kind == "vlan" && l.parent_index == Some(*index))
+            .filter_map(|l| l.vlan_id.filter(|id| is_device(l.index) || settings.vlan_bpf_bypass.contains(id)))
+            .collect();
+        ids.sort_unstable();
+        count += ids.len();
+        out.insert(name.clone(), VlanAllow::Ids(ids));
+    }
+    if count > 5 {
+        return Err(PlanError::TooManyVlans { count });
+    }
+    Ok(out)
+}
+
+/// The node_config.h defines the programs' behaviour depends on (a small subset).
+fn defines(settings: &Settings, sel: &Selection, links: &[LinkInfo]) -> Result<BTreeMap<String, String>, PlanError> {
+    let mut d = BTreeMap::new();
+    let mut on = |k: &str, c: bool| {
+        if c {
+            d.insert(k.to_string(), "1".to_string());
+        }
+    };
+    on("ENABLE_IPV4", settings.enable_ipv4);
+    on("ENABLE_IPV6", settings.enable_ipv6);
+    on("ENABLE_IPSEC", settings.enable_ipsec);
+    on("ENABLE_WIREGUARD", settings.enable_wireguard);
+    on("ENABLE_NODE_ENCRYPTION", settings.enable_wireguard && settings.encrypt_node);
+    on("ENABLE_L2_ANNOUNCEMENTS", settings.enable_l2_announcements);
+    on("ENABLE_EGRESS_GATEWAY", settings.enable_ipv4_egress_gateway);
+    on("ENABLE_ENDPOINT_ROUTES", settings.enable_endpoint_routes);
+    on("ENABLE_L7_LB", settings.enable_envoy_config);
+    on("ENABLE_NODEPORT", settings.enable_node_port);
+    on("ENABLE_NODEPORT_ACCELERATION", settings.enable_node_port && settings.xdp_mode.is_some());
+    on("ENABLE_HOST_ROUTING", settings.enable_node_port && !settings.enable_host_legacy_routing);
+    on("ENABLE_BANDWIDTH_MANAGER", settings.enable_bandwidth_manager);
+    on("ENABLE_HOST_FIREWALL", settings.enable_host_firewall);
+    on("ENABLE_HIGH_SCALE_IPCACHE", settings.enable_high_scale_ipcache);
+    on("TUNNEL_MODE", settings.tunneling_enabled());
+    if settings.enable_node_port {
+        // Inside the NodePort block: the direct-routing device must exist when required.
+        let ifindex = if settings.direct_routing_device_required() {
+            let dev = sel.direct_routing_device.clone().unwrap_or_default();
+            links
+                .iter()
+                .find(|l| l.name == dev)
+                .map(|l| l.index)
+                .ok_or(PlanError::LinkNotFound { device: dev })?
+        } else {
+            0
+        };
+        d.insert("DIRECT_ROUTING_DEV_IFINDEX".into(), ifindex.to_string());
+    }
+    Ok(d)
+}
+
+/// [`plan_with_state`] with no `device.state` left by a previous run.
+pub fn plan(settings: &Settings, sel: &Selection, links: &[LinkInfo]) -> Result<Plan, PlanError> {
+    plan_with_state(settings, sel, links, None)
+}
+
+/// What one `Reinitialize` + host endpoint regeneration does to the node's links, in order:
+/// cilium_host/cilium_net, init.sh's clean-ups, XDP, then `reloadHostDatapath`.
+/// `previous_device_state` is the `device.state` a previous run left ([`Plan::device_state`]).
+pub fn plan_with_state(
+    settings: &Settings,
+    sel: &Selection,
+    links: &[LinkInfo],
+    previous_device_state: Option<&str>,
+) -> Result<Plan, PlanError> {
+    let devices = &sel.devices;
+    let vlans = vlan_filter(settings, devices, links)?;
+    let defines = defines(settings, sel, links)?;
+    let prio = settings.bpf_filter_priority;
+    let exists = |n: &str| links.iter().any(|l| l.name == n);
+    let mut ops = vec![Op::CreateHostDevices];
+
+    // init.sh: with neither direct routing nor NodePort, the devices a previous run recorded lose
+    // their clsact qdisc (every filter). The file separates names with ';' but the script
+    // splits on ',', so only a single-device state matches a link.
+    let health_datapath = false; // lb-only + DSR/IPIP: not modelled beyond the error paths
+    let direct = !settings.tunneling_enabled() && !health_datapath;
+    let mut device_state = previous_device_state.map(str::to_string);
+    if settings.profile == Profile::V1_14_4 {
+        if direct || settings.enable_node_port {
+            if !devices.is_empty() {
+                device_state = Some(devices.join(";"));
+            }
+        } else if let Some(prev) = device_state.take() {
+            for dev in prev.split(',').map(str::trim).filter(|d| !d.is_empty() && exists(d)) {
+                ops.push(Op::FlushTc { device: dev.to_string(), hook: Hook::Ingress });
+                ops.push(Op::FlushTc { device: dev.to_string(), hook: Hook::Egress });
+            }
+        }
+        // init.sh: bpf_host filters on links that are no longer devices (names with "cilium"
+        // are skipped; lo is not).
+        for l in links {
+            if !l.name.contains("cilium") && !devices.contains(&l.name) {
+                ops.push(Op::RemoveObsoleteTc { device: l.name.clone() });
+            }
+        }
+        ops.push(Op::FlushTc { device: SECOND_HOST_DEVICE.into(), hook: Hook::Egress });
+    } else {
+        device_state = None;
+    }
+
+    // XDP (`reinitializeXDPLocked`): unload from links not using it in the current mode.
+    for l in links {
+        if l.name.contains("cilium") {
+            continue;
+        }
+        if settings.xdp_mode.is_none() || !devices.contains(&l.name) {
+            ops.push(Op::DetachXdp { device: l.name.clone() });
+        }
+    }
+    if let Some(mode) = settings.xdp_mode {
+        for dev in devices.iter().filter(|d| *d != WIREGUARD_DEVICE) {
+            ops.push(Op::AttachXdp { device: dev.clone(), program: CIL_XDP_ENTRY, mode });
+        }
+    }
+
+    // reloadHostDatapath.
+    let host = |device: &str, hook: Hook, program: ProgramRef| Op::AttachTc {
+        device: device.to_string(),
+        hook,
+        program,
+        priority: prio,
+        vlan: VlanAllow::Ids(Vec::new()),
+        seclabel: IDENTITY_HOST,
+    };
+    ops.push(host(HOST_DEVICE, Hook::Ingress, CIL_TO_HOST));
+    ops.push(host(HOST_DEVICE, Hook::Egress, CIL_FROM_HOST));
+    ops.push(host(SECOND_HOST_DEVICE, Hook::Ingress, CIL_TO_HOST));
+    if settings.profile >= Profile::V1_15 {
+        // removeObsoleteNetdevPrograms runs in Go at the end of reloadHostDatapath (below).
+    }
+    let egress = settings.are_devices_required();
+    for dev in devices.iter().filter(|d| exists(d)) {
+        let vlan = vlans.get(dev).cloned().unwrap_or(VlanAllow::Ids(Vec::new()));
+        let netdev = |hook: Hook, program: ProgramRef| Op::AttachTc {
+            device: dev.clone(),
+            hook,
+            program,
+            priority: prio,
+            vlan: vlan.clone(),
+            seclabel: IDENTITY_HOST,
+        };
+        if egress && dev != WIREGUARD_DEVICE {
+            ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
+            ops.push(netdev(Hook::Egress, CIL_TO_NETDEV));
+        } else {
+            ops.push(Op::FlushTc { device: dev.clone(), hook: Hook::Egress });
+            ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
+        }
+    }
+    if settings.profile >= Profile::V1_15 {
+        for l in links {
+            let excluded = crate::loader::devices::EXCLUDED_PREFIXES.iter().any(|p| l.name.starts_with(p));
+            if !excluded && !devices.contains(&l.name) {
+                ops.push(Op::RemoveObsoleteTc { device: l.name.clone() });
+            }
+        }
+    }
+    Ok(Plan { defines, ops, device_state })
+}
+
+/// A pod endpoint's programs (`reloadDatapath` for a non-host endpoint): `cil_from_container` on
+/// the lxc device's ingress always; `cil_to_container` on its egress only with endpoint routes
+/// (`RequireEgressProg`), otherwise its egress filters are removed. The seclabel is left 0:
+/// the endpoint's identity is the caller's to fill in.
+pub fn endpoint_ops(settings: &Settings, lxc_device: &str) -> Vec<Op> {
+    let attach = |hook: Hook, program: ProgramRef| Op::AttachTc {
+        device: lxc_device.to_string(),
+        hook,
+        program,
+        priority: settings.bpf_filter_priority,
+        vlan: VlanAllow::Ids(Vec::new()),
+        seclabel: 0,
+    };
+    if settings.enable_endpoint_routes {
+        vec![attach(Hook::Ingress, CIL_FROM_CONTAINER), attach(Hook::Egress, CIL_TO_CONTAINER)]
+    } else {
+        vec![attach(Hook::Ingress, CIL_FROM_CONTAINER), Op::FlushTc { device: lxc_device.to_string(), hook: Hook::Egress }]
+    }
+}
+
+/// `cilium cleanup` (cilium/cmd/cleanup.go): Cilium's filters and XDP program off every link.
+pub fn cleanup_ops(links: &[LinkInfo]) -> Vec<Op> {
+    links.iter().map(|l| Op::RemoveCiliumFilters { device: l.name.clone() }).collect()
 }
