@@ -339,3 +339,305 @@ pub fn endpoint_ops(settings: &Settings, lxc_device: &str) -> Vec<Op> {
 pub fn cleanup_ops(links: &[LinkInfo]) -> Vec<Op> {
     links.iter().map(|l| Op::RemoveCiliumFilters { device: l.name.clone() }).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::config::{start, AgentConfig, Startup};
+    use crate::loader::devices::tu::*;
+    use crate::netlink::RouteInfo;
+
+    fn startup(pairs: &[(&str, &str)], links: &[LinkInfo], routes: &[RouteInfo], ip: &str) -> Startup {
+        let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cfg = AgentConfig::from_map(&m, Profile::V1_14_4).unwrap();
+        start(&cfg, Profile::V1_14_4, links, routes, Some(ip.parse().unwrap())).unwrap()
+    }
+
+    /// (device, hook, symbol) of the tc attachments, in order.
+    fn attached(plan: &Plan) -> Vec<(String, Hook, &'static str)> {
+        plan.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::AttachTc { device, hook, program, .. } => Some((device.clone(), *hook, program.symbol)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn flushed(plan: &Plan) -> Vec<(String, Hook)> {
+        plan.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::FlushTc { device, hook } => Some((device.clone(), *hook)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn t(d: &str, h: Hook, s: &'static str) -> (String, Hook, &'static str) {
+        (d.to_string(), h, s)
+    }
+
+    fn with_host_devices(mut links: Vec<LinkInfo>) -> Vec<LinkInfo> {
+        links.push(link(50, "cilium_net", "veth"));
+        links.push(link(51, "cilium_host", "veth"));
+        links
+    }
+
+    #[test]
+    fn seed_plan_ingress_only() {
+        let (links, routes) = seed();
+        let links = with_host_devices(links);
+        let st = startup(
+            &[("kube-proxy-replacement", "partial"), ("enable-node-port", "false"), ("enable-host-firewall", "false")],
+            &links,
+            &routes,
+            "10.212.0.10",
+        );
+        assert_eq!(st.selection.devices, names(&["bond0.212"]));
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        assert_eq!(plan.ops[0], Op::CreateHostDevices);
+        assert_eq!(
+            attached(&plan),
+            vec![
+                t("cilium_host", Hook::Ingress, "cil_to_host"),
+                t("cilium_host", Hook::Egress, "cil_from_host"),
+                t("cilium_net", Hook::Ingress, "cil_to_host"),
+                t("bond0.212", Hook::Ingress, "cil_from_netdev"),
+            ]
+        );
+        assert_eq!(
+            flushed(&plan),
+            vec![("cilium_net".to_string(), Hook::Egress), ("bond0.212".to_string(), Hook::Egress)]
+        );
+        // init.sh cleans every other link (lo included), never the cilium ones.
+        let obsolete: Vec<&str> = plan
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::RemoveObsoleteTc { device } => Some(device.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(obsolete, vec!["lo", "eth0", "eth1", "bond0"]);
+        assert!(!plan.ops.iter().any(|o| matches!(o, Op::AttachXdp { .. })));
+        for o in &plan.ops {
+            if let Op::AttachTc { priority, seclabel, .. } = o {
+                assert_eq!((*priority, *seclabel), (1, IDENTITY_HOST));
+            }
+        }
+        assert!(!plan.defines.contains_key("ENABLE_NODEPORT"));
+        assert_eq!(plan.defines.get("ENABLE_IPV4").map(String::as_str), Some("1"));
+        assert_eq!(plan.defines.get("TUNNEL_MODE").map(String::as_str), Some("1"));
+        // Tunnel mode without NodePort: init.sh writes no device.state.
+        assert_eq!(plan.device_state, None);
+
+        let st = startup(
+            &[("kube-proxy-replacement", "partial"), ("enable-host-legacy-routing", "true")],
+            &links,
+            &routes,
+            "10.212.0.10",
+        );
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        assert_eq!(attached(&plan).len(), 3, "only cilium_host and cilium_net");
+    }
+
+    #[test]
+    fn required_devices_get_egress_and_priority() {
+        let (links, routes) = seed();
+        let links = with_host_devices(links);
+        let st = startup(
+            &[("kube-proxy-replacement", "true"), ("bpf-filter-priority", "7")],
+            &links,
+            &routes,
+            "10.212.0.10",
+        );
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        let a = attached(&plan);
+        assert!(a.contains(&t("bond0.212", Hook::Ingress, "cil_from_netdev")));
+        assert!(a.contains(&t("bond0.212", Hook::Egress, "cil_to_netdev")));
+        assert!(plan.ops.iter().all(|o| !matches!(o, Op::AttachTc { priority, .. } if *priority != 7)));
+        assert_eq!(plan.defines.get("ENABLE_NODEPORT").map(String::as_str), Some("1"));
+        assert_eq!(plan.defines.get("DIRECT_ROUTING_DEV_IFINDEX").map(String::as_str), Some("5"));
+        assert_eq!(plan.device_state.as_deref(), Some("bond0.212"));
+    }
+
+    #[test]
+    fn each_feature_alone_attaches_egress() {
+        let (links, routes) = seed();
+        let mut links = with_host_devices(links);
+        links.push(link(60, "cilium_wg0", "wireguard"));
+        for (k, define) in [
+            ("enable-node-port", "ENABLE_NODEPORT"),
+            ("enable-host-firewall", "ENABLE_HOST_FIREWALL"),
+            ("enable-bandwidth-manager", "ENABLE_BANDWIDTH_MANAGER"),
+            ("enable-wireguard", "ENABLE_WIREGUARD"),
+            ("enable-l2-announcements", "ENABLE_L2_ANNOUNCEMENTS"),
+        ] {
+            let st = startup(&[(k, "true")], &links, &routes, "10.212.0.10");
+            let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+            assert!(attached(&plan).contains(&t("bond0.212", Hook::Egress, "cil_to_netdev")), "{k}");
+            assert!(plan.defines.contains_key(define), "{k}");
+        }
+    }
+
+    #[test]
+    fn wireguard_device_gets_ingress_only_and_no_xdp() {
+        let links = with_host_devices(vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24"), link(3, "cilium_wg0", "wireguard")]);
+        let mut routes = kernel_routes(&links);
+        routes.push(default_via("10.0.0.1", 2));
+        let st = startup(
+            &[
+                ("kube-proxy-replacement", "true"),
+                ("enable-wireguard", "true"),
+                ("encrypt-node", "true"),
+                ("routing-mode", "native"),
+                ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+                ("node-port-acceleration", "native"),
+            ],
+            &links,
+            &routes,
+            "10.0.0.2",
+        );
+        assert_eq!(st.selection.devices, names(&["eth0", "cilium_wg0"]));
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        let a = attached(&plan);
+        assert!(a.contains(&t("cilium_wg0", Hook::Ingress, "cil_from_netdev")));
+        assert!(!a.contains(&t("cilium_wg0", Hook::Egress, "cil_to_netdev")));
+        assert!(flushed(&plan).contains(&("cilium_wg0".to_string(), Hook::Egress)));
+        let xdp: Vec<&Op> = plan.ops.iter().filter(|o| matches!(o, Op::AttachXdp { .. })).collect();
+        assert_eq!(xdp, vec![&Op::AttachXdp { device: "eth0".into(), program: CIL_XDP_ENTRY, mode: XdpMode::Native }]);
+    }
+
+    #[test]
+    fn xdp_plan() {
+        let links = with_host_devices(vec![
+            lo(),
+            link(2, "eth0", "dummy").addr("10.0.0.2/24"),
+            link(3, "eth1", "dummy").addr("10.1.0.2/24"),
+            link(4, "veth9", "veth"),
+        ]);
+        let routes = kernel_routes(&links);
+        let st = startup(
+            &[
+                ("kube-proxy-replacement", "true"),
+                ("node-port-acceleration", "testing-only"),
+                ("routing-mode", "native"),
+                ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+            ],
+            &links,
+            &routes,
+            "10.0.0.2",
+        );
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        let detached: Vec<&str> = plan
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::DetachXdp { device } => Some(device.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(detached, vec!["lo", "veth9"]);
+        let attached_xdp: Vec<(&str, XdpMode)> = plan
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::AttachXdp { device, mode, .. } => Some((device.as_str(), *mode)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attached_xdp, vec![("eth0", XdpMode::Generic), ("eth1", XdpMode::Generic)]);
+        assert!(plan.defines.contains_key("ENABLE_NODEPORT_ACCELERATION"));
+        // Acceleration disabled: XDP is unloaded from every non-cilium link, devices included.
+        let st = startup(&[("kube-proxy-replacement", "true")], &links, &routes, "10.0.0.2");
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        assert!(plan.ops.contains(&Op::DetachXdp { device: "eth0".into() }));
+        assert!(!plan.ops.iter().any(|o| matches!(o, Op::AttachXdp { .. })));
+    }
+
+    fn vlan_node() -> Vec<LinkInfo> {
+        let mut links = vec![lo(), link(2, "eth0", "veth").slave_of(4), link(4, "bond0", "bond").addr("10.0.0.2/24")];
+        for (i, id) in [212u16, 300, 301, 302, 303, 304].iter().enumerate() {
+            links.push(link(10 + i as u32, &format!("bond0.{id}"), "vlan").vlan(4, *id));
+        }
+        links
+    }
+
+    #[test]
+    fn vlan_filter_semantics() {
+        let links = vlan_node();
+        let mut s = startup(&[], &links, &kernel_routes(&links), "10.0.0.2").settings;
+        let f = vlan_filter(&s, &names(&["bond0", "bond0.212"]), &links).unwrap();
+        assert_eq!(f["bond0"], VlanAllow::Ids(vec![212]));
+        assert_eq!(f["bond0.212"], VlanAllow::Ids(vec![]));
+        let f = vlan_filter(&s, &names(&["bond0"]), &links).unwrap();
+        assert_eq!(f["bond0"], VlanAllow::Ids(vec![]), "#30593: unselected VLANs are dropped");
+        s.vlan_bpf_bypass = vec![300, 999];
+        let f = vlan_filter(&s, &names(&["bond0", "bond0.212"]), &links).unwrap();
+        assert_eq!(f["bond0"], VlanAllow::Ids(vec![212, 300]));
+        s.vlan_bpf_bypass = vec![300, 301, 302, 303, 304];
+        let e = vlan_filter(&s, &names(&["bond0", "bond0.212"]), &links).unwrap_err();
+        assert_eq!(e, PlanError::TooManyVlans { count: 6 });
+        assert!(e.to_string().contains("allowed VLAN list is too big - 6 entries"));
+        s.vlan_bpf_bypass = vec![0];
+        let f = vlan_filter(&s, &names(&["bond0"]), &links).unwrap();
+        assert_eq!(f["bond0"], VlanAllow::All);
+        let e = vlan_filter(&s, &names(&["nosuch"]), &links).unwrap_err();
+        assert_eq!(e, PlanError::LinkNotFound { device: "nosuch".into() });
+    }
+
+    #[test]
+    fn vlan_allow_reaches_the_netdev_ops() {
+        let links = with_host_devices(vlan_node());
+        let st = startup(&[("devices", "bond0 bond0.212"), ("enable-host-legacy-routing", "true")], &links, &[], "10.0.0.2");
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        let bond = plan.ops.iter().find_map(|o| match o {
+            Op::AttachTc { device, vlan, .. } if device == "bond0" => Some(vlan.clone()),
+            _ => None,
+        });
+        assert_eq!(bond, Some(VlanAllow::Ids(vec![212])));
+    }
+
+    #[test]
+    fn missing_explicit_device_fails_the_node_config() {
+        let links = with_host_devices(vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24")]);
+        let st = startup(&[("devices", "eth0 eth9"), ("enable-host-legacy-routing", "true")], &links, &[], "10.0.0.2");
+        let e = plan(&st.settings, &st.selection, &links).unwrap_err();
+        assert!(e.to_string().contains("eth9"), "{e}");
+    }
+
+    #[test]
+    fn device_state_clsact_removal() {
+        let links = with_host_devices(vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24"), link(3, "eth1", "dummy")]);
+        let routes = kernel_routes(&links);
+        // A previous NodePort run recorded eth0; now tunnel mode without NodePort.
+        let st = startup(&[], &links, &routes, "10.0.0.2");
+        let p = plan_with_state(&st.settings, &st.selection, &links, Some("eth0")).unwrap();
+        assert_eq!(p.ops[1], Op::FlushTc { device: "eth0".into(), hook: Hook::Ingress });
+        assert_eq!(p.ops[2], Op::FlushTc { device: "eth0".into(), hook: Hook::Egress });
+        assert_eq!(p.device_state, None);
+        // Several devices: the script splits on ',' but the file holds ';' — nothing matches.
+        let p = plan_with_state(&st.settings, &st.selection, &links, Some("eth0;eth1")).unwrap();
+        assert_eq!(p.ops[1], Op::RemoveObsoleteTc { device: "lo".into() });
+    }
+
+    #[test]
+    fn endpoints_and_cleanup() {
+        let links = vec![lo()];
+        let s = startup(&[], &links, &[], "10.0.0.2");
+        let ops = endpoint_ops(&s.settings, "lxc0123456789ab");
+        assert_eq!(ops.len(), 2);
+        assert!(matches!(&ops[0], Op::AttachTc { hook: Hook::Ingress, program, .. } if *program == CIL_FROM_CONTAINER));
+        assert_eq!(ops[1], Op::FlushTc { device: "lxc0123456789ab".into(), hook: Hook::Egress });
+        let mut settings = s.settings.clone();
+        settings.enable_endpoint_routes = true;
+        let ops = endpoint_ops(&settings, "lxc0123456789ab");
+        assert!(matches!(&ops[1], Op::AttachTc { hook: Hook::Egress, program, .. } if *program == CIL_TO_CONTAINER));
+        let links = vec![lo(), link(2, "eth0", "dummy")];
+        assert_eq!(
+            cleanup_ops(&links),
+            vec![Op::RemoveCiliumFilters { device: "lo".into() }, Op::RemoveCiliumFilters { device: "eth0".into() }]
+        );
+    }
+}

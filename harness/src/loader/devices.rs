@@ -482,3 +482,261 @@ pub(crate) mod tu {
         (links, routes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tu::*;
+    use super::*;
+    use crate::loader::config::{AgentConfig, Settings};
+    use std::collections::BTreeMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let m: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::derive(&AgentConfig::from_map(&m, Profile::V1_14_4).unwrap(), Profile::V1_14_4).unwrap()
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    const NP: [(&str, &str); 1] = [("enable-node-port", "true")];
+
+    #[test]
+    fn seed_topology_selects_the_node_ip_vlan() {
+        let (links, routes) = seed();
+        let s = settings(&[
+            ("kube-proxy-replacement", "partial"),
+            ("enable-node-port", "false"),
+            ("enable-host-firewall", "false"),
+        ]);
+        assert!(!s.are_devices_required());
+        let sel = select(&s, &links, &routes, ip("10.212.0.10")).unwrap();
+        assert_eq!(sel.devices, names(&["bond0.212"]));
+        assert_eq!(sel.direct_routing_device.as_deref(), Some("bond0.212"));
+        let s = settings(&[("kube-proxy-replacement", "partial"), ("enable-host-legacy-routing", "true")]);
+        let sel = select(&s, &links, &routes, ip("10.212.0.10")).unwrap();
+        assert!(sel.devices.is_empty());
+        // With NodePort the route-based detection finds the same single device: the bond has
+        // no address, its slaves are slaves.
+        let sel = select(&settings(&NP), &links, &routes, ip("10.212.0.10")).unwrap();
+        assert_eq!(sel.devices, names(&["bond0.212"]));
+    }
+
+    #[test]
+    fn explicit_devices_are_verbatim() {
+        let (links, routes) = seed();
+        let s = settings(&[("devices", "bond0 eth0 nosuch0"), ("enable-host-legacy-routing", "true")]);
+        let sel = select(&s, &links, &routes, ip("10.212.0.10")).unwrap();
+        assert_eq!(sel.devices, names(&["bond0", "eth0", "nosuch0"]));
+        // DR detection adds the node-IP device to the explicit list.
+        let s = settings(&[("devices", "bond0"), ("enable-node-port", "true")]);
+        let sel = select(&s, &links, &routes, ip("10.212.0.10")).unwrap();
+        assert_eq!(sel.devices, names(&["bond0", "bond0.212"]));
+        assert_eq!(sel.direct_routing_device.as_deref(), Some("bond0.212"));
+        // An explicit direct-routing device joins the list instead.
+        let s = settings(&[("devices", "bond0"), ("enable-node-port", "true"), ("direct-routing-device", "eth+")]);
+        let sel = select(&s, &links, &routes, ip("10.212.0.10")).unwrap();
+        assert_eq!(sel.devices, names(&["bond0", "eth0"]));
+        assert_eq!(sel.direct_routing_device.as_deref(), Some("eth0"));
+    }
+
+    #[test]
+    fn wildcards_match_every_link_by_prefix() {
+        let (links, routes) = seed();
+        let legacy = ("enable-host-legacy-routing", "true");
+        let sel = select(&settings(&[("devices", "bond+"), legacy]), &links, &routes, None).unwrap();
+        assert_eq!(sel.devices, names(&["bond0", "bond0.212"]));
+        let sel = select(&settings(&[("devices", "eth+"), legacy]), &links, &routes, None).unwrap();
+        assert_eq!(sel.devices, names(&["eth0", "eth1"]), "slaves included");
+        let e = select(&settings(&[("devices", "none+"), legacy]), &links, &routes, None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "device wildcard expansion failed to detect devices. Please verify --devices option."
+        );
+        let e = select(&settings(&[("direct-routing-device", "none+"), legacy]), &links, &routes, None).unwrap_err();
+        assert!(e.to_string().contains("--direct-routing-device"));
+    }
+
+    #[test]
+    fn upstream_expand_devices() {
+        // TestExpandDevices / TestExpandDirectRoutingDevice.
+        let links = vec![
+            link(2, "dummy0", "dummy"),
+            link(3, "dummy1", "dummy"),
+            link(4, "other0", "dummy"),
+            link(5, "other1", "dummy"),
+            link(6, "unmatched", "dummy"),
+        ];
+        let got = expand_wildcards(&names(&["dummy+", "missing+", "other0+", "dum+", "other0", "other1"]), &links, "devices");
+        assert_eq!(got.unwrap(), names(&["dummy0", "dummy1", "other0", "other1"]));
+        assert!(expand_wildcards(&names(&["none+"]), &links, "devices").is_err());
+        assert_eq!(expand_wildcards(&names(&["dummy+"]), &links, "direct-routing-device").unwrap()[0], "dummy0");
+        assert!(expand_wildcards(&[], &links, "devices").unwrap().is_empty());
+    }
+
+    #[test]
+    fn veth_needs_a_default_route_in_any_table() {
+        let links = vec![lo(), link(2, "veth0", "veth").addr("192.168.4.1/24"), link(3, "eth0", "dummy").addr("10.0.0.2/24")];
+        let mut routes = kernel_routes(&links);
+        let s = settings(&NP);
+        let sel = select(&s, &links, &routes, ip("10.0.0.2")).unwrap();
+        assert_eq!(sel.devices, names(&["eth0"]));
+        let mut r = default_via("192.168.4.254", 2);
+        r.table = 11;
+        routes.push(r);
+        let sel = select(&s, &links, &routes, ip("10.0.0.2")).unwrap();
+        assert_eq!(sel.devices, names(&["eth0", "veth0"]));
+    }
+
+    #[test]
+    fn bridges_and_their_ports_are_excluded() {
+        let links = vec![
+            lo(),
+            link(2, "br0", "bridge").addr("192.168.5.1/24"),
+            link(3, "eth0", "dummy").addr("192.168.3.1/24").master(2),
+            link(4, "eth1", "dummy").addr("10.0.0.2/24"),
+            link(5, "ovs0", "openvswitch").addr("10.1.0.2/24"),
+            link(6, "team0", "team"),
+            link(7, "eth2", "dummy").addr("10.2.0.2/24").master(6),
+        ];
+        let routes = kernel_routes(&links);
+        let sel = select(&settings(&NP), &links, &routes, ip("10.0.0.2")).unwrap();
+        assert_eq!(sel.devices, names(&["eth1"]));
+        assert_eq!(not_viable_reason(true, false, &links[2], &links), Some("attached to a bridge"));
+        assert_eq!(not_viable_reason(true, false, &links[6], &links), Some("bonded device"));
+    }
+
+    #[test]
+    fn excluded_prefixes_and_flags() {
+        let mut links = vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24")];
+        for (i, n) in ["cilium_foo", "lxc12ab", "cni0", "docker0", "loop1"].iter().enumerate() {
+            links.push(link(10 + i as u32, n, "dummy").addr(&format!("10.{}.0.1/24", 10 + i)));
+        }
+        let mut l3 = link(20, "wg1", "wireguard").addr("10.20.0.1/24");
+        l3.mac = None;
+        links.push(l3);
+        let routes = kernel_routes(&links);
+        let sel = select(&settings(&NP), &links, &routes, ip("10.0.0.2")).unwrap();
+        assert_eq!(sel.devices, names(&["eth0", "wg1"]), "L3 devices are fine with L3 support");
+        let wg1 = links.last().unwrap();
+        assert_eq!(not_viable_reason(false, false, wg1, &links), Some("L3 device without L3 device support"));
+    }
+
+    #[test]
+    fn route_family_follows_enabled_families() {
+        let links = vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24"), link(3, "eth1", "dummy").addr("2001:db8::2/64")];
+        let routes = kernel_routes(&links);
+        let sel = select(&settings(&NP), &links, &routes, ip("10.0.0.2")).unwrap();
+        assert_eq!(sel.devices, names(&["eth0"]));
+        let s = settings(&[("enable-node-port", "true"), ("enable-ipv6", "true"), ("ipv6-native-routing-cidr", "fd00::/8")]);
+        let sel = select(&s, &links, &routes, ip("10.0.0.2")).unwrap();
+        assert_eq!(sel.devices, names(&["eth0", "eth1"]));
+        // Link-local only: not global unicast.
+        assert!(!is_global_unicast("fe80::1".parse().unwrap()));
+        assert!(!is_global_unicast("169.254.1.1".parse().unwrap()));
+        assert!(is_global_unicast("fd00::1".parse().unwrap()));
+        assert!(is_global_unicast("192.168.1.0".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_ndp_multicast_device() {
+        let mut links = vec![lo(), link(2, "eth0", "dummy").addr("2001:db8::face/64")];
+        let routes = kernel_routes(&links);
+        let s = settings(&[("enable-ipv6", "true"), ("enable-ipv6-ndp", "true"), ("enable-host-legacy-routing", "true")]);
+        let sel = select(&s, &links, &routes, ip("2001:db8::face")).unwrap();
+        assert_eq!(sel.devices, names(&["eth0"]));
+        assert_eq!(sel.ipv6_mcast_device.as_deref(), Some("eth0"));
+        assert_eq!(sel.direct_routing_device, None);
+        links[1].multicast = false;
+        let e = select(&s, &links, &routes, ip("2001:db8::face")).unwrap_err();
+        assert_eq!(e, DeviceError::MulticastDevice);
+        // cilium_host carrying the same address is skipped.
+        let mut host = link(9, "cilium_host", "veth").addr("2001:db8::face/128");
+        host.index = 1;
+        links[0].index = 0;
+        links[1].multicast = true;
+        links.push(host);
+        let sel = select(&s, &links, &routes, ip("2001:db8::face")).unwrap();
+        assert_eq!(sel.ipv6_mcast_device.as_deref(), Some("eth0"));
+    }
+
+    /// pkg/datapath/linux/devices_test.go TestDetect, step by step, on snapshots.
+    #[test]
+    fn upstream_test_detect() {
+        let base = [("enable-host-legacy-routing", "true")];
+        let mut s = settings(&base);
+        let mut links = vec![lo()];
+        // 1. No devices, nothing to detect.
+        let sel = select(&s, &links, &kernel_routes(&links), None).unwrap();
+        assert!(sel.devices.is_empty());
+        // 2. NodePort: detection is performed.
+        s.enable_node_port = true;
+        links.push(link(2, "dummy0", "dummy").addr("192.168.0.1/24"));
+        let sel = select(&s, &links, &kernel_routes(&links), ip("192.168.0.1")).unwrap();
+        assert_eq!(sel.devices, names(&["dummy0"]));
+        assert_eq!(sel.direct_routing_device.as_deref(), Some("dummy0"));
+        // 3. Manually specified devices, no detection.
+        links.push(link(3, "dummy1", "dummy").addr("192.168.1.1/24"));
+        s.devices = names(&["dummy0"]);
+        let sel = select(&s, &links, &kernel_routes(&links), ip("192.168.0.1")).unwrap();
+        assert_eq!(sel.devices, names(&["dummy0"]));
+        assert_eq!(sel.direct_routing_device.as_deref(), Some("dummy0"));
+        s.devices.clear();
+        // 4. Native routing: all devices, DR = the node-IP device; dummy3 has no routes.
+        links.push(link(4, "dummy2", "dummy").addr("192.168.2.1/24"));
+        links.push(link(5, "dummy3", "dummy").addr("192.168.3.1/24"));
+        let routes_no_d3 = |links: &[LinkInfo]| -> Vec<RouteInfo> {
+            kernel_routes(links).into_iter().filter(|r| r.oif != Some(5)).collect()
+        };
+        s.routing_mode = crate::loader::config::RoutingMode::Native;
+        let sel = select(&s, &links, &routes_no_d3(&links), ip("192.168.1.1")).unwrap();
+        assert_eq!(sel.devices, names(&["dummy0", "dummy1", "dummy2"]));
+        assert_eq!(sel.direct_routing_device.as_deref(), Some("dummy1"));
+        // 5. Tunnel routing with XDP: same.
+        s.routing_mode = crate::loader::config::RoutingMode::Tunnel;
+        s.node_port_acceleration = crate::loader::config::Acceleration::Native;
+        let sel = select(&s, &links, &routes_no_d3(&links), ip("192.168.1.1")).unwrap();
+        assert_eq!(sel.devices, names(&["dummy0", "dummy1", "dummy2"]));
+        assert_eq!(sel.direct_routing_device.as_deref(), Some("dummy1"));
+        s.node_port_acceleration = crate::loader::config::Acceleration::Disabled;
+        s.routing_mode = crate::loader::config::RoutingMode::Native;
+        // 6. IPv6 node IP on an excluded-prefix device, NDP on.
+        s.enable_ipv6 = true;
+        s.enable_ipv6_ndp = true;
+        links.push(link(6, "cilium_foo", "dummy").addr("2001:db8::face/64"));
+        let sel = select(&s, &links, &routes_no_d3(&links), ip("2001:db8::face")).unwrap();
+        assert_eq!(sel.devices, names(&["cilium_foo", "dummy0", "dummy1", "dummy2"]));
+        assert_eq!(sel.direct_routing_device.as_deref(), Some("cilium_foo"));
+        assert_eq!(sel.ipv6_mcast_device.as_deref(), Some("cilium_foo"));
+        // 7. veth0 only with a default route.
+        links.push(link(7, "veth0", "veth").addr("192.168.4.1/24"));
+        links.push(link(8, "veth0_", "veth"));
+        let node = ip("2001:db8::face");
+        let sel = select(&s, &links, &routes_no_d3(&links), node).unwrap();
+        assert_eq!(sel.devices, names(&["cilium_foo", "dummy0", "dummy1", "dummy2"]));
+        let mut extra = vec![default_via("192.168.4.254", 7)];
+        let routes = |links: &[LinkInfo], extra: &[RouteInfo]| -> Vec<RouteInfo> {
+            let mut r = routes_no_d3(links);
+            r.extend(extra.iter().cloned());
+            r
+        };
+        let sel = select(&s, &links, &routes(&links, &extra), node).unwrap();
+        assert_eq!(sel.devices, names(&["cilium_foo", "dummy0", "dummy1", "dummy2", "veth0"]));
+        // 8. dummy3 with a route only in table 11.
+        extra.push(route("192.168.3.0/24", 11, 5));
+        let sel = select(&s, &links, &routes(&links, &extra), node).unwrap();
+        assert_eq!(sel.devices, names(&["cilium_foo", "dummy0", "dummy1", "dummy2", "dummy3", "veth0"]));
+        // 9. Bridges are skipped, and so are their ports.
+        links.push(link(9, "br0", "bridge").addr("192.168.5.1/24"));
+        let sel = select(&s, &links, &routes(&links, &extra), node).unwrap();
+        assert_eq!(sel.devices, names(&["cilium_foo", "dummy0", "dummy1", "dummy2", "dummy3", "veth0"]));
+        links[4].master_index = Some(9);
+        let sel = select(&s, &links, &routes(&links, &extra), node).unwrap();
+        assert_eq!(sel.devices, names(&["cilium_foo", "dummy0", "dummy1", "dummy2", "veth0"]));
+        // 10. Bond devices are kept, bond slaves skipped.
+        links.push(link(10, "bond0", "bond").addr("192.168.6.1/24"));
+        links[3] = links[3].clone().slave_of(10).down();
+        let sel = select(&s, &links, &routes(&links, &extra), node).unwrap();
+        assert_eq!(sel.devices, names(&["bond0", "cilium_foo", "dummy0", "dummy1", "veth0"]));
+    }
+}
