@@ -396,8 +396,8 @@ impl AgentConfig {
         let mut tunnel_protocol =
             if get("tunnel-protocol") == Some("geneve") { TunnelProtocol::Geneve } else { TunnelProtocol::Vxlan };
         if let Some(t) = get("tunnel").filter(|t| !t.is_empty()) {
-            if profile >= Profile::V1_16 {
-                // v1.16 dropped the flag; the key is ignored like any unknown ConfigMap key.
+            if profile >= Profile::V1_15 {
+                // v1.15 dropped the flag; the key is ignored like any unknown ConfigMap key.
             } else {
                 if routing != "tunnel" {
                     return Err(refused("Option --routing-mode cannot be used in combination with --tunnel"));
@@ -609,6 +609,12 @@ impl Settings {
         self.enable_node_port || bpf_host_routing || self.enable_wireguard
     }
 
+    /// v1.16.8 `NeedBPFHostOnWireGuardDevice()`: bpf_host on `cilium_wg0` ingress.
+    pub fn need_bpf_host_on_wireguard_device(&self) -> bool {
+        self.enable_wireguard
+            && (!self.tunneling_enabled() || (self.enable_node_port && self.encrypt_node))
+    }
+
     /// `TunnelingEnabled()`: anything but native routing.
     pub fn tunneling_enabled(&self) -> bool {
         self.routing_mode != RoutingMode::Native
@@ -765,7 +771,7 @@ impl Settings {
             self.enable_node_port = true;
         }
         if self.enable_node_port {
-            if self.enable_ipsec && self.profile == Profile::V1_14_4 {
+            if self.enable_ipsec && self.profile < Profile::V1_16 {
                 return Err("IPSec cannot be used with BPF NodePort".into());
             }
             let (mode, dispatch) = (self.node_port_mode, self.dsr_dispatch);
@@ -837,7 +843,9 @@ impl Settings {
                 Some("BPF host routing is incompatible with enable-ipsec.")
             } else if self.iptables_masquerading_enabled() {
                 Some("BPF host routing requires enable-bpf-masquerade.")
-            } else if !matches!(self.kube_proxy_replacement, K::Strict | K::True) {
+            } else if !matches!(self.kube_proxy_replacement, K::Strict | K::True)
+                || (self.profile >= Profile::V1_16 && self.kube_proxy_replacement != K::True)
+            {
                 Some("BPF host routing requires kube-proxy-replacement=true.")
             } else {
                 None
@@ -898,7 +906,7 @@ pub fn start(
         Err(e) => {
             s.warnings.push(format!("failed to detect devices, disabling BPF NodePort: {e}"));
             s.disable_node_port();
-            devices::selection_after_failure(&s, links)
+            devices::selection_after_failure(&s, links, routes)
         }
     };
     s.finish_kpr_init(&mut selection, links)?;

@@ -282,11 +282,12 @@ pub fn plan_with_state(
     ops.push(host(HOST_DEVICE, Hook::Ingress, CIL_TO_HOST));
     ops.push(host(HOST_DEVICE, Hook::Egress, CIL_FROM_HOST));
     ops.push(host(SECOND_HOST_DEVICE, Hook::Ingress, CIL_TO_HOST));
-    if settings.profile >= Profile::V1_15 {
-        // removeObsoleteNetdevPrograms runs in Go at the end of reloadHostDatapath (below).
-    }
     let egress = settings.are_devices_required();
-    for dev in devices.iter().filter(|d| exists(d)) {
+    let mut host_devices = devices.clone();
+    if settings.profile >= Profile::V1_16 && settings.need_bpf_host_on_wireguard_device() {
+        host_devices.push(WIREGUARD_DEVICE.to_string());
+    }
+    for dev in host_devices.iter().filter(|d| exists(d)) {
         let vlan = vlans.get(dev).cloned().unwrap_or(VlanAllow::Ids(Vec::new()));
         let netdev = |hook: Hook, program: ProgramRef| Op::AttachTc {
             device: dev.clone(),
@@ -299,6 +300,9 @@ pub fn plan_with_state(
         if egress && dev != WIREGUARD_DEVICE {
             ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
             ops.push(netdev(Hook::Egress, CIL_TO_NETDEV));
+        } else if egress && settings.profile >= Profile::V1_16 {
+            // v1.16 leaves cilium_wg0's egress alone when devices are required.
+            ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
         } else {
             ops.push(Op::FlushTc { device: dev.clone(), hook: Hook::Egress });
             ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
@@ -307,7 +311,7 @@ pub fn plan_with_state(
     if settings.profile >= Profile::V1_15 {
         for l in links {
             let excluded = crate::loader::devices::EXCLUDED_PREFIXES.iter().any(|p| l.name.starts_with(p));
-            if !excluded && !devices.contains(&l.name) {
+            if !excluded && !host_devices.contains(&l.name) {
                 ops.push(Op::RemoveObsoleteTc { device: l.name.clone() });
             }
         }
@@ -639,5 +643,146 @@ mod tests {
             cleanup_ops(&links),
             vec![Op::RemoveCiliumFilters { device: "lo".into() }, Op::RemoveCiliumFilters { device: "eth0".into() }]
         );
+    }
+}
+
+/// v1.15 and v1.16 on the same snapshots: what changed.
+#[cfg(test)]
+mod later_profiles {
+    use super::*;
+    use crate::loader::config::{start, AgentConfig, ConfigError, Startup};
+    use crate::loader::devices::tu::*;
+    use crate::netlink::RouteInfo;
+
+    fn run(p: Profile, pairs: &[(&str, &str)], links: &[LinkInfo], routes: &[RouteInfo], ip: &str) -> Result<Startup, ConfigError> {
+        let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cfg = AgentConfig::from_map(&m, p)?;
+        start(&cfg, p, links, routes, Some(ip.parse().unwrap()))
+    }
+
+    fn netdev_hooks(plan: &Plan, dev: &str) -> Vec<(Hook, &'static str)> {
+        plan.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::AttachTc { device, hook, program, .. } if device == dev => Some((*hook, program.symbol)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn seed_links() -> (Vec<LinkInfo>, Vec<RouteInfo>) {
+        let (mut links, routes) = seed();
+        links.push(link(50, "cilium_net", "veth"));
+        links.push(link(51, "cilium_host", "veth"));
+        (links, routes)
+    }
+
+    const PARTIAL: [(&str, &str); 2] = [("kube-proxy-replacement", "partial"), ("enable-node-port", "false")];
+
+    #[test]
+    fn seed_across_profiles() {
+        let (links, routes) = seed_links();
+        let ip = "10.212.0.10";
+        let v14 = run(Profile::V1_14_4, &PARTIAL, &links, &routes, ip).unwrap();
+        assert_eq!(v14.selection.devices, names(&["bond0.212"]));
+        // v1.15: nothing requires devices and none are given, so none (b55ca78259).
+        let v15 = run(Profile::V1_15, &PARTIAL, &links, &routes, ip).unwrap();
+        assert!(v15.selection.devices.is_empty());
+        let plan = super::plan(&v15.settings, &v15.selection, &links).unwrap();
+        assert!(netdev_hooks(&plan, "bond0.212").is_empty());
+        assert!(!plan.ops.contains(&Op::FlushTc { device: "cilium_net".into(), hook: Hook::Egress }), "init.sh is gone");
+        // v1.16: partial is refused; with "false" the devices table selects bond0.212 anyway.
+        let e = run(Profile::V1_16, &PARTIAL, &links, &routes, ip).unwrap_err();
+        assert!(e.to_string().contains("Invalid value for --kube-proxy-replacement: partial"), "{e}");
+        let v16 = run(Profile::V1_16, &[("kube-proxy-replacement", "false")], &links, &routes, ip).unwrap();
+        assert_eq!(v16.selection.devices, names(&["bond0.212"]));
+        let plan = super::plan(&v16.settings, &v16.selection, &links).unwrap();
+        assert_eq!(netdev_hooks(&plan, "bond0.212"), vec![(Hook::Ingress, "cil_from_netdev")]);
+        assert!(plan.ops.contains(&Op::FlushTc { device: "bond0.212".into(), hook: Hook::Egress }));
+        // With KPR true v1.15 attaches both directions.
+        let v15 = run(Profile::V1_15, &[("kube-proxy-replacement", "true")], &links, &routes, ip).unwrap();
+        let plan = super::plan(&v15.settings, &v15.selection, &links).unwrap();
+        assert_eq!(
+            netdev_hooks(&plan, "bond0.212"),
+            vec![(Hook::Ingress, "cil_from_netdev"), (Hook::Egress, "cil_to_netdev")]
+        );
+        // The obsolete-program clean-up comes last and skips the excluded prefixes (lo).
+        let last: Vec<&Op> = plan.ops.iter().rev().take(3).collect();
+        assert!(last.iter().all(|o| matches!(o, Op::RemoveObsoleteTc { .. })), "{last:?}");
+        assert!(!plan.ops.contains(&Op::RemoveObsoleteTc { device: "lo".into() }));
+    }
+
+    #[test]
+    fn explicit_devices_need_addresses_from_v1_15() {
+        let (links, routes) = seed_links();
+        let pairs = [("kube-proxy-replacement", "true"), ("devices", "bond0 bond0.212 eth0")];
+        let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.212.0.10").unwrap();
+        assert_eq!(v14.selection.devices, names(&["bond0", "bond0.212", "eth0"]));
+        let v15 = run(Profile::V1_15, &pairs, &links, &routes, "10.212.0.10").unwrap();
+        assert_eq!(v15.selection.devices, names(&["bond0.212"]), "#35615: bond0 has no address");
+        let e = run(Profile::V1_15, &[("kube-proxy-replacement", "true"), ("devices", "none+")], &links, &routes, "10.212.0.10")
+            .unwrap_err();
+        assert!(e.to_string().contains("No device found matching"), "{e}");
+    }
+
+    #[test]
+    fn bandwidth_manager_alone() {
+        let (links, routes) = seed_links();
+        let pairs = [("enable-bandwidth-manager", "true")];
+        let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.212.0.10").unwrap();
+        let plan14 = plan(&v14.settings, &v14.selection, &links).unwrap();
+        assert!(netdev_hooks(&plan14, "bond0.212").contains(&(Hook::Egress, "cil_to_netdev")));
+        let v15 = run(Profile::V1_15, &pairs, &links, &routes, "10.212.0.10").unwrap();
+        assert!(v15.selection.devices.is_empty(), "v1.15 dropped BWM from AreDevicesRequired");
+        let v16 = run(Profile::V1_16, &pairs, &links, &routes, "10.212.0.10").unwrap();
+        let plan16 = plan(&v16.settings, &v16.selection, &links).unwrap();
+        assert_eq!(netdev_hooks(&plan16, "bond0.212"), vec![(Hook::Ingress, "cil_from_netdev")]);
+    }
+
+    #[test]
+    fn veth_default_route_must_be_in_main_from_v1_15() {
+        let links = vec![lo(), link(2, "veth0", "veth").addr("192.168.4.1/24"), link(3, "eth0", "dummy").addr("10.0.0.2/24")];
+        let mut routes = kernel_routes(&links);
+        let mut r = default_via("192.168.4.254", 2);
+        r.table = 11;
+        routes.push(r);
+        let np = [("kube-proxy-replacement", "true")];
+        let v14 = run(Profile::V1_14_4, &np, &links, &routes, "10.0.0.2").unwrap();
+        assert_eq!(v14.selection.devices, names(&["eth0", "veth0"]));
+        let v15 = run(Profile::V1_15, &np, &links, &routes, "10.0.0.2").unwrap();
+        assert_eq!(v15.selection.devices, names(&["eth0"]));
+        // v1.16 --force-device-detection: listed devices on top of detected ones.
+        let forced = [("kube-proxy-replacement", "true"), ("devices", "veth0"), ("force-device-detection", "true")];
+        let v16 = run(Profile::V1_16, &forced, &links, &routes, "10.0.0.2").unwrap();
+        assert_eq!(v16.selection.devices, names(&["eth0", "veth0"]));
+        let v16 = run(Profile::V1_16, &forced[..2], &links, &routes, "10.0.0.2").unwrap();
+        assert_eq!(v16.selection.devices, names(&["veth0"]));
+    }
+
+    #[test]
+    fn wireguard_device_in_v1_16() {
+        let links = vec![
+            lo(),
+            link(2, "eth0", "dummy").addr("10.0.0.2/24"),
+            link(3, "cilium_wg0", "wireguard").addr("10.9.0.1/32"),
+            link(50, "cilium_net", "veth"),
+            link(51, "cilium_host", "veth"),
+        ];
+        let routes = kernel_routes(&links);
+        let pairs = [
+            ("kube-proxy-replacement", "true"),
+            ("enable-wireguard", "true"),
+            ("routing-mode", "native"),
+            ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+        ];
+        let v16 = run(Profile::V1_16, &pairs, &links, &routes, "10.0.0.2").unwrap();
+        assert_eq!(v16.selection.devices, names(&["eth0"]), "cilium_ has an excluded prefix");
+        let plan = super::plan(&v16.settings, &v16.selection, &links).unwrap();
+        assert_eq!(netdev_hooks(&plan, "cilium_wg0"), vec![(Hook::Ingress, "cil_from_netdev")]);
+        assert!(!plan.ops.contains(&Op::FlushTc { device: "cilium_wg0".into(), hook: Hook::Egress }));
+        // v1.14.4 without encrypt-node: no bpf_host on cilium_wg0.
+        let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.0.0.2").unwrap();
+        let plan = super::plan(&v14.settings, &v14.selection, &links).unwrap();
+        assert!(netdev_hooks(&plan, "cilium_wg0").is_empty());
     }
 }

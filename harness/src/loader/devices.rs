@@ -242,11 +242,19 @@ fn select_v1_14(
 }
 
 /// What `GetDevices()` holds after `Detect` failed (the agent goes on when devices are not
-/// required): the expanded `--devices` if expansion succeeded, else the raw entries.
-pub fn selection_after_failure(settings: &Settings, links: &[LinkInfo]) -> Selection {
+/// required). v1.14.4: the expanded `--devices` if expansion succeeded, else the raw entries.
+/// v1.15: the selected devices (set before the direct-routing lookup), or the raw entries when
+/// a wildcard matched nothing. v1.16: the selected devices, which the loader uses regardless.
+pub fn selection_after_failure(settings: &Settings, links: &[LinkInfo], routes: &[RouteInfo]) -> Selection {
     if settings.profile >= Profile::V1_15 {
-        // The v1.15+ gate returns before anything is set; v1.16 has no failure path here.
-        return Selection { direct_routing_device: settings.direct_routing_device.clone(), ..Selection::default() };
+        let names = controller_selected(settings, links, routes);
+        let wildcard = settings.devices.iter().any(|d| d.ends_with('+'));
+        let devices = if settings.profile == Profile::V1_15 && names.is_empty() && wildcard {
+            settings.devices.clone()
+        } else {
+            names
+        };
+        return Selection { devices, ..Selection::default() };
     }
     let (devices, drd) = match expand_wildcards(&settings.devices, links, "devices") {
         Ok(d) => {
@@ -262,21 +270,14 @@ pub fn selection_after_failure(settings: &Settings, links: &[LinkInfo]) -> Selec
     Selection { devices, direct_routing_device: drd, ipv6_mcast_device: settings.ipv6_mcast_device.clone() }
 }
 
-/// The user filter of the devices controller (`deviceFilter.match`): note upstream's quirk,
-/// the first `+` entry decides alone.
+/// The devices controller's user filter (`deviceFilter.match`, v1.15+): any entry matching,
+/// `+` entries by prefix.
 fn filter_match(filter: &[String], name: &str) -> bool {
-    if filter.is_empty() {
-        return true;
-    }
-    for e in filter {
-        if e.ends_with('+') {
-            return name.starts_with(e.trim_end_matches('+'));
-        }
-        if e == name {
-            return true;
-        }
-    }
-    false
+    filter.is_empty()
+        || filter.iter().any(|e| match e.strip_suffix('+') {
+            Some(_) => name.starts_with(e.trim_end_matches('+')),
+            None => e == name,
+        })
 }
 
 fn has_default_route_in_main(link: &LinkInfo, routes: &[RouteInfo]) -> bool {
@@ -316,7 +317,9 @@ pub fn controller_reason(
         return Some("excluded name prefix");
     }
     match link.kind.as_str() {
-        "veth" if !has_default_route_in_main(link, routes) => return Some("veth without default route"),
+        "veth" if settings.devices.is_empty() && !has_default_route_in_main(link, routes) => {
+            return Some("veth without default route");
+        }
         "bridge" | "openvswitch" => return Some("bridge-like device, use --devices to add"),
         "ipoib" if settings.profile >= Profile::V1_16 => return Some("IPoIB device, use --devices to override"),
         _ => {}
@@ -330,8 +333,19 @@ pub fn controller_reason(
     None
 }
 
-/// v1.15/v1.16: the devices table's selected devices, behind v1.15's `AreDevicesRequired` gate,
-/// and the direct-routing / multicast device chosen among them.
+/// The devices table's selected devices, sorted by name.
+fn controller_selected(settings: &Settings, links: &[LinkInfo], routes: &[RouteInfo]) -> Vec<String> {
+    let mut names: Vec<String> = links
+        .iter()
+        .filter(|l| controller_reason(settings, l, routes).is_none())
+        .map(|l| l.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+/// v1.15/v1.16 `Detect`: the devices table's selected devices (behind v1.15's gate), and the
+/// direct-routing / multicast device chosen among them (the node-IP device only with k8s).
 fn select_controller(
     settings: &Settings,
     links: &[LinkInfo],
@@ -339,23 +353,30 @@ fn select_controller(
     node_ip: Option<IpAddr>,
 ) -> Result<Selection, DeviceError> {
     if settings.profile == Profile::V1_15 && settings.devices.is_empty() && !settings.are_devices_required() {
-        return Ok(Selection { direct_routing_device: settings.direct_routing_device.clone(), ..Selection::default() });
+        return Ok(Selection {
+            direct_routing_device: settings.direct_routing_device.clone(),
+            ipv6_mcast_device: settings.ipv6_mcast_device.clone(),
+            ..Selection::default()
+        });
     }
-    let mut selected: Vec<&LinkInfo> =
-        links.iter().filter(|l| controller_reason(settings, l, routes).is_none()).collect();
-    selected.sort_by(|a, b| a.name.cmp(&b.name));
-    if settings.profile == Profile::V1_15 && !settings.devices.is_empty() && selected.is_empty() {
+    let names = controller_selected(settings, links, routes);
+    let wildcard = settings.devices.iter().any(|d| d.ends_with('+'));
+    if settings.profile == Profile::V1_15 && names.is_empty() && wildcard {
         return Err(DeviceError::NoMatch { devices: settings.devices.clone() });
     }
-    let names: Vec<String> = selected.iter().map(|l| l.name.clone()).collect();
-    let mut drd = None;
+    let selected: Vec<LinkInfo> = links.iter().filter(|l| names.contains(&l.name)).cloned().collect();
+    let node_link = node_ip_link(&selected, node_ip);
+    let mut drd = settings.direct_routing_device.clone();
     if settings.direct_routing_device_required() {
-        drd = if let Some(d) = &settings.direct_routing_device {
-            names.iter().find(|n| filter_match(std::slice::from_ref(d), n)).cloned()
-        } else if names.len() == 1 {
-            Some(names[0].clone())
+        let filter: Vec<String> = drd.as_deref().map(|d| d.split(',').map(str::to_string).collect()).unwrap_or_default();
+        let mut by_index = selected.clone();
+        by_index.sort_by_key(|l| l.index);
+        drd = if !filter.is_empty() {
+            by_index.iter().find(|l| filter_match(&filter, &l.name)).map(|l| l.name.clone())
+        } else if selected.len() == 1 {
+            Some(selected[0].name.clone())
         } else {
-            node_ip_link(&selected.iter().map(|l| (*l).clone()).collect::<Vec<_>>(), node_ip).map(|l| l.name.clone())
+            node_link.map(|l| l.name.clone())
         };
         if drd.is_none() {
             return Err(DeviceError::DirectRoutingDevice);
@@ -363,8 +384,7 @@ fn select_controller(
     }
     let mut mcast = settings.ipv6_mcast_device.clone();
     if settings.enable_ipv6_ndp && mcast.is_none() {
-        let own: Vec<LinkInfo> = selected.iter().map(|l| (*l).clone()).collect();
-        match node_ip_link(&own, node_ip) {
+        match node_link {
             Some(l) if l.multicast => mcast = Some(l.name.clone()),
             _ => return Err(DeviceError::MulticastDevice),
         }
