@@ -122,8 +122,8 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
     let v = value.trim();
     let ok = match kind {
         Kind::Bool => parse_bool(v).is_some(),
-        Kind::Names => v.split_whitespace().all(valid_name_entry),
-        Kind::Name => v.is_empty() || valid_name_entry(v),
+        Kind::Names => v.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).all(valid_name_entry),
+        Kind::Name => v.is_empty() || v.split(',').all(valid_name_entry),
         Kind::Priority => matches!(v.parse::<u32>(), Ok(1..=65535)),
         Kind::VlanIds => v.split_whitespace().all(|s| matches!(s.parse::<u16>(), Ok(0..=4094))),
         Kind::Cidr => v.is_empty() || v.parse::<IpNet>().is_ok(),
@@ -136,7 +136,7 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         Kind::Bool => format!("invalid value {value:?} for {key}: expected \"true\" or \"false\""),
         Kind::Names => format!(
             "invalid value {value:?} for {key}: expected interface names (at most 15 bytes, \
-             '+' as a trailing wildcard) separated by spaces"
+             '+' as a trailing wildcard) separated by spaces (v1.16 also takes commas)"
         ),
         Kind::Name => format!("invalid value {value:?} for {key}: expected one interface name"),
         Kind::Priority => {
@@ -153,14 +153,23 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
     })
 }
 
-/// An interface name, or a prefix ending in `+`. Commas are refused on purpose: the agent splits
-/// ConfigMap lists on white space only, so `a,b` would be one (non-existent) device.
+/// An interface name, or a prefix ending in `+`.
 fn valid_name_entry(s: &str) -> bool {
     let base = s.trim_end_matches('+');
-    !s.is_empty()
-        && base.len() <= 15
-        && !base.contains(['/', ',', ':'])
-        && !base.chars().any(char::is_whitespace)
+    !s.is_empty() && base.len() <= 15 && !base.contains(['/', ',', ':']) && !base.chars().any(char::is_whitespace)
+}
+
+/// How the profile's agent splits a list-valued ConfigMap key. v1.14.4/v1.15 read it through
+/// viper (`strings.Fields`: white space only, so `a,b` is one name); v1.16's hive config splits
+/// on commas first and splits a single element again on white space.
+pub fn split_list(value: &str, profile: Profile) -> Vec<String> {
+    if profile >= Profile::V1_16 && value.contains(',') {
+        let parts: Vec<&str> = value.split(',').collect();
+        if parts.len() > 1 {
+            return parts.into_iter().map(str::to_string).collect();
+        }
+    }
+    value.split_whitespace().map(str::to_string).collect()
 }
 
 /// Errors of configuration parsing and of the agent's start-up checks.
@@ -349,8 +358,7 @@ impl AgentConfig {
         let name = |k: &str| get(k).filter(|v| !v.is_empty()).map(str::to_string);
 
         // pkg/option/config.go populateDevices: unique entries (order lost upstream; sorted here).
-        let mut devices: Vec<String> =
-            get("devices").unwrap_or("").split_whitespace().map(str::to_string).collect();
+        let mut devices = split_list(get("devices").unwrap_or(""), profile);
         devices.sort();
         devices.dedup();
 
@@ -832,10 +840,9 @@ impl Settings {
             self.disable_node_port();
             return Ok(());
         }
-        if self.enable_node_port && self.enable_wireguard && self.encrypt_node {
-            if self.profile == Profile::V1_14_4 || self.profile == Profile::V1_15 {
-                sel.devices.push(WIREGUARD_DEVICE.to_string());
-            }
+        // `AppendDevice(cilium_wg0)`; v1.16 decides this in the loader instead.
+        if self.enable_node_port && self.enable_wireguard && self.encrypt_node && self.profile < Profile::V1_16 {
+            sel.devices.push(WIREGUARD_DEVICE.to_string());
         }
         if !self.enable_host_legacy_routing {
             use KubeProxyReplacement as K;
@@ -1030,7 +1037,7 @@ mod tests {
             ("node-port-mode", "nat"),
             ("vlan-bpf-bypass", "4095"),
             ("vlan-bpf-bypass", "x"),
-            ("devices", "bond0,bond0.212"),
+            ("devices", "bond0/1"),
         ] {
             let e = check_value(k, v).unwrap_err();
             assert!(e.contains(k) && e.contains("expected"), "{e}");
@@ -1044,6 +1051,13 @@ mod tests {
         let c = cfg(&[("devices", " eth1  eth0 eth1 "), ("vlan-bpf-bypass", "300 212")]);
         assert_eq!(c.devices, names(&["eth0", "eth1"]));
         assert_eq!(c.vlan_bpf_bypass, vec![300, 212]);
+        // viper (v1.14.4, v1.15): a comma is part of the name.
+        assert_eq!(cfg(&[("devices", "eth0,eth1")]).devices, names(&["eth0,eth1"]));
+        assert_eq!(split_list("eth0,eth1", Profile::V1_15), names(&["eth0,eth1"]));
+        // hive (v1.16): commas first, then white space for a single element.
+        assert_eq!(split_list("eth0,eth1", Profile::V1_16), names(&["eth0", "eth1"]));
+        assert_eq!(split_list("eth0 eth1", Profile::V1_16), names(&["eth0", "eth1"]));
+        assert_eq!(split_list("eth0,eth1 eth2", Profile::V1_16), names(&["eth0", "eth1 eth2"]));
     }
 
     #[test]
