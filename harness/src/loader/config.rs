@@ -1273,6 +1273,31 @@ mod tests {
     }
 
     #[test]
+    fn comma_separated_devices_are_one_name_in_v1_14_4() {
+        let (links, routes) = seed();
+        let c = cfg(&[("devices", "bond0,bond0.212"), ("enable-node-port", "true")]);
+        let m = refused_msg(start(&c, Profile::V1_14_4, &links, &routes, None));
+        assert!(m.contains("Cannot retrieve bond0,bond0.212 link: Link not found"), "{m}");
+    }
+
+    #[test]
+    fn ipv6_ndp_needs_a_multicast_device_when_nothing_is_detected() {
+        let m = refused_msg(derive(&[
+            ("enable-ipv6", "true"),
+            ("enable-ipv6-ndp", "true"),
+            ("kube-proxy-replacement", "disabled"),
+        ]));
+        assert!(m.contains("IPv6NDP cannot be enabled without ipv6-mcast-device"), "{m}");
+        assert!(derive(&[
+            ("enable-ipv6", "true"),
+            ("enable-ipv6-ndp", "true"),
+            ("kube-proxy-replacement", "disabled"),
+            ("ipv6-mcast-device", "eth0"),
+        ])
+        .is_ok());
+    }
+
+    #[test]
     fn wireguard_needs_its_device() {
         let (links, routes) = seed();
         let m = refused_msg(start(&cfg(&[("enable-wireguard", "true")]), Profile::V1_14_4, &links, &routes, None));

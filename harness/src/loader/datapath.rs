@@ -67,7 +67,9 @@ pub enum Op {
     FlushTc { device: String, hook: Hook },
     /// init.sh's clean-up for a link no longer in the device list: per direction, if a filter
     /// named like Cilium's (`bpf_host`, `cil_from_netdev`, `cil_to_netdev`) is there, delete all
-    /// filters of that direction.
+    /// filters of that direction. (v1.15+ `removeObsoleteNetdevPrograms` is narrower: ingress
+    /// filters starting with `cil_from_netdev`, egress ones with `cil_to_netdev`; the harness
+    /// attaches no other Cilium-named filters, so one op serves both.)
     RemoveObsoleteTc { device: String },
     /// `cil_xdp_entry` attached through netlink in the given mode.
     AttachXdp { device: String, program: ProgramRef, mode: XdpMode },
