@@ -67,12 +67,18 @@ pub enum Op {
     FlushTc { device: String, hook: Hook },
     /// init.sh's clean-up for a link no longer in the device list: per direction, if a filter
     /// named like Cilium's (`bpf_host`, `cil_from_netdev`, `cil_to_netdev`) is there, delete all
-    /// filters of that direction.
+    /// filters of that direction. (v1.15+ `removeObsoleteNetdevPrograms` is narrower: ingress
+    /// filters starting with `cil_from_netdev`, egress ones with `cil_to_netdev`; the harness
+    /// attaches no other Cilium-named filters, so one op serves both.)
     RemoveObsoleteTc { device: String },
     /// `cil_xdp_entry` attached through netlink in the given mode.
     AttachXdp { device: String, program: ProgramRef, mode: XdpMode },
     /// Detach any XDP program (`maybeUnloadObsoleteXDPPrograms`).
     DetachXdp { device: String },
+    /// `cilium cleanup`: delete the tc filters (both directions) whose names contain
+    /// `bpf_netdev`, `bpf_network`, `bpf_host`, `bpf_lxc`, `bpf_overlay` or `cil_`, and the XDP
+    /// program if its name contains `cil_xdp_entry`. Other filters stay.
+    RemoveCiliumFilters { device: String },
 }
 
 /// The full plan of one (re)initialisation of the host datapath.
@@ -81,4 +87,704 @@ pub struct Plan {
     /// Node-config defines for the compile step (`ENABLE_NODEPORT` → `1`, ...).
     pub defines: BTreeMap<String, String>,
     pub ops: Vec<Op>,
+    /// What init.sh leaves in `$RUNDIR/device.state` after this run (`None`: no file); feed it
+    /// to the next run's [`plan_with_state`].
+    pub device_state: Option<String>,
+}
+
+use crate::loader::config::{Settings, WIREGUARD_DEVICE};
+use crate::loader::devices::Selection;
+use crate::loader::profile::Profile;
+use crate::netlink::LinkInfo;
+
+/// `defaults.HostDevice` / `defaults.SecondHostDevice`.
+pub const HOST_DEVICE: &str = "cilium_host";
+pub const SECOND_HOST_DEVICE: &str = "cilium_net";
+
+/// Reserved identities (pkg/identity): the host programs run as `host`, bpf_xdp as `world`.
+pub const IDENTITY_HOST: u32 = 1;
+pub const IDENTITY_WORLD: u32 = 2;
+
+const fn host_prog(symbol: &'static str) -> ProgramRef {
+    ProgramRef { object: Object::Host, symbol }
+}
+
+/// The loader's symbols (pkg/datapath/loader/loader.go).
+pub const CIL_FROM_NETDEV: ProgramRef = host_prog("cil_from_netdev");
+pub const CIL_TO_NETDEV: ProgramRef = host_prog("cil_to_netdev");
+pub const CIL_FROM_HOST: ProgramRef = host_prog("cil_from_host");
+pub const CIL_TO_HOST: ProgramRef = host_prog("cil_to_host");
+pub const CIL_XDP_ENTRY: ProgramRef = ProgramRef { object: Object::Xdp, symbol: "cil_xdp_entry" };
+pub const CIL_FROM_CONTAINER: ProgramRef = ProgramRef { object: Object::Lxc, symbol: "cil_from_container" };
+pub const CIL_TO_CONTAINER: ProgramRef = ProgramRef { object: Object::Lxc, symbol: "cil_to_container" };
+
+/// Errors of planning: the node-config header cannot be written (upstream's `Reinitialize`
+/// fails and the agent does not start).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("failed while reinitializing datapath: failed to write node configuration file: link {device}: Link not found")]
+    LinkNotFound { device: String },
+    #[error(
+        "failed while reinitializing datapath: allowed VLAN list is too big - {count} entries, please use \
+         '--vlan-bpf-bypass 0' in order to allow all available VLANs"
+    )]
+    TooManyVlans { count: usize },
+}
+
+/// `vlanFilterMacros` (pkg/datapath/linux/config/config.go): for each VLAN link whose parent is
+/// a device, its id passes on the parent iff the VLAN link is itself a device or its id is in
+/// `vlan-bpf-bypass`; bypass 0 lets everything pass. Every device must exist.
+pub fn vlan_filter(
+    settings: &Settings,
+    devices: &[String],
+    links: &[LinkInfo],
+) -> Result<BTreeMap<String, VlanAllow>, PlanError> {
+    let mut indices = Vec::new();
+    for d in devices {
+        let l = links.iter().find(|l| &l.name == d).ok_or_else(|| PlanError::LinkNotFound { device: d.clone() })?;
+        indices.push((d.clone(), l.index));
+    }
+    if settings.vlan_bpf_bypass.contains(&0) {
+        return Ok(indices.into_iter().map(|(d, _)| (d, VlanAllow::All)).collect());
+    }
+    let is_device = |i: u32| indices.iter().any(|(_, x)| *x == i);
+    let mut out: BTreeMap<String, VlanAllow> = BTreeMap::new();
+    let mut count = 0;
+    for (name, index) in &indices {
+        let mut ids: Vec<u16> = links
+            .iter()
+            .filter(|l| l.kind == "vlan" && l.parent_index == Some(*index))
+            .filter_map(|l| l.vlan_id.filter(|id| is_device(l.index) || settings.vlan_bpf_bypass.contains(id)))
+            .collect();
+        ids.sort_unstable();
+        count += ids.len();
+        out.insert(name.clone(), VlanAllow::Ids(ids));
+    }
+    if count > 5 {
+        return Err(PlanError::TooManyVlans { count });
+    }
+    Ok(out)
+}
+
+/// The node_config.h defines the programs' behaviour depends on (a small subset).
+fn defines(settings: &Settings, sel: &Selection, links: &[LinkInfo]) -> Result<BTreeMap<String, String>, PlanError> {
+    let mut d = BTreeMap::new();
+    let mut on = |k: &str, c: bool| {
+        if c {
+            d.insert(k.to_string(), "1".to_string());
+        }
+    };
+    on("ENABLE_IPV4", settings.enable_ipv4);
+    on("ENABLE_IPV6", settings.enable_ipv6);
+    on("ENABLE_IPSEC", settings.enable_ipsec);
+    on("ENABLE_WIREGUARD", settings.enable_wireguard);
+    on("ENABLE_NODE_ENCRYPTION", settings.enable_wireguard && settings.encrypt_node);
+    on("ENABLE_L2_ANNOUNCEMENTS", settings.enable_l2_announcements);
+    on("ENABLE_EGRESS_GATEWAY", settings.enable_ipv4_egress_gateway);
+    on("ENABLE_ENDPOINT_ROUTES", settings.enable_endpoint_routes);
+    on("ENABLE_L7_LB", settings.enable_envoy_config);
+    on("ENABLE_NODEPORT", settings.enable_node_port);
+    on("ENABLE_NODEPORT_ACCELERATION", settings.enable_node_port && settings.xdp_mode.is_some());
+    on("ENABLE_HOST_ROUTING", settings.enable_node_port && !settings.enable_host_legacy_routing);
+    on("ENABLE_BANDWIDTH_MANAGER", settings.enable_bandwidth_manager);
+    on("ENABLE_HOST_FIREWALL", settings.enable_host_firewall);
+    on("ENABLE_HIGH_SCALE_IPCACHE", settings.enable_high_scale_ipcache);
+    on("TUNNEL_MODE", settings.tunneling_enabled());
+    if settings.enable_node_port {
+        // Inside the NodePort block: the direct-routing device must exist when required.
+        let ifindex = if settings.direct_routing_device_required() {
+            let dev = sel.direct_routing_device.clone().unwrap_or_default();
+            links
+                .iter()
+                .find(|l| l.name == dev)
+                .map(|l| l.index)
+                .ok_or(PlanError::LinkNotFound { device: dev })?
+        } else {
+            0
+        };
+        d.insert("DIRECT_ROUTING_DEV_IFINDEX".into(), ifindex.to_string());
+    }
+    Ok(d)
+}
+
+/// [`plan_with_state`] with no `device.state` left by a previous run.
+pub fn plan(settings: &Settings, sel: &Selection, links: &[LinkInfo]) -> Result<Plan, PlanError> {
+    plan_with_state(settings, sel, links, None)
+}
+
+/// What one `Reinitialize` + host endpoint regeneration does to the node's links, in order:
+/// cilium_host/cilium_net, init.sh's clean-ups, XDP, then `reloadHostDatapath`.
+/// `previous_device_state` is the `device.state` a previous run left ([`Plan::device_state`]).
+pub fn plan_with_state(
+    settings: &Settings,
+    sel: &Selection,
+    links: &[LinkInfo],
+    previous_device_state: Option<&str>,
+) -> Result<Plan, PlanError> {
+    let devices = &sel.devices;
+    let vlans = vlan_filter(settings, devices, links)?;
+    let defines = defines(settings, sel, links)?;
+    let prio = settings.bpf_filter_priority;
+    let exists = |n: &str| links.iter().any(|l| l.name == n);
+    let mut ops = vec![Op::CreateHostDevices];
+
+    // init.sh: with neither direct routing nor NodePort, the devices a previous run recorded lose
+    // their clsact qdisc (every filter). The file separates names with ';' but the script
+    // splits on ',', so only a single-device state matches a link.
+    let health_datapath = false; // lb-only + DSR/IPIP: not modelled beyond the error paths
+    let direct = !settings.tunneling_enabled() && !health_datapath;
+    let mut device_state = previous_device_state.map(str::to_string);
+    if settings.profile == Profile::V1_14_4 {
+        if direct || settings.enable_node_port {
+            if !devices.is_empty() {
+                device_state = Some(devices.join(";"));
+            }
+        } else if let Some(prev) = device_state.take() {
+            for dev in prev.split(',').map(str::trim).filter(|d| !d.is_empty() && exists(d)) {
+                ops.push(Op::FlushTc { device: dev.to_string(), hook: Hook::Ingress });
+                ops.push(Op::FlushTc { device: dev.to_string(), hook: Hook::Egress });
+            }
+        }
+        // init.sh: bpf_host filters on links that are no longer devices (names with "cilium"
+        // are skipped; lo is not).
+        for l in links {
+            if !l.name.contains("cilium") && !devices.contains(&l.name) {
+                ops.push(Op::RemoveObsoleteTc { device: l.name.clone() });
+            }
+        }
+        ops.push(Op::FlushTc { device: SECOND_HOST_DEVICE.into(), hook: Hook::Egress });
+    } else {
+        device_state = None;
+    }
+
+    // XDP (`reinitializeXDPLocked`): unload from links not using it in the current mode.
+    for l in links {
+        if l.name.contains("cilium") {
+            continue;
+        }
+        if settings.xdp_mode.is_none() || !devices.contains(&l.name) {
+            ops.push(Op::DetachXdp { device: l.name.clone() });
+        }
+    }
+    if let Some(mode) = settings.xdp_mode {
+        for dev in devices.iter().filter(|d| *d != WIREGUARD_DEVICE) {
+            ops.push(Op::AttachXdp { device: dev.clone(), program: CIL_XDP_ENTRY, mode });
+        }
+    }
+
+    // reloadHostDatapath.
+    let host = |device: &str, hook: Hook, program: ProgramRef| Op::AttachTc {
+        device: device.to_string(),
+        hook,
+        program,
+        priority: prio,
+        vlan: VlanAllow::Ids(Vec::new()),
+        seclabel: IDENTITY_HOST,
+    };
+    ops.push(host(HOST_DEVICE, Hook::Ingress, CIL_TO_HOST));
+    ops.push(host(HOST_DEVICE, Hook::Egress, CIL_FROM_HOST));
+    ops.push(host(SECOND_HOST_DEVICE, Hook::Ingress, CIL_TO_HOST));
+    let egress = settings.are_devices_required();
+    let mut host_devices = devices.clone();
+    if settings.profile >= Profile::V1_16 && settings.need_bpf_host_on_wireguard_device() {
+        host_devices.push(WIREGUARD_DEVICE.to_string());
+    }
+    for dev in host_devices.iter().filter(|d| exists(d)) {
+        let vlan = vlans.get(dev).cloned().unwrap_or(VlanAllow::Ids(Vec::new()));
+        let netdev = |hook: Hook, program: ProgramRef| Op::AttachTc {
+            device: dev.clone(),
+            hook,
+            program,
+            priority: prio,
+            vlan: vlan.clone(),
+            seclabel: IDENTITY_HOST,
+        };
+        if egress && dev != WIREGUARD_DEVICE {
+            ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
+            ops.push(netdev(Hook::Egress, CIL_TO_NETDEV));
+        } else if egress && settings.profile >= Profile::V1_16 {
+            // v1.16 leaves cilium_wg0's egress alone when devices are required.
+            ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
+        } else {
+            ops.push(Op::FlushTc { device: dev.clone(), hook: Hook::Egress });
+            ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
+        }
+    }
+    if settings.profile >= Profile::V1_15 {
+        for l in links {
+            let excluded = crate::loader::devices::EXCLUDED_PREFIXES.iter().any(|p| l.name.starts_with(p));
+            if !excluded && !host_devices.contains(&l.name) {
+                ops.push(Op::RemoveObsoleteTc { device: l.name.clone() });
+            }
+        }
+    }
+    Ok(Plan { defines, ops, device_state })
+}
+
+/// A pod endpoint's programs (`reloadDatapath` for a non-host endpoint): `cil_from_container` on
+/// the lxc device's ingress always; `cil_to_container` on its egress only with endpoint routes
+/// (`RequireEgressProg`), otherwise its egress filters are removed. The seclabel is left 0:
+/// the endpoint's identity is the caller's to fill in.
+pub fn endpoint_ops(settings: &Settings, lxc_device: &str) -> Vec<Op> {
+    let attach = |hook: Hook, program: ProgramRef| Op::AttachTc {
+        device: lxc_device.to_string(),
+        hook,
+        program,
+        priority: settings.bpf_filter_priority,
+        vlan: VlanAllow::Ids(Vec::new()),
+        seclabel: 0,
+    };
+    if settings.enable_endpoint_routes {
+        vec![attach(Hook::Ingress, CIL_FROM_CONTAINER), attach(Hook::Egress, CIL_TO_CONTAINER)]
+    } else {
+        vec![attach(Hook::Ingress, CIL_FROM_CONTAINER), Op::FlushTc { device: lxc_device.to_string(), hook: Hook::Egress }]
+    }
+}
+
+/// `cilium cleanup` (cilium/cmd/cleanup.go): Cilium's filters and XDP program off every link.
+pub fn cleanup_ops(links: &[LinkInfo]) -> Vec<Op> {
+    links.iter().map(|l| Op::RemoveCiliumFilters { device: l.name.clone() }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::config::{start, AgentConfig, Startup};
+    use crate::loader::devices::tu::*;
+    use crate::netlink::RouteInfo;
+
+    fn startup(pairs: &[(&str, &str)], links: &[LinkInfo], routes: &[RouteInfo], ip: &str) -> Startup {
+        let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cfg = AgentConfig::from_map(&m, Profile::V1_14_4).unwrap();
+        start(&cfg, Profile::V1_14_4, links, routes, Some(ip.parse().unwrap())).unwrap()
+    }
+
+    /// (device, hook, symbol) of the tc attachments, in order.
+    fn attached(plan: &Plan) -> Vec<(String, Hook, &'static str)> {
+        plan.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::AttachTc { device, hook, program, .. } => Some((device.clone(), *hook, program.symbol)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn flushed(plan: &Plan) -> Vec<(String, Hook)> {
+        plan.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::FlushTc { device, hook } => Some((device.clone(), *hook)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn t(d: &str, h: Hook, s: &'static str) -> (String, Hook, &'static str) {
+        (d.to_string(), h, s)
+    }
+
+    fn with_host_devices(mut links: Vec<LinkInfo>) -> Vec<LinkInfo> {
+        links.push(link(50, "cilium_net", "veth"));
+        links.push(link(51, "cilium_host", "veth"));
+        links
+    }
+
+    #[test]
+    fn seed_plan_ingress_only() {
+        let (links, routes) = seed();
+        let links = with_host_devices(links);
+        let st = startup(
+            &[("kube-proxy-replacement", "partial"), ("enable-node-port", "false"), ("enable-host-firewall", "false")],
+            &links,
+            &routes,
+            "10.212.0.10",
+        );
+        assert_eq!(st.selection.devices, names(&["bond0.212"]));
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        assert_eq!(plan.ops[0], Op::CreateHostDevices);
+        assert_eq!(
+            attached(&plan),
+            vec![
+                t("cilium_host", Hook::Ingress, "cil_to_host"),
+                t("cilium_host", Hook::Egress, "cil_from_host"),
+                t("cilium_net", Hook::Ingress, "cil_to_host"),
+                t("bond0.212", Hook::Ingress, "cil_from_netdev"),
+            ]
+        );
+        assert_eq!(
+            flushed(&plan),
+            vec![("cilium_net".to_string(), Hook::Egress), ("bond0.212".to_string(), Hook::Egress)]
+        );
+        // init.sh cleans every other link (lo included), never the cilium ones.
+        let obsolete: Vec<&str> = plan
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::RemoveObsoleteTc { device } => Some(device.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(obsolete, vec!["lo", "eth0", "eth1", "bond0"]);
+        assert!(!plan.ops.iter().any(|o| matches!(o, Op::AttachXdp { .. })));
+        for o in &plan.ops {
+            if let Op::AttachTc { priority, seclabel, .. } = o {
+                assert_eq!((*priority, *seclabel), (1, IDENTITY_HOST));
+            }
+        }
+        assert!(!plan.defines.contains_key("ENABLE_NODEPORT"));
+        assert_eq!(plan.defines.get("ENABLE_IPV4").map(String::as_str), Some("1"));
+        assert_eq!(plan.defines.get("TUNNEL_MODE").map(String::as_str), Some("1"));
+        // Tunnel mode without NodePort: init.sh writes no device.state.
+        assert_eq!(plan.device_state, None);
+
+        let st = startup(
+            &[("kube-proxy-replacement", "partial"), ("enable-host-legacy-routing", "true")],
+            &links,
+            &routes,
+            "10.212.0.10",
+        );
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        assert_eq!(attached(&plan).len(), 3, "only cilium_host and cilium_net");
+    }
+
+    #[test]
+    fn required_devices_get_egress_and_priority() {
+        let (links, routes) = seed();
+        let links = with_host_devices(links);
+        let st = startup(
+            &[("kube-proxy-replacement", "true"), ("bpf-filter-priority", "7")],
+            &links,
+            &routes,
+            "10.212.0.10",
+        );
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        let a = attached(&plan);
+        assert!(a.contains(&t("bond0.212", Hook::Ingress, "cil_from_netdev")));
+        assert!(a.contains(&t("bond0.212", Hook::Egress, "cil_to_netdev")));
+        assert!(plan.ops.iter().all(|o| !matches!(o, Op::AttachTc { priority, .. } if *priority != 7)));
+        assert_eq!(plan.defines.get("ENABLE_NODEPORT").map(String::as_str), Some("1"));
+        assert_eq!(plan.defines.get("DIRECT_ROUTING_DEV_IFINDEX").map(String::as_str), Some("5"));
+        assert_eq!(plan.device_state.as_deref(), Some("bond0.212"));
+    }
+
+    #[test]
+    fn each_feature_alone_attaches_egress() {
+        let (links, routes) = seed();
+        let mut links = with_host_devices(links);
+        links.push(link(60, "cilium_wg0", "wireguard"));
+        for (k, define) in [
+            ("enable-node-port", "ENABLE_NODEPORT"),
+            ("enable-host-firewall", "ENABLE_HOST_FIREWALL"),
+            ("enable-bandwidth-manager", "ENABLE_BANDWIDTH_MANAGER"),
+            ("enable-wireguard", "ENABLE_WIREGUARD"),
+            ("enable-l2-announcements", "ENABLE_L2_ANNOUNCEMENTS"),
+        ] {
+            let st = startup(&[(k, "true")], &links, &routes, "10.212.0.10");
+            let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+            assert!(attached(&plan).contains(&t("bond0.212", Hook::Egress, "cil_to_netdev")), "{k}");
+            assert!(plan.defines.contains_key(define), "{k}");
+        }
+    }
+
+    #[test]
+    fn wireguard_device_gets_ingress_only_and_no_xdp() {
+        let links = with_host_devices(vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24"), link(3, "cilium_wg0", "wireguard")]);
+        let mut routes = kernel_routes(&links);
+        routes.push(default_via("10.0.0.1", 2));
+        let st = startup(
+            &[
+                ("kube-proxy-replacement", "true"),
+                ("enable-wireguard", "true"),
+                ("encrypt-node", "true"),
+                ("routing-mode", "native"),
+                ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+                ("node-port-acceleration", "native"),
+            ],
+            &links,
+            &routes,
+            "10.0.0.2",
+        );
+        assert_eq!(st.selection.devices, names(&["eth0", "cilium_wg0"]));
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        let a = attached(&plan);
+        assert!(a.contains(&t("cilium_wg0", Hook::Ingress, "cil_from_netdev")));
+        assert!(!a.contains(&t("cilium_wg0", Hook::Egress, "cil_to_netdev")));
+        assert!(flushed(&plan).contains(&("cilium_wg0".to_string(), Hook::Egress)));
+        let xdp: Vec<&Op> = plan.ops.iter().filter(|o| matches!(o, Op::AttachXdp { .. })).collect();
+        assert_eq!(xdp, vec![&Op::AttachXdp { device: "eth0".into(), program: CIL_XDP_ENTRY, mode: XdpMode::Native }]);
+    }
+
+    #[test]
+    fn xdp_plan() {
+        let links = with_host_devices(vec![
+            lo(),
+            link(2, "eth0", "dummy").addr("10.0.0.2/24"),
+            link(3, "eth1", "dummy").addr("10.1.0.2/24"),
+            link(4, "veth9", "veth"),
+        ]);
+        let routes = kernel_routes(&links);
+        let st = startup(
+            &[
+                ("kube-proxy-replacement", "true"),
+                ("node-port-acceleration", "testing-only"),
+                ("routing-mode", "native"),
+                ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+            ],
+            &links,
+            &routes,
+            "10.0.0.2",
+        );
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        let detached: Vec<&str> = plan
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::DetachXdp { device } => Some(device.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(detached, vec!["lo", "veth9"]);
+        let attached_xdp: Vec<(&str, XdpMode)> = plan
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::AttachXdp { device, mode, .. } => Some((device.as_str(), *mode)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attached_xdp, vec![("eth0", XdpMode::Generic), ("eth1", XdpMode::Generic)]);
+        assert!(plan.defines.contains_key("ENABLE_NODEPORT_ACCELERATION"));
+        // Acceleration disabled: XDP is unloaded from every non-cilium link, devices included.
+        let st = startup(&[("kube-proxy-replacement", "true")], &links, &routes, "10.0.0.2");
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        assert!(plan.ops.contains(&Op::DetachXdp { device: "eth0".into() }));
+        assert!(!plan.ops.iter().any(|o| matches!(o, Op::AttachXdp { .. })));
+    }
+
+    fn vlan_node() -> Vec<LinkInfo> {
+        let mut links = vec![lo(), link(2, "eth0", "veth").slave_of(4), link(4, "bond0", "bond").addr("10.0.0.2/24")];
+        for (i, id) in [212u16, 300, 301, 302, 303, 304].iter().enumerate() {
+            links.push(link(10 + i as u32, &format!("bond0.{id}"), "vlan").vlan(4, *id));
+        }
+        links
+    }
+
+    #[test]
+    fn vlan_filter_semantics() {
+        let links = vlan_node();
+        let mut s = startup(&[], &links, &kernel_routes(&links), "10.0.0.2").settings;
+        let f = vlan_filter(&s, &names(&["bond0", "bond0.212"]), &links).unwrap();
+        assert_eq!(f["bond0"], VlanAllow::Ids(vec![212]));
+        assert_eq!(f["bond0.212"], VlanAllow::Ids(vec![]));
+        let f = vlan_filter(&s, &names(&["bond0"]), &links).unwrap();
+        assert_eq!(f["bond0"], VlanAllow::Ids(vec![]), "#30593: unselected VLANs are dropped");
+        s.vlan_bpf_bypass = vec![300, 999];
+        let f = vlan_filter(&s, &names(&["bond0", "bond0.212"]), &links).unwrap();
+        assert_eq!(f["bond0"], VlanAllow::Ids(vec![212, 300]));
+        s.vlan_bpf_bypass = vec![300, 301, 302, 303, 304];
+        let e = vlan_filter(&s, &names(&["bond0", "bond0.212"]), &links).unwrap_err();
+        assert_eq!(e, PlanError::TooManyVlans { count: 6 });
+        assert!(e.to_string().contains("allowed VLAN list is too big - 6 entries"));
+        s.vlan_bpf_bypass = vec![0];
+        let f = vlan_filter(&s, &names(&["bond0"]), &links).unwrap();
+        assert_eq!(f["bond0"], VlanAllow::All);
+        let e = vlan_filter(&s, &names(&["nosuch"]), &links).unwrap_err();
+        assert_eq!(e, PlanError::LinkNotFound { device: "nosuch".into() });
+    }
+
+    #[test]
+    fn vlan_allow_reaches_the_netdev_ops() {
+        let links = with_host_devices(vlan_node());
+        let st = startup(&[("devices", "bond0 bond0.212"), ("enable-host-legacy-routing", "true")], &links, &[], "10.0.0.2");
+        let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
+        let bond = plan.ops.iter().find_map(|o| match o {
+            Op::AttachTc { device, vlan, .. } if device == "bond0" => Some(vlan.clone()),
+            _ => None,
+        });
+        assert_eq!(bond, Some(VlanAllow::Ids(vec![212])));
+    }
+
+    #[test]
+    fn missing_explicit_device_fails_the_node_config() {
+        let links = with_host_devices(vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24")]);
+        let st = startup(&[("devices", "eth0 eth9"), ("enable-host-legacy-routing", "true")], &links, &[], "10.0.0.2");
+        let e = plan(&st.settings, &st.selection, &links).unwrap_err();
+        assert!(e.to_string().contains("eth9"), "{e}");
+    }
+
+    #[test]
+    fn device_state_clsact_removal() {
+        let links = with_host_devices(vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24"), link(3, "eth1", "dummy")]);
+        let routes = kernel_routes(&links);
+        // A previous NodePort run recorded eth0; now tunnel mode without NodePort.
+        let st = startup(&[], &links, &routes, "10.0.0.2");
+        let p = plan_with_state(&st.settings, &st.selection, &links, Some("eth0")).unwrap();
+        assert_eq!(p.ops[1], Op::FlushTc { device: "eth0".into(), hook: Hook::Ingress });
+        assert_eq!(p.ops[2], Op::FlushTc { device: "eth0".into(), hook: Hook::Egress });
+        assert_eq!(p.device_state, None);
+        // Several devices: the script splits on ',' but the file holds ';' — nothing matches.
+        let p = plan_with_state(&st.settings, &st.selection, &links, Some("eth0;eth1")).unwrap();
+        assert_eq!(p.ops[1], Op::RemoveObsoleteTc { device: "lo".into() });
+    }
+
+    #[test]
+    fn endpoints_and_cleanup() {
+        let links = vec![lo()];
+        let s = startup(&[], &links, &[], "10.0.0.2");
+        let ops = endpoint_ops(&s.settings, "lxc0123456789ab");
+        assert_eq!(ops.len(), 2);
+        assert!(matches!(&ops[0], Op::AttachTc { hook: Hook::Ingress, program, .. } if *program == CIL_FROM_CONTAINER));
+        assert_eq!(ops[1], Op::FlushTc { device: "lxc0123456789ab".into(), hook: Hook::Egress });
+        let mut settings = s.settings.clone();
+        settings.enable_endpoint_routes = true;
+        let ops = endpoint_ops(&settings, "lxc0123456789ab");
+        assert!(matches!(&ops[1], Op::AttachTc { hook: Hook::Egress, program, .. } if *program == CIL_TO_CONTAINER));
+        let links = vec![lo(), link(2, "eth0", "dummy")];
+        assert_eq!(
+            cleanup_ops(&links),
+            vec![Op::RemoveCiliumFilters { device: "lo".into() }, Op::RemoveCiliumFilters { device: "eth0".into() }]
+        );
+    }
+}
+
+/// v1.15 and v1.16 on the same snapshots: what changed.
+#[cfg(test)]
+mod later_profiles {
+    use super::*;
+    use crate::loader::config::{start, AgentConfig, ConfigError, Startup};
+    use crate::loader::devices::tu::*;
+    use crate::netlink::RouteInfo;
+
+    fn run(p: Profile, pairs: &[(&str, &str)], links: &[LinkInfo], routes: &[RouteInfo], ip: &str) -> Result<Startup, ConfigError> {
+        let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cfg = AgentConfig::from_map(&m, p)?;
+        start(&cfg, p, links, routes, Some(ip.parse().unwrap()))
+    }
+
+    fn netdev_hooks(plan: &Plan, dev: &str) -> Vec<(Hook, &'static str)> {
+        plan.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::AttachTc { device, hook, program, .. } if device == dev => Some((*hook, program.symbol)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn seed_links() -> (Vec<LinkInfo>, Vec<RouteInfo>) {
+        let (mut links, routes) = seed();
+        links.push(link(50, "cilium_net", "veth"));
+        links.push(link(51, "cilium_host", "veth"));
+        (links, routes)
+    }
+
+    const PARTIAL: [(&str, &str); 2] = [("kube-proxy-replacement", "partial"), ("enable-node-port", "false")];
+
+    #[test]
+    fn seed_across_profiles() {
+        let (links, routes) = seed_links();
+        let ip = "10.212.0.10";
+        let v14 = run(Profile::V1_14_4, &PARTIAL, &links, &routes, ip).unwrap();
+        assert_eq!(v14.selection.devices, names(&["bond0.212"]));
+        // v1.15: nothing requires devices and none are given, so none (b55ca78259).
+        let v15 = run(Profile::V1_15, &PARTIAL, &links, &routes, ip).unwrap();
+        assert!(v15.selection.devices.is_empty());
+        let plan = super::plan(&v15.settings, &v15.selection, &links).unwrap();
+        assert!(netdev_hooks(&plan, "bond0.212").is_empty());
+        assert!(!plan.ops.contains(&Op::FlushTc { device: "cilium_net".into(), hook: Hook::Egress }), "init.sh is gone");
+        // v1.16: partial is refused; with "false" the devices table selects bond0.212 anyway.
+        let e = run(Profile::V1_16, &PARTIAL, &links, &routes, ip).unwrap_err();
+        assert!(e.to_string().contains("Invalid value for --kube-proxy-replacement: partial"), "{e}");
+        let v16 = run(Profile::V1_16, &[("kube-proxy-replacement", "false")], &links, &routes, ip).unwrap();
+        assert_eq!(v16.selection.devices, names(&["bond0.212"]));
+        let plan = super::plan(&v16.settings, &v16.selection, &links).unwrap();
+        assert_eq!(netdev_hooks(&plan, "bond0.212"), vec![(Hook::Ingress, "cil_from_netdev")]);
+        assert!(plan.ops.contains(&Op::FlushTc { device: "bond0.212".into(), hook: Hook::Egress }));
+        // With KPR true v1.15 attaches both directions.
+        let v15 = run(Profile::V1_15, &[("kube-proxy-replacement", "true")], &links, &routes, ip).unwrap();
+        let plan = super::plan(&v15.settings, &v15.selection, &links).unwrap();
+        assert_eq!(
+            netdev_hooks(&plan, "bond0.212"),
+            vec![(Hook::Ingress, "cil_from_netdev"), (Hook::Egress, "cil_to_netdev")]
+        );
+        // The obsolete-program clean-up comes last and skips the excluded prefixes (lo).
+        let last: Vec<&Op> = plan.ops.iter().rev().take(3).collect();
+        assert!(last.iter().all(|o| matches!(o, Op::RemoveObsoleteTc { .. })), "{last:?}");
+        assert!(!plan.ops.contains(&Op::RemoveObsoleteTc { device: "lo".into() }));
+    }
+
+    #[test]
+    fn explicit_devices_need_addresses_from_v1_15() {
+        let (links, routes) = seed_links();
+        let pairs = [("kube-proxy-replacement", "true"), ("devices", "bond0 bond0.212 eth0")];
+        let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.212.0.10").unwrap();
+        assert_eq!(v14.selection.devices, names(&["bond0", "bond0.212", "eth0"]));
+        let v15 = run(Profile::V1_15, &pairs, &links, &routes, "10.212.0.10").unwrap();
+        assert_eq!(v15.selection.devices, names(&["bond0.212"]), "#35615: bond0 has no address");
+        let e = run(Profile::V1_15, &[("kube-proxy-replacement", "true"), ("devices", "none+")], &links, &routes, "10.212.0.10")
+            .unwrap_err();
+        assert!(e.to_string().contains("No device found matching"), "{e}");
+    }
+
+    #[test]
+    fn bandwidth_manager_alone() {
+        let (links, routes) = seed_links();
+        let pairs = [("enable-bandwidth-manager", "true")];
+        let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.212.0.10").unwrap();
+        let plan14 = plan(&v14.settings, &v14.selection, &links).unwrap();
+        assert!(netdev_hooks(&plan14, "bond0.212").contains(&(Hook::Egress, "cil_to_netdev")));
+        let v15 = run(Profile::V1_15, &pairs, &links, &routes, "10.212.0.10").unwrap();
+        assert!(v15.selection.devices.is_empty(), "v1.15 dropped BWM from AreDevicesRequired");
+        let v16 = run(Profile::V1_16, &pairs, &links, &routes, "10.212.0.10").unwrap();
+        let plan16 = plan(&v16.settings, &v16.selection, &links).unwrap();
+        assert_eq!(netdev_hooks(&plan16, "bond0.212"), vec![(Hook::Ingress, "cil_from_netdev")]);
+    }
+
+    #[test]
+    fn veth_default_route_must_be_in_main_from_v1_15() {
+        let links = vec![lo(), link(2, "veth0", "veth").addr("192.168.4.1/24"), link(3, "eth0", "dummy").addr("10.0.0.2/24")];
+        let mut routes = kernel_routes(&links);
+        let mut r = default_via("192.168.4.254", 2);
+        r.table = 11;
+        routes.push(r);
+        let np = [("kube-proxy-replacement", "true")];
+        let v14 = run(Profile::V1_14_4, &np, &links, &routes, "10.0.0.2").unwrap();
+        assert_eq!(v14.selection.devices, names(&["eth0", "veth0"]));
+        let v15 = run(Profile::V1_15, &np, &links, &routes, "10.0.0.2").unwrap();
+        assert_eq!(v15.selection.devices, names(&["eth0"]));
+        // v1.16 --force-device-detection: listed devices on top of detected ones.
+        let forced = [("kube-proxy-replacement", "true"), ("devices", "veth0"), ("force-device-detection", "true")];
+        let v16 = run(Profile::V1_16, &forced, &links, &routes, "10.0.0.2").unwrap();
+        assert_eq!(v16.selection.devices, names(&["eth0", "veth0"]));
+        let v16 = run(Profile::V1_16, &forced[..2], &links, &routes, "10.0.0.2").unwrap();
+        assert_eq!(v16.selection.devices, names(&["veth0"]));
+    }
+
+    #[test]
+    fn wireguard_device_in_v1_16() {
+        let links = vec![
+            lo(),
+            link(2, "eth0", "dummy").addr("10.0.0.2/24"),
+            link(3, "cilium_wg0", "wireguard").addr("10.9.0.1/32"),
+            link(50, "cilium_net", "veth"),
+            link(51, "cilium_host", "veth"),
+        ];
+        let routes = kernel_routes(&links);
+        let pairs = [
+            ("kube-proxy-replacement", "true"),
+            ("enable-wireguard", "true"),
+            ("routing-mode", "native"),
+            ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+        ];
+        let v16 = run(Profile::V1_16, &pairs, &links, &routes, "10.0.0.2").unwrap();
+        assert_eq!(v16.selection.devices, names(&["eth0"]), "cilium_ has an excluded prefix");
+        let plan = super::plan(&v16.settings, &v16.selection, &links).unwrap();
+        assert_eq!(netdev_hooks(&plan, "cilium_wg0"), vec![(Hook::Ingress, "cil_from_netdev")]);
+        assert!(!plan.ops.contains(&Op::FlushTc { device: "cilium_wg0".into(), hook: Hook::Egress }));
+        // v1.14.4 without encrypt-node: no bpf_host on cilium_wg0.
+        let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.0.0.2").unwrap();
+        let plan = super::plan(&v14.settings, &v14.selection, &links).unwrap();
+        assert!(netdev_hooks(&plan, "cilium_wg0").is_empty());
+    }
 }

@@ -35,7 +35,10 @@ impl Profile {
     }
 
     /// Profiles the loader implements today (scenario validation rejects the others).
+    /// v1.15 and v1.16 share the v1.14.4 code paths where upstream did not change; v1.16's tcx
+    /// attach mechanism is the executor's (`Settings::enable_tcx`), and its `bpf_wireguard.c`
+    /// (`cil_to_wireguard`) is not modelled.
     pub fn implemented() -> &'static [Profile] {
-        &[Profile::V1_14_4]
+        &[Profile::V1_14_4, Profile::V1_15, Profile::V1_16]
     }
 }
