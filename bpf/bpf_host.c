@@ -30,28 +30,28 @@ volatile const __u32 hostdp_features = 0
 #endif
 	;
 
-SEC("classifier")
-int cil_from_netdev(struct __sk_buff *skb)
+/* Both native-device programs: count, then the VLAN filter, then pass. */
+static __always_inline int hostdp_netdev(struct __sk_buff *skb, __u32 slot)
 {
 	int ret;
 
-	hostdp_count(SLOT_FROM_NETDEV);
-	ret = hostdp_vlan_filter(skb, SLOT_FROM_NETDEV);
+	hostdp_count(slot);
+	ret = hostdp_vlan_filter(skb, slot);
 	if (ret >= 0)
 		return ret;
 	return TC_ACT_OK;
 }
 
 SEC("classifier")
+int cil_from_netdev(struct __sk_buff *skb)
+{
+	return hostdp_netdev(skb, SLOT_FROM_NETDEV);
+}
+
+SEC("classifier")
 int cil_to_netdev(struct __sk_buff *skb)
 {
-	int ret;
-
-	hostdp_count(SLOT_TO_NETDEV);
-	ret = hostdp_vlan_filter(skb, SLOT_TO_NETDEV);
-	if (ret >= 0)
-		return ret;
-	return TC_ACT_OK;
+	return hostdp_netdev(skb, SLOT_TO_NETDEV);
 }
 
 SEC("classifier")

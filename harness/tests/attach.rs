@@ -78,6 +78,27 @@ fn context(cache: &Path) -> AttachContext {
     AttachContext { compiler: Arc::new(Compiler::new(default_bpf_dir(), cache.to_path_buf())), defines, bpffs: None }
 }
 
+/// A node namespace wired to a peer namespace by veth0/veth1, and a fresh compile cache.
+struct Bench {
+    node: NsGuard,
+    wire: NsGuard,
+    ctx: AttachContext,
+    _cache: tempfile::TempDir,
+}
+
+/// `None` (test skipped) without root.
+fn bench(name: &str) -> Option<Bench> {
+    if skip() {
+        return None;
+    }
+    let node = ns(name);
+    let wire = ns(&format!("{name}w"));
+    veth_pair(&node.0, &wire.0);
+    let cache = tempfile::tempdir().unwrap();
+    let ctx = context(cache.path());
+    Some(Bench { node, wire, ctx, _cache: cache })
+}
+
 fn attach_tc(device: &str, hook: Hook, program: ProgramRef, vlan: VlanAllow) -> Op {
     Op::AttachTc { device: device.into(), hook, program, priority: 1, vlan, seclabel: 2 }
 }
@@ -186,14 +207,7 @@ fn program_name(ns: &Netns, id: u32) -> String {
 
 #[test]
 fn plan_attaches_filters_that_tools_see_and_that_run() {
-    if skip() {
-        return;
-    }
-    let node = ns("node");
-    let wire = ns("wire");
-    veth_pair(&node.0, &wire.0);
-    let cache = tempfile::tempdir().unwrap();
-    let ctx = context(cache.path());
+    let Some(Bench { node, wire, ctx, _cache }) = bench("node") else { return };
 
     let ops = vec![
         Op::CreateHostDevices,
@@ -313,14 +327,7 @@ fn plan_attaches_filters_that_tools_see_and_that_run() {
 
 #[test]
 fn xdp_generic_native_and_detach() {
-    if skip() {
-        return;
-    }
-    let node = ns("xdp");
-    let wire = ns("xdpw");
-    veth_pair(&node.0, &wire.0);
-    let cache = tempfile::tempdir().unwrap();
-    let ctx = context(cache.path());
+    let Some(Bench { node, wire, ctx, _cache }) = bench("xdp") else { return };
     let r = attach::execute(
         &node.0,
         &ctx,
@@ -421,19 +428,12 @@ fn kernel_has_tcx() -> bool {
 
 #[test]
 fn tcx_attach_pins_and_inspect_sees_it() {
-    if skip() {
-        return;
-    }
     if !kernel_has_tcx() {
         eprintln!("skipping: kernel without tcx");
         return;
     }
-    let node = ns("tcx");
-    let wire = ns("tcxw");
-    veth_pair(&node.0, &wire.0);
-    let cache = tempfile::tempdir().unwrap();
+    let Some(Bench { node, wire, mut ctx, _cache }) = bench("tcx") else { return };
     let fs = Bpffs::mount();
-    let mut ctx = context(cache.path());
     ctx.bpffs = Some(fs.path());
     let pin = fs.path().join("devices/veth0/links/cil_from_netdev");
     let cfg = DeviceConfig::default();

@@ -271,6 +271,14 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    fn no_clang() -> bool {
+        let missing = Compiler::new(default_bpf_dir(), std::env::temp_dir()).clang_version().is_err();
+        if missing {
+            eprintln!("skipping: no clang");
+        }
+        missing
+    }
+
     #[test]
     fn node_config_lists_defines_in_order() {
         let h = node_config(&defines(&[("ENABLE_NODEPORT", "1"), ("DIRECT_ROUTING_DEV_IFINDEX", "4")])).unwrap();
@@ -307,9 +315,7 @@ mod tests {
 
     #[test]
     fn compiles_every_object_once_then_hits_the_caches() {
-        let probe = Compiler::new(default_bpf_dir(), std::env::temp_dir());
-        if probe.clang_version().is_err() {
-            eprintln!("skipping: no clang");
+        if no_clang() {
             return;
         }
         let cache = tempfile::tempdir().unwrap();
@@ -339,9 +345,7 @@ mod tests {
 
     #[test]
     fn clang_errors_carry_its_stderr() {
-        let probe = Compiler::new(default_bpf_dir(), std::env::temp_dir());
-        if probe.clang_version().is_err() {
-            eprintln!("skipping: no clang");
+        if no_clang() {
             return;
         }
         let src = tempfile::tempdir().unwrap();
