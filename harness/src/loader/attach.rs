@@ -1,1 +1,435 @@
-//! (to be written)
+//! Executes a datapath plan ([`Op`]s) against the kernel inside a namespace: compile (cached),
+//! load with aya, per-device globals, then attach as Cilium does (tc filters through
+//! [`crate::tc`], XDP through netlink, tcx through a pinned bpf_link).
+//!
+//! Attachments outlive this process: filters and netlink XDP hold their own program
+//! references, tcx links are pinned, so every aya handle is dropped right after attaching.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use serde::Serialize;
+
+use crate::inspect::Hook;
+use crate::loader::compile::{CompileError, Compiler};
+use crate::loader::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
+use crate::netns::{block_on, Netns, NetnsError};
+use crate::tc::{self, Direction, FilterSpec, TcError, XdpAttachMode};
+
+/// The host device pair Cilium creates.
+pub const CILIUM_HOST: &str = "cilium_host";
+pub const CILIUM_NET: &str = "cilium_net";
+
+/// Priority and handle of the harness's foreign tc filter.
+pub const FOREIGN_PRIORITY: u16 = 100;
+pub const FOREIGN_HANDLE: u32 = 1;
+
+/// Filter names init.sh treats as Cilium's on links that left the device list.
+const OBSOLETE_NAMES: [&str; 3] = ["bpf_host", "cil_from_netdev", "cil_to_netdev"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{op}: {source}")]
+    Compile { op: String, source: CompileError },
+    #[error("{op}: {message}")]
+    Load { op: String, message: String },
+    #[error("{op}: {source}")]
+    Kernel { op: String, source: TcError },
+    #[error("{op}: link {device} does not exist in namespace {netns}")]
+    NoLink { op: String, device: String, netns: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What executing a plan needs besides the ops.
+#[derive(Debug, Clone)]
+pub struct AttachContext {
+    /// Shared so that every step of a scenario reuses the compile cache.
+    pub compiler: Arc<Compiler>,
+    /// The plan's node-config defines.
+    pub defines: BTreeMap<String, String>,
+    /// A bpffs folder for pinned links (tcx); `None` where nothing is pinned.
+    pub bpffs: Option<PathBuf>,
+}
+
+/// Per-device values the programs read from their globals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub vlan: VlanAllow,
+    pub seclabel: u32,
+}
+
+impl Default for DeviceConfig {
+    /// No VLAN allowed, world identity (2), as Cilium's templates default to.
+    fn default() -> Self {
+        DeviceConfig { vlan: VlanAllow::Ids(Vec::new()), seclabel: 2 }
+    }
+}
+
+/// What one op did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OpOutcome {
+    HostDevices { created: bool },
+    TcAttached { device: String, hook: Hook, program: String, filter: String, prog_id: u32 },
+    TcFlushed { device: String, hook: Hook, removed: usize },
+    ObsoleteRemoved { device: String, hooks: Vec<Hook> },
+    XdpAttached { device: String, program: String, mode: String, prog_id: u32 },
+    XdpDetached { device: String, prog_ids: Vec<u32> },
+}
+
+/// The result of [`execute`]: one outcome per op, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExecReport {
+    pub outcomes: Vec<OpOutcome>,
+}
+
+/// A tcx attachment made by [`attach_tcx`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TcxAttached {
+    pub prog_id: u32,
+    pub pin: PathBuf,
+    /// An existing pinned link was updated in place instead of a new link created.
+    pub updated: bool,
+}
+
+/// Runs `ops` in order inside `ns`; stops at the first failing op.
+pub fn execute(ns: &Netns, ctx: &AttachContext, ops: &[Op]) -> Result<ExecReport, AttachError> {
+    ns.run(|| {
+        let mut report = ExecReport::default();
+        for op in ops {
+            report.outcomes.push(execute_one(ns, ctx, op)?);
+        }
+        Ok(report)
+    })?
+}
+
+fn execute_one(ns: &Netns, ctx: &AttachContext, op: &Op) -> Result<OpOutcome, AttachError> {
+    match op {
+        Op::CreateHostDevices => create_host_devices().map(|created| OpOutcome::HostDevices { created }),
+        Op::AttachTc { device, hook, program, priority, vlan, seclabel } => {
+            let what = format!("attach {} to {device} {}", program.symbol, hook.as_str());
+            let direction = Direction::from_hook(*hook)
+                .ok_or_else(|| AttachError::Invalid(format!("{what}: a tc program needs ingress or egress")))?;
+            let cfg = DeviceConfig { vlan: vlan.clone(), seclabel: *seclabel };
+            let filter = format!("{}-{device}", program.symbol);
+            let spec = FilterSpec { direction, priority: (*priority).max(1), handle: tc::CILIUM_HANDLE, name: &filter };
+            let prog_id = attach_tc_filter(ns, ctx, device, *program, &cfg, &spec, &what)?;
+            Ok(OpOutcome::TcAttached { device: device.clone(), hook: *hook, program: program.symbol.into(), filter, prog_id })
+        }
+        Op::FlushTc { device, hook } => {
+            let what = format!("remove tc filters from {device} {}", hook.as_str());
+            let direction = Direction::from_hook(*hook)
+                .ok_or_else(|| AttachError::Invalid(format!("{what}: tc has only ingress and egress")))?;
+            let removed = tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+            Ok(OpOutcome::TcFlushed { device: device.clone(), hook: *hook, removed })
+        }
+        Op::RemoveObsoleteTc { device } => {
+            let what = format!("remove obsolete tc filters from {device}");
+            let mut hooks = Vec::new();
+            for direction in Direction::BOTH {
+                let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+                if filters.iter().any(|f| f.name.as_deref().is_some_and(is_cilium_netdev_filter)) {
+                    tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+                    hooks.push(direction.hook());
+                }
+            }
+            Ok(OpOutcome::ObsoleteRemoved { device: device.clone(), hooks })
+        }
+        Op::AttachXdp { device, program, mode } => {
+            let what = format!("attach {} to {device} xdp", program.symbol);
+            let mode = match mode {
+                XdpMode::Native => XdpAttachMode::Native,
+                XdpMode::Generic => XdpAttachMode::Generic,
+            };
+            let prog_id = attach_xdp_prog(ns, ctx, device, *program, &DeviceConfig::default(), mode, &what)?;
+            Ok(OpOutcome::XdpAttached {
+                device: device.clone(),
+                program: program.symbol.into(),
+                mode: mode.as_str().into(),
+                prog_id,
+            })
+        }
+        Op::DetachXdp { device } => {
+            let what = format!("detach xdp from {device}");
+            let was = tc::detach_xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
+            Ok(OpOutcome::XdpDetached { device: device.clone(), prog_ids: was.iter().map(|p| p.prog_id).collect() })
+        }
+    }
+}
+
+/// init.sh's `grep -qE "\b(bpf_host|cil_from_netdev|cil_to_netdev)"` on one filter name.
+fn is_cilium_netdev_filter(name: &str) -> bool {
+    OBSOLETE_NAMES.iter().any(|pat| {
+        name.match_indices(pat).any(|(i, _)| {
+            i == 0 || !name[..i].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    })
+}
+
+/// Maps a tc-layer error, turning a missing link into [`AttachError::NoLink`].
+fn kernel(ns: &Netns, what: &str, device: &str, e: TcError) -> AttachError {
+    match e {
+        TcError::NoLink { .. } => {
+            AttachError::NoLink { op: what.to_string(), device: device.to_string(), netns: ns.name().to_string() }
+        }
+        source => AttachError::Kernel { op: what.to_string(), source },
+    }
+}
+
+/// An error and its sources, one line (aya's errors keep the useful part in `source()`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Compiles `object` and opens it with the per-device globals set. Runs inside the namespace
+/// (the device's ifindex and MAC are looked up there).
+fn open_object(ns: &Netns, ctx: &AttachContext, device: &str, object: Object, cfg: &DeviceConfig, what: &str) -> Result<Ebpf, AttachError> {
+    let link = tc::find_link(device).map_err(|e| kernel(ns, what, device, e))?;
+    let compiled = ctx
+        .compiler
+        .compile(object, &ctx.defines)
+        .map_err(|source| AttachError::Compile { op: what.to_string(), source })?;
+    let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
+    let data = std::fs::read(&compiled.path).map_err(|e| load_err(format!("read {}: {e}", compiled.path.display())))?;
+    let (allow_all, ids) = vlan_globals(&cfg.vlan).map_err(|m| AttachError::Invalid(format!("{what}: {m}")))?;
+    let mac = link.mac.unwrap_or_default();
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("hostdp_ifindex", &link.index, true)
+        .override_global("hostdp_mac", &mac, true)
+        .override_global("hostdp_seclabel", &cfg.seclabel, true)
+        .override_global("hostdp_vlan_allow_all", &allow_all, true)
+        .override_global("hostdp_vlan_ids", &ids, true);
+    loader.load(&data).map_err(|e| load_err(format!("open {}: {}", object.source(), chain(&e))))
+}
+
+/// The VLAN globals: allow-all flag and up to five ids (0 = unused).
+fn vlan_globals(vlan: &VlanAllow) -> Result<(u32, [u16; 5]), String> {
+    let mut ids = [0u16; 5];
+    match vlan {
+        VlanAllow::All => Ok((1, ids)),
+        VlanAllow::Ids(v) => {
+            if v.len() > ids.len() {
+                return Err(format!("at most 5 VLAN ids can be allowed on a device, got {}", v.len()));
+            }
+            if let Some(bad) = v.iter().find(|id| **id == 0 || **id > 4094) {
+                return Err(format!("VLAN id {bad} is out of range 1-4094"));
+            }
+            ids[..v.len()].copy_from_slice(v);
+            Ok((0, ids))
+        }
+    }
+}
+
+/// Loads a tc program of `ebpf` and returns it (still owned by `ebpf`).
+fn load_classifier<'a>(ebpf: &'a mut Ebpf, symbol: &str, what: &str) -> Result<&'a mut SchedClassifier, AttachError> {
+    let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(symbol)
+        .ok_or_else(|| load_err(format!("the object has no program {symbol}")))?
+        .try_into()
+        .map_err(|e| load_err(format!("{symbol} is not a tc classifier: {}", chain(&e))))?;
+    prog.load().map_err(|e| load_err(format!("load {symbol}: {}", chain(&e))))?;
+    Ok(prog)
+}
+
+fn attach_tc_filter(
+    ns: &Netns,
+    ctx: &AttachContext,
+    device: &str,
+    program: ProgramRef,
+    cfg: &DeviceConfig,
+    spec: &FilterSpec<'_>,
+    what: &str,
+) -> Result<u32, AttachError> {
+    let mut ebpf = open_object(ns, ctx, device, program.object, cfg, what)?;
+    let prog = load_classifier(&mut ebpf, program.symbol, what)?;
+    let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
+    let fd = prog.fd().map_err(|e| load_err(chain(&e)))?;
+    tc::replace_filter(device, spec, fd.as_fd()).map_err(|e| kernel(ns, what, device, e))?;
+    let id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
+    Ok(id)
+}
+
+fn attach_xdp_prog(
+    ns: &Netns,
+    ctx: &AttachContext,
+    device: &str,
+    program: ProgramRef,
+    cfg: &DeviceConfig,
+    mode: XdpAttachMode,
+    what: &str,
+) -> Result<u32, AttachError> {
+    let mut ebpf = open_object(ns, ctx, device, program.object, cfg, what)?;
+    let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
+    let symbol = program.symbol;
+    let prog: &mut Xdp = ebpf
+        .program_mut(symbol)
+        .ok_or_else(|| load_err(format!("the object has no program {symbol}")))?
+        .try_into()
+        .map_err(|e| load_err(format!("{symbol} is not an XDP program: {}", chain(&e))))?;
+    prog.load().map_err(|e| load_err(format!("load {symbol}: {}", chain(&e))))?;
+    let fd = prog.fd().map_err(|e| load_err(chain(&e)))?;
+    tc::attach_xdp(device, fd.as_fd(), mode).map_err(|e| kernel(ns, what, device, e))?;
+    let id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
+    Ok(id)
+}
+
+/// Creates the `cilium_host` / `cilium_net` veth pair unless `cilium_host` exists, and sets
+/// both up. Returns whether it created them. Runs in the calling thread's namespace.
+fn create_host_devices() -> Result<bool, AttachError> {
+    let what = "create cilium_host/cilium_net";
+    let err = |message: String| AttachError::Load { op: what.to_string(), message };
+    let links = tc::list_links().map_err(|source| AttachError::Kernel { op: what.into(), source })?;
+    let created = !links.iter().any(|l| l.name == CILIUM_HOST);
+    block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| err(format!("netlink socket: {e}")))?;
+        let task = tokio::spawn(conn);
+        let res: Result<(), AttachError> = async {
+            if created {
+                handle
+                    .link()
+                    .add(rtnetlink::LinkVeth::new(CILIUM_HOST, CILIUM_NET).build())
+                    .execute()
+                    .await
+                    .map_err(|e| err(format!("add veth: {e}")))?;
+            }
+            for name in [CILIUM_HOST, CILIUM_NET] {
+                handle
+                    .link()
+                    .set(rtnetlink::LinkUnspec::new_with_name(name).up().build())
+                    .execute()
+                    .await
+                    .map_err(|e| err(format!("set {name} up: {e}")))?;
+            }
+            Ok(())
+        }
+        .await;
+        task.abort();
+        res
+    })?;
+    Ok(created)
+}
+
+/// Attaches `program` to `device` through tcx at the tail of the hook's list (v1.16
+/// `upsertTCXProgram`) and pins the link at `pin_path`; an existing pinned link there is
+/// updated to the new program instead. Kernel ≥ 6.6.
+pub fn attach_tcx(
+    ns: &Netns,
+    ctx: &AttachContext,
+    device: &str,
+    hook: Hook,
+    program: ProgramRef,
+    cfg: &DeviceConfig,
+    pin_path: &Path,
+) -> Result<TcxAttached, AttachError> {
+    let what = format!("attach {} to {device} {} (tcx)", program.symbol, hook.as_str());
+    let attach_type = match hook {
+        Hook::Ingress => TcAttachType::Ingress,
+        Hook::Egress => TcAttachType::Egress,
+        Hook::Xdp => return Err(AttachError::Invalid(format!("{what}: tcx has only ingress and egress"))),
+    };
+    ns.run(|| {
+        let load_err = |message: String| AttachError::Load { op: what.clone(), message };
+        let mut ebpf = open_object(ns, ctx, device, program.object, cfg, &what)?;
+        let prog = load_classifier(&mut ebpf, program.symbol, &what)?;
+        let updated = pin_path.exists();
+        let link_id = if updated {
+            let pinned = PinnedLink::from_pin(pin_path)
+                .map_err(|e| load_err(format!("open pinned link {}: {}", pin_path.display(), chain(&e))))?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .map_err(|e| load_err(format!("pinned link {} is not a tcx link: {}", pin_path.display(), chain(&e))))?;
+            prog.attach_to_link(link).map_err(|e| load_err(format!("update link: {}", chain(&e))))?
+        } else {
+            prog.attach_with_options(device, attach_type, TcAttachOptions::TcxOrder(LinkOrder::last()))
+                .map_err(|e| load_err(format!("tcx attach: {}", chain(&e))))?
+        };
+        let link = prog.take_link(link_id).map_err(|e| load_err(chain(&e)))?;
+        if !updated {
+            let fd_link = FdLink::try_from(link).map_err(|e| load_err(chain(&e)))?;
+            if let Some(dir) = pin_path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| load_err(format!("create {}: {e}", dir.display())))?;
+            }
+            fd_link.pin(pin_path).map_err(|e| load_err(format!("pin at {}: {}", pin_path.display(), chain(&e))))?;
+        }
+        let prog_id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
+        Ok(TcxAttached { prog_id, pin: pin_path.to_path_buf(), updated })
+    })?
+}
+
+/// Removes a pinned tcx link: the attachment goes away with the last reference.
+/// `Ok(false)` if nothing was pinned there.
+pub fn detach_tcx(pin_path: &Path) -> Result<bool, AttachError> {
+    match std::fs::remove_file(pin_path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(AttachError::Load { op: format!("unpin {}", pin_path.display()), message: e.to_string() }),
+    }
+}
+
+/// Another tool's program: `foreign_tc` as a tc filter named `foreign_tc` (priority 100,
+/// handle 1) on ingress or egress, or `foreign_xdp` in generic XDP mode (`direction` xdp).
+/// Returns the program id.
+pub fn foreign(ns: &Netns, ctx: &AttachContext, device: &str, direction: Hook, program: &str) -> Result<u32, AttachError> {
+    let what = format!("attach foreign program {program} to {device} {}", direction.as_str());
+    let cfg = DeviceConfig::default();
+    match (program, Direction::from_hook(direction)) {
+        ("foreign_tc", Some(dir)) => {
+            let prog = ProgramRef { object: Object::Foreign, symbol: "foreign_tc" };
+            let spec = FilterSpec { direction: dir, priority: FOREIGN_PRIORITY, handle: FOREIGN_HANDLE, name: "foreign_tc" };
+            ns.run(|| attach_tc_filter(ns, ctx, device, prog, &cfg, &spec, &what))?
+        }
+        ("foreign_xdp", None) => {
+            let prog = ProgramRef { object: Object::Foreign, symbol: "foreign_xdp" };
+            ns.run(|| attach_xdp_prog(ns, ctx, device, prog, &cfg, XdpAttachMode::Generic, &what))?
+        }
+        ("foreign_tc" | "foreign_xdp", _) => Err(AttachError::Invalid(format!(
+            "{what}: foreign_tc goes on ingress or egress, foreign_xdp on xdp"
+        ))),
+        _ => Err(AttachError::Invalid(format!("{what}: unknown foreign program (foreign_tc, foreign_xdp)"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn obsolete_names_follow_init_sh() {
+        assert!(is_cilium_netdev_filter("cil_from_netdev-eth0"));
+        assert!(is_cilium_netdev_filter("cil_to_netdev-bond0.212"));
+        assert!(is_cilium_netdev_filter("bpf_host.o:[from-netdev]"));
+        assert!(is_cilium_netdev_filter("x-cil_to_netdev"));
+        assert!(!is_cilium_netdev_filter("foreign_tc"));
+        assert!(!is_cilium_netdev_filter("cil_to_host-cilium_host"));
+        assert!(!is_cilium_netdev_filter("xcil_from_netdev"));
+    }
+
+    #[test]
+    fn vlan_globals_bound_the_list() {
+        assert_eq!(vlan_globals(&VlanAllow::All).unwrap(), (1, [0; 5]));
+        assert_eq!(vlan_globals(&VlanAllow::Ids(vec![212, 300])).unwrap(), (0, [212, 300, 0, 0, 0]));
+        assert!(vlan_globals(&VlanAllow::Ids(vec![1, 2, 3, 4, 5, 6])).is_err());
+        assert!(vlan_globals(&VlanAllow::Ids(vec![0])).is_err());
+        assert!(vlan_globals(&VlanAllow::Ids(vec![4095])).is_err());
+    }
+}

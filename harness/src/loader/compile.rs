@@ -1,1 +1,363 @@
-//! (to be written)
+//! Compile step: turns a C object under `bpf/` plus the plan's node-config defines into a BPF
+//! ELF file, like Cilium's loader compiles `bpf_host.c` with a generated `node_config.h`.
+//!
+//! Objects are cached by a hash of everything that shapes them (source files, defines, clang
+//! version, flags): in memory per [`Compiler`] and on disk in the cache dir, written through a
+//! rename so parallel test processes sharing a cache dir never see half-written files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use sha2::{Digest, Sha256};
+
+use crate::loader::datapath::Object;
+
+/// Environment variable naming the clang binary; `clang` on PATH otherwise.
+pub const CLANG_ENV: &str = "HOSTDP_CLANG";
+
+/// Environment variable overriding the folder of the C sources (default: `bpf/` of the repo).
+pub const BPF_DIR_ENV: &str = "HOSTDP_BPF_DIR";
+
+/// Bumped when the flags or the layout of the cache change, so old entries are not reused.
+const CACHE_VERSION: &str = "hostdp-compile-v1";
+
+/// Flags besides include paths; part of the cache key.
+const CFLAGS: &[&str] = &[
+    "-O2",
+    "-g",
+    "-target",
+    "bpf",
+    "-mcpu=v2",
+    "-Wall",
+    "-Wextra",
+    "-Wno-unused-parameter",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "compile: clang not found (tried `{0}`); install clang (apt-get install clang llvm) or run \
+         ci/setup, or point {CLANG_ENV} at a clang binary"
+    )]
+    NoClang(String),
+    #[error("compile {object}: clang exited with {status}:\n{stderr}")]
+    Clang { object: String, status: String, stderr: String },
+    #[error("compile {object}: {message}")]
+    Io { object: String, message: String },
+    #[error("compile: invalid define {name:?}: {message}")]
+    BadDefine { name: String, message: String },
+}
+
+/// A compiled object on disk, and the cache key it was built under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledObject {
+    pub path: PathBuf,
+    /// Hex sha256 of sources + defines + clang version + flags.
+    pub hash: String,
+}
+
+/// Compiles objects with caching. Shareable between threads (`&Compiler` is `Sync`).
+#[derive(Debug)]
+pub struct Compiler {
+    bpf_dir: PathBuf,
+    cache_dir: PathBuf,
+    clang: String,
+    /// `clang --version`, asked once; part of the cache key.
+    version: OnceLock<Result<String, String>>,
+    /// Hash → object. Held while compiling so one process never runs clang twice for a key.
+    memory: Mutex<HashMap<String, CompiledObject>>,
+    invocations: AtomicUsize,
+}
+
+/// The repository's `bpf/` folder, or `$HOSTDP_BPF_DIR`.
+pub fn default_bpf_dir() -> PathBuf {
+    match std::env::var_os(BPF_DIR_ENV) {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("bpf"),
+    }
+}
+
+impl Compiler {
+    pub fn new(bpf_dir: PathBuf, cache_dir: PathBuf) -> Compiler {
+        let clang = std::env::var(CLANG_ENV).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "clang".into());
+        Compiler {
+            bpf_dir,
+            cache_dir,
+            clang,
+            version: OnceLock::new(),
+            memory: Mutex::new(HashMap::new()),
+            invocations: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn bpf_dir(&self) -> &Path {
+        &self.bpf_dir
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    /// How many times this compiler ran clang to build an object (cache misses).
+    pub fn clang_invocations(&self) -> usize {
+        self.invocations.load(Ordering::SeqCst)
+    }
+
+    /// The first line of `clang --version`, or [`CompileError::NoClang`].
+    pub fn clang_version(&self) -> Result<String, CompileError> {
+        let v = self.version.get_or_init(|| {
+            let out = Command::new(&self.clang).arg("--version").output().map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("`{} --version` exited with {}", self.clang, out.status));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_string())
+        });
+        v.clone().map_err(|_| CompileError::NoClang(self.clang.clone()))
+    }
+
+    /// Compiles `object` with `defines` written into its `node_config.h`, or returns the cached
+    /// result of an earlier identical build.
+    pub fn compile(&self, object: Object, defines: &BTreeMap<String, String>) -> Result<CompiledObject, CompileError> {
+        let header = node_config(defines)?;
+        let version = self.clang_version()?;
+        let io = |message: String| CompileError::Io { object: object.source().to_string(), message };
+        let sources = source_files(&self.bpf_dir).map_err(&io)?;
+        if !sources.iter().any(|(rel, _)| rel == Path::new(object.source())) {
+            return Err(io(format!("source {} not found", self.bpf_dir.join(object.source()).display())));
+        }
+        let hash = cache_key(object, &version, &sources, &header);
+
+        let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = memory.get(&hash) {
+            if hit.path.exists() {
+                return Ok(hit.clone());
+            }
+        }
+        let stem = object.source().trim_end_matches(".c");
+        let objects = self.cache_dir.join("objects");
+        let path = objects.join(format!("{stem}-{hash}.o"));
+        if !path.exists() {
+            let state = self.cache_dir.join("state").join(&hash);
+            std::fs::create_dir_all(&state).map_err(|e| io(format!("create {}: {e}", state.display())))?;
+            write_atomic(&state.join("node_config.h"), header.as_bytes()).map_err(&io)?;
+            std::fs::create_dir_all(&objects).map_err(|e| io(format!("create {}: {e}", objects.display())))?;
+            self.run_clang(object, &state, &path)?;
+        }
+        let compiled = CompiledObject { path, hash: hash.clone() };
+        memory.insert(hash, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Runs clang into a temporary file next to `out`, then renames it into place.
+    fn run_clang(&self, object: Object, state: &Path, out: &Path) -> Result<(), CompileError> {
+        let name = object.source().to_string();
+        let io = |message: String| CompileError::Io { object: name.clone(), message };
+        let dir = out.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".compile-")
+            .tempdir_in(dir)
+            .map_err(|e| io(format!("temporary dir in {}: {e}", dir.display())))?;
+        let tmp_out = tmp.path().join("out.o");
+        let mut cmd = Command::new(&self.clang);
+        cmd.args(CFLAGS);
+        for inc in include_dirs(&self.bpf_dir, state) {
+            cmd.arg("-I").arg(inc);
+        }
+        cmd.arg("-c").arg(self.bpf_dir.join(object.source())).arg("-o").arg(&tmp_out);
+        self.invocations.fetch_add(1, Ordering::SeqCst);
+        let output = match cmd.output() {
+            Ok(o) => o,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CompileError::NoClang(self.clang.clone())),
+            Err(e) => return Err(io(format!("run {}: {e}", self.clang))),
+        };
+        if !output.status.success() {
+            return Err(CompileError::Clang {
+                object: name,
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim_end().to_string(),
+            });
+        }
+        std::fs::rename(&tmp_out, out).map_err(|e| io(format!("rename into {}: {e}", out.display())))
+    }
+}
+
+/// `-I` folders: the shared header, the generated node config, and the multiarch system
+/// headers (`asm/types.h`), which `-target bpf` does not search by itself.
+fn include_dirs(bpf_dir: &Path, state: &Path) -> Vec<PathBuf> {
+    let mut v = vec![bpf_dir.join("include"), state.to_path_buf()];
+    let multiarch = PathBuf::from(format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH));
+    if multiarch.is_dir() {
+        v.push(multiarch);
+    }
+    v
+}
+
+/// The generated `node_config.h`: one `#define` per entry.
+pub fn node_config(defines: &BTreeMap<String, String>) -> Result<String, CompileError> {
+    let mut s = String::from("/* Generated by hostdp: node configuration of this build. */\n#pragma once\n");
+    for (name, value) in defines {
+        let bad = |message: &str| CompileError::BadDefine { name: name.clone(), message: message.to_string() };
+        let mut chars = name.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(bad("not a C identifier"));
+        }
+        if value.contains(['\n', '\r', '\0']) || value.ends_with('\\') {
+            return Err(bad("the value must be a single line"));
+        }
+        s.push_str(&format!("#define {name} {value}\n"));
+    }
+    Ok(s)
+}
+
+/// Every `.c` and `.h` file under `dir` (relative path, contents), sorted: any of them may be
+/// included, so all of them are part of the key.
+fn source_files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> Result<(), String> {
+        let rd = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+        for entry in rd {
+            let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
+            if path.is_dir() {
+                walk(root, &path, out)?;
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("c" | "h")) {
+                let data = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+                out.push((path.strip_prefix(root).unwrap_or(&path).to_path_buf(), data));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+fn cache_key(object: Object, clang_version: &str, sources: &[(PathBuf, Vec<u8>)], header: &str) -> String {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(CACHE_VERSION.as_bytes());
+    field(clang_version.as_bytes());
+    field(CFLAGS.join(" ").as_bytes());
+    field(object.source().as_bytes());
+    for (rel, data) in sources {
+        field(rel.to_string_lossy().as_bytes());
+        field(data);
+    }
+    field(header.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Writes a file through a temporary sibling and a rename.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("temporary file in {}: {e}", dir.display()))?;
+    tmp.write_all(data).map_err(|e| format!("write {}: {e}", path.display()))?;
+    tmp.persist(path).map_err(|e| format!("rename into {}: {e}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defines(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn no_clang() -> bool {
+        let missing = Compiler::new(default_bpf_dir(), std::env::temp_dir()).clang_version().is_err();
+        if missing {
+            eprintln!("skipping: no clang");
+        }
+        missing
+    }
+
+    #[test]
+    fn node_config_lists_defines_in_order() {
+        let h = node_config(&defines(&[("ENABLE_NODEPORT", "1"), ("DIRECT_ROUTING_DEV_IFINDEX", "4")])).unwrap();
+        assert!(h.contains("#define DIRECT_ROUTING_DEV_IFINDEX 4\n#define ENABLE_NODEPORT 1\n"), "{h}");
+    }
+
+    #[test]
+    fn node_config_rejects_bad_names_and_values() {
+        for (k, v) in [("1ABC", "1"), ("A-B", "1"), ("", "1"), ("OK", "1\n#define X 2"), ("OK", "a\\")] {
+            let e = node_config(&defines(&[(k, v)])).unwrap_err();
+            assert!(matches!(e, CompileError::BadDefine { .. }), "{k:?}={v:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn key_changes_with_every_input() {
+        let src = vec![(PathBuf::from("bpf_host.c"), b"int x;".to_vec())];
+        let base = cache_key(Object::Host, "clang 14", &src, "#define A 1\n");
+        assert_ne!(base, cache_key(Object::Xdp, "clang 14", &src, "#define A 1\n"));
+        assert_ne!(base, cache_key(Object::Host, "clang 15", &src, "#define A 1\n"));
+        assert_ne!(base, cache_key(Object::Host, "clang 14", &src, "#define A 2\n"));
+        let src2 = vec![(PathBuf::from("bpf_host.c"), b"int y;".to_vec())];
+        assert_ne!(base, cache_key(Object::Host, "clang 14", &src2, "#define A 1\n"));
+        assert_eq!(base, cache_key(Object::Host, "clang 14", &src, "#define A 1\n"));
+    }
+
+    #[test]
+    fn missing_clang_says_how_to_install_it() {
+        let c = Compiler { clang: "/nonexistent/clang-hostdp".into(), ..Compiler::new(default_bpf_dir(), std::env::temp_dir()) };
+        let e = c.compile(Object::Host, &BTreeMap::new()).unwrap_err();
+        assert!(matches!(e, CompileError::NoClang(_)));
+        assert!(e.to_string().contains("apt-get install clang llvm"), "{e}");
+    }
+
+    #[test]
+    fn compiles_every_object_once_then_hits_the_caches() {
+        if no_clang() {
+            return;
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let d = defines(&[("ENABLE_NODEPORT", "1")]);
+        let c = Compiler::new(default_bpf_dir(), cache.path().to_path_buf());
+        let objs = [Object::Host, Object::Xdp, Object::Lxc, Object::Foreign];
+        let first: Vec<_> = objs.iter().map(|o| c.compile(*o, &d).unwrap()).collect();
+        assert_eq!(c.clang_invocations(), 4);
+        for o in &first {
+            let data = std::fs::read(&o.path).unwrap();
+            assert_eq!(&data[..4], b"\x7fELF", "{}", o.path.display());
+        }
+        // Memory cache.
+        assert_eq!(c.compile(Object::Host, &d).unwrap(), first[0]);
+        assert_eq!(c.clang_invocations(), 4);
+        // Disk cache, from a fresh compiler.
+        let c2 = Compiler::new(default_bpf_dir(), cache.path().to_path_buf());
+        assert_eq!(c2.compile(Object::Host, &d).unwrap(), first[0]);
+        assert_eq!(c2.clang_invocations(), 0);
+        // Other defines, other object.
+        let other = c2.compile(Object::Host, &BTreeMap::new()).unwrap();
+        assert_ne!(other.hash, first[0].hash);
+        assert_eq!(c2.clang_invocations(), 1);
+        let hdr = std::fs::read_to_string(cache.path().join("state").join(&first[0].hash).join("node_config.h")).unwrap();
+        assert!(hdr.contains("#define ENABLE_NODEPORT 1"));
+    }
+
+    #[test]
+    fn clang_errors_carry_its_stderr() {
+        if no_clang() {
+            return;
+        }
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("include")).unwrap();
+        std::fs::write(src.path().join("bpf_xdp.c"), "this is not C;\n").unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let c = Compiler::new(src.path().to_path_buf(), cache.path().to_path_buf());
+        let e = c.compile(Object::Xdp, &BTreeMap::new()).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, CompileError::Clang { .. }), "{msg}");
+        assert!(msg.contains("bpf_xdp.c") && msg.contains("error"), "{msg}");
+        let e = c.compile(Object::Lxc, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("not found"), "{e}");
+    }
+}

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Stand-in for Cilium's bpf_host.c: the four programs the host datapath attaches to native
+ * devices (cil_from_netdev, cil_to_netdev) and to cilium_host / cilium_net (cil_to_host,
+ * cil_from_host). They count packets and, on native devices, apply the VLAN filter.
+ */
+#include "hostdp.h"
+/* Generated per agent configuration by the harness's compile step (ENABLE_NODEPORT, ...). */
+#include "node_config.h"
+
+/*
+ * Which features the object was built with, so a read-back of .rodata can tell builds apart.
+ * Bit order follows the list below.
+ */
+volatile const __u32 hostdp_features = 0
+#ifdef ENABLE_NODEPORT
+	| (1 << 0)
+#endif
+#ifdef ENABLE_HOST_FIREWALL
+	| (1 << 1)
+#endif
+#ifdef ENABLE_BANDWIDTH_MANAGER
+	| (1 << 2)
+#endif
+#ifdef ENABLE_WIREGUARD
+	| (1 << 3)
+#endif
+#ifdef ENABLE_L2_ANNOUNCEMENTS
+	| (1 << 4)
+#endif
+	;
+
+/* Both native-device programs: count, then the VLAN filter, then pass. */
+static __always_inline int hostdp_netdev(struct __sk_buff *skb, __u32 slot)
+{
+	int ret;
+
+	hostdp_count(slot);
+	ret = hostdp_vlan_filter(skb, slot);
+	if (ret >= 0)
+		return ret;
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int cil_from_netdev(struct __sk_buff *skb)
+{
+	return hostdp_netdev(skb, SLOT_FROM_NETDEV);
+}
+
+SEC("classifier")
+int cil_to_netdev(struct __sk_buff *skb)
+{
+	return hostdp_netdev(skb, SLOT_TO_NETDEV);
+}
+
+SEC("classifier")
+int cil_from_host(struct __sk_buff *skb)
+{
+	hostdp_count(SLOT_FROM_HOST);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int cil_to_host(struct __sk_buff *skb)
+{
+	hostdp_count(SLOT_TO_HOST);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
