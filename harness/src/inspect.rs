@@ -211,6 +211,11 @@ fn program_names(ids: &BTreeSet<u32>) -> HashMap<u32, (String, String)> {
         .collect()
 }
 
+/// The kernel name of one loaded program, if it is still loaded.
+pub fn program_name(id: u32) -> Option<String> {
+    program_names(&BTreeSet::from([id])).remove(&id).map(|(name, _)| name)
+}
+
 /// Kernel program name (≤ 15 bytes) → slot in `hostdp_counters`, as in `bpf/include/hostdp.h`.
 pub fn counter_slot(program: &str) -> Option<u32> {
     const SLOTS: [(&str, u32); 9] = [

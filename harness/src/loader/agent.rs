@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use crate::loader::attach::{self, AttachContext};
 use crate::loader::compile::Compiler;
-use crate::loader::config::{AgentConfig, Settings};
+use crate::loader::config::{self, AgentConfig, Settings, WIREGUARD_DEVICE};
 use crate::loader::datapath::{self, Op};
-use crate::loader::devices;
 use crate::loader::profile::Profile;
+use crate::netlink::{self, Change, NewLink};
 use crate::policy;
 use crate::scenario::PodSpec;
 use crate::topology::Node;
@@ -42,17 +44,19 @@ struct Applied {
     policies: Vec<policy::Policy>,
 }
 
-pub struct Agent<'c> {
+pub struct Agent {
     pub profile: Profile,
     /// ConfigMap keys and values, as edited by `restart` steps.
     pub config: BTreeMap<String, String>,
     node_ip: Option<IpAddr>,
     node_labels: BTreeMap<String, String>,
-    compiler: &'c Compiler,
+    compiler: Arc<Compiler>,
     bpffs: Option<PathBuf>,
     running: bool,
     settings: Option<Settings>,
     devices: Option<Vec<String>>,
+    /// init.sh's `$RUNDIR/device.state` from the previous start.
+    device_state: Option<String>,
     applied: BTreeMap<PathBuf, Applied>,
 }
 
@@ -62,15 +66,15 @@ pub struct StepOutcome {
     pub regenerated: Vec<String>,
 }
 
-impl<'c> Agent<'c> {
+impl Agent {
     pub fn new(
         profile: Profile,
         config: BTreeMap<String, String>,
         node_ip: Option<IpAddr>,
         node_labels: BTreeMap<String, String>,
-        compiler: &'c Compiler,
+        compiler: Arc<Compiler>,
         bpffs: Option<PathBuf>,
-    ) -> Agent<'c> {
+    ) -> Agent {
         Agent {
             profile,
             config,
@@ -81,6 +85,7 @@ impl<'c> Agent<'c> {
             running: false,
             settings: None,
             devices: None,
+            device_state: None,
             applied: BTreeMap::new(),
         }
     }
@@ -94,14 +99,19 @@ impl<'c> Agent<'c> {
         self.running
     }
 
-    /// Agent start-up: derive settings, detect devices, reload the host datapath, then
-    /// regenerate every pod endpoint.
+    /// Agent start-up (`newDaemon`): derive settings, detect devices, finish the
+    /// kube-proxy-replacement init, reload the host datapath, then regenerate every pod.
     pub fn start(&mut self, node: &Node, pods: &[PodSpec]) -> Result<StepOutcome, AgentError> {
         self.running = false;
         let cfg = AgentConfig::from_map(&self.config, self.profile).map_err(AgentError::refused)?;
-        let settings = Settings::derive(&cfg, self.profile).map_err(AgentError::refused)?;
-        self.settings = Some(settings);
-        self.reload_host(node)?;
+        if cfg_wants_wireguard(&self.config) {
+            self.ensure_wireguard_device(node)?;
+        }
+        let links = node.links().map_err(AgentError::harness)?;
+        let routes = node.routes().map_err(AgentError::harness)?;
+        let startup = config::start(&cfg, self.profile, &links, &routes, self.node_ip).map_err(AgentError::refused)?;
+        self.settings = Some(startup.settings);
+        self.reload_host(node, &startup.selection, &links)?;
         self.running = true;
         let mut out = StepOutcome { regenerated: vec!["host".to_string()] };
         for pod in pods {
@@ -111,27 +121,58 @@ impl<'c> Agent<'c> {
         Ok(out)
     }
 
-    /// The host endpoint's regeneration: detection, then the whole host-datapath reload.
-    fn reload_host(&mut self, node: &Node) -> Result<(), AgentError> {
-        let mut settings = self.settings.clone().ok_or_else(|| AgentError::Harness("agent has no settings".into()))?;
+    /// The agent creates its WireGuard device itself; here it is made in the node namespace.
+    fn ensure_wireguard_device(&self, node: &Node) -> Result<(), AgentError> {
         let links = node.links().map_err(AgentError::harness)?;
-        let routes = node.routes().map_err(AgentError::harness)?;
-        let sel = devices::select(&settings, &links, &routes, self.node_ip).map_err(AgentError::refused)?;
-        settings.finish_kpr_init(&sel);
-        let plan = datapath::plan(&settings, &sel, &links).map_err(AgentError::refused)?;
-        let ctx = AttachContext::new(self.compiler, plan.defines.clone(), self.bpffs.clone());
+        if links.iter().any(|l| l.name == WIREGUARD_DEVICE) {
+            return Ok(());
+        }
+        node.netns()
+            .run(|| {
+                netlink::apply(&[
+                    Change::AddLink { name: WIREGUARD_DEVICE.into(), link: NewLink::Wireguard },
+                    Change::SetUp { name: WIREGUARD_DEVICE.into(), up: true },
+                ])
+            })
+            .map_err(AgentError::harness)?
+            .map_err(AgentError::harness)
+    }
+
+    /// `reloadHostDatapath` (plus init.sh and the XDP set-up) for a device selection.
+    fn reload_host(&mut self, node: &Node, sel: &crate::loader::devices::Selection, links: &[crate::netlink::LinkInfo]) -> Result<(), AgentError> {
+        let settings = self.settings.as_ref().ok_or_else(|| AgentError::Harness("agent has no settings".into()))?;
+        let plan = datapath::plan_with_state(settings, sel, links, self.device_state.as_deref()).map_err(AgentError::refused)?;
+        let ctx = AttachContext { compiler: self.compiler.clone(), defines: plan.defines.clone(), bpffs: self.bpffs.clone() };
         attach::execute(node.netns(), &ctx, &plan.ops).map_err(classify_attach)?;
         self.devices = Some(sel.devices.clone());
-        self.settings = Some(settings);
+        self.device_state = plan.device_state.clone();
         Ok(())
+    }
+
+    /// Detection again and the whole host-datapath reload (the host endpoint's regeneration).
+    fn regenerate_host(&mut self, node: &Node) -> Result<(), AgentError> {
+        let cfg = AgentConfig::from_map(&self.config, self.profile).map_err(AgentError::refused)?;
+        let links = node.links().map_err(AgentError::harness)?;
+        let routes = node.routes().map_err(AgentError::harness)?;
+        let startup = config::start(&cfg, self.profile, &links, &routes, self.node_ip).map_err(AgentError::refused)?;
+        self.settings = Some(startup.settings);
+        self.reload_host(node, &startup.selection, &links)
     }
 
     fn regenerate_pod(&mut self, node: &Node, pod: &PodSpec) -> Result<(), AgentError> {
         let settings = self.settings.as_ref().ok_or_else(|| AgentError::Harness("agent has no settings".into()))?;
         let lxc = node.lxc_name(&pod.key());
-        let ops = datapath::endpoint_ops(settings, &lxc);
-        let defines = datapath::endpoint_defines(settings);
-        let ctx = AttachContext::new(self.compiler, defines, self.bpffs.clone());
+        let identity = endpoint_identity(pod);
+        let ops: Vec<Op> = datapath::endpoint_ops(settings, &lxc)
+            .into_iter()
+            .map(|op| match op {
+                Op::AttachTc { device, hook, program, priority, vlan, .. } => {
+                    Op::AttachTc { device, hook, program, priority, vlan, seclabel: identity }
+                }
+                other => other,
+            })
+            .collect();
+        let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone() };
         attach::execute(node.netns(), &ctx, &ops).map_err(classify_attach)?;
         Ok(())
     }
@@ -167,7 +208,7 @@ impl<'c> Agent<'c> {
         self.running = false;
         let links = node.links().map_err(AgentError::harness)?;
         let ops = datapath::cleanup_ops(&links);
-        let ctx = AttachContext::new(self.compiler, BTreeMap::new(), self.bpffs.clone());
+        let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone() };
         attach::execute(node.netns(), &ctx, &ops).map_err(AgentError::harness)?;
         self.devices = None;
         Ok(StepOutcome::default())
@@ -186,10 +227,10 @@ impl<'c> Agent<'c> {
     /// detection on and devices required; then the host datapath is reloaded.
     pub fn link_changed(&mut self, node: &Node) -> Result<StepOutcome, AgentError> {
         let Some(settings) = &self.settings else { return Ok(StepOutcome::default()) };
-        if !self.running || !settings.runtime_device_detection() {
+        if !self.running || !(settings.enable_runtime_device_detection && settings.are_devices_required()) {
             return Ok(StepOutcome::default());
         }
-        self.reload_host(node)?;
+        self.regenerate_host(node)?;
         Ok(StepOutcome { regenerated: vec!["host".into()] })
     }
 
@@ -215,7 +256,7 @@ impl<'c> Agent<'c> {
         if !self.running {
             return Ok(StepOutcome::default());
         }
-        let host_firewall = self.settings.as_ref().map(|s| s.enable_host_firewall()).unwrap_or(false);
+        let host_firewall = self.settings.as_ref().map(|s| s.enable_host_firewall).unwrap_or(false);
         let pod_refs: Vec<(String, String, BTreeMap<String, String>)> =
             pods.iter().map(|p| (p.namespace.clone(), p.name.clone(), p.labels.clone())).collect();
         let mut selected = std::collections::BTreeSet::new();
@@ -227,7 +268,7 @@ impl<'c> Agent<'c> {
         let mut out = StepOutcome::default();
         for key in selected {
             if key == "host" {
-                self.reload_host(node)?;
+                self.regenerate_host(node)?;
             } else if let Some(pod) = pods.iter().find(|p| p.key() == key) {
                 self.regenerate_pod(node, pod)?;
             }
@@ -237,9 +278,29 @@ impl<'c> Agent<'c> {
     }
 }
 
+fn cfg_wants_wireguard(cfg: &BTreeMap<String, String>) -> bool {
+    cfg.get("enable-wireguard").is_some_and(|v| matches!(v.as_str(), "true" | "True" | "TRUE" | "1" | "t" | "T"))
+}
+
+/// A pod's security identity: stable per labels, in the range Cilium allocates cluster-local
+/// identities from (256 and up), so programs and policy maps can tell endpoints apart.
+pub fn endpoint_identity(pod: &PodSpec) -> u32 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(pod.namespace.as_bytes());
+    for (k, v) in &pod.labels {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+        h.update(b";");
+    }
+    let d = h.finalize();
+    256 + (u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % 65000)
+}
+
 /// A device that refuses native XDP is fatal for upstream's agent: an expectable refusal.
 fn classify_attach(e: attach::AttachError) -> AgentError {
-    if e.is_refusal() {
+    if e.to_string().contains("native XDP refused") {
         AgentError::Refused(e.to_string())
     } else {
         AgentError::Harness(e.to_string())

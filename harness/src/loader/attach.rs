@@ -144,6 +144,28 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, op: &Op) -> Result<OpOutcome, At
             }
             Ok(OpOutcome::ObsoleteRemoved { device: device.clone(), hooks })
         }
+        Op::RemoveCiliumFilters { device } => {
+            let what = format!("remove Cilium's filters from {device}");
+            let mut hooks = Vec::new();
+            for direction in Direction::BOTH {
+                let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+                for f in filters.iter().filter(|f| f.name.as_deref().is_some_and(is_cilium_filter)) {
+                    tc::delete_filter(device, direction, f.priority, f.handle).map_err(|e| kernel(ns, &what, device, e))?;
+                    if !hooks.contains(&direction.hook()) {
+                        hooks.push(direction.hook());
+                    }
+                }
+            }
+            let xdp = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
+            let mut prog_ids = Vec::new();
+            if xdp.iter().any(|p| crate::inspect::program_name(p.prog_id).is_some_and(|n| n.contains("cil_xdp_entry"))) {
+                prog_ids = tc::detach_xdp(device).map_err(|e| kernel(ns, &what, device, e))?.iter().map(|p| p.prog_id).collect();
+            }
+            if !prog_ids.is_empty() {
+                hooks.push(Hook::Xdp);
+            }
+            Ok(OpOutcome::ObsoleteRemoved { device: device.clone(), hooks })
+        }
         Op::AttachXdp { device, program, mode } => {
             let what = format!("attach {} to {device} xdp", program.symbol);
             let mode = match mode {
@@ -173,6 +195,11 @@ fn is_cilium_netdev_filter(name: &str) -> bool {
             i == 0 || !name[..i].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
         })
     })
+}
+
+/// `cilium cleanup`'s test on a filter name (cilium/cmd/cleanup.go `getTCFilters`).
+fn is_cilium_filter(name: &str) -> bool {
+    ["bpf_netdev", "bpf_network", "bpf_host", "bpf_lxc", "bpf_overlay", "cil_"].iter().any(|p| name.contains(p))
 }
 
 /// Maps a tc-layer error, turning a missing link into [`AttachError::NoLink`].
