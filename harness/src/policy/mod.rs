@@ -323,3 +323,51 @@ pub fn policies(docs: &[PolicyDoc]) -> impl Iterator<Item = &Policy> {
 
 /// Labels as given in a scenario (`key: value`).
 pub type Labels = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schemas() -> Arc<SchemaSet> {
+        shared_schemas().expect("shared CRDs (set HOSTDP_SHARED_DIR)")
+    }
+
+    fn parse(text: &str) -> Result<Vec<PolicyDoc>, PolicyError> {
+        parse_fixture(Path::new("t.yaml"), text, &schemas())
+    }
+
+    /// Odd shapes give errors, never a panic.
+    #[test]
+    fn malformed_documents_are_errors() {
+        let head = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\n";
+        for body in [
+            "spec: []",
+            "specs: {}",
+            "spec: {endpointSelector: {}, ingress: x}",
+            "spec: {endpointSelector: {}, ingress: [[1]]}",
+            "spec: {endpointSelector: {matchLabels: [a]}}",
+            "spec: {endpointSelector: {}, egress: [{toPorts: [{ports: [{port: \"\"}]}]}]}",
+            "spec: {endpointSelector: {}, egress: [{toCIDRSet: [{cidr: 10.0.0.0/8, except: [bad]}]}]}",
+            "spec: {endpointSelector: {}, egress: [{icmps: [{fields: [{type: 300}]}]}]}",
+            "spec: {endpointSelector: {}}\nstatus: 3",
+        ] {
+            let r = parse(&format!("{head}{body}\n"));
+            assert!(matches!(r, Err(PolicyError::Invalid { .. })), "{body}: {r:?}");
+        }
+        for text in ["just a scalar\n", "- a\n- b\n", "kind: Pod\n", "apiVersion: v1\n"] {
+            assert!(matches!(parse(text), Err(PolicyError::Invalid { .. })), "{text}");
+        }
+        assert!(matches!(parse("# nothing\n---\n"), Err(PolicyError::Empty { .. })));
+        assert!(matches!(parse("a: [\n"), Err(PolicyError::Syntax { .. })));
+    }
+
+    #[test]
+    fn nulls_are_pruned_and_lists_expanded() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {name: a, namespace: ns}\n  spec:\n    description:\n    endpointSelector: {}\n    ingress:\n";
+        let docs = parse(text).unwrap();
+        let p = policies(&docs).next().unwrap();
+        assert_eq!(p.namespace.as_deref(), Some("ns"));
+        assert_eq!(p.rules[0].description, None);
+        assert!(p.rules[0].ingress.is_empty());
+    }
+}

@@ -153,11 +153,16 @@ impl SchemaSet {
                     out.push(Diagnostic::at(doc.locate(&full, true), field_path(&value, &ptr), message.into()));
                 }
                 ValidationErrorKind::Pattern { pattern } => {
-                    let shown = if pattern.len() > 48 { format!("{}…", &pattern[..48]) } else { pattern.clone() };
+                    let mut shown: String = pattern.chars().take(48).collect();
+                    if shown.len() < pattern.len() {
+                        shown.push('…');
+                    }
+                    // The CRD checks CIDRs by pattern only; say what is meant.
+                    let what = if pattern.contains(r"\/([0-9]|[1-2][0-9]|3[0-2])$") { "is not a CIDR: it " } else { "" };
                     out.push(Diagnostic::at(
                         doc.locate(&full, false),
                         field_path(&value, &ptr),
-                        format!("{} does not match the pattern {shown}", err.instance()),
+                        format!("{} {what}does not match the pattern {shown}", err.instance()),
                     ));
                 }
                 ValidationErrorKind::Enum { options } => {

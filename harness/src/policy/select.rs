@@ -348,6 +348,32 @@ mod tests {
     }
 
     #[test]
+    fn selector_sources_and_operators() {
+        use super::super::model::Requirement;
+        let labels: BTreeMap<String, String> =
+            [("k8s:app", "web"), ("reserved:host", ""), ("tier", "front")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let sel = |ml: &[(&str, &str)], ex: &[(&str, Operator, &[&str])]| Selector {
+            match_labels: ml.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            match_expressions: ex
+                .iter()
+                .map(|(k, op, vs)| Requirement { key: k.to_string(), operator: *op, values: vs.iter().map(|v| v.to_string()).collect() })
+                .collect(),
+        };
+        assert!(Selector::default().matches(&labels));
+        assert!(sel(&[("any:app", "web")], &[]).matches(&labels));
+        assert!(sel(&[("k8s:app", "web")], &[]).matches(&labels));
+        assert!(!sel(&[("container:app", "web")], &[]).matches(&labels));
+        assert!(sel(&[("k8s:tier", "front")], &[]).matches(&labels), "a plain key is a k8s label");
+        assert!(sel(&[("reserved:host", "")], &[]).matches(&labels));
+        assert!(sel(&[], &[("any:app", Operator::In, &["db", "web"])]).matches(&labels));
+        assert!(!sel(&[], &[("any:app", Operator::NotIn, &["web"])]).matches(&labels));
+        assert!(sel(&[], &[("any:missing", Operator::NotIn, &["web"])]).matches(&labels));
+        assert!(sel(&[], &[("any:app", Operator::Exists, &[])]).matches(&labels));
+        assert!(sel(&[], &[("any:missing", Operator::DoesNotExist, &[])]).matches(&labels));
+        assert!(!sel(&[], &[("any:app", Operator::DoesNotExist, &[])]).matches(&labels));
+    }
+
+    #[test]
     fn identities() {
         let mut s = Selector::default();
         s.match_labels.insert("reserved:host".into(), String::new());
