@@ -6,7 +6,7 @@
 //! booleans, `0x1F` and `017` are integers. That is what the API server then validates, so a
 //! label value written `external: yes` is a boolean here too, exactly as `kubectl apply` sees it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
 use serde_json::{Map, Number, Value};
@@ -335,12 +335,6 @@ fn resolve_float(t: &str) -> Option<Value> {
         return None;
     }
     plain.parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number)
-}
-
-/// Sorted map of pointer → position; handy in tests and debugging.
-#[allow(dead_code)]
-pub fn sorted_positions(doc: &YamlDoc) -> BTreeMap<&str, Pos> {
-    doc.positions.iter().map(|(k, v)| (k.as_str(), v.value)).collect()
 }
 
 #[cfg(test)]
