@@ -49,9 +49,9 @@ pub fn cache_dir() -> PathBuf {
     target.join("hostdp-cache")
 }
 
-fn compiler() -> &'static Compiler {
-    static C: std::sync::OnceLock<Compiler> = std::sync::OnceLock::new();
-    C.get_or_init(|| Compiler::new(project_root().join("bpf"), cache_dir()))
+fn compiler() -> std::sync::Arc<Compiler> {
+    static C: std::sync::OnceLock<std::sync::Arc<Compiler>> = std::sync::OnceLock::new();
+    C.get_or_init(|| std::sync::Arc::new(Compiler::new(crate::loader::compile::default_bpf_dir(), cache_dir()))).clone()
 }
 
 /// Expands files and folders into scenario files (`*.yaml`, `*.yml`), sorted.
@@ -82,7 +82,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         profile: sc.profile.clone(),
         status: Status::Pass,
         reason: None,
-        kernel: Some(caps.kernel_release().to_string()),
+        kernel: Some(caps.kernel.clone()),
         millis: 0,
         steps: Vec::new(),
     };
@@ -92,7 +92,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         rec.reason = Some(missing.join(", "));
         return rec;
     }
-    let node = match Node::build(sc, run) {
+    let mut node = match Node::build(sc, run) {
         Ok(n) => n,
         Err(e) => {
             rec.status = Status::Error;
@@ -103,11 +103,11 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     };
     let profile = Profile::parse(&sc.profile).unwrap_or(Profile::V1_14_4);
     let node_ip = sc.node.ip.as_deref().and_then(|s| s.parse().ok());
-    let mut agent = Agent::new(profile, sc.agent.clone(), node_ip, sc.node.labels.clone(), compiler(), node.bpffs());
+    let mut agent = Agent::new(profile, sc.agent.clone(), node_ip, sc.node.labels.clone(), compiler(), Some(node.bpffs().to_path_buf()));
     let mut pods: Vec<PodSpec> = sc.pods.clone();
     let mut previous: Option<Vec<Attachment>> = None;
     for step in &sc.steps {
-        let result = run_step(&mut agent, &node, &mut pods, &step.action);
+        let result = run_step(&mut agent, &mut node, &mut pods, &step.action);
         let (regenerated, error, harness) = match result {
             Ok(o) => (o.regenerated, None, None),
             Err(AgentError::Refused(m)) => (Vec::new(), Some(m), None),
@@ -165,7 +165,7 @@ fn step_record(
     step: &scenario::Step,
     status: Status,
     error: Option<String>,
-    agent: &Agent<'_>,
+    agent: &Agent,
     regenerated: Vec<String>,
     attachments: Vec<Attachment>,
     mismatches: Vec<report::Mismatch>,
@@ -182,7 +182,7 @@ fn step_record(
     }
 }
 
-fn run_step(agent: &mut Agent<'_>, node: &Node, pods: &mut Vec<PodSpec>, action: &Action) -> Result<crate::loader::agent::StepOutcome, AgentError> {
+fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action: &Action) -> Result<crate::loader::agent::StepOutcome, AgentError> {
     use crate::loader::agent::StepOutcome;
     let h = |e: topology::TopologyError| AgentError::Harness(e.to_string());
     match action {
@@ -218,7 +218,14 @@ fn run_step(agent: &mut Agent<'_>, node: &Node, pods: &mut Vec<PodSpec>, action:
             agent.link_changed(node)
         }
         Action::Foreign { device, direction, program } => {
-            crate::loader::attach::foreign(node.netns(), compiler(), device, *direction, program)
+            let ctx = crate::loader::attach::AttachContext { compiler: compiler(), defines: BTreeMap::new(), bpffs: None };
+            let hook = match direction {
+                scenario::ForeignDirection::Ingress => crate::inspect::Hook::Ingress,
+                scenario::ForeignDirection::Egress => crate::inspect::Hook::Egress,
+                scenario::ForeignDirection::Xdp => crate::inspect::Hook::Xdp,
+            };
+            let dev = if let Some(key) = device.strip_prefix("pod:") { node.lxc_name(key) } else { device.clone() };
+            crate::loader::attach::foreign(node.netns(), &ctx, &dev, hook, program)
                 .map_err(|e| AgentError::Harness(e.to_string()))?;
             Ok(StepOutcome::default())
         }
@@ -271,21 +278,48 @@ fn invalid_record(f: &Path, msg: &str) -> ScenarioRecord {
     }
 }
 
+/// Why a run on a target could not produce records.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+    #[error("{0}")]
+    Io(String),
+    #[error("the guest wrote no result record (exit status {status}); its last output:\n{tail}")]
+    NoResult { status: i32, tail: String },
+}
+
+impl TargetError {
+    /// A missing tool or kernel (exit status 4), as opposed to a failed run.
+    pub fn is_environment(&self) -> bool {
+        matches!(
+            self,
+            TargetError::Vm(
+                vm::VmError::QemuMissing
+                    | vm::VmError::VngMissing { .. }
+                    | vm::VmError::KernelNotFetched { .. }
+                    | vm::VmError::UnknownKernel(_)
+                    | vm::VmError::KernelImage { .. }
+            )
+        )
+    }
+}
+
 /// Runs files on one target: `host` (this kernel) or a VM kernel.
-pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<KernelRun, vm::VmError> {
+pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<KernelRun, TargetError> {
     let t0 = Instant::now();
     if target == "host" || target == "local" {
         let scenarios = run_local(files, jobs);
-        let kernel = Capabilities::probe().kernel_release().to_string();
+        let kernel = Capabilities::probe().kernel.clone();
         let summary = report::Summary::of(&scenarios);
         return Ok(KernelRun { target: target.into(), kernel, scenarios, summary, millis: t0.elapsed().as_millis() as u64 });
     }
     let kernel = vm::KernelRef::resolve(target)?;
-    let results = tempfile::Builder::new().prefix("hostdp-vm-").tempdir_in(vm_scratch_dir()).map_err(|e| vm::VmError::Io(e.to_string()))?;
+    let results = tempfile::Builder::new().prefix("hostdp-vm-").tempdir_in(vm_scratch_dir()).map_err(|e| TargetError::Io(e.to_string()))?;
     let out_file = results.path().join("record.json");
     let exe = match VM_EXE.with(|c| c.borrow().clone()) {
         Some(e) => e,
-        None => std::env::current_exe().map_err(|e| vm::VmError::Io(e.to_string()))?,
+        None => std::env::current_exe().map_err(|e| TargetError::Io(e.to_string()))?,
     };
     let mut cmd: Vec<String> = vec![
         exe.display().to_string(),
@@ -303,12 +337,21 @@ pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<Kernel
     }
     let cache = cache_dir();
     let _ = std::fs::create_dir_all(&cache);
-    let out = vm::run_in_vm(&kernel, &cmd, &[results.path().to_path_buf(), cache], &cwd)?;
-    let text = std::fs::read_to_string(&out_file).map_err(|_| vm::VmError::NoResult {
+    let mut opts = vm::VmOptions::default();
+    opts.env.push(("HOSTDP_CACHE_DIR".into(), cache.display().to_string()));
+    opts.env.push(("HOSTDP_QUIET".into(), "1".into()));
+    if let Ok(d) = crate::policy::crd_dir() {
+        // The guest does not inherit the environment: name the shared folder explicitly.
+        if let Some(shared) = d.parent().and_then(Path::parent) {
+            opts.env.push(("HOSTDP_SHARED_DIR".into(), shared.display().to_string()));
+        }
+    }
+    let out = vm::run_in_vm_with(&kernel, &cmd, &[results.path().to_path_buf(), cache], &cwd, &opts)?;
+    let text = std::fs::read_to_string(&out_file).map_err(|_| TargetError::NoResult {
         status: out.status,
-        tail: tail(&format!("{}\n{}", out.stdout, out.stderr), 30),
+        tail: tail(&format!("{}\n{}\n{}", out.stdout, out.stderr, out.console), 30),
     })?;
-    let rec: RunRecord = serde_json::from_str(&text).map_err(|e| vm::VmError::Io(format!("parse the guest's record: {e}")))?;
+    let rec: RunRecord = serde_json::from_str(&text).map_err(|e| TargetError::Io(format!("parse the guest's record: {e}")))?;
     let mut scenarios = rec.scenarios;
     for s in &mut scenarios {
         // Paths as the user gave them, not the absolute ones passed into the guest.
@@ -374,7 +417,7 @@ pub fn cli_run(args: &RunArgs) -> i32 {
     topology::install_signal_cleanup();
     let _ = topology::cleanup_stale();
     let rec = if args.kernels.is_empty() {
-        RunRecord::single(Capabilities::probe().kernel_release().to_string(), run_local(&files, jobs(args)))
+        RunRecord::single(Capabilities::probe().kernel.clone(), run_local(&files, jobs(args)))
     } else {
         let mut runs = Vec::new();
         for k in &args.kernels {

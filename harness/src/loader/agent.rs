@@ -237,7 +237,7 @@ impl Agent {
     /// `apply`: the endpoints the policies select are regenerated (pods: their programs
     /// reloaded; the host, with the host firewall on: the whole host datapath).
     pub fn apply(&mut self, node: &Node, pods: &[PodSpec], fixture: &Path) -> Result<StepOutcome, AgentError> {
-        let policies = policy::load_policies(fixture).map_err(AgentError::refused)?;
+        let policies = load_policies(fixture)?;
         let out = self.regenerate_selected(node, pods, &policies)?;
         self.applied.insert(fixture.to_path_buf(), Applied { policies });
         Ok(out)
@@ -247,7 +247,7 @@ impl Agent {
     pub fn delete(&mut self, node: &Node, pods: &[PodSpec], fixture: &Path) -> Result<StepOutcome, AgentError> {
         let policies = match self.applied.remove(fixture) {
             Some(a) => a.policies,
-            None => policy::load_policies(fixture).map_err(AgentError::refused)?,
+            None => load_policies(fixture)?,
         };
         self.regenerate_selected(node, pods, &policies)
     }
@@ -276,6 +276,12 @@ impl Agent {
         }
         Ok(out)
     }
+}
+
+/// The policies of a fixture (documents of other kinds are not the agent's business).
+fn load_policies(fixture: &Path) -> Result<Vec<policy::Policy>, AgentError> {
+    let docs = policy::load_fixture(fixture).map_err(AgentError::refused)?;
+    Ok(policy::policies(&docs).cloned().collect())
 }
 
 fn cfg_wants_wireguard(cfg: &BTreeMap<String, String>) -> bool {

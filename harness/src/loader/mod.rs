@@ -8,3 +8,112 @@ pub mod config;
 pub mod datapath;
 pub mod devices;
 pub mod profile;
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::loader::config::{AgentConfig, ConfigError};
+use crate::loader::profile::Profile;
+
+/// Errors of `hostdp explain`.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error(transparent)]
+    Config(#[from] crate::scenario::ScenarioError),
+    #[error("unknown profile {0:?}: give v1.14.4, v1.15 or v1.16")]
+    Profile(String),
+    #[error("configuration: {0}")]
+    Agent(#[from] ConfigError),
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error("read links and routes: {0}")]
+    Netlink(#[from] crate::netlink::NetlinkError),
+    #[error(transparent)]
+    Inspect(#[from] crate::inspect::InspectError),
+}
+
+/// `hostdp explain`: which devices a profile's loader would select on a namespace's real links
+/// and what it would attach there, beside what is attached now. Read-only. The Kubernetes node
+/// IP is taken to be the first global address of the device that holds the default route.
+pub fn explain(config: &Path, profile: &str, netns: Option<&str>) -> Result<String, ExplainError> {
+    let profile = Profile::parse(profile).ok_or_else(|| ExplainError::Profile(profile.to_string()))?;
+    let (map, ignored) = crate::scenario::load_config_map(config)?;
+    let cfg = AgentConfig::from_map(&map, profile)?;
+    let read = || -> Result<_, crate::netlink::NetlinkError> {
+        Ok((crate::netlink::list_links()?, crate::netlink::list_routes()?, crate::inspect::inspect_current()))
+    };
+    let (links, routes, now) = match netns {
+        Some(n) => crate::netns::Netns::open(n)?.run(read)??,
+        None => read()?,
+    };
+    let now = now?;
+    let node_ip = routes
+        .iter()
+        .filter(|r| r.dst.prefix_len() == 0)
+        .filter_map(|r| r.oif)
+        .filter_map(|i| links.iter().find(|l| l.index == i))
+        .flat_map(|l| l.addresses.iter())
+        .map(|a| a.addr())
+        .find(|a| devices::is_global_unicast(*a));
+    let mut out = String::new();
+    let _ = writeln!(out, "profile {}; node IP taken as {}", profile.as_str(), node_ip.map_or("none".into(), |i| i.to_string()));
+    if !ignored.is_empty() {
+        let _ = writeln!(out, "ConfigMap keys the profile does not model (ignored): {}", ignored.join(", "));
+    }
+    match config::start(&cfg, profile, &links, &routes, node_ip) {
+        Err(e) => {
+            let _ = writeln!(out, "the agent would refuse to start: {e}");
+        }
+        Ok(st) => {
+            let _ = writeln!(out, "devices required (AreDevicesRequired): {}", st.settings.are_devices_required());
+            let _ = writeln!(out, "selected devices: [{}]", st.selection.devices.join(", "));
+            for l in &links {
+                if st.selection.devices.contains(&l.name) {
+                    continue;
+                }
+                let why = match profile {
+                    Profile::V1_14_4 => {
+                        let has_default = routes.iter().any(|r| r.oif == Some(l.index) && r.dst.prefix_len() == 0);
+                        devices::not_viable_reason(true, has_default, l, &links)
+                    }
+                    _ => devices::controller_reason(&st.settings, l, &routes),
+                };
+                let _ = writeln!(out, "  not selected: {} ({})", l.name, why.unwrap_or("no global address or default route, or detection did not run"));
+            }
+            match datapath::plan(&st.settings, &st.selection, &links) {
+                Ok(plan) => {
+                    let _ = writeln!(out, "would do:");
+                    for op in &plan.ops {
+                        let _ = writeln!(out, "  {}", describe(op));
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "the datapath reload would fail: {e}");
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "attached now:");
+    if now.is_empty() {
+        let _ = writeln!(out, "  nothing");
+    }
+    for a in &now {
+        let _ = writeln!(out, "  {:<16} {:<8} {}", a.device, a.hook.as_str(), crate::report::fmt_att(a));
+    }
+    Ok(out)
+}
+
+fn describe(op: &datapath::Op) -> String {
+    use datapath::Op;
+    match op {
+        Op::CreateHostDevices => "create cilium_host / cilium_net".into(),
+        Op::AttachTc { device, hook, program, priority, .. } => {
+            format!("attach {} on {device} {} (tc filter {}-{device}, pref {priority}, handle 1)", program.symbol, hook.as_str(), program.symbol)
+        }
+        Op::FlushTc { device, hook } => format!("remove every {} filter of {device}", hook.as_str()),
+        Op::RemoveObsoleteTc { device } => format!("remove Cilium's old filters from {device} (no longer a device)"),
+        Op::RemoveCiliumFilters { device } => format!("remove Cilium's filters from {device}"),
+        Op::AttachXdp { device, program, mode } => format!("attach {} on {device} xdp ({mode:?})", program.symbol),
+        Op::DetachXdp { device } => format!("detach any XDP program from {device}"),
+    }
+}

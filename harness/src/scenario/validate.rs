@@ -568,10 +568,23 @@ fn load_agent_file(cx: &Ctx, base: &Path, file: &str) -> Result<AgentFile, Scena
     let bytes = std::fs::read(&resolved).map_err(|e| {
         cx.at(&[K("agent_file")], format!("cannot read agent_file \"{file}\" ({}): {e}", resolved.display()))
     })?;
+    let (agent, ignored) = parse_config_map(&resolved, &bytes)?;
+    Ok(AgentFile { agent, ignored, path: resolved })
+}
+
+/// Reads a `cilium-config` ConfigMap manifest: the `data` keys the profiles model (values
+/// checked), and the names of the others, which are ignored rather than rejected.
+pub fn load_config_map(path: &Path) -> Result<(BTreeMap<String, String>, Vec<String>), ScenarioError> {
+    let bytes = std::fs::read(path).map_err(|source| ScenarioError::Read { path: path.to_path_buf(), source })?;
+    parse_config_map(path, &bytes)
+}
+
+fn parse_config_map(resolved: &Path, bytes: &[u8]) -> Result<(BTreeMap<String, String>, Vec<String>), ScenarioError> {
+    let resolved = resolved.to_path_buf();
     let at_file =
         |line: usize, col: usize, message: String| ScenarioError::At { path: resolved.clone(), line, col, message };
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        let (line, col) = line_col(&bytes, e.valid_up_to());
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, col) = line_col(bytes, e.valid_up_to());
         at_file(line, col, "the ConfigMap file is not UTF-8 text".into())
     })?;
     let loc = Locator::new(text, "ConfigMap").map_err(|e| at_file(e.pos.line, e.pos.col, e.message))?;
@@ -596,7 +609,7 @@ fn load_agent_file(cx: &Ctx, base: &Path, file: &str) -> Result<AgentFile, Scena
             .map_err(|m| at_file(p.line, p.col, format!("ConfigMap key \"{key}\": {m}")))?;
         agent.insert(key, value);
     }
-    Ok(AgentFile { agent, ignored, path: resolved })
+    Ok((agent, ignored))
 }
 
 // ---------------------------------------------------------------------------------------------
