@@ -81,36 +81,68 @@ fn missing_kernel_name_is_a_clear_error() {
 
 #[test]
 fn boots_debian_6_1_loads_modules_and_returns_the_status() {
-    let Some(kernel) = vm_available("debian-6.1") else { return };
+    let Some(kernel) = vm_available("debian-6.1") else {
+        return;
+    };
     assert!(kernel.release.starts_with("6.1."), "{kernel:?}");
     let results = tempfile::tempdir().unwrap();
     let marker = results.path().join("written-in-guest");
+    let not_shared = tempfile::tempdir().unwrap();
+    let leak = not_shared.path().join("must-not-reach-the-host");
     // The links prove bonding and 8021q loaded; the last command fails, and its status must
-    // come back; the file proves the rw dir is writable from the guest.
+    // come back; the marker proves the rw dir is writable from the guest, the leak that the
+    // rest of the host stays untouched (the guest writes into a tmpfs overlay there).
     let script = format!(
-        "{BOND_VLAN}\nuname -r >{marker}\nset +e\nip link add x0 type no-such-kind\n",
-        marker = marker.display()
+        "{BOND_VLAN}\nuname -r >{marker}\necho x >{leak}\nset +e\nip link add x0 type no-such-kind\n",
+        marker = marker.display(),
+        leak = leak.display()
     );
-    let out = run_in_vm(&kernel, &sh(&script), &[results.path().to_path_buf()], Path::new("/"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = run_in_vm(
+        &kernel,
+        &sh(&script),
+        &[results.path().to_path_buf()],
+        Path::new("/"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "debian-6.1: whole call {:.1} s, command started {:.1} s after power-on",
         out.boot_and_run.as_secs_f64(),
         out.command_started.map_or(f64::NAN, |d| d.as_secs_f64())
     );
-    assert_ne!(out.status, 0, "a failing command gives a non-zero status\n{}", out.stderr);
+    assert_ne!(
+        out.status, 0,
+        "a failing command gives a non-zero status\n{}",
+        out.stderr
+    );
     let links = link_names(&out.stdout);
     for l in ["bond0", "eth0", "eth1", "bond0.212"] {
-        assert!(links.iter().any(|n| n == l), "{l} missing from {links:?}\nstderr:\n{}", out.stderr);
+        assert!(
+            links.iter().any(|n| n == l),
+            "{l} missing from {links:?}\nstderr:\n{}",
+            out.stderr
+        );
     }
     assert!(out.stderr.contains("clsact"), "{}", out.stderr);
-    assert!(out.stderr.contains("Unknown device type"), "the failing command's message: {}", out.stderr);
-    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), kernel.release);
+    assert!(
+        out.stderr.contains("Unknown device type"),
+        "the failing command's message: {}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        kernel.release
+    );
+    assert!(
+        !leak.exists(),
+        "a write outside the rw dirs reached the host"
+    );
 }
 
 #[test]
 fn a_kernel_that_does_not_boot_is_a_boot_error_with_the_console() {
-    let Some(_) = vm_available("debian-6.1") else { return };
+    let Some(_) = vm_available("debian-6.1") else {
+        return;
+    };
     let d = tempfile::tempdir().unwrap();
     let image = d.path().join("vmlinuz-0.0.0-garbage");
     std::fs::write(&image, vec![0x5a; 4096]).unwrap();
@@ -124,13 +156,28 @@ fn a_kernel_that_does_not_boot_is_a_boot_error_with_the_console() {
 
 #[test]
 fn a_run_over_its_time_limit_is_killed() {
-    let Some(kernel) = vm_available("debian-6.1") else { return };
-    let opts = VmOptions { timeout: Duration::from_secs(3), ..VmOptions::default() };
+    let Some(kernel) = vm_available("debian-6.1") else {
+        return;
+    };
+    let opts = VmOptions {
+        timeout: Duration::from_secs(3),
+        ..VmOptions::default()
+    };
     let t = std::time::Instant::now();
-    let e = run_in_vm_with(&kernel, &["sleep".into(), "600".into()], &[], Path::new("/"), &opts)
-        .unwrap_err();
+    let e = run_in_vm_with(
+        &kernel,
+        &["sleep".into(), "600".into()],
+        &[],
+        Path::new("/"),
+        &opts,
+    )
+    .unwrap_err();
     assert!(matches!(e, VmError::Timeout { .. }), "{e:?}");
-    assert!(t.elapsed() < Duration::from_secs(30), "killed promptly: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "killed promptly: {:?}",
+        t.elapsed()
+    );
 }
 
 /// Boots every kernel with the bond/VLAN/clsact command and a bpffs check, and prints timings.
@@ -141,7 +188,9 @@ fn timings_on_every_kernel() {
         .map(|s| s.split_whitespace().map(str::to_string).collect())
         .unwrap_or_else(|_| vec!["debian-6.1".into(), "debian-6.12".into()]);
     for name in kernels {
-        let Some(kernel) = vm_available(&name) else { continue };
+        let Some(kernel) = vm_available(&name) else {
+            continue;
+        };
         let script = format!(
             "{BOND_VLAN}\nbpftool map create /sys/fs/bpf/hostdp_probe type array key 4 value 4 entries 1 name hostdp_probe\n\
              ls /sys/fs/bpf >&2\nls /sys/kernel/btf/vmlinux >&2\n"
@@ -149,7 +198,11 @@ fn timings_on_every_kernel() {
         let out = run_in_vm(&kernel, &sh(&script), &[] as &[PathBuf], Path::new("/"))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(out.status, 0, "{name}: {}", out.stderr);
-        assert!(out.stderr.contains("hostdp_probe"), "{name}: bpffs pin: {}", out.stderr);
+        assert!(
+            out.stderr.contains("hostdp_probe"),
+            "{name}: bpffs pin: {}",
+            out.stderr
+        );
         let links = link_names(&out.stdout);
         assert!(links.iter().any(|n| n == "bond0.212"), "{name}: {links:?}");
         println!(
