@@ -1,0 +1,215 @@
+//! The VM runner against real Debian kernels under virtme-ng (qemu, TCG).
+//!
+//! The booting tests need `ci/setup` (vng in ci/.cache/venv, the kernels in ci/.cache/kernels);
+//! without them they say why and pass, unless `HOSTDP_REQUIRE_VM=1` (set by ci/test), where a
+//! missing piece fails them. `timings_on_every_kernel` is ignored by default: it boots every
+//! kernel and prints the timings recorded in ci/TIMINGS.md
+//! (`cargo test --test vm -- --ignored --nocapture`).
+
+use std::path::{Path, PathBuf};
+
+use std::time::Duration;
+
+use hostdp::vm::{find_vng, run_in_vm, run_in_vm_with, KernelRef, VmError, VmOptions};
+
+/// The kernel and vng, or `None` (after saying why) when this machine has not run ci/setup.
+fn vm_available(kernel: &str) -> Option<KernelRef> {
+    let required = std::env::var("HOSTDP_REQUIRE_VM").is_ok_and(|v| v == "1");
+    let missing = |why: String| {
+        if required {
+            panic!("HOSTDP_REQUIRE_VM=1 but {why}");
+        }
+        eprintln!("skipping VM test: {why}");
+        None
+    };
+    let k = match KernelRef::resolve(kernel) {
+        Ok(k) => k,
+        Err(e) => return missing(e.to_string()),
+    };
+    if let Err(e) = find_vng() {
+        return missing(e.to_string());
+    }
+    Some(k)
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+/// A namespace of the guest with a bond of two veths, a VLAN on the bond and clsact on both;
+/// its link list is printed as JSON.
+const BOND_VLAN: &str = r#"
+set -e
+ip netns add hostdp-vm
+ip -n hostdp-vm link add bond0 type bond mode 802.3ad
+ip -n hostdp-vm link add eth0 type veth peer name eth0-p
+ip -n hostdp-vm link add eth1 type veth peer name eth1-p
+ip -n hostdp-vm link set eth0 master bond0
+ip -n hostdp-vm link set eth1 master bond0
+ip -n hostdp-vm link add link bond0 name bond0.212 type vlan id 212
+ip -n hostdp-vm link set bond0 up
+ip -n hostdp-vm link set bond0.212 up
+tc -n hostdp-vm qdisc add dev bond0.212 clsact
+tc -n hostdp-vm qdisc add dev bond0 clsact
+tc -n hostdp-vm qdisc show >&2
+ip -j -n hostdp-vm -d link show
+"#;
+
+fn link_names(json: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(json.trim())
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{json}"));
+    v.as_array()
+        .expect("ip -j gives an array")
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn missing_kernel_name_is_a_clear_error() {
+    let empty = tempfile::tempdir().unwrap();
+    let e = KernelRef::resolve_in("debian-6.1", &[empty.path().to_path_buf()]).unwrap_err();
+    assert!(matches!(e, VmError::KernelNotFetched { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.starts_with("kernel debian-6.1 is not in "), "{msg}");
+    assert!(msg.ends_with(": run ci/kernels debian-6.1"), "{msg}");
+
+    let e = KernelRef::resolve("no-such-kernel").unwrap_err();
+    assert!(matches!(e, VmError::UnknownKernel(_)), "{e:?}");
+    assert!(e.to_string().contains("debian-6.1"), "{e}");
+}
+
+#[test]
+fn boots_debian_6_1_loads_modules_and_returns_the_status() {
+    let Some(kernel) = vm_available("debian-6.1") else {
+        return;
+    };
+    assert!(kernel.release.starts_with("6.1."), "{kernel:?}");
+    let results = tempfile::tempdir().unwrap();
+    let marker = results.path().join("written-in-guest");
+    let not_shared = tempfile::tempdir().unwrap();
+    let leak = not_shared.path().join("must-not-reach-the-host");
+    // The links prove bonding and 8021q loaded; the last command fails, and its status must
+    // come back; the marker proves the rw dir is writable from the guest, the leak that the
+    // rest of the host stays untouched (the guest writes into a tmpfs overlay there).
+    let script = format!(
+        "{BOND_VLAN}\nuname -r >{marker}\necho x >{leak}\nset +e\nip link add x0 type no-such-kind\n",
+        marker = marker.display(),
+        leak = leak.display()
+    );
+    let out = run_in_vm(
+        &kernel,
+        &sh(&script),
+        &[results.path().to_path_buf()],
+        Path::new("/"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "debian-6.1: whole call {:.1} s, command started {:.1} s after power-on",
+        out.boot_and_run.as_secs_f64(),
+        out.command_started.map_or(f64::NAN, |d| d.as_secs_f64())
+    );
+    assert_ne!(
+        out.status, 0,
+        "a failing command gives a non-zero status\n{}",
+        out.stderr
+    );
+    let links = link_names(&out.stdout);
+    for l in ["bond0", "eth0", "eth1", "bond0.212"] {
+        assert!(
+            links.iter().any(|n| n == l),
+            "{l} missing from {links:?}\nstderr:\n{}",
+            out.stderr
+        );
+    }
+    assert!(out.stderr.contains("clsact"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Unknown device type"),
+        "the failing command's message: {}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        kernel.release
+    );
+    assert!(
+        !leak.exists(),
+        "a write outside the rw dirs reached the host"
+    );
+}
+
+#[test]
+fn a_kernel_that_does_not_boot_is_a_boot_error_with_the_console() {
+    let Some(_) = vm_available("debian-6.1") else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let image = d.path().join("vmlinuz-0.0.0-garbage");
+    std::fs::write(&image, vec![0x5a; 4096]).unwrap();
+    let kernel = KernelRef::resolve(image.to_str().unwrap()).unwrap();
+    let e = run_in_vm(&kernel, &["true".into()], &[], Path::new("/")).unwrap_err();
+    assert!(matches!(e, VmError::Boot { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("Last console lines"), "{msg}");
+    eprintln!("{msg}");
+}
+
+#[test]
+fn a_run_over_its_time_limit_is_killed() {
+    let Some(kernel) = vm_available("debian-6.1") else {
+        return;
+    };
+    let opts = VmOptions {
+        timeout: Duration::from_secs(3),
+        ..VmOptions::default()
+    };
+    let t = std::time::Instant::now();
+    let e = run_in_vm_with(
+        &kernel,
+        &["sleep".into(), "600".into()],
+        &[],
+        Path::new("/"),
+        &opts,
+    )
+    .unwrap_err();
+    assert!(matches!(e, VmError::Timeout { .. }), "{e:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "killed promptly: {:?}",
+        t.elapsed()
+    );
+}
+
+/// Boots every kernel with the bond/VLAN/clsact command and a bpffs check, and prints timings.
+#[test]
+#[ignore = "boots every kernel (about 30 s each under TCG); run with --ignored"]
+fn timings_on_every_kernel() {
+    let kernels: Vec<String> = std::env::var("HOSTDP_VM_KERNELS")
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_else(|_| vec!["debian-6.1".into(), "debian-6.12".into()]);
+    for name in kernels {
+        let Some(kernel) = vm_available(&name) else {
+            continue;
+        };
+        let script = format!(
+            "{BOND_VLAN}\nbpftool map create /sys/fs/bpf/hostdp_probe type array key 4 value 4 entries 1 name hostdp_probe\n\
+             ls /sys/fs/bpf >&2\nls /sys/kernel/btf/vmlinux >&2\n"
+        );
+        let out = run_in_vm(&kernel, &sh(&script), &[] as &[PathBuf], Path::new("/"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(out.status, 0, "{name}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("hostdp_probe"),
+            "{name}: bpffs pin: {}",
+            out.stderr
+        );
+        let links = link_names(&out.stdout);
+        assert!(links.iter().any(|n| n == "bond0.212"), "{name}: {links:?}");
+        println!(
+            "TIMING {name} {}: command started {:.1} s after power-on, whole call {:.1} s",
+            kernel.release,
+            out.command_started.map_or(f64::NAN, |d| d.as_secs_f64()),
+            out.boot_and_run.as_secs_f64()
+        );
+    }
+}
