@@ -303,7 +303,7 @@ fn check_attachments(want: &BTreeMap<String, DeviceExpect>, obs: &Observed<'_>, 
 
 /// A program entry matches when the name matches and every long-form key given matches.
 pub fn program_matches(w: &ProgramExpect, g: &Attachment) -> bool {
-    w.program == g.program
+    same_program(&w.program, &g.program)
         && w.mechanism.as_deref().is_none_or(|m| {
             let got = match g.mechanism {
                 crate::inspect::Mechanism::Tc => "tc",
@@ -316,6 +316,13 @@ pub fn program_matches(w: &ProgramExpect, g: &Attachment) -> bool {
         && w.priority.is_none_or(|p| g.priority == Some(p))
         && w.handle.is_none_or(|h| g.handle == Some(h))
         && w.mode.as_ref().is_none_or(|m| g.mode.as_ref() == Some(m))
+}
+
+/// The kernel keeps at most 15 bytes of a program name (BPF_OBJ_NAME_LEN - 1), so
+/// `cil_from_container` is loaded as `cil_from_contai`: a name matches its kernel truncation.
+pub fn same_program(expected: &str, kernel: &str) -> bool {
+    const MAX: usize = 15;
+    expected == kernel || (kernel.len() == MAX && expected.len() > MAX && expected.as_bytes()[..MAX] == *kernel.as_bytes())
 }
 
 fn mm(key: &str, expected: String, observed: String) -> Mismatch {
@@ -484,6 +491,14 @@ mod tests {
         let m = check(&exp, &Observed { attachments: &atts, aliases: &aliases, ..Default::default() });
         assert_eq!(m.len(), 1, "{m:?}");
         assert_eq!(m[0].key, "attachments.eth0");
+    }
+
+    #[test]
+    fn truncated_kernel_names_match() {
+        assert!(same_program("cil_from_container", "cil_from_contai"));
+        assert!(same_program("cil_from_netdev", "cil_from_netdev"));
+        assert!(!same_program("cil_from_container", "cil_from_conta"));
+        assert!(!same_program("cil_to_container", "cil_from_contai"));
     }
 
     #[test]

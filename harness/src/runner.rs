@@ -340,6 +340,8 @@ pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<Kernel
     let mut opts = vm::VmOptions::default();
     opts.env.push(("HOSTDP_CACHE_DIR".into(), cache.display().to_string()));
     opts.env.push(("HOSTDP_QUIET".into(), "1".into()));
+    // A throwaway guest may load modules on demand (the capability probe then finds them).
+    opts.env.push(("HOSTDP_ALLOW_MODPROBE".into(), "1".into()));
     if let Ok(d) = crate::policy::crd_dir() {
         // The guest does not inherit the environment: name the shared folder explicitly.
         if let Some(shared) = d.parent().and_then(Path::parent) {

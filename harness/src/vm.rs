@@ -31,6 +31,12 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "dummy",
     "sch_ingress",
     "cls_bpf",
+    "veth",
+    "bridge",
+    "macvlan",
+    "vxlan",
+    "ifb",
+    "vrf",
 ];
 
 /// Modules the guest must not load. Under TCG, loading kvm (which udev's coldplug does when udev
