@@ -420,6 +420,7 @@ mod tests {
             topology: crate::scenario::TopologySpec { links: vec![link("eth0", LinkKind::Veth), link("bond0", LinkKind::Bond), vlan], routes: vec![] },
             agent: Default::default(),
             agent_ignored: vec![],
+            agent_file: None,
             pods: vec![],
             steps: vec![crate::scenario::Step {
                 action: Action::LinkAdd(link("wg0", LinkKind::Wireguard)),

@@ -761,6 +761,7 @@ mod tests {
             topology: TopologySpec { links, routes },
             agent: Default::default(),
             agent_ignored: vec![],
+            agent_file: None,
             pods: vec![],
             steps: vec![],
         }

@@ -44,6 +44,7 @@ fn scenario(name: &str, links: Vec<LinkSpec>, routes: Vec<RouteSpec>, pods: Vec<
         topology: TopologySpec { links, routes },
         agent: BTreeMap::new(),
         agent_ignored: vec![],
+        agent_file: None,
         pods,
         steps: vec![],
     }
