@@ -66,6 +66,15 @@ enum Cmd {
         #[arg(long)]
         netns: Option<String>,
     },
+    /// Render a JSON result record as the README's behaviour table (markdown): per scenario,
+    /// the devices selected at `start` and what landed on each named device.
+    Table {
+        /// A record written by `hostdp run --format json` (or `--output`).
+        record: PathBuf,
+        /// Devices to show, comma-separated.
+        #[arg(long, default_value = "bond0.212,bond0,eth0,eth1")]
+        devices: String,
+    },
     /// Remove what dead hostdp runs left behind (namespaces, bpffs mounts); live runs are kept.
     Gc,
 }
@@ -85,6 +94,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Inspect { netns, format } => runner::cli_inspect(netns.as_deref(), format == Format::Json),
         Cmd::Explain { config, profile, netns } => runner::cli_explain(&config, &profile, netns.as_deref()),
+        Cmd::Table { record, devices } => runner::cli_table(&record, &devices),
         Cmd::Gc => runner::cli_gc(),
     };
     ExitCode::from(code.clamp(0, 255) as u8)

@@ -514,6 +514,27 @@ pub fn cli_explain(config: &Path, profile: &str, netns: Option<&str>) -> i32 {
     }
 }
 
+/// `hostdp table`.
+pub fn cli_table(record: &Path, devices: &str) -> i32 {
+    let text = match std::fs::read_to_string(record) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("hostdp table: cannot read {}: {e}", record.display());
+            return exit::INVALID;
+        }
+    };
+    let rec: RunRecord = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}:{}:{}: not a hostdp result record: {e}", record.display(), e.line(), e.column());
+            return exit::INVALID;
+        }
+    };
+    let devs: Vec<&str> = devices.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    print!("{}", report::behaviour_table(&rec, &devs));
+    exit::OK
+}
+
 /// `hostdp gc`.
 pub fn cli_gc() -> i32 {
     let removed = topology::cleanup_stale();
@@ -526,9 +547,11 @@ pub fn cli_gc() -> i32 {
 
 /// The per-file test behind `cargo test` (harness/tests/scenarios.rs): runs the scenario on
 /// this kernel; if this kernel cannot host it, inside the VM kernels of `HOSTDP_TEST_KERNELS`
-/// (default `debian-6.1,debian-6.12`) in turn until one can. Panics with the scenario path,
-/// the failing step, expected beside observed, and how to re-run just that one.
-pub fn test_scenario(path: &Path, exe: &Path) {
+/// (default `debian-6.1,debian-6.12`) in turn until one can. VM runs are batched: the first test
+/// that needs a kernel runs, in one VM, every scenario of the folder that this kernel cannot
+/// host; the other tests read their record from that batch. Panics with the scenario path, the
+/// failing step, expected beside observed, and how to re-run just that one.
+pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
     assert!(
         nix::unistd::geteuid().is_root(),
         "{}: scenario tests need root (network namespaces, bpf): run `sudo -E cargo test`",
@@ -539,23 +562,24 @@ pub fn test_scenario(path: &Path, exe: &Path) {
     let rec = run_scenario(&sc, &RunId::new());
     let mut tried = vec![format!("{}: {}", rec.kernel.clone().unwrap_or_default(), rec.reason.clone().unwrap_or_default())];
     let rec = if rec.status == Status::Skipped {
-        let kernels = std::env::var("HOSTDP_TEST_KERNELS").unwrap_or_else(|_| "debian-6.1,debian-6.12".into());
         let mut found = None;
-        for k in kernels.split(',').map(str::trim).filter(|k| !k.is_empty()) {
-            let res = with_exe(exe, || run_target(k, &[path.to_path_buf()], 1));
-            match res {
-                Ok(run) => {
-                    let r = run.scenarios.into_iter().next().expect("one scenario record");
-                    if r.status == Status::Skipped {
-                        tried.push(format!("{k} ({}): {}", run.kernel, r.reason.clone().unwrap_or_default()));
-                        continue;
-                    }
-                    eprintln!("{}: ran in the {k} VM (kernel {})", path.display(), run.kernel);
-                    found = Some(r);
-                    break;
-                }
+        for k in test_kernels() {
+            let batch = vm_batch(&k, path, exe);
+            let run = match batch {
+                Ok(run) => run,
                 Err(e) => panic!("{}: this kernel cannot host it ({}) and the {k} VM failed: {e}", path.display(), tried[0]),
+            };
+            let Some(r) = run.scenarios.iter().find(|r| Path::new(&r.file) == path) else {
+                tried.push(format!("{k}: not in the batch"));
+                continue;
+            };
+            if r.status == Status::Skipped {
+                tried.push(format!("{k} ({}): {}", run.kernel, r.reason.clone().unwrap_or_default()));
+                continue;
             }
+            eprintln!("{}: ran in the {k} VM (kernel {})", path.display(), run.kernel);
+            found = Some(r.clone());
+            break;
         }
         found.unwrap_or_else(|| panic!("{}: skipped on every kernel tried: {}", path.display(), tried.join("; ")))
     } else {
@@ -564,21 +588,89 @@ pub fn test_scenario(path: &Path, exe: &Path) {
     };
     let summary = report::Summary::of(std::iter::once(&rec));
     let record = RunRecord::single(rec.kernel.clone().unwrap_or_default(), vec![rec.clone()]);
-    let text = report::table(&record);
-    eprintln!("{text}");
+    eprintln!("{}", report::table(&record));
     if summary.passed != 1 {
         panic!(
-            "{} {}: see above (expected beside observed); re-run just this one: sudo -E cargo test --test scenarios -- {} --exact, or hostdp run {}",
+            "{} {}: see above (expected beside observed); re-run just this one: sudo -E cargo test --test scenarios -- {} , or hostdp run {}",
             path.display(),
             rec.status.as_str(),
             test_name(path),
             path.display()
         );
     }
+    rec
 }
 
+/// The observed state of a scenario record, per step, without what changes from run to run
+/// (program ids and tags, timings, kernel, paths): what the insta snapshots hold.
+pub fn snapshot_view(rec: &ScenarioRecord) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = rec
+        .steps
+        .iter()
+        .map(|st| {
+            let atts: Vec<serde_json::Value> = st
+                .attachments
+                .iter()
+                .map(|a| {
+                    let mut v = serde_json::to_value(a).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("prog_id");
+                        o.remove("tag");
+                    }
+                    v
+                })
+                .collect();
+            serde_json::json!({
+                "action": st.action,
+                "line": st.line,
+                "status": st.status,
+                "error": st.error,
+                "devices": st.devices,
+                "regenerated": st.regenerated,
+                "attachments": atts,
+            })
+        })
+        .collect();
+    serde_json::json!({ "name": rec.name, "profile": rec.profile, "status": rec.status, "steps": steps })
+}
+
+fn test_kernels() -> Vec<String> {
+    std::env::var("HOSTDP_TEST_KERNELS")
+        .unwrap_or_else(|_| "debian-6.1,debian-6.12".into())
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// One VM run per kernel for all the scenarios of `path`'s folder that need it: those this
+/// kernel cannot host and (for a later kernel) that every earlier kernel skipped.
+fn vm_batch(kernel: &str, path: &Path, exe: &Path) -> Result<KernelRun, String> {
+    static BATCHES: Mutex<Vec<(String, PathBuf, Result<KernelRun, String>)>> = Mutex::new(Vec::new());
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut batches = BATCHES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, _, r)) = batches.iter().find(|(k, d, _)| k == kernel && *d == dir) {
+        return r.clone();
+    }
+    let caps = Capabilities::probe();
+    let mut files: Vec<PathBuf> = expand(std::slice::from_ref(&dir))
+        .into_iter()
+        .filter(|f| scenario::load(f).map(|sc| !caps.missing_for(&sc).is_empty()).unwrap_or(false))
+        .collect();
+    for k in test_kernels().iter().take_while(|k| k.as_str() != kernel) {
+        if let Some((_, _, Ok(run))) = batches.iter().find(|(bk, d, _)| bk == k && *d == dir) {
+            files.retain(|f| run.scenarios.iter().any(|r| Path::new(&r.file) == f && r.status == Status::Skipped));
+        }
+    }
+    eprintln!("hostdp: running {} scenario(s) of {} in one {kernel} VM", files.len(), dir.display());
+    let res = with_exe(exe, || run_target(kernel, &files, 2)).map_err(|e| e.to_string());
+    batches.push((kernel.to_string(), dir, res.clone()));
+    res
+}
+/// A filter that selects this file's test (rstest names it `scenario::path_NN__UP_scenarios_<stem>_yaml`).
 fn test_name(path: &Path) -> String {
-    format!("scenario::path_{}", path.file_stem().map(|s| s.to_string_lossy().replace(['-', '.'], "_")).unwrap_or_default())
+    format!("_{}_yaml", path.file_stem().map(|s| s.to_string_lossy().replace(['-', '.'], "_")).unwrap_or_default())
 }
 
 /// `run_target` uses `current_exe()` as the binary to run in the guest; from a test binary that

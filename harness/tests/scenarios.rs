@@ -1,5 +1,7 @@
 //! One test per scenario file: `sudo -E cargo test --test scenarios`. A scenario this kernel
-//! cannot host runs inside a VM (see `hostdp::runner::test_scenario`).
+//! cannot host runs inside a VM (see `hostdp::runner::test_scenario`). The observed state after
+//! every step is kept as an insta snapshot (`harness/tests/snapshots/`), reviewed like code:
+//! `cargo insta review` after an intended change.
 
 use std::path::{Path, PathBuf};
 
@@ -7,5 +9,9 @@ use rstest::rstest;
 
 #[rstest]
 fn scenario(#[files("../scenarios/*.yaml")] path: PathBuf) {
-    hostdp::runner::test_scenario(&path, Path::new(env!("CARGO_BIN_EXE_hostdp")));
+    let rec = hostdp::runner::test_scenario(&path, Path::new(env!("CARGO_BIN_EXE_hostdp")));
+    let name = path.file_stem().expect("a file name").to_string_lossy().into_owned();
+    insta::with_settings!({ prepend_module_to_snapshot => false, omit_expression => true }, {
+        insta::assert_yaml_snapshot!(name, hostdp::runner::snapshot_view(&rec));
+    });
 }
