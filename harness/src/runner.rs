@@ -138,7 +138,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
             break;
         }
         let devices = agent.devices().map(|d| d.to_vec());
-        let mismatches = report::check(
+        let mut mismatches = report::check(
             &step.expect,
             &Observed {
                 devices: devices.as_deref(),
@@ -149,6 +149,12 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                 aliases: &aliases,
             },
         );
+        if crate::crosscheck::enabled() {
+            let names: Vec<String> = node.links().map(|l| l.into_iter().map(|l| l.name).collect()).unwrap_or_default();
+            for d in crate::crosscheck::compare(node.netns(), &names, &attachments) {
+                mismatches.push(report::Mismatch { key: "crosscheck".into(), expected: "inspect agrees with tc and bpftool".into(), observed: d });
+            }
+        }
         let status = if mismatches.is_empty() { Status::Pass } else { Status::Fail };
         if status == Status::Fail && rec.status == Status::Pass {
             rec.status = Status::Fail;
@@ -342,6 +348,9 @@ pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<Kernel
     opts.env.push(("HOSTDP_QUIET".into(), "1".into()));
     // A throwaway guest may load modules on demand (the capability probe then finds them).
     opts.env.push(("HOSTDP_ALLOW_MODPROBE".into(), "1".into()));
+    if crate::crosscheck::enabled() {
+        opts.env.push(("HOSTDP_CROSSCHECK".into(), "1".into()));
+    }
     if let Ok(d) = crate::policy::crd_dir() {
         // The guest does not inherit the environment: name the shared folder explicitly.
         if let Some(shared) = d.parent().and_then(Path::parent) {
@@ -559,6 +568,7 @@ pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
     );
     let sc = scenario::load(path).unwrap_or_else(|e| panic!("{e}"));
     topology::install_signal_cleanup();
+    crate::crosscheck::enable();
     let rec = run_scenario(&sc, &RunId::new());
     let mut tried = vec![format!("{}: {}", rec.kernel.clone().unwrap_or_default(), rec.reason.clone().unwrap_or_default())];
     let rec = if rec.status == Status::Skipped {

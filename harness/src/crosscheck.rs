@@ -1,0 +1,163 @@
+//! The inspector is not its own judge: after a step, what `inspect` read through netlink and the
+//! bpf syscall is compared with what iproute2's `tc filter show` and `bpftool net show` print
+//! for the same namespace. Used by the scenario tests (and `HOSTDP_CROSSCHECK=1`); it spawns
+//! those tools, so it is a verification aid, not part of a normal run.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::inspect::{Attachment, Hook, Mechanism};
+use crate::netns::Netns;
+
+static FORCED: AtomicBool = AtomicBool::new(false);
+
+/// Turns the cross-check on for this process (the scenario tests do).
+pub fn enable() {
+    FORCED.store(true, Ordering::Relaxed);
+}
+
+/// Whether steps are cross-checked: [`enable`]d, or `HOSTDP_CROSSCHECK=1`.
+pub fn enabled() -> bool {
+    FORCED.load(Ordering::Relaxed) || std::env::var_os("HOSTDP_CROSSCHECK").is_some_and(|v| v == "1")
+}
+
+/// One filter as both sides describe it: device, hook, filter name, priority, handle, prog id.
+type TcKey = (String, Hook, String, u16, u32, u32);
+
+/// Compares the inspector's tc and XDP view of `ns` with iproute2's and bpftool's; returns the
+/// differences (empty when they agree). tcx links are not compared: bpftool before 7.3 cannot
+/// list them and `tc filter show` never does.
+pub fn compare(ns: &Netns, devices: &[String], atts: &[Attachment]) -> Vec<String> {
+    let mut out = Vec::new();
+    // iproute2: every filter of every device and direction.
+    let mut from_tc: BTreeSet<TcKey> = BTreeSet::new();
+    for dev in devices {
+        for hook in [Hook::Ingress, Hook::Egress] {
+            match tool(ns, &["tc", "filter", "show", "dev", dev, hook.as_str()]) {
+                Ok(text) => from_tc.extend(parse_tc(dev, hook, &text)),
+                Err(e) => out.push(e),
+            }
+        }
+    }
+    let from_inspect: BTreeSet<TcKey> = atts
+        .iter()
+        .filter(|a| a.mechanism == Mechanism::Tc)
+        .map(|a| {
+            (
+                a.device.clone(),
+                a.hook,
+                a.filter.clone().unwrap_or_default(),
+                a.priority.unwrap_or(0),
+                a.handle.unwrap_or(0),
+                a.prog_id,
+            )
+        })
+        .collect();
+    for d in from_tc.difference(&from_inspect) {
+        out.push(format!("tc filter show lists {} {} {} pref {} handle {:#x} id {}, inspect does not", d.0, d.1.as_str(), d.2, d.3, d.4, d.5));
+    }
+    for d in from_inspect.difference(&from_tc) {
+        out.push(format!("inspect lists {} {} {} pref {} handle {:#x} id {}, tc filter show does not", d.0, d.1.as_str(), d.2, d.3, d.4, d.5));
+    }
+    // bpftool: tc (clsact) filters by name and id, and XDP programs by id and mode.
+    match tool(ns, &["bpftool", "-j", "net", "show"]) {
+        Err(e) => out.push(e),
+        Ok(text) => {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let first = v.as_array().and_then(|a| a.first()).cloned().unwrap_or_default();
+            let mut from_bpftool = BTreeSet::new();
+            for t in first.get("tc").and_then(|x| x.as_array()).into_iter().flatten() {
+                let kind = t["kind"].as_str().unwrap_or_default();
+                let hook = match kind {
+                    "clsact/ingress" => "ingress",
+                    "clsact/egress" => "egress",
+                    _ => continue,
+                };
+                from_bpftool.insert(format!(
+                    "{} {hook} {} id {}",
+                    t["devname"].as_str().unwrap_or_default(),
+                    t["name"].as_str().unwrap_or_default(),
+                    t["id"].as_u64().unwrap_or_default()
+                ));
+            }
+            for x in first.get("xdp").and_then(|x| x.as_array()).into_iter().flatten() {
+                let mode = match x["mode"].as_str().unwrap_or_default() {
+                    "driver" => "native",
+                    m => m,
+                };
+                from_bpftool.insert(format!(
+                    "{} xdp {mode} id {}",
+                    x["devname"].as_str().unwrap_or_default(),
+                    x["id"].as_u64().unwrap_or_default()
+                ));
+            }
+            let mut from_inspect = BTreeSet::new();
+            for a in atts {
+                match a.mechanism {
+                    Mechanism::Tc => {
+                        from_inspect.insert(format!(
+                            "{} {} {} id {}",
+                            a.device,
+                            a.hook.as_str(),
+                            a.filter.clone().unwrap_or_default(),
+                            a.prog_id
+                        ));
+                    }
+                    Mechanism::Xdp => {
+                        from_inspect.insert(format!("{} xdp {} id {}", a.device, a.mode.clone().unwrap_or_default(), a.prog_id));
+                    }
+                    Mechanism::Tcx => {}
+                }
+            }
+            for d in from_bpftool.difference(&from_inspect) {
+                out.push(format!("bpftool net show lists {d}, inspect does not"));
+            }
+            for d in from_inspect.difference(&from_bpftool) {
+                out.push(format!("inspect lists {d}, bpftool net show does not"));
+            }
+        }
+    }
+    out
+}
+
+fn tool(ns: &Netns, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .args(args)
+        .output()
+        .map_err(|e| format!("crosscheck: run {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!("crosscheck: {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Parses `tc filter show dev D DIR`: the lines with a handle are the filters.
+fn parse_tc(dev: &str, hook: Hook, text: &str) -> Vec<TcKey> {
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        let after = |k: &str| t.iter().position(|x| *x == k).and_then(|i| t.get(i + 1)).copied();
+        let Some(handle) = after("handle") else { continue };
+        let Ok(handle) = u32::from_str_radix(handle.trim_start_matches("0x"), 16) else { continue };
+        let name = t.iter().position(|x| *x == "handle").and_then(|i| t.get(i + 2)).copied().unwrap_or_default();
+        let pref = after("pref").and_then(|p| p.parse().ok()).unwrap_or(0);
+        let id = after("id").and_then(|p| p.parse().ok()).unwrap_or(0);
+        v.push((dev.to_string(), hook, name.to_string(), pref, handle, id));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_iproute2_filter_lines() {
+        let text = "filter protocol all pref 1 bpf chain 0 \n\
+                    filter protocol all pref 1 bpf chain 0 handle 0x1 cil_from_netdev-bond0.212 direct-action not_in_hw id 41 tag 0123456789abcdef jited \n";
+        let v = parse_tc("bond0.212", Hook::Ingress, text);
+        assert_eq!(v, vec![("bond0.212".into(), Hook::Ingress, "cil_from_netdev-bond0.212".into(), 1, 1, 41)]);
+    }
+}
