@@ -517,15 +517,17 @@ pub fn cli_inspect(netns: Option<&str>, json: bool) -> i32 {
 /// `hostdp inspect --maps`: the attachments and the policy maps their programs reference.
 pub fn cli_inspect_maps(netns: Option<&str>, json: bool) -> i32 {
     let res = match netns {
-        Some(n) => crate::netns::Netns::open(n).map_err(inspect::InspectError::from).and_then(|ns| inspect::inspect_netns(&ns)),
+        Some(n) => match crate::netns::Netns::open(n) {
+            Ok(ns) => inspect::inspect_netns(&ns),
+            Err(e) => {
+                eprintln!("hostdp inspect: {e}");
+                return exit::INVALID;
+            }
+        },
         None => inspect::inspect_current(),
     };
     let atts = match res {
         Ok(a) => a,
-        Err(e @ inspect::InspectError::NoNamespace(_)) => {
-            eprintln!("hostdp inspect: {e}");
-            return exit::INVALID;
-        }
         Err(e) => {
             eprintln!("hostdp inspect: {e}");
             return exit::FAILED;

@@ -956,7 +956,7 @@ fn check_step(
             let p = p.ok_or_else(|| cx.at(&a(&[]), format!("{key} needs the path of a policy fixture")))?;
             let resolved = fixture(&p)?;
             // A step that expects an error may name an invalid fixture on purpose.
-            if !raw.expect.as_ref().is_some_and(|e| e.error.is_some()) {
+            if raw.expect.as_ref().is_none_or(|e| e.error.is_none()) {
                 check_policy_fixture(&resolved).map_err(|m| cx.at(&a(&[]), format!("{key}: {m}")))?;
             }
             if key == "apply" {
