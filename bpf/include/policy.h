@@ -37,8 +37,8 @@ struct {
 } hostdp_policy SEC(".maps");
 
 /*
- * Looks up the packet's (any peer, dport, protocol, direction) entry, then the (any peer, any
- * port, any protocol) one, and counts the packet on the first hit. The peer identity would come
+ * Looks up the packet's (any peer, dport or ICMP type, protocol, direction) entry, then the
+ * (any peer, any port, any protocol) one, and counts the packet on the first hit. The peer identity would come
  * from the ipcache, which the harness does not model. IPv4 only.
  */
 static __always_inline void hostdp_policy_count(struct __sk_buff *skb, __u8 egress)
@@ -50,10 +50,14 @@ static __always_inline void hostdp_policy_count(struct __sk_buff *skb, __u8 egre
 
 	if (skb->protocol == bpf_htons(ETH_P_IP) &&
 	    bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) == 0 && ip.ihl >= 5 &&
-	    (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) &&
+	    (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP || ip.protocol == IPPROTO_ICMP) &&
 	    bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, ports, sizeof(ports)) == 0) {
 		key.protocol = ip.protocol;
-		key.dport = ports[1];
+		/* ICMP: the type sits in the port field, as in Cilium's policy keys. */
+		if (ip.protocol == IPPROTO_ICMP)
+			key.dport = bpf_htons(((__u8 *)ports)[0]);
+		else
+			key.dport = ports[1];
 		e = bpf_map_lookup_elem(&hostdp_policy, &key);
 		if (e)
 			goto hit;

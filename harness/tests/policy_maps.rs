@@ -51,6 +51,19 @@ fn l4_key() -> PolicyKey {
     policymap::key_of(e).unwrap()
 }
 
+/// A scenario's node, built, with its agent started (steps driven by the test itself).
+fn started(file: &str) -> (hostdp::scenario::Scenario, Node, Agent) {
+    require_root();
+    let sc = hostdp::scenario::load(&root().join(file)).unwrap_or_else(|e| panic!("{e}"));
+    let node = Node::build(&sc, &RunId::for_tests()).expect("build the node");
+    let compiler = Arc::new(Compiler::new(default_bpf_dir(), runner::cache_dir()));
+    let ip = sc.node.ip.as_deref().and_then(|s| s.parse().ok());
+    let bpffs = Some(node.bpffs().to_path_buf());
+    let mut agent = Agent::new(Profile::V1_14_4, sc.agent.clone(), ip, sc.node.labels.clone(), compiler, bpffs);
+    agent.start(&node, &sc.pods).expect("start");
+    (sc, node, agent)
+}
+
 fn map_of<'a>(maps: &'a [PolicyMapView], endpoint: &str) -> &'a PolicyMapView {
     maps.iter().find(|m| m.endpoint == endpoint).unwrap_or_else(|| panic!("no policy map for {endpoint}: {maps:#?}"))
 }
@@ -115,13 +128,7 @@ fn host_firewall_off_gives_the_host_no_policy_map() {
 /// beside the maps, with the L4 entry in the pod's map.
 #[test]
 fn inspect_maps_cli_reads_a_live_node() {
-    require_root();
-    let sc = hostdp::scenario::load(&root().join("scenarios/policy-add-pod.yaml")).unwrap();
-    let node = Node::build(&sc, &RunId::for_tests()).expect("build the node");
-    let compiler = Arc::new(Compiler::new(default_bpf_dir(), runner::cache_dir()));
-    let bpffs = Some(node.bpffs().to_path_buf());
-    let mut agent = Agent::new(Profile::V1_14_4, sc.agent.clone(), sc.node.ip.as_deref().and_then(|s| s.parse().ok()), sc.node.labels.clone(), compiler, bpffs);
-    agent.start(&node, &sc.pods).expect("start");
+    let (sc, node, mut agent) = started("scenarios/policy-add-pod.yaml");
     let fixture = root().join("fixtures/policies/l4-rule.yaml");
     agent.apply(&node, &sc.pods, &fixture).expect("apply");
 
@@ -149,4 +156,56 @@ fn inspect_maps_cli_reads_a_live_node() {
     assert!(text.contains(&format!("endpoint {lxc}")) && text.contains("(no entries)"), "{text}");
     let missing = Command::new(env!("CARGO_BIN_EXE_hostdp")).args(["inspect", "--maps", "--netns", "hostdp-no-such-ns"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(2));
+}
+
+/// The programs really look the map up: an ICMP echo sent from the wire to the node's eth0 hits
+/// the host policy's "ICMP type 8 from any peer" entry, counted by cil_from_netdev.
+#[test]
+fn host_program_counts_the_entry_a_ping_hits() {
+    let (sc, node, mut agent) = started("scenarios/policy-host-firewall-on.yaml");
+    agent.apply(&node, &sc.pods, &root().join("fixtures/policies/host-ssh-apiserver.yaml")).expect("apply");
+    let wire = node.wire().name().to_string();
+    let sh = |args: &[&str]| {
+        let out = Command::new("ip").args(["netns", "exec", &wire]).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh(&["ip", "addr", "add", "192.168.10.1/24", "dev", "eth0-p"]);
+    sh(&["ip", "link", "set", "eth0-p", "up"]);
+    node.wire().run(|| (0..3).for_each(|seq| send_echo([192, 168, 10, 2], seq))).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let maps = policymap::read_policy_maps(&hostdp::inspect::inspect_netns(node.netns()).unwrap()).unwrap();
+    let echo = PolicyKey::new(0, 8, 1, Direction::Ingress);
+    let e = map_of(&maps, "host").entries.iter().find(|e| e.is(&echo)).expect("the ICMP echo entry");
+    assert!(e.packets >= 3 && e.bytes > 0, "{e:?}");
+}
+
+/// One ICMP echo request through a raw socket (no ping binary needed), from the calling
+/// thread's namespace.
+fn send_echo(dst: [u8; 4], seq: u16) {
+    let mut pkt = [8u8, 0, 0, 0, 0x68, 0x64, (seq >> 8) as u8, seq as u8, b'h', b'o', b's', b't', b'd', b'p', 0, 0];
+    let sum = pkt.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+    // SAFETY: plain socket calls on a local fd and stack buffers of the given sizes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst) },
+            sin_zero: [0; 8],
+        };
+        let n = libc::sendto(
+            fd,
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(n, pkt.len() as isize, "sendto: {err}");
+    }
 }
