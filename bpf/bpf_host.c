@@ -7,6 +7,16 @@
 #include "hostdp.h"
 /* Generated per agent configuration by the harness's compile step (ENABLE_NODEPORT, ...). */
 #include "node_config.h"
+/*
+ * With the host firewall on, the host endpoint has a policy map, as Cilium's bpf_host then
+ * references its POLICY_MAP; without it the object carries no policy map at all.
+ */
+#ifdef ENABLE_HOST_FIREWALL
+#include "policy.h"
+#define HOSTDP_HOST_POLICY(skb, egress) hostdp_policy_count(skb, egress)
+#else
+#define HOSTDP_HOST_POLICY(skb, egress) do { } while (0)
+#endif
 
 /*
  * Which features the object was built with, so a read-back of .rodata can tell builds apart.
@@ -30,8 +40,8 @@ volatile const __u32 hostdp_features = 0
 #endif
 	;
 
-/* Both native-device programs: count, then the VLAN filter, then pass. */
-static __always_inline int hostdp_netdev(struct __sk_buff *skb, __u32 slot)
+/* Both native-device programs: count, then the VLAN filter, then the host policy, then pass. */
+static __always_inline int hostdp_netdev(struct __sk_buff *skb, __u32 slot, __u8 egress)
 {
 	int ret;
 
@@ -39,25 +49,27 @@ static __always_inline int hostdp_netdev(struct __sk_buff *skb, __u32 slot)
 	ret = hostdp_vlan_filter(skb, slot);
 	if (ret >= 0)
 		return ret;
+	HOSTDP_HOST_POLICY(skb, egress);
 	return TC_ACT_OK;
 }
 
 SEC("classifier")
 int cil_from_netdev(struct __sk_buff *skb)
 {
-	return hostdp_netdev(skb, SLOT_FROM_NETDEV);
+	return hostdp_netdev(skb, SLOT_FROM_NETDEV, 0);
 }
 
 SEC("classifier")
 int cil_to_netdev(struct __sk_buff *skb)
 {
-	return hostdp_netdev(skb, SLOT_TO_NETDEV);
+	return hostdp_netdev(skb, SLOT_TO_NETDEV, 1);
 }
 
 SEC("classifier")
 int cil_from_host(struct __sk_buff *skb)
 {
 	hostdp_count(SLOT_FROM_HOST);
+	HOSTDP_HOST_POLICY(skb, 1);
 	return TC_ACT_OK;
 }
 
@@ -65,6 +77,7 @@ SEC("classifier")
 int cil_to_host(struct __sk_buff *skb)
 {
 	hostdp_count(SLOT_TO_HOST);
+	HOSTDP_HOST_POLICY(skb, 0);
 	return TC_ACT_OK;
 }
 

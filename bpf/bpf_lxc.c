@@ -5,11 +5,14 @@
  */
 #include "hostdp.h"
 #include "node_config.h"
+#include "policy.h"
 
 SEC("classifier")
 int cil_from_container(struct __sk_buff *skb)
 {
 	hostdp_count(SLOT_FROM_CONTAINER);
+	/* From the pod: its egress policy. */
+	hostdp_policy_count(skb, 1);
 	return TC_ACT_OK;
 }
 
@@ -17,6 +20,8 @@ SEC("classifier")
 int cil_to_container(struct __sk_buff *skb)
 {
 	hostdp_count(SLOT_TO_CONTAINER);
+	/* To the pod: its ingress policy. */
+	hostdp_policy_count(skb, 0);
 	return TC_ACT_OK;
 }
 

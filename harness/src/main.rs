@@ -55,6 +55,10 @@ enum Cmd {
         netns: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Also read each endpoint's policy map through the attached programs (JSON:
+        /// `{"attachments": [...], "maps": [...]}`).
+        #[arg(long)]
+        maps: bool,
     },
     /// Which devices a profile's loader would select on this node's real links, and what it
     /// would attach there, beside what is attached now (read-only).
@@ -92,7 +96,8 @@ fn main() -> ExitCode {
             output,
             paths: default_paths(paths),
         }),
-        Cmd::Inspect { netns, format } => runner::cli_inspect(netns.as_deref(), format == Format::Json),
+        Cmd::Inspect { netns, format, maps: false } => runner::cli_inspect(netns.as_deref(), format == Format::Json),
+        Cmd::Inspect { netns, format, maps: true } => runner::cli_inspect_maps(netns.as_deref(), format == Format::Json),
         Cmd::Explain { config, profile, netns } => runner::cli_explain(&config, &profile, netns.as_deref()),
         Cmd::Table { record, devices } => runner::cli_table(&record, &devices),
         Cmd::Gc => runner::cli_gc(),

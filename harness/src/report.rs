@@ -51,6 +51,10 @@ pub struct StepRecord {
     pub regenerated: Vec<String>,
     pub attachments: Vec<Attachment>,
     pub mismatches: Vec<Mismatch>,
+    /// The policy maps the attached programs reference after the step (pods named
+    /// `pod:NAMESPACE/NAME`); left out of the JSON when there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_maps: Vec<crate::loader::policymap::PolicyMapView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ use crate::exit;
 use crate::inspect::{self, Attachment};
 use crate::loader::agent::{Agent, AgentError};
 use crate::loader::compile::Compiler;
+use crate::loader::policymap;
 use crate::loader::profile::Profile;
 use crate::report::{self, KernelRun, Observed, RunRecord, ScenarioRecord, Status, StepRecord};
 use crate::scenario::{self, Action, PodSpec, Scenario};
@@ -117,12 +118,21 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         for p in &pods {
             aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
         }
-        let attachments = match inspect::inspect_netns(node.netns()) {
-            Ok(mut v) => {
+        let observed = inspect::inspect_netns(node.netns()).map_err(|e| e.to_string()).and_then(|v| {
+            let maps = policymap::read_policy_maps(&v).map_err(|e| e.to_string())?;
+            Ok((v, maps))
+        });
+        let (attachments, policy_maps) = match observed {
+            Ok((mut v, mut maps)) => {
                 for a in &mut v {
                     a.endpoint = aliases.iter().find(|(_, d)| **d == a.device).map(|(k, _)| k.clone());
                 }
-                v
+                for m in &mut maps {
+                    if let Some((k, _)) = aliases.iter().find(|(_, d)| **d == m.endpoint) {
+                        m.endpoint = k.clone();
+                    }
+                }
+                (v, maps)
             }
             Err(e) => {
                 rec.steps.push(step_record(step, Status::Error, Some(format!("read back: {e}")), &agent, regenerated, vec![], vec![]));
@@ -161,6 +171,9 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         }
         previous = Some(attachments.clone());
         rec.steps.push(step_record(step, status, error, &agent, regenerated, attachments, mismatches));
+        if let Some(s) = rec.steps.last_mut() {
+            s.policy_maps = policy_maps;
+        }
     }
     drop(node);
     rec.millis = t0.elapsed().as_millis() as u64;
@@ -185,6 +198,7 @@ fn step_record(
         regenerated,
         attachments,
         mismatches,
+        policy_maps: Vec::new(),
     }
 }
 
@@ -209,7 +223,7 @@ fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action:
             };
             let p = pods.remove(i);
             node.delete_pod(&p.key()).map_err(h)?;
-            Ok(StepOutcome::default())
+            agent.pod_deleted(node, &p)
         }
         Action::LinkAdd(l) => {
             node.add_link(l).map_err(h)?;
@@ -507,6 +521,36 @@ pub fn cli_inspect(netns: Option<&str>, json: bool) -> i32 {
             exit::FAILED
         }
     }
+}
+
+/// `hostdp inspect --maps`: the attachments and the policy maps their programs reference.
+pub fn cli_inspect_maps(netns: Option<&str>, json: bool) -> i32 {
+    let res = match netns {
+        Some(n) => match crate::netns::Netns::open(n) {
+            Ok(ns) => inspect::inspect_netns(&ns),
+            Err(e) => {
+                eprintln!("hostdp inspect: {e}");
+                return exit::INVALID;
+            }
+        },
+        None => inspect::inspect_current(),
+    };
+    let atts = match res {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hostdp inspect: {e}");
+            return exit::FAILED;
+        }
+    };
+    match policymap::read_policy_maps(&atts) {
+        Ok(maps) if json => println!("{}", serde_json::json!({ "attachments": atts, "maps": maps })),
+        Ok(maps) => print!("{}", policymap::render_table(&maps)),
+        Err(e) => {
+            eprintln!("hostdp inspect: {e}");
+            return exit::FAILED;
+        }
+    }
+    exit::OK
 }
 
 /// `hostdp explain`.

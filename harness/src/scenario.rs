@@ -561,7 +561,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("scenarios")).unwrap();
         std::fs::create_dir_all(dir.path().join("fixtures/policies")).unwrap();
-        std::fs::write(dir.path().join("fixtures/policies/l4-rule.yaml"), "kind: CiliumNetworkPolicy\n").unwrap();
+        // `check` validates the fixtures a scenario names: the real one.
+        let l4 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/policies/l4-rule.yaml");
+        std::fs::copy(l4, dir.path().join("fixtures/policies/l4-rule.yaml")).unwrap();
         let text = r#"name: seed-kpr-partial-bond-vlan
 description: >
   kube-proxy-replacement partial, NodePort and host firewall off. The node IP lives on

@@ -13,6 +13,7 @@ use crate::loader::attach::{self, AttachContext};
 use crate::loader::compile::Compiler;
 use crate::loader::config::{self, AgentConfig, Settings, WIREGUARD_DEVICE};
 use crate::loader::datapath::{self, Op};
+use crate::loader::policymap;
 use crate::loader::profile::Profile;
 use crate::netlink::{self, Change, NewLink};
 use crate::policy;
@@ -146,6 +147,9 @@ impl Agent {
         attach::execute(node.netns(), &ctx, &plan.ops).map_err(classify_attach)?;
         self.devices = Some(sel.devices.clone());
         self.device_state = plan.device_state.clone();
+        if plan.defines.contains_key("ENABLE_HOST_FIREWALL") {
+            self.write_policy_map(&policy::Endpoint::host(&self.node_labels), policymap::HOST_ENDPOINT)?;
+        }
         Ok(())
     }
 
@@ -174,7 +178,22 @@ impl Agent {
             .collect();
         let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone() };
         attach::execute(node.netns(), &ctx, &ops).map_err(classify_attach)?;
+        self.write_policy_map(&policy::Endpoint::pod(&pod.namespace, &pod.name, &pod.labels), &lxc)
+    }
+
+    /// The endpoint's policy map after its regeneration: the entries of every applied policy.
+    fn write_policy_map(&self, endpoint: &policy::Endpoint, name: &str) -> Result<(), AgentError> {
+        let policies = self.applied.values().flat_map(|a| a.policies.iter());
+        policymap::write_endpoint(self.bpffs.as_deref(), policies, endpoint, name).map_err(AgentError::harness)?;
         Ok(())
+    }
+
+    /// `delete-pod`: the endpoint goes, and its pinned policy map with it.
+    pub fn pod_deleted(&mut self, node: &Node, pod: &PodSpec) -> Result<StepOutcome, AgentError> {
+        if let Some(b) = &self.bpffs {
+            policymap::remove(b, &node.lxc_name(&pod.key())).map_err(AgentError::harness)?;
+        }
+        Ok(StepOutcome::default())
     }
 
     /// `restart`: the agent stops, the ConfigMap is edited, the agent starts again.
@@ -210,6 +229,9 @@ impl Agent {
         let ops = datapath::cleanup_ops(&links);
         let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone() };
         attach::execute(node.netns(), &ctx, &ops).map_err(AgentError::harness)?;
+        if let Some(b) = &self.bpffs {
+            policymap::remove_all(b).map_err(AgentError::harness)?;
+        }
         self.devices = None;
         Ok(StepOutcome::default())
     }
@@ -238,9 +260,9 @@ impl Agent {
     /// reloaded; the host, with the host firewall on: the whole host datapath).
     pub fn apply(&mut self, node: &Node, pods: &[PodSpec], fixture: &Path) -> Result<StepOutcome, AgentError> {
         let policies = load_policies(fixture)?;
-        let out = self.regenerate_selected(node, pods, &policies)?;
-        self.applied.insert(fixture.to_path_buf(), Applied { policies });
-        Ok(out)
+        // Stored first, as the API server stores it: the regenerated endpoints' maps include it.
+        self.applied.insert(fixture.to_path_buf(), Applied { policies: policies.clone() });
+        self.regenerate_selected(node, pods, &policies)
     }
 
     /// `delete`: the endpoints the fixture's policies selected are regenerated again.

@@ -246,6 +246,12 @@ fn open_object(ns: &Netns, ctx: &AttachContext, device: &str, object: Object, cf
         .override_global("hostdp_seclabel", &cfg.seclabel, true)
         .override_global("hostdp_vlan_allow_all", &allow_all, true)
         .override_global("hostdp_vlan_ids", &ids, true);
+    // The endpoint's policy map, pinned per endpoint so all its programs share it.
+    let pin = crate::loader::policymap::prepare_pin(ctx.bpffs.as_deref(), object, device)
+        .map_err(|e| AttachError::Load { op: what.to_string(), message: e.to_string() })?;
+    if let Some(pin) = pin {
+        loader.map_pin_path(crate::loader::policymap::MAP_NAME, pin);
+    }
     loader.load(&data).map_err(|e| load_err(format!("open {}: {}", object.source(), chain(&e))))
 }
 

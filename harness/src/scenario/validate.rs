@@ -885,6 +885,16 @@ fn pod_key(name: &str) -> String {
     }
 }
 
+/// A policy fixture as the agent will load it; the message carries the fixture's
+/// `path:line:col` of each problem. Without the CRD schemas (no shared folder) it cannot be
+/// checked here and is left to the run.
+fn check_policy_fixture(path: &Path) -> Result<(), String> {
+    match crate::policy::load_fixture(path) {
+        Ok(_) | Err(crate::policy::PolicyError::Schema { .. }) => Ok(()),
+        Err(e) => Err(e.to_string().replace('\n', "\n  ")),
+    }
+}
+
 fn check_step(
     cx: &Ctx,
     i: usize,
@@ -945,6 +955,10 @@ fn check_step(
             let p = if key == "apply" { raw.apply } else { raw.delete };
             let p = p.ok_or_else(|| cx.at(&a(&[]), format!("{key} needs the path of a policy fixture")))?;
             let resolved = fixture(&p)?;
+            // A step that expects an error may name an invalid fixture on purpose.
+            if raw.expect.as_ref().is_none_or(|e| e.error.is_none()) {
+                check_policy_fixture(&resolved).map_err(|m| cx.at(&a(&[]), format!("{key}: {m}")))?;
+            }
             if key == "apply" {
                 Action::Apply(resolved)
             } else {
