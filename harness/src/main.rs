@@ -38,7 +38,8 @@ enum Cmd {
         /// Exit 0 even when scenarios were skipped.
         #[arg(long)]
         allow_skips: bool,
-        /// Keep the per-run state directory (objects, headers) even on success.
+        /// Say where the compiled objects and node_config.h headers are (they are kept in the
+        /// template cache, `HOSTDP_CACHE_DIR` or target/hostdp-cache; also said after a failure).
         #[arg(long)]
         keep: bool,
         /// Scenarios run at once (default: the number of CPUs).

@@ -337,10 +337,13 @@ pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<Kernel
     let kernel = vm::KernelRef::resolve(target)?;
     let results = tempfile::Builder::new().prefix("hostdp-vm-").tempdir_in(vm_scratch_dir()).map_err(|e| TargetError::Io(e.to_string()))?;
     let out_file = results.path().join("record.json");
-    let exe = match VM_EXE.with(|c| c.borrow().clone()) {
+    let built = match VM_EXE.with(|c| c.borrow().clone()) {
         Some(e) => e,
         None => std::env::current_exe().map_err(|e| TargetError::Io(e.to_string()))?,
     };
+    // The guest runs a copy: a rebuild of the binary while the VM boots must not pull it away.
+    let exe = results.path().join("hostdp");
+    std::fs::copy(&built, &exe).map_err(|e| TargetError::Io(format!("copy {} for the guest: {e}", built.display())))?;
     let mut cmd: Vec<String> = vec![
         exe.display().to_string(),
         "run".into(),
@@ -476,6 +479,10 @@ pub fn cli_run(args: &RunArgs) -> i32 {
         println!("{json}");
     } else {
         print!("{}", report::table(&rec));
+    }
+    if args.keep || rec.summary.failed + rec.summary.errors > 0 {
+        // Objects and generated headers are never deleted: they are the template cache.
+        eprintln!("hostdp: compiled objects and node_config.h headers are in {}", cache_dir().display());
     }
     let s = rec.summary;
     if s.failed + s.errors > 0 {
@@ -674,7 +681,19 @@ pub fn snapshot_view(rec: &ScenarioRecord) -> serde_json::Value {
                     v
                 })
                 .collect();
-            serde_json::json!({
+            let maps: Vec<serde_json::Value> = st
+                .policy_maps
+                .iter()
+                .map(|m| {
+                    let entries: Vec<String> = m
+                        .entries
+                        .iter()
+                        .map(|e| format!("{} {} {} {}/{} {}", e.direction, e.peer, e.identity, e.port, e.protocol, e.verdict))
+                        .collect();
+                    serde_json::json!({ "endpoint": m.endpoint, "name": m.name, "entries": entries })
+                })
+                .collect();
+            let mut v = serde_json::json!({
                 "action": st.action,
                 "line": st.line,
                 "status": st.status,
@@ -682,7 +701,11 @@ pub fn snapshot_view(rec: &ScenarioRecord) -> serde_json::Value {
                 "devices": st.devices,
                 "regenerated": st.regenerated,
                 "attachments": atts,
-            })
+            });
+            if !maps.is_empty() {
+                v["policy_maps"] = serde_json::Value::Array(maps);
+            }
+            v
         })
         .collect();
     serde_json::json!({ "name": rec.name, "profile": rec.profile, "status": rec.status, "steps": steps })
