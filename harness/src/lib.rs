@@ -4,6 +4,7 @@
 
 pub mod caps;
 pub mod inspect;
+pub mod ledger;
 pub mod loader;
 pub mod netlink;
 pub mod netns;
