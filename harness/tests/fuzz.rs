@@ -1,7 +1,7 @@
 //! Property tests of the two parsers that read user files: the scenario parser and the policy
 //! fixture validator. On any bytes, and on valid files mutated at random, they never panic and
 //! return either a value or an error placed inside the file. Bounded: a fixed case count per
-//! property (about ten seconds in all). Inputs that once broke them are kept as regressions below.
+//! property (a few seconds in all). Inputs that once broke them are kept as regressions below.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -45,12 +45,16 @@ fn schemas() -> &'static SchemaSet {
     S.get_or_init(|| SchemaSet::load(&policy::crd_dir().expect("the CRD folder")).expect("the CRD schemas"))
 }
 
-/// Lines and the length of the last line: a position (1-based) must fall inside the text.
+/// Whether a 1-based position falls inside the text (or one past its end, where "unexpected
+/// end" errors point). YAML breaks lines at a lone CR too, plain byte counting only at LF:
+/// either reading is accepted.
 fn inside(text: &[u8], line: usize, col: usize) -> bool {
     let s = String::from_utf8_lossy(text);
-    let lines: Vec<&str> = s.split('\n').collect();
-    // One past the end is where "unexpected end" errors point.
-    line >= 1 && line <= lines.len() + 1 && col >= 1 && (line > lines.len() || col <= lines[line - 1].chars().count() + 2)
+    let yaml = s.replace("\r\n", "\n").replace('\r', "\n");
+    [s.to_string(), yaml].iter().any(|t| {
+        let lines: Vec<&str> = t.split('\n').collect();
+        line >= 1 && line <= lines.len() + 1 && col >= 1 && (line > lines.len() || col <= lines[line - 1].chars().count() + 2)
+    })
 }
 
 fn check_scenario(path: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
@@ -159,7 +163,7 @@ fn config(cases: u32) -> ProptestConfig {
 }
 
 proptest! {
-    #![proptest_config(config(2000))]
+    #![proptest_config(config(5000))]
 
     #[test]
     fn scenario_parse_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
@@ -274,4 +278,20 @@ fn huge_files_fail_fast() {
     });
     let e = e.expect_err("a 50 MB scenario is refused");
     assert!(e.contains("too large"), "{e}");
+}
+
+/// Inputs the properties above once flagged. A lone CR is a YAML line break, so positions after
+/// it count it as one (the first two); the UTF-8 check counts only LF (the third).
+#[test]
+fn regressions() {
+    let scenario = std::fs::read(project().join("scenarios/restart-feature-off.yaml")).unwrap();
+    let mut with_cr = scenario.clone();
+    let at = with_cr.len() / 2;
+    with_cr[at] = b'\r';
+    check_scenario(Path::new("cr.yaml"), &with_cr).unwrap();
+    let mut bad_utf8 = with_cr.clone();
+    bad_utf8[at + 7] = 0x80;
+    check_scenario(Path::new("cr-utf8.yaml"), &bad_utf8).unwrap();
+    let policy = std::fs::read_to_string(project().join("fixtures/policies/l4-rule.yaml")).unwrap();
+    check_policy(Path::new("cr.yaml"), &policy.replacen(": ", ":\r", 3)).unwrap();
 }
