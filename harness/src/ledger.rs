@@ -52,9 +52,14 @@ pub struct Diff {
     pub added: Vec<String>,
     /// In the earlier snapshot only: something removed what it did not create.
     pub removed: Vec<String>,
+    /// Programs and maps of the earlier snapshot that are gone: freed when whatever held them
+    /// went away (another run's namespace, say). Shown, not counted as a difference: removing
+    /// what was attached shows up in the namespaces and attachments.
+    pub freed: Vec<String>,
 }
 
 impl Diff {
+    /// Nothing left behind and nothing removed (`freed` does not count).
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty()
     }
@@ -68,6 +73,9 @@ impl std::fmt::Display for Diff {
         for r in &self.removed {
             writeln!(f, "- {r}")?;
         }
+        for r in &self.freed {
+            writeln!(f, "~ {r} (freed)")?;
+        }
         Ok(())
     }
 }
@@ -75,9 +83,16 @@ impl std::fmt::Display for Diff {
 /// Compares two snapshots: items added (not foreign in `after`) and removed (not foreign in
 /// `before`). Program and map ids are part of the items, so a replaced program shows up.
 pub fn diff(before: &Snapshot, after: &Snapshot) -> Diff {
+    let (freed, removed): (Vec<String>, Vec<String>) = before
+        .items
+        .difference(&after.items)
+        .filter(|i| !before.foreign.contains(*i))
+        .cloned()
+        .partition(|i| i.starts_with("prog ") || i.starts_with("map "));
     Diff {
         added: after.items.difference(&before.items).filter(|i| !after.foreign.contains(*i)).cloned().collect(),
-        removed: before.items.difference(&after.items).filter(|i| !before.foreign.contains(*i)).cloned().collect(),
+        removed,
+        freed,
     }
 }
 
@@ -357,6 +372,7 @@ pub fn cli_diff(path: &Path, wait: Duration) -> i32 {
     let d = diff_settled(&before, wait);
     if d.is_empty() {
         println!("hostdp ledger: no difference from {} ({} item(s))", path.display(), before.items.len());
+        print!("{d}");
         crate::exit::OK
     } else {
         println!(
@@ -411,5 +427,9 @@ mod tests {
         assert_eq!(d.removed, vec!["netns gone".to_string()]);
         assert_eq!(d.to_string(), "+ netns new\n- netns gone\n");
         assert!(diff(&a, &a).is_empty());
+        a.items.insert("prog 7 cil_to_host".into());
+        let d = diff(&a, &b);
+        assert_eq!(d.freed, vec!["prog 7 cil_to_host".to_string()]);
+        assert_eq!(d.removed, vec!["netns gone".to_string()]);
     }
 }
