@@ -5,6 +5,7 @@
 pub mod caps;
 pub mod crosscheck;
 pub mod inspect;
+pub mod ledger;
 pub mod loader;
 pub mod netlink;
 pub mod netns;

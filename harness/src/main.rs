@@ -82,6 +82,26 @@ enum Cmd {
     },
     /// Remove what dead hostdp runs left behind (namespaces, bpffs mounts); live runs are kept.
     Gc,
+    /// Leak ledger: snapshot what the harness could leave behind, and compare with a snapshot.
+    Ledger {
+        #[command(subcommand)]
+        cmd: LedgerCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// Write a snapshot of the machine to FILE.
+    Save { file: PathBuf },
+    /// Compare the machine with FILE; exit 1 and list the items on a difference.
+    Diff {
+        file: PathBuf,
+        /// Seconds to keep looking while they differ (deleted namespaces free programs late).
+        #[arg(long, default_value = "10")]
+        wait: u64,
+    },
+    /// Print the machine's snapshot.
+    Show,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +122,11 @@ fn main() -> ExitCode {
         Cmd::Explain { config, profile, netns } => runner::cli_explain(&config, &profile, netns.as_deref()),
         Cmd::Table { record, devices } => runner::cli_table(&record, &devices),
         Cmd::Gc => runner::cli_gc(),
+        Cmd::Ledger { cmd: LedgerCmd::Save { file } } => hostdp::ledger::cli_save(&file),
+        Cmd::Ledger { cmd: LedgerCmd::Diff { file, wait } } => {
+            hostdp::ledger::cli_diff(&file, std::time::Duration::from_secs(wait))
+        }
+        Cmd::Ledger { cmd: LedgerCmd::Show } => hostdp::ledger::cli_show(),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }

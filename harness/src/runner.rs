@@ -107,8 +107,9 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     let mut agent = Agent::new(profile, sc.agent.clone(), node_ip, sc.node.labels.clone(), compiler(), Some(node.bpffs().to_path_buf()));
     let mut pods: Vec<PodSpec> = sc.pods.clone();
     let mut previous: Option<Vec<Attachment>> = None;
-    for step in &sc.steps {
+    for (i, step) in sc.steps.iter().enumerate() {
         let result = run_step(&mut agent, &mut node, &mut pods, &step.action);
+        inject_fault(i + 1);
         let (regenerated, error, harness) = match result {
             Ok(o) => (o.regenerated, None, None),
             Err(AgentError::Refused(m)) => (Vec::new(), Some(m), None),
@@ -178,6 +179,16 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     drop(node);
     rec.millis = t0.elapsed().as_millis() as u64;
     rec
+}
+
+/// Test-only fault injection: `HOSTDP_FAULT=panic-after-step:N` panics right after step N
+/// acted (before its read-back), to prove a panic mid-scenario still tears the node down.
+fn inject_fault(step: usize) {
+    if let Ok(f) = std::env::var("HOSTDP_FAULT") {
+        if f.strip_prefix("panic-after-step:").and_then(|n| n.parse::<usize>().ok()) == Some(step) {
+            panic!("HOSTDP_FAULT: injected panic after step {step}");
+        }
+    }
 }
 
 fn step_record(

@@ -273,6 +273,33 @@ fn vlan_globals(vlan: &VlanAllow) -> Result<(u32, [u16; 5]), String> {
     }
 }
 
+/// How many of the verifier's last log lines a load error carries: the refusal reason is at
+/// the end, the full log can run to thousands of lines.
+const VERIFIER_TAIL: usize = 10;
+
+/// The message of a failed program load; a verifier refusal keeps the log's last lines.
+fn load_failure(symbol: &str, e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            // The statistics the kernel appends after the verdict say nothing about why.
+            let stats = ["verification time", "stack depth", "processed "];
+            let lines: Vec<&str> = log
+                .lines()
+                .map(str::trim_end)
+                .filter(|l| !l.is_empty() && !stats.iter().any(|s| l.starts_with(s)))
+                .collect();
+            let tail = &lines[lines.len().saturating_sub(VERIFIER_TAIL)..];
+            if tail.is_empty() {
+                format!("load {symbol}: the kernel refused the program ({io_error}) and the verifier wrote no log")
+            } else {
+                format!("load {symbol}: the verifier refused the program ({io_error}); its last lines:\n  {}", tail.join("\n  "))
+            }
+        }
+        other => format!("load {symbol}: {}", chain(other)),
+    }
+}
+
 /// Loads a tc program of `ebpf` and returns it (still owned by `ebpf`).
 fn load_classifier<'a>(ebpf: &'a mut Ebpf, symbol: &str, what: &str) -> Result<&'a mut SchedClassifier, AttachError> {
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
@@ -281,7 +308,7 @@ fn load_classifier<'a>(ebpf: &'a mut Ebpf, symbol: &str, what: &str) -> Result<&
         .ok_or_else(|| load_err(format!("the object has no program {symbol}")))?
         .try_into()
         .map_err(|e| load_err(format!("{symbol} is not a tc classifier: {}", chain(&e))))?;
-    prog.load().map_err(|e| load_err(format!("load {symbol}: {}", chain(&e))))?;
+    prog.load().map_err(|e| load_err(load_failure(symbol, &e)))?;
     Ok(prog)
 }
 
@@ -320,7 +347,7 @@ fn attach_xdp_prog(
         .ok_or_else(|| load_err(format!("the object has no program {symbol}")))?
         .try_into()
         .map_err(|e| load_err(format!("{symbol} is not an XDP program: {}", chain(&e))))?;
-    prog.load().map_err(|e| load_err(format!("load {symbol}: {}", chain(&e))))?;
+    prog.load().map_err(|e| load_err(load_failure(symbol, &e)))?;
     let fd = prog.fd().map_err(|e| load_err(chain(&e)))?;
     tc::attach_xdp(device, fd.as_fd(), mode).map_err(|e| kernel(ns, what, device, e))?;
     let id = prog.info().map_err(|e| load_err(chain(&e)))?.id();

@@ -142,8 +142,19 @@ pub fn load_fixture_with(path: &Path, schemas: &SchemaSet) -> Result<Vec<PolicyD
     parse_fixture(path, &text, schemas)
 }
 
+/// Policy fixtures are a few kilobytes; a far larger file is refused before parsing.
+pub const MAX_FIXTURE_BYTES: usize = 4 << 20;
+
 /// [`load_fixture_with`] on text already read; `path` is only used in messages.
 pub fn parse_fixture(path: &Path, text: &str, schemas: &SchemaSet) -> Result<Vec<PolicyDoc>, PolicyError> {
+    if text.len() > MAX_FIXTURE_BYTES {
+        return Err(PolicyError::Syntax {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!("the fixture is {} bytes, too large for a policy fixture (at most {MAX_FIXTURE_BYTES})", text.len()),
+        });
+    }
     let docs = yaml::parse_documents(text).map_err(|e| PolicyError::Syntax {
         path: path.to_path_buf(),
         line: e.pos.line,

@@ -72,8 +72,31 @@ type Ev<'a> = (Event<'a>, Span);
 
 struct Builder<'a> {
     events: std::iter::Peekable<Parser<'a, saphyr_parser::StrInput<'a>>>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values with their node count and nesting height.
+    anchors: HashMap<usize, (Value, usize, usize)>,
     positions: HashMap<String, NodePos>,
+    /// Collections open around the node being read.
+    depth: usize,
+    /// Nodes the document may still produce, counting each alias as the nodes it copies: an
+    /// alias bomb ("billion laughs") fails here instead of exhausting memory.
+    budget: usize,
+}
+
+/// Deeper nesting than this is refused (no policy comes close; deeper would risk the stack).
+pub const MAX_DEPTH: usize = 64;
+
+/// At most this many nodes per document, aliases expanded.
+pub const MAX_NODES: usize = 1_000_000;
+
+/// Nodes in a value (itself included) and its nesting height (0 for a scalar). Values are
+/// built within [`MAX_DEPTH`], which bounds this recursion.
+fn measure(v: &Value) -> (usize, usize) {
+    let children: Vec<(usize, usize)> = match v {
+        Value::Array(a) => a.iter().map(measure).collect(),
+        Value::Object(m) => m.values().map(measure).collect(),
+        _ => return (1, 0),
+    };
+    (1 + children.iter().map(|c| c.0).sum::<usize>(), 1 + children.iter().map(|c| c.1).max().unwrap_or(0))
 }
 
 /// Parses every document of `text`. Empty documents (`---` with nothing, or only comments) are
@@ -83,6 +106,8 @@ pub fn parse_documents(text: &str) -> Result<Vec<YamlDoc>, SyntaxError> {
         events: Parser::new_from_str(text).peekable(),
         anchors: HashMap::new(),
         positions: HashMap::new(),
+        depth: 0,
+        budget: MAX_NODES,
     };
     let mut docs = Vec::new();
     loop {
@@ -93,6 +118,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<YamlDoc>, SyntaxError> {
             Event::DocumentStart(_) => {
                 b.anchors.clear();
                 b.positions.clear();
+                b.budget = MAX_NODES;
                 let (first, first_span) = b.next()?;
                 if matches!(first, Event::DocumentEnd) {
                     continue;
@@ -129,20 +155,55 @@ impl<'a> Builder<'a> {
 
     fn node(&mut self, ev: Event<'a>, span: Span, ptr: String, key: Option<Pos>) -> Result<Value, SyntaxError> {
         let pos = Pos::from_span(&span);
+        self.spend(1, pos)?;
         self.positions.insert(ptr.clone(), NodePos { key, value: pos });
+        let opens = matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..));
+        if opens {
+            if self.depth >= MAX_DEPTH {
+                return Err(SyntaxError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels is not a policy") });
+            }
+            self.depth += 1;
+        }
+        let v = self.node_inner(ev, pos, ptr)?;
+        if opens {
+            self.depth -= 1;
+        }
+        Ok(v)
+    }
+
+    fn remember(&mut self, anchor: usize, v: &Value) {
+        let (weight, height) = measure(v);
+        self.anchors.insert(anchor, (v.clone(), weight, height));
+    }
+
+    fn spend(&mut self, nodes: usize, pos: Pos) -> Result<(), SyntaxError> {
+        self.budget = self.budget.checked_sub(nodes).ok_or_else(|| SyntaxError {
+            pos,
+            message: format!("the document expands to more than {MAX_NODES} nodes through aliases (an alias bomb?)"),
+        })?;
+        Ok(())
+    }
+
+    fn node_inner(&mut self, ev: Event<'a>, pos: Pos, ptr: String) -> Result<Value, SyntaxError> {
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let v = resolve_scalar(&text, style, tag.as_deref())
                     .map_err(|message| SyntaxError { pos, message })?;
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.remember(anchor, &v);
                 }
                 Ok(v)
             }
-            Event::Alias(id) => self.anchors.get(&id).cloned().ok_or(SyntaxError {
-                pos,
-                message: "alias to an unknown anchor".into(),
-            }),
+            Event::Alias(id) => {
+                let unknown = || SyntaxError { pos, message: "alias to an unknown anchor".into() };
+                let (_, weight, height) = *self.anchors.get(&id).ok_or_else(unknown)?;
+                if self.depth + height > MAX_DEPTH {
+                    return Err(SyntaxError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels is not a policy") });
+                }
+                // This alias event already paid for one node.
+                self.spend(weight.saturating_sub(1), pos)?;
+                self.anchors.get(&id).map(|a| a.0.clone()).ok_or_else(unknown)
+            }
             Event::SequenceStart(anchor, _) => {
                 let mut items = Vec::new();
                 loop {
@@ -155,7 +216,7 @@ impl<'a> Builder<'a> {
                 }
                 let v = Value::Array(items);
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.remember(anchor, &v);
                 }
                 Ok(v)
             }
@@ -215,7 +276,7 @@ impl<'a> Builder<'a> {
                 }
                 let v = Value::Object(map);
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.remember(anchor, &v);
                 }
                 Ok(v)
             }

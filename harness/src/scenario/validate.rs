@@ -432,8 +432,17 @@ fn with<'a>(base: &[Seg<'a>], more: &[Seg<'a>]) -> Vec<Seg<'a>> {
     v
 }
 
+/// Scenarios are a few kilobytes; a far larger file is a mistake, refused before parsing.
+pub const MAX_BYTES: usize = 1 << 20;
+
 /// Parses and validates; see [`super::parse`].
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Scenario, ScenarioError> {
+    if bytes.len() > MAX_BYTES {
+        return Err(ScenarioError::File {
+            path: path.to_path_buf(),
+            message: format!("the file is {} bytes, too large for a scenario (at most {MAX_BYTES})", bytes.len()),
+        });
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let (line, col) = line_col(bytes, e.valid_up_to());
         ScenarioError::At {
