@@ -3,6 +3,7 @@
 //! bpf syscall what is attached where. See ARCHITECTURE.md for the data flow.
 
 pub mod caps;
+pub mod diff;
 pub mod inspect;
 pub mod loader;
 pub mod netlink;

@@ -163,15 +163,12 @@ impl Agent {
         let settings = self.settings.as_ref().ok_or_else(|| AgentError::Harness("agent has no settings".into()))?;
         let lxc = node.lxc_name(&pod.key());
         let identity = endpoint_identity(pod);
-        let ops: Vec<Op> = datapath::endpoint_ops(settings, &lxc)
-            .into_iter()
-            .map(|op| match op {
-                Op::AttachTc { device, hook, program, priority, vlan, .. } => {
-                    Op::AttachTc { device, hook, program, priority, vlan, seclabel: identity }
-                }
-                other => other,
-            })
-            .collect();
+        let mut ops: Vec<Op> = datapath::endpoint_ops(settings, &lxc);
+        for op in &mut ops {
+            if let Op::AttachTc { seclabel, .. } | Op::AttachSkb { seclabel, .. } = op {
+                *seclabel = identity;
+            }
+        }
         let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone() };
         attach::execute(node.netns(), &ctx, &ops).map_err(classify_attach)?;
         Ok(())
