@@ -206,12 +206,7 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, op: &Op) -> Result<OpOutcome, At
         Op::RemoveObsoleteNetdev { device, device_dir } => {
             let what = format!("remove obsolete netdev programs from {device}");
             if let (Some(b), Some(d)) = (&ctx.bpffs, device_dir) {
-                let dir = b.join(d);
-                match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(AttachError::Load { op: what, message: format!("remove {}: {e}", dir.display()) }),
-                }
+                remove_pins(&b.join(d))?;
             }
             let mut hooks = Vec::new();
             for (direction, prefix) in [(Direction::Ingress, "cil_from_netdev"), (Direction::Egress, "cil_to_netdev")] {
@@ -533,11 +528,55 @@ fn attach_skb(ns: &Netns, ctx: &AttachContext, device: &str, hook: Hook, cfg: &D
 /// Removes a pinned tcx link: the attachment goes away with the last reference.
 /// `Ok(false)` if nothing was pinned there.
 pub fn detach_tcx(pin_path: &Path) -> Result<bool, AttachError> {
-    match std::fs::remove_file(pin_path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(AttachError::Load { op: format!("unpin {}", pin_path.display()), message: e.to_string() }),
+    if !pin_path.exists() {
+        return Ok(false);
     }
+    remove_pins(pin_path)?;
+    Ok(true)
+}
+
+/// Removes a pin file or a bpffs folder of pins, then waits until the links pinned there are
+/// gone: the kernel releases a link whose last reference was a bpffs pin asynchronously, so
+/// right after the unlink the program can still be attached for a moment. Nothing there is fine.
+pub fn remove_pins(path: &Path) -> Result<(), AttachError> {
+    let err = |e: std::io::Error| AttachError::Load { op: format!("unpin {}", path.display()), message: e.to_string() };
+    let pinned = pinned_links(path);
+    let res = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    match res {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(e)),
+    }
+    // The link's id is freed before its release detaches the program; the program (held by
+    // the link alone) goes last, so its id is what tells that the hook is clear.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let links: Vec<u32> = aya::programs::loaded_links().filter_map(Result::ok).map(|l| l.id()).collect();
+        let progs: Vec<u32> = aya::programs::loaded_programs().filter_map(Result::ok).map(|p| p.id()).collect();
+        if !pinned.iter().any(|(l, p)| links.contains(l) || progs.contains(p)) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(AttachError::Load {
+                op: format!("unpin {}", path.display()),
+                message: "the kernel still holds the unpinned links after 5 s".into(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// (link id, program id) of the bpf links pinned at `path` (a pin or a folder, recursively).
+fn pinned_links(path: &Path) -> Vec<(u32, u32)> {
+    if path.is_dir() {
+        let entries = std::fs::read_dir(path).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_else(|_| Vec::new());
+        return entries.iter().flat_map(|p: &PathBuf| pinned_links(p)).collect();
+    }
+    PinnedLink::from_pin(path)
+        .ok()
+        .and_then(|p| FdLink::from(p).info().ok())
+        .map(|i| vec![(i.id(), i.program_id())])
+        .unwrap_or_default()
 }
 
 /// Another tool's program: `foreign_tc` as a tc filter named `foreign_tc` (priority 100,
