@@ -244,6 +244,8 @@ impl Copies {
                 let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
                 let map = doc.as_mapping_mut().ok_or_else(|| err("not a mapping".into()))?;
                 map.insert("profile".into(), p.as_str().into());
+                // Names must be unique within a run.
+                map.insert("name".into(), format!("{}-as-{}", sc.name, p.as_str()).into());
                 let stem = sc.path.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario");
                 let dir = sc.path.parent().unwrap_or(Path::new("."));
                 let path = dir.join(format!(".hostdp-diff-{}-{stem}-{}.yaml", std::process::id(), p.as_str()));
@@ -382,6 +384,22 @@ mod tests {
                 mismatches: vec![],
             }],
         }
+    }
+
+    #[test]
+    fn copies_are_valid_scenarios_and_go_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s.yaml");
+        std::fs::write(&f, "name: s\nprofile: v1.14.4\ntopology:\n  links:\n    - {name: eth0, kind: veth}\nsteps:\n  - start: {}\n").unwrap();
+        let sc = scenario::load(&f).unwrap();
+        let paths = {
+            let c = Copies::write(&[sc], &[Profile::V1_14_4, Profile::V1_16]).unwrap();
+            let (ok, errors) = scenario::check(&c.paths);
+            assert!(errors.is_empty() && ok == 2, "{errors:?}");
+            assert_eq!(scenario::load(&c.paths[1]).unwrap().profile, "v1.16");
+            c.paths.clone()
+        };
+        assert!(paths.iter().all(|p| !p.exists()));
     }
 
     #[test]
