@@ -4,6 +4,7 @@
 
 pub mod caps;
 pub mod crosscheck;
+pub mod diff;
 pub mod inspect;
 pub mod ledger;
 pub mod loader;

@@ -80,6 +80,22 @@ enum Cmd {
         #[arg(long, default_value = "bond0.212,bond0,eth0,eth1")]
         devices: String,
     },
+    /// Run scenarios under several upstream profiles and show, per step and device, where
+    /// the attachments differ (exit 0: no difference, 1: some).
+    Diff {
+        /// Profiles to compare, comma-separated (v1.14.4,v1.15,v1.16).
+        #[arg(long, value_delimiter = ',', default_value = "v1.14.4,v1.15,v1.16")]
+        profiles: Vec<String>,
+        /// Compare the mechanism (tc, tcx, xdp mode) too, not only the programs.
+        #[arg(long)]
+        mechanism: bool,
+        /// Run inside a VM booted with this kernel, as for `run --kernel`.
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        paths: Vec<PathBuf>,
+    },
     /// Remove what dead hostdp runs left behind (namespaces, bpffs mounts); live runs are kept.
     Gc,
     /// Leak ledger: snapshot what the harness could leave behind, and compare with a snapshot.
@@ -121,6 +137,14 @@ fn main() -> ExitCode {
         Cmd::Inspect { netns, format, maps: true } => runner::cli_inspect_maps(netns.as_deref(), format == Format::Json),
         Cmd::Explain { config, profile, netns } => runner::cli_explain(&config, &profile, netns.as_deref()),
         Cmd::Table { record, devices } => runner::cli_table(&record, &devices),
+    },
+        Cmd::Diff { profiles, mechanism, kernel, format, paths } => hostdp::diff::cli(&hostdp::diff::DiffArgs {
+            profiles,
+            mechanism,
+            kernel,
+            json: format == Format::Json,
+            paths,
+        }),
         Cmd::Gc => runner::cli_gc(),
         Cmd::Ledger { cmd: LedgerCmd::Save { file } } => hostdp::ledger::cli_save(&file),
         Cmd::Ledger { cmd: LedgerCmd::Diff { file, wait } } => {

@@ -167,15 +167,12 @@ impl Agent {
         let settings = self.settings.as_ref().ok_or_else(|| AgentError::Harness("agent has no settings".into()))?;
         let lxc = node.lxc_name(&pod.key());
         let identity = endpoint_identity(pod);
-        let ops: Vec<Op> = datapath::endpoint_ops(settings, &lxc)
-            .into_iter()
-            .map(|op| match op {
-                Op::AttachTc { device, hook, program, priority, vlan, .. } => {
-                    Op::AttachTc { device, hook, program, priority, vlan, seclabel: identity }
-                }
-                other => other,
-            })
-            .collect();
+        let mut ops: Vec<Op> = datapath::endpoint_ops(settings, &lxc);
+        for op in &mut ops {
+            if let Op::AttachTc { seclabel, .. } | Op::AttachSkb { seclabel, .. } = op {
+                *seclabel = identity;
+            }
+        }
         let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone() };
         attach::execute(node.netns(), &ctx, &ops).map_err(classify_attach)?;
         self.write_policy_map(&policy::Endpoint::pod(&pod.namespace, &pod.name, &pod.labels), &lxc)
@@ -222,7 +219,8 @@ impl Agent {
         StepOutcome::default()
     }
 
-    /// `cleanup`: `cilium cleanup` removes Cilium's filters and XDP programs and its links.
+    /// `cleanup`: `cilium cleanup` removes Cilium's filters and XDP programs and its links
+    /// (v1.16: its bpffs folder too).
     pub fn cleanup(&mut self, node: &Node) -> Result<StepOutcome, AgentError> {
         self.running = false;
         let links = node.links().map_err(AgentError::harness)?;
@@ -231,6 +229,11 @@ impl Agent {
         attach::execute(node.netns(), &ctx, &ops).map_err(AgentError::harness)?;
         if let Some(b) = &self.bpffs {
             policymap::remove_all(b).map_err(AgentError::harness)?;
+        }
+        // v1.16's cleanup also removes Cilium's bpffs folder (`removeCiliumBPFFS`), which
+        // unpins, and so detaches, its tcx links.
+        if let (true, Some(b)) = (self.profile >= Profile::V1_16, &self.bpffs) {
+            attach::remove_pins(&b.join("cilium")).map_err(AgentError::harness)?;
         }
         self.devices = None;
         Ok(StepOutcome::default())
@@ -245,11 +248,14 @@ impl Agent {
         Ok(StepOutcome { regenerated: vec![pod.key()] })
     }
 
-    /// A topology change while the agent runs. v1.14.4 reacts only with runtime device
-    /// detection on and devices required; then the host datapath is reloaded.
+    /// A topology change while the agent runs. v1.14.4 and v1.15 react only with runtime device
+    /// detection on and devices required; v1.16's device reloader always runs (the flag is
+    /// deprecated and ignored). Then the host datapath is reloaded.
     pub fn link_changed(&mut self, node: &Node) -> Result<StepOutcome, AgentError> {
         let Some(settings) = &self.settings else { return Ok(StepOutcome::default()) };
-        if !self.running || !(settings.enable_runtime_device_detection && settings.are_devices_required()) {
+        let reloads = settings.profile >= Profile::V1_16
+            || (settings.enable_runtime_device_detection && settings.are_devices_required());
+        if !self.running || !reloads {
             return Ok(StepOutcome::default());
         }
         self.regenerate_host(node)?;

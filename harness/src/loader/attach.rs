@@ -84,6 +84,13 @@ pub enum OpOutcome {
     ObsoleteRemoved { device: String, hooks: Vec<Hook> },
     XdpAttached { device: String, program: String, mode: String, prog_id: u32 },
     XdpDetached { device: String, prog_ids: Vec<u32> },
+    /// A tcx link (new or updated in place) and the legacy filters removed in that direction.
+    TcxAttached { device: String, hook: Hook, program: String, pin: PathBuf, prog_id: u32, updated: bool, legacy_removed: usize },
+    /// A tc attach of [`Op::AttachSkb`]: the filter, stale Cilium filters deleted, whether a
+    /// tcx link was unpinned.
+    SkbTcAttached { device: String, hook: Hook, program: String, filter: String, prog_id: u32, stale_removed: usize, unpinned: bool },
+    /// [`Op::DetachSkb`]: whether a pin went, and how many filters.
+    SkbDetached { device: String, hook: Hook, unpinned: bool, removed: usize },
 }
 
 /// The result of [`execute`]: one outcome per op, in order.
@@ -179,6 +186,37 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, op: &Op) -> Result<OpOutcome, At
                 mode: mode.as_str().into(),
                 prog_id,
             })
+        }
+        Op::AttachSkb { device, hook, program, priority, vlan, seclabel, pin_dir, tcx, remove_stale } => {
+            let cfg = DeviceConfig { vlan: vlan.clone(), seclabel: *seclabel };
+            let skb = SkbAttach { program: *program, priority: *priority, pin_dir, tcx: *tcx, remove_stale: *remove_stale };
+            attach_skb(ns, ctx, device, *hook, &cfg, &skb)
+        }
+        Op::DetachSkb { device, hook, symbol, pin_dir } => {
+            let what = format!("detach {symbol} from {device} {}", hook.as_str());
+            let direction = Direction::from_hook(*hook)
+                .ok_or_else(|| AttachError::Invalid(format!("{what}: tc has only ingress and egress")))?;
+            let unpinned = match &ctx.bpffs {
+                Some(b) => detach_tcx(&b.join(pin_dir).join(symbol))?,
+                None => false,
+            };
+            let removed = tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+            Ok(OpOutcome::SkbDetached { device: device.clone(), hook: *hook, unpinned, removed })
+        }
+        Op::RemoveObsoleteNetdev { device, device_dir } => {
+            let what = format!("remove obsolete netdev programs from {device}");
+            if let (Some(b), Some(d)) = (&ctx.bpffs, device_dir) {
+                remove_pins(&b.join(d))?;
+            }
+            let mut hooks = Vec::new();
+            for (direction, prefix) in [(Direction::Ingress, "cil_from_netdev"), (Direction::Egress, "cil_to_netdev")] {
+                let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+                if filters.iter().any(|f| f.name.as_deref().is_some_and(|n| n.starts_with(prefix))) {
+                    tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+                    hooks.push(direction.hook());
+                }
+            }
+            Ok(OpOutcome::ObsoleteRemoved { device: device.clone(), hooks })
         }
         Op::DetachXdp { device } => {
             let what = format!("detach xdp from {device}");
@@ -408,42 +446,170 @@ pub fn attach_tcx(
         Hook::Egress => TcAttachType::Egress,
         Hook::Xdp => return Err(AttachError::Invalid(format!("{what}: tcx has only ingress and egress"))),
     };
-    ns.run(|| {
-        let load_err = |message: String| AttachError::Load { op: what.clone(), message };
-        let mut ebpf = open_object(ns, ctx, device, program.object, cfg, &what)?;
-        let prog = load_classifier(&mut ebpf, program.symbol, &what)?;
-        let updated = pin_path.exists();
-        let link_id = if updated {
-            let pinned = PinnedLink::from_pin(pin_path)
-                .map_err(|e| load_err(format!("open pinned link {}: {}", pin_path.display(), chain(&e))))?;
-            let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                .map_err(|e| load_err(format!("pinned link {} is not a tcx link: {}", pin_path.display(), chain(&e))))?;
-            prog.attach_to_link(link).map_err(|e| load_err(format!("update link: {}", chain(&e))))?
-        } else {
-            prog.attach_with_options(device, attach_type, TcAttachOptions::TcxOrder(LinkOrder::last()))
-                .map_err(|e| load_err(format!("tcx attach: {}", chain(&e))))?
-        };
-        let link = prog.take_link(link_id).map_err(|e| load_err(chain(&e)))?;
-        if !updated {
-            let fd_link = FdLink::try_from(link).map_err(|e| load_err(chain(&e)))?;
-            if let Some(dir) = pin_path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| load_err(format!("create {}: {e}", dir.display())))?;
+    ns.run(|| tcx_here(ns, ctx, device, attach_type, program, cfg, pin_path, &what))?
+}
+
+/// [`attach_tcx`] in the calling thread (already inside `ns`). A pin whose link is defunct
+/// (its device went away: ENOLINK on update) is removed and a new link made, as upstream's
+/// `updateTCX` does.
+#[allow(clippy::too_many_arguments)]
+fn tcx_here(
+    ns: &Netns,
+    ctx: &AttachContext,
+    device: &str,
+    attach_type: TcAttachType,
+    program: ProgramRef,
+    cfg: &DeviceConfig,
+    pin_path: &Path,
+    what: &str,
+) -> Result<TcxAttached, AttachError> {
+    let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
+    let mut ebpf = open_object(ns, ctx, device, program.object, cfg, what)?;
+    let prog = load_classifier(&mut ebpf, program.symbol, what)?;
+    let mut updated = false;
+    if pin_path.exists() {
+        let pinned = PinnedLink::from_pin(pin_path)
+            .map_err(|e| load_err(format!("open pinned link {}: {}", pin_path.display(), chain(&e))))?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .map_err(|e| load_err(format!("pinned link {} is not a tcx link: {}", pin_path.display(), chain(&e))))?;
+        match prog.attach_to_link(link) {
+            Ok(id) => {
+                // The update holds; drop our handle, the pin keeps the link.
+                drop(prog.take_link(id).map_err(|e| load_err(chain(&e)))?);
+                updated = true;
             }
-            fd_link.pin(pin_path).map_err(|e| load_err(format!("pin at {}: {}", pin_path.display(), chain(&e))))?;
+            Err(aya::programs::ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(nix::libc::ENOLINK) => {
+                detach_tcx(pin_path)?;
+            }
+            Err(e) => return Err(load_err(format!("update link {}: {}", pin_path.display(), chain(&e)))),
         }
-        let prog_id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
-        Ok(TcxAttached { prog_id, pin: pin_path.to_path_buf(), updated })
-    })?
+    }
+    if !updated {
+        let link_id = prog
+            .attach_with_options(device, attach_type, TcAttachOptions::TcxOrder(LinkOrder::last()))
+            .map_err(|e| load_err(format!("tcx attach: {}", chain(&e))))?;
+        let link = prog.take_link(link_id).map_err(|e| load_err(chain(&e)))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| load_err(chain(&e)))?;
+        if let Some(dir) = pin_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| load_err(format!("create {}: {e}", dir.display())))?;
+        }
+        fd_link.pin(pin_path).map_err(|e| load_err(format!("pin at {}: {}", pin_path.display(), chain(&e))))?;
+    }
+    let prog_id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
+    Ok(TcxAttached { prog_id, pin: pin_path.to_path_buf(), updated })
+}
+
+/// How [`Op::AttachSkb`] attaches (see there).
+struct SkbAttach<'a> {
+    program: ProgramRef,
+    priority: u16,
+    pin_dir: &'a str,
+    tcx: bool,
+    remove_stale: bool,
+}
+
+/// Whether this kernel has tcx: upstream falls back to tc on `link.ErrNotSupported`, which
+/// cilium/ebpf derives from a feature probe; the harness's probe is [`crate::caps`]'s.
+fn kernel_has_tcx() -> bool {
+    crate::caps::Capabilities::probe().has("tcx")
+}
+
+/// [`Op::AttachSkb`], inside the namespace.
+fn attach_skb(ns: &Netns, ctx: &AttachContext, device: &str, hook: Hook, cfg: &DeviceConfig, a: &SkbAttach<'_>) -> Result<OpOutcome, AttachError> {
+    let symbol = a.program.symbol;
+    let what = format!("attach {symbol} to {device} {}", hook.as_str());
+    let (direction, attach_type) = match hook {
+        Hook::Ingress => (Direction::Ingress, TcAttachType::Ingress),
+        Hook::Egress => (Direction::Egress, TcAttachType::Egress),
+        Hook::Xdp => return Err(AttachError::Invalid(format!("{what}: a tc program needs ingress or egress"))),
+    };
+    let pin = ctx.bpffs.as_ref().map(|b| b.join(a.pin_dir).join(symbol));
+    if a.tcx && kernel_has_tcx() {
+        let pin = pin.ok_or_else(|| AttachError::Invalid(format!("{what}: tcx needs a bpffs folder to pin the link in")))?;
+        let t = tcx_here(ns, ctx, device, attach_type, a.program, cfg, &pin, &what)?;
+        // tcx runs before legacy tc: every filter left in that direction goes.
+        let legacy_removed = tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+        return Ok(OpOutcome::TcxAttached {
+            device: device.to_string(),
+            hook,
+            program: symbol.into(),
+            pin: t.pin,
+            prog_id: t.prog_id,
+            updated: t.updated,
+            legacy_removed,
+        });
+    }
+    let filter = format!("{symbol}-{device}");
+    let priority = a.priority.max(1);
+    let spec = FilterSpec { direction, priority, handle: tc::CILIUM_HANDLE, name: &filter };
+    let prog_id = attach_tc_filter(ns, ctx, device, a.program, cfg, &spec, &what)?;
+    let mut stale_removed = 0;
+    if a.remove_stale {
+        let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+        for f in filters.iter().filter(|f| f.priority != priority && f.name.as_deref().is_some_and(|n| n.starts_with("cil_"))) {
+            tc::delete_filter(device, direction, f.priority, f.handle).map_err(|e| kernel(ns, &what, device, e))?;
+            stale_removed += 1;
+        }
+    }
+    let unpinned = match &pin {
+        Some(p) => detach_tcx(p)?,
+        None => false,
+    };
+    Ok(OpOutcome::SkbTcAttached { device: device.to_string(), hook, program: symbol.into(), filter, prog_id, stale_removed, unpinned })
 }
 
 /// Removes a pinned tcx link: the attachment goes away with the last reference.
 /// `Ok(false)` if nothing was pinned there.
 pub fn detach_tcx(pin_path: &Path) -> Result<bool, AttachError> {
-    match std::fs::remove_file(pin_path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(AttachError::Load { op: format!("unpin {}", pin_path.display()), message: e.to_string() }),
+    if !pin_path.exists() {
+        return Ok(false);
     }
+    remove_pins(pin_path)?;
+    Ok(true)
+}
+
+/// Removes a pin file or a bpffs folder of pins, then waits until the links pinned there are
+/// gone: the kernel releases a link whose last reference was a bpffs pin asynchronously, so
+/// right after the unlink the program can still be attached for a moment. Nothing there is fine.
+pub fn remove_pins(path: &Path) -> Result<(), AttachError> {
+    let err = |e: std::io::Error| AttachError::Load { op: format!("unpin {}", path.display()), message: e.to_string() };
+    let pinned = pinned_links(path);
+    let res = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    match res {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(e)),
+    }
+    // The link's id is freed before its release detaches the program; the program (held by
+    // the link alone) goes last, so its id is what tells that the hook is clear.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let links: Vec<u32> = aya::programs::loaded_links().filter_map(Result::ok).map(|l| l.id()).collect();
+        let progs: Vec<u32> = aya::programs::loaded_programs().filter_map(Result::ok).map(|p| p.id()).collect();
+        if !pinned.iter().any(|(l, p)| links.contains(l) || progs.contains(p)) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(AttachError::Load {
+                op: format!("unpin {}", path.display()),
+                message: "the kernel still holds the unpinned links after 5 s".into(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// (link id, program id) of the bpf links pinned at `path` (a pin or a folder, recursively).
+fn pinned_links(path: &Path) -> Vec<(u32, u32)> {
+    if path.is_dir() {
+        let entries = std::fs::read_dir(path).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_else(|_| Vec::new());
+        return entries.iter().flat_map(|p: &PathBuf| pinned_links(p)).collect();
+    }
+    PinnedLink::from_pin(path)
+        .ok()
+        .and_then(|p| FdLink::from(p).info().ok())
+        .map(|i| vec![(i.id(), i.program_id())])
+        .unwrap_or_default()
 }
 
 /// Another tool's program: `foreign_tc` as a tc filter named `foreign_tc` (priority 100,

@@ -75,6 +75,32 @@ pub enum Op {
     AttachXdp { device: String, program: ProgramRef, mode: XdpMode },
     /// Detach any XDP program (`maybeUnloadObsoleteXDPPrograms`).
     DetachXdp { device: String },
+    /// v1.15+ `attachSKBProgram` (`attachTCProgram` in v1.15): with `tcx`, a bpf_link at the
+    /// tail of the hook, pinned at `<bpffs>/<pin_dir>/<symbol>` (an existing pin is updated in
+    /// place), after which every legacy filter in that direction is removed; where the kernel
+    /// has no tcx, or without `tcx`, the tc filter of [`Op::AttachTc`], then (`remove_stale`,
+    /// v1.16) Cilium's (`cil_`) filters at other priorities are deleted, and a tcx link pinned
+    /// there by a newer version is unpinned (the downgrade path).
+    AttachSkb {
+        device: String,
+        hook: Hook,
+        program: ProgramRef,
+        priority: u16,
+        vlan: VlanAllow,
+        seclabel: u32,
+        /// Folder of the link pins, relative to the bpffs root (`cilium/devices/<dev>/links`).
+        pin_dir: String,
+        tcx: bool,
+        remove_stale: bool,
+    },
+    /// v1.16 `detachSKBProgram`: unpin `<bpffs>/<pin_dir>/<symbol>` and delete every legacy
+    /// filter in that direction.
+    DetachSkb { device: String, hook: Hook, symbol: &'static str, pin_dir: String },
+    /// v1.15+ `removeObsoleteNetdevPrograms` on a link that is no longer a device: if an ingress
+    /// filter's name starts with `cil_from_netdev`, every ingress filter goes; likewise egress
+    /// and `cil_to_netdev`. With `device_dir` (v1.16) the device's bpffs folder
+    /// (`cilium/devices/<dev>`, its pinned links included) is removed first.
+    RemoveObsoleteNetdev { device: String, device_dir: Option<String> },
     /// `cilium cleanup`: delete the tc filters (both directions) whose names contain
     /// `bpf_netdev`, `bpf_network`, `bpf_host`, `bpf_lxc`, `bpf_overlay` or `cil_`, and the XDP
     /// program if its name contains `cil_xdp_entry`. Other filters stay.
@@ -100,6 +126,23 @@ use crate::netlink::LinkInfo;
 /// `defaults.HostDevice` / `defaults.SecondHostDevice`.
 pub const HOST_DEVICE: &str = "cilium_host";
 pub const SECOND_HOST_DEVICE: &str = "cilium_net";
+
+/// `bpffsDeviceLinksDir` relative to the bpffs root: `cilium/devices/<dev>/links`, with every
+/// "." of the name turned into "-" (bpffs folder names cannot hold dots).
+pub fn device_links_dir(device: &str) -> String {
+    format!("{}/links", device_dir(device))
+}
+
+/// `bpffsDeviceDir` relative to the bpffs root: `cilium/devices/<dev with . as ->`.
+pub fn device_dir(device: &str) -> String {
+    format!("cilium/devices/{}", device.replace('.', "-"))
+}
+
+/// `bpffsEndpointLinksDir` relative to the bpffs root. Upstream names the folder by the
+/// numeric endpoint id; the harness has no endpoint ids and uses the lxc device name.
+pub fn endpoint_links_dir(lxc_device: &str) -> String {
+    format!("cilium/endpoints/{lxc_device}/links")
+}
 
 /// Reserved identities (pkg/identity): the host programs run as `host`, bpf_xdp as `world`.
 pub const IDENTITY_HOST: u32 = 1;
@@ -224,7 +267,6 @@ pub fn plan_with_state(
     let devices = &sel.devices;
     let vlans = vlan_filter(settings, devices, links)?;
     let defines = defines(settings, sel, links)?;
-    let prio = settings.bpf_filter_priority;
     let exists = |n: &str| links.iter().any(|l| l.name == n);
     let mut ops = vec![Op::CreateHostDevices];
 
@@ -273,17 +315,12 @@ pub fn plan_with_state(
     }
 
     // reloadHostDatapath.
-    let host = |device: &str, hook: Hook, program: ProgramRef| Op::AttachTc {
-        device: device.to_string(),
-        hook,
-        program,
-        priority: prio,
-        vlan: VlanAllow::Ids(Vec::new()),
-        seclabel: IDENTITY_HOST,
+    let attach = |device: &str, hook: Hook, program: ProgramRef, vlan: VlanAllow| {
+        skb_or_tc(settings, device, hook, program, vlan, IDENTITY_HOST, device_links_dir(device))
     };
-    ops.push(host(HOST_DEVICE, Hook::Ingress, CIL_TO_HOST));
-    ops.push(host(HOST_DEVICE, Hook::Egress, CIL_FROM_HOST));
-    ops.push(host(SECOND_HOST_DEVICE, Hook::Ingress, CIL_TO_HOST));
+    ops.push(attach(HOST_DEVICE, Hook::Ingress, CIL_TO_HOST, VlanAllow::Ids(Vec::new())));
+    ops.push(attach(HOST_DEVICE, Hook::Egress, CIL_FROM_HOST, VlanAllow::Ids(Vec::new())));
+    ops.push(attach(SECOND_HOST_DEVICE, Hook::Ingress, CIL_TO_HOST, VlanAllow::Ids(Vec::new())));
     let egress = settings.are_devices_required();
     let mut host_devices = devices.clone();
     if settings.profile >= Profile::V1_16 && settings.need_bpf_host_on_wireguard_device() {
@@ -291,30 +328,37 @@ pub fn plan_with_state(
     }
     for dev in host_devices.iter().filter(|d| exists(d)) {
         let vlan = vlans.get(dev).cloned().unwrap_or(VlanAllow::Ids(Vec::new()));
-        let netdev = |hook: Hook, program: ProgramRef| Op::AttachTc {
-            device: dev.clone(),
-            hook,
-            program,
-            priority: prio,
-            vlan: vlan.clone(),
-            seclabel: IDENTITY_HOST,
-        };
-        if egress && dev != WIREGUARD_DEVICE {
-            ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
-            ops.push(netdev(Hook::Egress, CIL_TO_NETDEV));
-        } else if egress && settings.profile >= Profile::V1_16 {
-            // v1.16 leaves cilium_wg0's egress alone when devices are required.
-            ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
+        let ingress = attach(dev, Hook::Ingress, CIL_FROM_NETDEV, vlan.clone());
+        if settings.profile >= Profile::V1_16 {
+            // Ingress first; with devices required cilium_wg0's egress is left alone,
+            // otherwise `detachSKBProgram` clears the egress hook (pin and filters).
+            ops.push(ingress);
+            if egress && dev != WIREGUARD_DEVICE {
+                ops.push(attach(dev, Hook::Egress, CIL_TO_NETDEV, vlan));
+            } else if !egress {
+                ops.push(Op::DetachSkb {
+                    device: dev.clone(),
+                    hook: Hook::Egress,
+                    symbol: CIL_TO_NETDEV.symbol,
+                    pin_dir: device_links_dir(dev),
+                });
+            }
+        } else if egress && dev != WIREGUARD_DEVICE {
+            ops.push(ingress);
+            ops.push(attach(dev, Hook::Egress, CIL_TO_NETDEV, vlan));
         } else {
             ops.push(Op::FlushTc { device: dev.clone(), hook: Hook::Egress });
-            ops.push(netdev(Hook::Ingress, CIL_FROM_NETDEV));
+            ops.push(ingress);
         }
     }
     if settings.profile >= Profile::V1_15 {
+        // removeObsoleteNetdevPrograms, last: links outside the device list without an excluded
+        // prefix; v1.16 also removes their bpffs folder.
         for l in links {
             let excluded = crate::loader::devices::EXCLUDED_PREFIXES.iter().any(|p| l.name.starts_with(p));
             if !excluded && !host_devices.contains(&l.name) {
-                ops.push(Op::RemoveObsoleteTc { device: l.name.clone() });
+                let device_dir = (settings.profile >= Profile::V1_16).then(|| device_dir(&l.name));
+                ops.push(Op::RemoveObsoleteNetdev { device: l.name.clone(), device_dir });
             }
         }
     }
@@ -323,21 +367,43 @@ pub fn plan_with_state(
 
 /// A pod endpoint's programs (`reloadDatapath` for a non-host endpoint): `cil_from_container` on
 /// the lxc device's ingress always; `cil_to_container` on its egress only with endpoint routes
-/// (`RequireEgressProg`), otherwise its egress filters are removed. The seclabel is left 0:
+/// (`RequireEgressProg`), otherwise its egress filters are removed (v1.16: and its tcx pin).
+/// Attached as the profile attaches ([`Op::AttachSkb`] from v1.15). The seclabel is left 0:
 /// the endpoint's identity is the caller's to fill in.
 pub fn endpoint_ops(settings: &Settings, lxc_device: &str) -> Vec<Op> {
-    let attach = |hook: Hook, program: ProgramRef| Op::AttachTc {
-        device: lxc_device.to_string(),
-        hook,
-        program,
-        priority: settings.bpf_filter_priority,
-        vlan: VlanAllow::Ids(Vec::new()),
-        seclabel: 0,
+    let pin_dir = endpoint_links_dir(lxc_device);
+    let attach = |hook: Hook, program: ProgramRef| {
+        skb_or_tc(settings, lxc_device, hook, program, VlanAllow::Ids(Vec::new()), 0, pin_dir.clone())
+    };
+    let egress_off = if settings.profile >= Profile::V1_16 {
+        Op::DetachSkb { device: lxc_device.to_string(), hook: Hook::Egress, symbol: CIL_TO_CONTAINER.symbol, pin_dir: pin_dir.clone() }
+    } else {
+        Op::FlushTc { device: lxc_device.to_string(), hook: Hook::Egress }
     };
     if settings.enable_endpoint_routes {
         vec![attach(Hook::Ingress, CIL_FROM_CONTAINER), attach(Hook::Egress, CIL_TO_CONTAINER)]
     } else {
-        vec![attach(Hook::Ingress, CIL_FROM_CONTAINER), Op::FlushTc { device: lxc_device.to_string(), hook: Hook::Egress }]
+        vec![attach(Hook::Ingress, CIL_FROM_CONTAINER), egress_off]
+    }
+}
+
+/// How the profile attaches a tc program: v1.14.4 a plain tc filter ([`Op::AttachTc`]); v1.15
+/// a tc filter that also unpins a newer version's tcx link; v1.16 tcx when `enable-tcx`.
+fn skb_or_tc(settings: &Settings, device: &str, hook: Hook, program: ProgramRef, vlan: VlanAllow, seclabel: u32, pin_dir: String) -> Op {
+    let priority = settings.bpf_filter_priority;
+    if settings.profile < Profile::V1_15 {
+        return Op::AttachTc { device: device.to_string(), hook, program, priority, vlan, seclabel };
+    }
+    Op::AttachSkb {
+        device: device.to_string(),
+        hook,
+        program,
+        priority,
+        vlan,
+        seclabel,
+        pin_dir,
+        tcx: settings.enable_tcx,
+        remove_stale: settings.profile >= Profile::V1_16,
     }
 }
 
@@ -666,7 +732,9 @@ mod later_profiles {
         plan.ops
             .iter()
             .filter_map(|o| match o {
-                Op::AttachTc { device, hook, program, .. } if device == dev => Some((*hook, program.symbol)),
+                Op::AttachTc { device, hook, program, .. } | Op::AttachSkb { device, hook, program, .. } if device == dev => {
+                    Some((*hook, program.symbol))
+                }
                 _ => None,
             })
             .collect()
@@ -700,7 +768,19 @@ mod later_profiles {
         assert_eq!(v16.selection.devices, names(&["bond0.212"]));
         let plan = super::plan(&v16.settings, &v16.selection, &links).unwrap();
         assert_eq!(netdev_hooks(&plan, "bond0.212"), vec![(Hook::Ingress, "cil_from_netdev")]);
-        assert!(plan.ops.contains(&Op::FlushTc { device: "bond0.212".into(), hook: Hook::Egress }));
+        assert!(plan.ops.contains(&Op::DetachSkb {
+            device: "bond0.212".into(),
+            hook: Hook::Egress,
+            symbol: "cil_to_netdev",
+            pin_dir: "cilium/devices/bond0-212/links".into()
+        }));
+        // tcx by default; the pins sit in the device's folder, "." as "-".
+        assert!(plan.ops.iter().any(|o| matches!(o, Op::AttachSkb { device, tcx: true, remove_stale: true, pin_dir, .. }
+            if device == "cilium_host" && pin_dir == "cilium/devices/cilium_host/links")));
+        let v16 = run(Profile::V1_16, &[("kube-proxy-replacement", "false"), ("enable-tcx", "false")], &links, &routes, ip).unwrap();
+        let plan = super::plan(&v16.settings, &v16.selection, &links).unwrap();
+        assert!(plan.ops.iter().all(|o| !matches!(o, Op::AttachSkb { tcx: true, .. })));
+        assert!(plan.ops.contains(&Op::RemoveObsoleteNetdev { device: "bond0".into(), device_dir: Some("cilium/devices/bond0".into()) }));
         // With KPR true v1.15 attaches both directions.
         let v15 = run(Profile::V1_15, &[("kube-proxy-replacement", "true")], &links, &routes, ip).unwrap();
         let plan = super::plan(&v15.settings, &v15.selection, &links).unwrap();
@@ -708,10 +788,12 @@ mod later_profiles {
             netdev_hooks(&plan, "bond0.212"),
             vec![(Hook::Ingress, "cil_from_netdev"), (Hook::Egress, "cil_to_netdev")]
         );
-        // The obsolete-program clean-up comes last and skips the excluded prefixes (lo).
+        // The obsolete-program clean-up comes last and skips the excluded prefixes (lo); v1.15
+        // attaches tc only (unpinning a v1.16 tcx link) and leaves bpffs folders alone.
         let last: Vec<&Op> = plan.ops.iter().rev().take(3).collect();
-        assert!(last.iter().all(|o| matches!(o, Op::RemoveObsoleteTc { .. })), "{last:?}");
-        assert!(!plan.ops.contains(&Op::RemoveObsoleteTc { device: "lo".into() }));
+        assert!(last.iter().all(|o| matches!(o, Op::RemoveObsoleteNetdev { device_dir: None, .. })), "{last:?}");
+        assert!(!plan.ops.iter().any(|o| matches!(o, Op::RemoveObsoleteNetdev { device, .. } if device == "lo")));
+        assert!(plan.ops.iter().all(|o| !matches!(o, Op::AttachTc { .. } | Op::AttachSkb { tcx: true, .. })));
     }
 
     #[test]
@@ -781,7 +863,7 @@ mod later_profiles {
         assert_eq!(v16.selection.devices, names(&["eth0"]), "cilium_ has an excluded prefix");
         let plan = super::plan(&v16.settings, &v16.selection, &links).unwrap();
         assert_eq!(netdev_hooks(&plan, "cilium_wg0"), vec![(Hook::Ingress, "cil_from_netdev")]);
-        assert!(!plan.ops.contains(&Op::FlushTc { device: "cilium_wg0".into(), hook: Hook::Egress }));
+        assert!(!plan.ops.iter().any(|o| matches!(o, Op::FlushTc { device, .. } | Op::DetachSkb { device, .. } if device == "cilium_wg0")));
         // v1.14.4 without encrypt-node: no bpf_host on cilium_wg0.
         let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.0.0.2").unwrap();
         let plan = super::plan(&v14.settings, &v14.selection, &links).unwrap();

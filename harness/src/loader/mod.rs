@@ -116,5 +116,21 @@ fn describe(op: &datapath::Op) -> String {
         Op::RemoveCiliumFilters { device } => format!("remove Cilium's filters from {device}"),
         Op::AttachXdp { device, program, mode } => format!("attach {} on {device} xdp ({mode:?})", program.symbol),
         Op::DetachXdp { device } => format!("detach any XDP program from {device}"),
+        Op::AttachSkb { device, hook, program, priority, pin_dir, tcx, .. } => {
+            let s = program.symbol;
+            let tc = format!("tc filter {s}-{device}, pref {priority}, handle 1");
+            if *tcx {
+                format!("attach {s} on {device} {} (tcx link pinned at {pin_dir}/{s}; {tc} where the kernel has no tcx)", hook.as_str())
+            } else {
+                format!("attach {s} on {device} {} ({tc}; unpin {pin_dir}/{s})", hook.as_str())
+            }
+        }
+        Op::DetachSkb { device, hook, symbol, pin_dir } => {
+            format!("unpin {pin_dir}/{symbol} and remove every {} filter of {device}", hook.as_str())
+        }
+        Op::RemoveObsoleteNetdev { device, device_dir } => match device_dir {
+            Some(d) => format!("remove {d} and Cilium's netdev filters from {device} (no longer a device)"),
+            None => format!("remove Cilium's netdev filters from {device} (no longer a device)"),
+        },
     }
 }

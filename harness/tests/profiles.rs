@@ -1,0 +1,92 @@
+//! Profiles on a real kernel: v1.16's tcx links (tail of the hook, pins laid out as upstream's
+//! `cilium/devices/<dev with . as ->/links/<prog>`), and a profile switch on restart.
+//! Needs root and a kernel with tcx; skips otherwise.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use hostdp::caps::Capabilities;
+use hostdp::inspect::{self, Hook, Mechanism};
+use hostdp::loader::agent::Agent;
+use hostdp::loader::attach::{self, AttachContext, DeviceConfig};
+use hostdp::loader::compile::{default_bpf_dir, Compiler};
+use hostdp::loader::datapath::{Object, ProgramRef};
+use hostdp::loader::profile::Profile;
+use hostdp::topology::{Node, RunId};
+
+const NODE: &str = "
+name: tcx-pins
+profile: v1.16
+node: {ip: 192.168.10.2}
+topology:
+  links:
+    - {name: eth0.5, kind: veth, addresses: [192.168.10.2/24]}
+  routes:
+    - {dst: default, via: 192.168.10.1, dev: eth0.5}
+agent:
+  kube-proxy-replacement: \"true\"
+steps:
+  - start: {}
+";
+
+fn runnable() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root");
+        return false;
+    }
+    if !Capabilities::probe().has("tcx") {
+        eprintln!("skipping: kernel without tcx");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn v1_16_pins_tcx_links_per_device_at_the_tail() {
+    if !runnable() {
+        return;
+    }
+    let sc = hostdp::scenario::parse(Path::new("tcx-pins.yaml"), NODE.as_bytes()).unwrap();
+    let node = Node::build(&sc, &RunId::new()).unwrap();
+    let compiler = Arc::new(Compiler::new(default_bpf_dir(), hostdp::runner::cache_dir()));
+    let bpffs = node.bpffs().to_path_buf();
+
+    // Another tool's tcx program is on eth0.5's ingress first; Cilium's link goes behind it.
+    let ctx = AttachContext { compiler: compiler.clone(), defines: BTreeMap::new(), bpffs: Some(bpffs.clone()) };
+    let foreign = ProgramRef { object: Object::Foreign, symbol: "foreign_tc" };
+    let other_pin = bpffs.join("other/foreign_tc");
+    attach::attach_tcx(node.netns(), &ctx, "eth0.5", Hook::Ingress, foreign, &DeviceConfig::default(), &other_pin).unwrap();
+
+    let mut agent = Agent::new(Profile::V1_16, sc.agent.clone(), Some("192.168.10.2".parse().unwrap()), BTreeMap::new(), compiler, Some(bpffs.clone()));
+    agent.start(&node, &[]).unwrap();
+    for pin in [
+        "cilium/devices/eth0-5/links/cil_from_netdev",
+        "cilium/devices/eth0-5/links/cil_to_netdev",
+        "cilium/devices/cilium_host/links/cil_to_host",
+        "cilium/devices/cilium_host/links/cil_from_host",
+        "cilium/devices/cilium_net/links/cil_to_host",
+    ] {
+        assert!(bpffs.join(pin).exists(), "{pin} is not pinned");
+    }
+    let atts = inspect::inspect_netns(node.netns()).unwrap();
+    let ingress: Vec<(&str, Mechanism)> = atts
+        .iter()
+        .filter(|a| a.device == "eth0.5" && a.hook == Hook::Ingress)
+        .map(|a| (a.program.as_str(), a.mechanism))
+        .collect();
+    assert_eq!(ingress, vec![("foreign_tc", Mechanism::Tcx), ("cil_from_netdev", Mechanism::Tcx)]);
+
+    // Downgrade to v1.15: tc filters, and the v1.16 pins are gone (their links detached); the
+    // foreign tcx program stays.
+    agent.restart(&node, &[], &BTreeMap::new(), Some("v1.15")).unwrap();
+    assert!(!bpffs.join("cilium/devices/eth0-5/links/cil_from_netdev").exists());
+    assert!(!bpffs.join("cilium/devices/cilium_host/links/cil_to_host").exists());
+    let atts = inspect::inspect_netns(node.netns()).unwrap();
+    let ingress: Vec<(&str, Mechanism)> = atts
+        .iter()
+        .filter(|a| a.device == "eth0.5" && a.hook == Hook::Ingress)
+        .map(|a| (a.program.as_str(), a.mechanism))
+        .collect();
+    assert_eq!(ingress, vec![("foreign_tc", Mechanism::Tcx), ("cil_from_netdev", Mechanism::Tc)]);
+}
