@@ -382,6 +382,7 @@ mod tests {
                 regenerated: vec![],
                 attachments: atts,
                 mismatches: vec![],
+                policy_maps: vec![],
             }],
         }
     }

@@ -137,7 +137,6 @@ fn main() -> ExitCode {
         Cmd::Inspect { netns, format, maps: true } => runner::cli_inspect_maps(netns.as_deref(), format == Format::Json),
         Cmd::Explain { config, profile, netns } => runner::cli_explain(&config, &profile, netns.as_deref()),
         Cmd::Table { record, devices } => runner::cli_table(&record, &devices),
-    },
         Cmd::Diff { profiles, mechanism, kernel, format, paths } => hostdp::diff::cli(&hostdp::diff::DiffArgs {
             profiles,
             mechanism,
