@@ -48,6 +48,10 @@ enum Cmd {
         /// Write the JSON record to this file as well (whatever --format says).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Run every file under this profile instead of its own (to observe, e.g. for the
+        /// behaviour table; expectations written for another profile may fail).
+        #[arg(long)]
+        profile: Option<String>,
         paths: Vec<PathBuf>,
     },
     /// List every tc, tcx and XDP attachment on every link of a namespace (read-only).
@@ -74,8 +78,10 @@ enum Cmd {
     /// Render a JSON result record as the README's behaviour table (markdown): per scenario,
     /// the devices selected at `start` and what landed on each named device.
     Table {
-        /// A record written by `hostdp run --format json` (or `--output`).
-        record: PathBuf,
+        /// Records written by `hostdp run --format json` (or `--output`); several (one per
+        /// profile, from `run --profile`) give a column per record.
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
         /// Devices to show, comma-separated.
         #[arg(long, default_value = "bond0.212,bond0,eth0,eth1")]
         devices: String,
@@ -124,19 +130,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Check { paths } => runner::cli_check(&default_paths(paths)),
-        Cmd::Run { format, kernels, allow_skips, keep, jobs, output, paths } => runner::cli_run(&runner::RunArgs {
+        Cmd::Run { format, kernels, allow_skips, keep, jobs, output, profile, paths } => runner::cli_run(&runner::RunArgs {
             json: format == Format::Json,
             kernels,
             allow_skips,
             keep,
             jobs,
             output,
+            profile,
             paths: default_paths(paths),
         }),
         Cmd::Inspect { netns, format, maps: false } => runner::cli_inspect(netns.as_deref(), format == Format::Json),
         Cmd::Inspect { netns, format, maps: true } => runner::cli_inspect_maps(netns.as_deref(), format == Format::Json),
         Cmd::Explain { config, profile, netns } => runner::cli_explain(&config, &profile, netns.as_deref()),
-        Cmd::Table { record, devices } => runner::cli_table(&record, &devices),
+        Cmd::Table { records, devices } => runner::cli_table(&records, &devices),
         Cmd::Diff { profiles, mechanism, kernel, format, paths } => hostdp::diff::cli(&hostdp::diff::DiffArgs {
             profiles,
             mechanism,

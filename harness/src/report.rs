@@ -598,3 +598,71 @@ pub fn behaviour_table(rec: &RunRecord, devices: &[&str]) -> String {
     }
     s
 }
+
+/// The README's cross-profile table: one row per scenario, one column per record (each record a
+/// run of the same files under one profile, `hostdp run --profile P`), each cell what the first
+/// `start` step left on the given devices, or the agent's refusal.
+pub fn profile_table(recs: &[RunRecord], devices: &[&str]) -> String {
+    let mut s = String::from("| configuration |");
+    for r in recs {
+        let p = r.scenarios.first().map(|x| x.profile.as_str()).unwrap_or("?");
+        let _ = write!(s, " {p} ({}) |", r.kernel);
+    }
+    s.push('\n');
+    s.push_str(&"|---".repeat(1 + recs.len()));
+    s.push_str("|\n");
+    let Some(first) = recs.first() else { return s };
+    for sc in &first.scenarios {
+        let _ = write!(s, "| `{}` |", sc.name);
+        for r in recs {
+            let cell = match r.scenarios.iter().find(|x| x.file == sc.file) {
+                None => "-".to_string(),
+                Some(x) if x.status == Status::Skipped || x.status == Status::Error => {
+                    format!("{}: {}", x.status.as_str(), x.reason.as_deref().unwrap_or(""))
+                }
+                Some(x) => match x.steps.iter().find(|st| st.action == "start") {
+                    None => "-".into(),
+                    Some(st) => start_cell(st, devices),
+                },
+            };
+            let _ = write!(s, " {} |", cell.replace('|', "/"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn start_cell(st: &StepRecord, devices: &[&str]) -> String {
+    if let Some(e) = &st.error {
+        let mut e = e.clone();
+        if e.len() > 70 {
+            e.truncate(70);
+            e.push('…');
+        }
+        return format!("refused: {e}");
+    }
+    let mut parts = Vec::new();
+    for d in devices {
+        let on: Vec<String> = st
+            .attachments
+            .iter()
+            .filter(|a| a.device == *d)
+            .map(|a| {
+                let m = match a.mechanism {
+                    crate::inspect::Mechanism::Tc => "",
+                    crate::inspect::Mechanism::Tcx => " (tcx)",
+                    crate::inspect::Mechanism::Xdp => " (xdp)",
+                };
+                format!("{} {}{m}", a.hook.as_str(), a.program)
+            })
+            .collect();
+        if !on.is_empty() {
+            parts.push(format!("**{d}**: {}", on.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        "nothing on the NICs".into()
+    } else {
+        parts.join("<br>")
+    }
+}

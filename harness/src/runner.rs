@@ -28,6 +28,9 @@ pub struct RunArgs {
     pub keep: bool,
     pub jobs: Option<usize>,
     pub output: Option<PathBuf>,
+    /// Run every file under this profile instead of its own (observation runs for the
+    /// behaviour table; expectations written for another profile may then fail).
+    pub profile: Option<String>,
     pub paths: Vec<PathBuf>,
 }
 
@@ -265,6 +268,11 @@ fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action:
 
 /// Runs files on this kernel, `jobs` at a time. Invalid files become `error` records.
 pub fn run_local(files: &[PathBuf], jobs: usize) -> Vec<ScenarioRecord> {
+    run_local_as(files, jobs, None)
+}
+
+/// [`run_local`], every file under `profile` when one is given.
+pub fn run_local_as(files: &[PathBuf], jobs: usize, profile: Option<Profile>) -> Vec<ScenarioRecord> {
     let run = RunId::new();
     let queue = Mutex::new(files.iter().enumerate().collect::<Vec<_>>().into_iter());
     let results: Mutex<Vec<(usize, ScenarioRecord)>> = Mutex::new(Vec::new());
@@ -277,7 +285,10 @@ pub fn run_local(files: &[PathBuf], jobs: usize) -> Vec<ScenarioRecord> {
                     eprintln!("hostdp: running {}", f.display());
                 }
                 let rec = match scenario::load(f) {
-                    Ok(sc) => run_scenario(&sc, &run),
+                    Ok(sc) => match profile {
+                        Some(p) => run_scenario(&crate::diff::with_profile(&sc, p), &run),
+                        None => run_scenario(&sc, &run),
+                    },
                     Err(e) => invalid_record(f, &e.to_string()),
                 };
                 if !quiet() {
@@ -338,9 +349,14 @@ impl TargetError {
 
 /// Runs files on one target: `host` (this kernel) or a VM kernel.
 pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<KernelRun, TargetError> {
+    run_target_as(target, files, jobs, None)
+}
+
+/// [`run_target`], every file under `profile` when one is given.
+pub fn run_target_as(target: &str, files: &[PathBuf], jobs: usize, profile: Option<Profile>) -> Result<KernelRun, TargetError> {
     let t0 = Instant::now();
     if target == "host" || target == "local" {
-        let scenarios = run_local(files, jobs);
+        let scenarios = run_local_as(files, jobs, profile);
         let kernel = Capabilities::probe().kernel.clone();
         let summary = report::Summary::of(&scenarios);
         return Ok(KernelRun { target: target.into(), kernel, scenarios, summary, millis: t0.elapsed().as_millis() as u64 });
@@ -364,6 +380,10 @@ pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<Kernel
         "--output".into(),
         out_file.display().to_string(),
     ];
+    if let Some(p) = profile {
+        cmd.push("--profile".into());
+        cmd.push(p.as_str().into());
+    }
     let cwd = std::env::current_dir().unwrap_or_else(|_| project_root());
     for f in files {
         let abs = if f.is_absolute() { f.clone() } else { cwd.join(f) };
@@ -449,6 +469,14 @@ pub fn cli_run(args: &RunArgs) -> i32 {
         }
         return exit::INVALID;
     }
+    let profile = match args.profile.as_deref().map(|p| (p, Profile::parse(p))) {
+        None => None,
+        Some((_, Some(p))) => Some(p),
+        Some((p, None)) => {
+            eprintln!("hostdp run: unknown profile {p:?}: give v1.14.4, v1.15 or v1.16");
+            return exit::INVALID;
+        }
+    };
     if !nix::unistd::geteuid().is_root() {
         eprintln!("hostdp run: needs root (network namespaces, bpf); run it with sudo");
         return exit::ENVIRONMENT;
@@ -456,14 +484,14 @@ pub fn cli_run(args: &RunArgs) -> i32 {
     topology::install_signal_cleanup();
     let _ = topology::cleanup_stale();
     let rec = if args.kernels.is_empty() {
-        RunRecord::single(Capabilities::probe().kernel.clone(), run_local(&files, jobs(args)))
+        RunRecord::single(Capabilities::probe().kernel.clone(), run_local_as(&files, jobs(args), profile))
     } else {
         let mut runs = Vec::new();
         for k in &args.kernels {
             if !quiet() {
                 eprintln!("hostdp: kernel {k}: {} scenario(s)", files.len());
             }
-            match run_target(k, &files, jobs(args)) {
+            match run_target_as(k, &files, jobs(args), profile) {
                 Ok(r) => runs.push(r),
                 Err(e) => {
                     eprintln!("hostdp run --kernel {k}: {e}");
@@ -585,24 +613,32 @@ pub fn cli_explain(config: &Path, profile: &str, netns: Option<&str>) -> i32 {
     }
 }
 
-/// `hostdp table`.
-pub fn cli_table(record: &Path, devices: &str) -> i32 {
-    let text = match std::fs::read_to_string(record) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("hostdp table: cannot read {}: {e}", record.display());
-            return exit::INVALID;
+/// `hostdp table`: one record gives a column per device; several (one per profile) give a
+/// column per record.
+pub fn cli_table(records: &[PathBuf], devices: &str) -> i32 {
+    let mut recs = Vec::new();
+    for record in records {
+        let text = match std::fs::read_to_string(record) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("hostdp table: cannot read {}: {e}", record.display());
+                return exit::INVALID;
+            }
+        };
+        match serde_json::from_str::<RunRecord>(&text) {
+            Ok(r) => recs.push(r),
+            Err(e) => {
+                eprintln!("{}:{}:{}: not a hostdp result record: {e}", record.display(), e.line(), e.column());
+                return exit::INVALID;
+            }
         }
-    };
-    let rec: RunRecord = match serde_json::from_str(&text) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{}:{}:{}: not a hostdp result record: {e}", record.display(), e.line(), e.column());
-            return exit::INVALID;
-        }
-    };
+    }
     let devs: Vec<&str> = devices.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
-    print!("{}", report::behaviour_table(&rec, &devs));
+    if recs.len() == 1 {
+        print!("{}", report::behaviour_table(&recs[0], &devs));
+    } else {
+        print!("{}", report::profile_table(&recs, &devs));
+    }
     exit::OK
 }
 
