@@ -441,17 +441,51 @@ fn jobs(args: &RunArgs) -> usize {
 
 /// `hostdp check`.
 pub fn cli_check(paths: &[PathBuf]) -> i32 {
-    let (ok, errors) = scenario::check(paths);
+    // Files that are policy fixtures are validated as such (against the CRD schema); the rest
+    // are scenario files, which also get the fixtures they name validated.
+    let mut expand_errors = Vec::new();
+    let files = scenario::expand(paths, &mut expand_errors);
+    let (policies, scenarios): (Vec<PathBuf>, Vec<PathBuf>) = files.into_iter().partition(|f| is_policy_fixture(f));
+    let mut bad = expand_errors.len();
+    for e in &expand_errors {
+        eprintln!("{e}");
+    }
+    let (scenarios_ok, errors) = if scenarios.is_empty() { (0, Vec::new()) } else { scenario::check(&scenarios) };
+    let mut policies_ok = 0;
     for e in &errors {
         eprintln!("{e}");
     }
-    if errors.is_empty() {
-        println!("{ok} scenario file(s) valid");
+    bad += errors.len();
+    for f in &policies {
+        match crate::policy::load_fixture(f) {
+            Ok(docs) => {
+                policies_ok += 1;
+                for d in &docs {
+                    if let crate::policy::PolicyDoc::NotAPolicy { kind, line, .. } = d {
+                        eprintln!("{}:{line}: note: a {kind}, not a policy; ignored", f.display());
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad == 0 {
+        println!("{scenarios_ok} scenario file(s) and {policies_ok} policy fixture(s) valid");
         exit::OK
     } else {
-        eprintln!("{} error(s) in {} file(s) checked", errors.len(), ok + errors.len());
+        eprintln!("{bad} invalid file(s) of {} checked", scenarios_ok + policies_ok + bad);
         exit::INVALID
     }
+}
+
+/// A YAML file whose documents are Cilium policies (a top-level `apiVersion: cilium.io/...`).
+fn is_policy_fixture(f: &Path) -> bool {
+    std::fs::read_to_string(f)
+        .map(|t| t.lines().any(|l| l.starts_with("apiVersion:") && l.contains("cilium.io/")))
+        .unwrap_or(false)
 }
 
 /// `hostdp run`.
