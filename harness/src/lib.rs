@@ -12,6 +12,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod tc;
+pub mod timing;
 pub mod topology;
 pub mod vm;
 

@@ -15,6 +15,7 @@ use crate::loader::compile::Compiler;
 use crate::loader::profile::Profile;
 use crate::report::{self, KernelRun, Observed, RunRecord, ScenarioRecord, Status, StepRecord};
 use crate::scenario::{self, Action, PodSpec, Scenario};
+use crate::timing::{self, Phase};
 use crate::topology::{self, Node, RunId};
 use crate::vm;
 
@@ -84,15 +85,18 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         reason: None,
         kernel: Some(caps.kernel.clone()),
         millis: 0,
+        phases: None,
         steps: Vec::new(),
     };
+    let clock = timing::Clock::new();
+    let _clock = timing::enter(Some(clock.clone()));
     let missing = caps.missing_for(sc);
     if !missing.is_empty() {
         rec.status = Status::Skipped;
         rec.reason = Some(missing.join(", "));
         return rec;
     }
-    let mut node = match Node::build(sc, run) {
+    let mut node = match timing::time(Phase::NamespacesAndLinks, || Node::build(sc, run)) {
         Ok(n) => n,
         Err(e) => {
             rec.status = Status::Error;
@@ -107,7 +111,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     let mut pods: Vec<PodSpec> = sc.pods.clone();
     let mut previous: Option<Vec<Attachment>> = None;
     for step in &sc.steps {
-        let result = run_step(&mut agent, &mut node, &mut pods, &step.action);
+        let result = timing::time(Phase::Agent, || run_step(&mut agent, &mut node, &mut pods, &step.action));
         let (regenerated, error, harness) = match result {
             Ok(o) => (o.regenerated, None, None),
             Err(AgentError::Refused(m)) => (Vec::new(), Some(m), None),
@@ -117,7 +121,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         for p in &pods {
             aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
         }
-        let attachments = match inspect::inspect_netns(node.netns()) {
+        let attachments = match timing::time(Phase::Readback, || inspect::inspect_netns(node.netns())) {
             Ok(mut v) => {
                 for a in &mut v {
                     a.endpoint = aliases.iter().find(|(_, d)| **d == a.device).map(|(k, _)| k.clone());
@@ -156,8 +160,9 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         previous = Some(attachments.clone());
         rec.steps.push(step_record(step, status, error, &agent, regenerated, attachments, mismatches));
     }
-    drop(node);
+    timing::time(Phase::Teardown, || drop(node));
     rec.millis = t0.elapsed().as_millis() as u64;
+    rec.phases = Some(clock.phases());
     rec
 }
 
@@ -185,6 +190,8 @@ fn step_record(
 fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action: &Action) -> Result<crate::loader::agent::StepOutcome, AgentError> {
     use crate::loader::agent::StepOutcome;
     let h = |e: topology::TopologyError| AgentError::Harness(e.to_string());
+    // Topology changes inside a step count as topology work, not as the agent's.
+    let topo = |f: &mut dyn FnMut() -> Result<(), topology::TopologyError>| timing::time(Phase::StepTopology, f);
     match action {
         Action::Start => agent.start(node, pods),
         Action::Restart { agent: changes, profile } => agent.restart(node, pods, changes, profile.as_deref()),
@@ -193,7 +200,7 @@ fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action:
         Action::Apply(p) => agent.apply(node, pods, p),
         Action::Delete(p) => agent.delete(node, pods, p),
         Action::AddPod(p) => {
-            node.add_pod(p).map_err(h)?;
+            topo(&mut || node.add_pod(p).map(|_| ())).map_err(h)?;
             pods.push(p.clone());
             agent.pod_added(node, p)
         }
@@ -202,19 +209,19 @@ fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action:
                 return Err(AgentError::Harness(format!("delete-pod: no pod {name}")));
             };
             let p = pods.remove(i);
-            node.delete_pod(&p.key()).map_err(h)?;
+            topo(&mut || node.delete_pod(&p.key())).map_err(h)?;
             Ok(StepOutcome::default())
         }
         Action::LinkAdd(l) => {
-            node.add_link(l).map_err(h)?;
+            topo(&mut || node.add_link(l)).map_err(h)?;
             agent.link_changed(node)
         }
         Action::LinkDelete(n) => {
-            node.delete_link(n).map_err(h)?;
+            topo(&mut || node.delete_link(n)).map_err(h)?;
             agent.link_changed(node)
         }
         Action::LinkSet { name, up } => {
-            node.set_link_up(name, *up).map_err(h)?;
+            topo(&mut || node.set_link_up(name, *up)).map_err(h)?;
             agent.link_changed(node)
         }
         Action::Foreign { device, direction, program } => {
@@ -225,7 +232,7 @@ fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action:
                 scenario::ForeignDirection::Xdp => crate::inspect::Hook::Xdp,
             };
             let dev = if let Some(key) = device.strip_prefix("pod:") { node.lxc_name(key) } else { device.clone() };
-            crate::loader::attach::foreign(node.netns(), &ctx, &dev, hook, program)
+            timing::time(Phase::Execute, || crate::loader::attach::foreign(node.netns(), &ctx, &dev, hook, program))
                 .map_err(|e| AgentError::Harness(e.to_string()))?;
             Ok(StepOutcome::default())
         }
@@ -274,6 +281,7 @@ fn invalid_record(f: &Path, msg: &str) -> ScenarioRecord {
         reason: Some(msg.to_string()),
         kernel: None,
         millis: 0,
+        phases: None,
         steps: Vec::new(),
     }
 }
