@@ -214,6 +214,7 @@ pub fn run(args: &DiffArgs) -> Result<Vec<ScenarioDiff>, DiffError> {
 
 fn missing(file: &str) -> ScenarioRecord {
     ScenarioRecord {
+        phases: None,
         file: file.to_string(),
         name: String::new(),
         profile: String::new(),
@@ -366,6 +367,7 @@ mod tests {
 
     fn rec(profile: &str, atts: Vec<Attachment>, error: Option<&str>) -> ScenarioRecord {
         ScenarioRecord {
+        phases: None,
             file: "f.yaml".into(),
             name: "f".into(),
             profile: profile.into(),

@@ -15,6 +15,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod tc;
+pub mod timing;
 pub mod topology;
 pub mod vm;
 

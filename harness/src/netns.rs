@@ -100,8 +100,10 @@ impl Netns {
     {
         let file = File::open(self.path())
             .map_err(|e| NetnsError::Enter { name: self.name.clone(), message: e.to_string() })?;
+        let clock = crate::timing::current();
         std::thread::scope(|s| {
             let h = s.spawn(|| {
+                let _clock = crate::timing::enter(clock);
                 setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
                     .map_err(|e| NetnsError::Enter { name: self.name.clone(), message: format!("setns: {e}") })?;
                 Ok(f())

@@ -70,6 +70,9 @@ pub struct ScenarioRecord {
     /// Wall time of the scenario in milliseconds.
     #[serde(default)]
     pub millis: u64,
+    /// Where the time went (milliseconds per phase); absent where nothing was timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<crate::timing::Phases>,
     pub steps: Vec<StepRecord>,
 }
 
@@ -542,6 +545,7 @@ mod tests {
             reason: if status == Status::Skipped { Some("kernel lacks bonding".into()) } else { None },
             kernel: Some(kernel.into()),
             millis: 0,
+            phases: None,
             steps: vec![],
         };
         let run = |s, k: &str| KernelRun { target: k.into(), kernel: k.into(), scenarios: vec![rec(s, k)], summary: Summary::default(), millis: 0 };

@@ -16,6 +16,7 @@ use crate::loader::policymap;
 use crate::loader::profile::Profile;
 use crate::report::{self, KernelRun, Observed, RunRecord, ScenarioRecord, Status, StepRecord};
 use crate::scenario::{self, Action, PodSpec, Scenario};
+use crate::timing::{self, Phase};
 use crate::topology::{self, Node, RunId};
 use crate::vm;
 
@@ -88,15 +89,18 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         reason: None,
         kernel: Some(caps.kernel.clone()),
         millis: 0,
+        phases: None,
         steps: Vec::new(),
     };
+    let clock = timing::Clock::new();
+    let _clock = timing::enter(Some(clock.clone()));
     let missing = caps.missing_for(sc);
     if !missing.is_empty() {
         rec.status = Status::Skipped;
         rec.reason = Some(missing.join(", "));
         return rec;
     }
-    let mut node = match Node::build(sc, run) {
+    let mut node = match timing::time(Phase::NamespacesAndLinks, || Node::build(sc, run)) {
         Ok(n) => n,
         Err(e) => {
             rec.status = Status::Error;
@@ -111,7 +115,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     let mut pods: Vec<PodSpec> = sc.pods.clone();
     let mut previous: Option<Vec<Attachment>> = None;
     for (i, step) in sc.steps.iter().enumerate() {
-        let result = run_step(&mut agent, &mut node, &mut pods, &step.action);
+        let result = timing::time(Phase::Agent, || run_step(&mut agent, &mut node, &mut pods, &step.action));
         inject_fault(i + 1);
         let (regenerated, error, harness) = match result {
             Ok(o) => (o.regenerated, None, None),
@@ -122,7 +126,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         for p in &pods {
             aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
         }
-        let observed = inspect::inspect_netns(node.netns()).map_err(|e| e.to_string()).and_then(|v| {
+        let observed = timing::time(Phase::Readback, || inspect::inspect_netns(node.netns())).map_err(|e| e.to_string()).and_then(|v| {
             let maps = policymap::read_policy_maps(&v).map_err(|e| e.to_string())?;
             Ok((v, maps))
         });
@@ -179,8 +183,9 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
             s.policy_maps = policy_maps;
         }
     }
-    drop(node);
+    timing::time(Phase::Teardown, || drop(node));
     rec.millis = t0.elapsed().as_millis() as u64;
+    rec.phases = Some(clock.phases());
     rec
 }
 
@@ -219,6 +224,8 @@ fn step_record(
 fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action: &Action) -> Result<crate::loader::agent::StepOutcome, AgentError> {
     use crate::loader::agent::StepOutcome;
     let h = |e: topology::TopologyError| AgentError::Harness(e.to_string());
+    // Topology changes inside a step count as topology work, not as the agent's.
+    let topo = |f: &mut dyn FnMut() -> Result<(), topology::TopologyError>| timing::time(Phase::StepTopology, f);
     match action {
         Action::Start => agent.start(node, pods),
         Action::Restart { agent: changes, profile } => agent.restart(node, pods, changes, profile.as_deref()),
@@ -227,7 +234,7 @@ fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action:
         Action::Apply(p) => agent.apply(node, pods, p),
         Action::Delete(p) => agent.delete(node, pods, p),
         Action::AddPod(p) => {
-            node.add_pod(p).map_err(h)?;
+            topo(&mut || node.add_pod(p).map(|_| ())).map_err(h)?;
             pods.push(p.clone());
             agent.pod_added(node, p)
         }
@@ -236,19 +243,19 @@ fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action:
                 return Err(AgentError::Harness(format!("delete-pod: no pod {name}")));
             };
             let p = pods.remove(i);
-            node.delete_pod(&p.key()).map_err(h)?;
+            topo(&mut || node.delete_pod(&p.key())).map_err(h)?;
             agent.pod_deleted(node, &p)
         }
         Action::LinkAdd(l) => {
-            node.add_link(l).map_err(h)?;
+            topo(&mut || node.add_link(l)).map_err(h)?;
             agent.link_changed(node)
         }
         Action::LinkDelete(n) => {
-            node.delete_link(n).map_err(h)?;
+            topo(&mut || node.delete_link(n)).map_err(h)?;
             agent.link_changed(node)
         }
         Action::LinkSet { name, up } => {
-            node.set_link_up(name, *up).map_err(h)?;
+            topo(&mut || node.set_link_up(name, *up)).map_err(h)?;
             agent.link_changed(node)
         }
         Action::Foreign { device, direction, program } => {
@@ -259,7 +266,7 @@ fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action:
                 scenario::ForeignDirection::Xdp => crate::inspect::Hook::Xdp,
             };
             let dev = if let Some(key) = device.strip_prefix("pod:") { node.lxc_name(key) } else { device.clone() };
-            crate::loader::attach::foreign(node.netns(), &ctx, &dev, hook, program)
+            timing::time(Phase::Execute, || crate::loader::attach::foreign(node.netns(), &ctx, &dev, hook, program))
                 .map_err(|e| AgentError::Harness(e.to_string()))?;
             Ok(StepOutcome::default())
         }
@@ -316,6 +323,7 @@ fn invalid_record(f: &Path, msg: &str) -> ScenarioRecord {
         reason: Some(msg.to_string()),
         kernel: None,
         millis: 0,
+        phases: None,
         steps: Vec::new(),
     }
 }

@@ -262,9 +262,15 @@ fn call_err<'a>(op: &'static str, device: &'a str) -> impl Fn((i32, String)) -> 
     move |(_, message)| TcError::Call { op, device: device.to_string(), message }
 }
 
-/// The ifindex of `device` in the calling thread's namespace.
+/// The ifindex of `device` in the calling thread's namespace: one ioctl, not a link dump
+/// (a dump per call made attaching to n links cost O(n²)).
 pub fn ifindex(device: &str) -> Result<u32, TcError> {
-    Ok(find_link(device)?.index)
+    match nix::net::if_::if_nametoindex(device) {
+        Ok(i) => Ok(i),
+        Err(nix::errno::Errno::ENODEV) => Err(TcError::NoLink { op: "look up link", device: device.to_string() }),
+        // Names the ioctl cannot take (too long, a NUL): the dump decides.
+        Err(_) => Ok(find_link(device)?.index),
+    }
 }
 
 /// Every link of the calling thread's namespace with its MAC and XDP programs, by index.
@@ -284,12 +290,26 @@ pub fn list_links() -> Result<Vec<Link>, TcError> {
     Ok(links)
 }
 
-/// One link by name.
+/// One link by name: a targeted RTM_GETLINK, so its cost does not grow with the link count.
 pub fn find_link(device: &str) -> Result<Link, TcError> {
-    list_links()?
-        .into_iter()
-        .find(|l| l.name == device)
-        .ok_or_else(|| TcError::NoLink { op: "look up link", device: device.to_string() })
+    let no_link = || TcError::NoLink { op: "look up link", device: device.to_string() };
+    if device.is_empty() || device.len() >= 16 {
+        return Err(no_link());
+    }
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(device.to_string()));
+    match Rtnl::open()?.request(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK) {
+        Ok(replies) => replies
+            .into_iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_from_message(&l)),
+                _ => None,
+            })
+            .filter(|l| l.name == device)
+            .ok_or_else(no_link),
+        Err((libc::ENODEV, _)) => Err(no_link()),
+        Err((_, message)) => Err(TcError::Call { op: "look up link", device: device.to_string(), message }),
+    }
 }
 
 fn link_from_message(l: &LinkMessage) -> Link {
@@ -340,9 +360,15 @@ pub fn ensure_clsact(device: &str) -> Result<(), TcError> {
     let op = "add clsact qdisc";
     let index = ifindex(device)?;
     let mut nl = Rtnl::open()?;
+    // A targeted get of the clsact/ingress slot: a qdisc dump walks every link's qdiscs,
+    // which made attaching to n links O(n²). ENOENT: the slot is empty.
     let mut get = TcMessage::with_index(index as i32);
-    get.header.index = index as i32;
-    let qdiscs = nl.request(RouteNetlinkMessage::GetQueueDiscipline(get), NLM_F_DUMP).map_err(call_err(op, device))?;
+    get.header.parent = TcHandle::CLSACT;
+    let qdiscs = match nl.request(RouteNetlinkMessage::GetQueueDiscipline(get), NLM_F_ACK) {
+        Ok(q) => q,
+        Err((libc::ENOENT, _)) => Vec::new(),
+        Err(e) => return Err(call_err(op, device)(e)),
+    };
     for q in qdiscs {
         let RouteNetlinkMessage::NewQueueDiscipline(q) = q else { continue };
         if q.header.index != index as i32 || q.header.parent != TcHandle::CLSACT {
@@ -354,6 +380,8 @@ pub fn ensure_clsact(device: &str) -> Result<(), TcError> {
         });
         return match kind.as_deref() {
             Some("clsact") => Ok(()),
+            // An ingress queue whose qdisc was deleted holds the placeholder: the slot is free.
+            Some("noop") => break,
             other => Err(TcError::Call {
                 op,
                 device: device.to_string(),

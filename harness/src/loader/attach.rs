@@ -13,7 +13,7 @@ use std::sync::Arc;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use serde::Serialize;
 
 use crate::inspect::Hook;
@@ -110,13 +110,15 @@ pub struct TcxAttached {
 
 /// Runs `ops` in order inside `ns`; stops at the first failing op.
 pub fn execute(ns: &Netns, ctx: &AttachContext, ops: &[Op]) -> Result<ExecReport, AttachError> {
-    ns.run(|| {
-        let mut report = ExecReport::default();
-        for op in ops {
-            report.outcomes.push(execute_one(ns, ctx, op)?);
-        }
-        Ok(report)
-    })?
+    crate::timing::time(crate::timing::Phase::Execute, || {
+        ns.run(|| {
+            let mut report = ExecReport::default();
+            for op in ops {
+                report.outcomes.push(execute_one(ns, ctx, op)?);
+            }
+            Ok(report)
+        })?
+    })
 }
 
 fn execute_one(ns: &Netns, ctx: &AttachContext, op: &Op) -> Result<OpOutcome, AttachError> {
@@ -269,28 +271,23 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// (the device's ifindex and MAC are looked up there).
 fn open_object(ns: &Netns, ctx: &AttachContext, device: &str, object: Object, cfg: &DeviceConfig, what: &str) -> Result<Ebpf, AttachError> {
     let link = tc::find_link(device).map_err(|e| kernel(ns, what, device, e))?;
-    let compiled = ctx
-        .compiler
-        .compile(object, &ctx.defines)
+    let compiled = crate::timing::time(crate::timing::Phase::Compile, || ctx.compiler.compile(object, &ctx.defines))
         .map_err(|source| AttachError::Compile { op: what.to_string(), source })?;
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
     let data = std::fs::read(&compiled.path).map_err(|e| load_err(format!("read {}: {e}", compiled.path.display())))?;
     let (allow_all, ids) = vlan_globals(&cfg.vlan).map_err(|m| AttachError::Invalid(format!("{what}: {m}")))?;
-    let mac = link.mac.unwrap_or_default();
-    let mut loader = EbpfLoader::new();
-    loader
-        .override_global("hostdp_ifindex", &link.index, true)
-        .override_global("hostdp_mac", &mac, true)
-        .override_global("hostdp_seclabel", &cfg.seclabel, true)
-        .override_global("hostdp_vlan_allow_all", &allow_all, true)
-        .override_global("hostdp_vlan_ids", &ids, true);
     // The endpoint's policy map, pinned per endpoint so all its programs share it.
     let pin = crate::loader::policymap::prepare_pin(ctx.bpffs.as_deref(), object, device)
         .map_err(|e| AttachError::Load { op: what.to_string(), message: e.to_string() })?;
-    if let Some(pin) = pin {
-        loader.map_pin_path(crate::loader::policymap::MAP_NAME, pin);
-    }
-    loader.load(&data).map_err(|e| load_err(format!("open {}: {}", object.source(), chain(&e))))
+    let globals = crate::loader::ebpf_load::Globals {
+        ifindex: link.index,
+        mac: link.mac.unwrap_or_default(),
+        seclabel: cfg.seclabel,
+        vlan_allow_all: allow_all,
+        vlan_ids: ids,
+    };
+    crate::loader::ebpf_load::load(&data, globals, pin.as_deref().map(|p| (crate::loader::policymap::MAP_NAME, p)))
+        .map_err(|e| load_err(format!("open {}: {}", object.source(), chain(&e))))
 }
 
 /// The VLAN globals: allow-all flag and up to five ids (0 = unused).

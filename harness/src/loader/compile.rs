@@ -71,6 +71,9 @@ pub struct Compiler {
     /// Hash → object. Held while compiling so one process never runs clang twice for a key.
     memory: Mutex<HashMap<String, CompiledObject>>,
     invocations: AtomicUsize,
+    /// The sources, read once per compiler: every attach asks for its object, and reading and
+    /// hashing the whole folder each time was a measurable share of a warm run.
+    sources: OnceLock<Result<Vec<(PathBuf, Vec<u8>)>, String>>,
 }
 
 /// The repository's `bpf/` folder, or `$HOSTDP_BPF_DIR`.
@@ -91,6 +94,7 @@ impl Compiler {
             version: OnceLock::new(),
             memory: Mutex::new(HashMap::new()),
             invocations: AtomicUsize::new(0),
+            sources: OnceLock::new(),
         }
     }
 
@@ -110,11 +114,23 @@ impl Compiler {
     /// The first line of `clang --version`, or [`CompileError::NoClang`].
     pub fn clang_version(&self) -> Result<String, CompileError> {
         let v = self.version.get_or_init(|| {
+            // Starting clang costs tens of milliseconds, once per process: the answer is kept
+            // on disk beside the objects, keyed by the binary's path, size and mtime.
+            let memo = clang_stamp(&self.clang).map(|stamp| self.cache_dir.join("clang-version").join(stamp));
+            if let Some(v) = memo.as_ref().and_then(|m| std::fs::read_to_string(m).ok()).filter(|v| !v.is_empty()) {
+                return Ok(v);
+            }
             let out = Command::new(&self.clang).arg("--version").output().map_err(|e| e.to_string())?;
             if !out.status.success() {
                 return Err(format!("`{} --version` exited with {}", self.clang, out.status));
             }
-            Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_string())
+            let v = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_string();
+            if let Some(m) = &memo {
+                if m.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok()) {
+                    let _ = write_atomic(m, v.as_bytes());
+                }
+            }
+            Ok(v)
         });
         v.clone().map_err(|_| CompileError::NoClang(self.clang.clone()))
     }
@@ -125,11 +141,11 @@ impl Compiler {
         let header = node_config(defines)?;
         let version = self.clang_version()?;
         let io = |message: String| CompileError::Io { object: object.source().to_string(), message };
-        let sources = source_files(&self.bpf_dir).map_err(&io)?;
+        let sources = self.sources.get_or_init(|| source_files(&self.bpf_dir)).as_ref().map_err(|e| io(e.clone()))?;
         if !sources.iter().any(|(rel, _)| rel == Path::new(object.source())) {
             return Err(io(format!("source {} not found", self.bpf_dir.join(object.source()).display())));
         }
-        let hash = cache_key(object, &version, &sources, &header);
+        let hash = cache_key(object, &version, sources, &header);
 
         let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = memory.get(&hash) {
@@ -169,6 +185,7 @@ impl Compiler {
         }
         cmd.arg("-c").arg(self.bpf_dir.join(object.source())).arg("-o").arg(&tmp_out);
         self.invocations.fetch_add(1, Ordering::SeqCst);
+        crate::timing::count_clang();
         let output = match cmd.output() {
             Ok(o) => o,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CompileError::NoClang(self.clang.clone())),
@@ -183,6 +200,21 @@ impl Compiler {
         }
         std::fs::rename(&tmp_out, out).map_err(|e| io(format!("rename into {}: {e}", out.display())))
     }
+}
+
+/// Hex sha256 of the clang binary's resolved path, size and mtime; `None` when it is not found.
+fn clang_stamp(clang: &str) -> Option<String> {
+    let path = if clang.contains('/') {
+        PathBuf::from(clang)
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(clang)).find(|p| p.is_file())?
+    };
+    let real = std::fs::canonicalize(&path).ok()?;
+    let meta = std::fs::metadata(&real).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    let mut h = Sha256::new();
+    h.update(format!("{}\0{}\0{mtime}", real.display(), meta.len()).as_bytes());
+    Some(hex::encode(h.finalize()))
 }
 
 /// `-I` folders: the shared header, the generated node config, and the multiarch system

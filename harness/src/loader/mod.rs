@@ -7,6 +7,7 @@ pub mod compile;
 pub mod config;
 pub mod datapath;
 pub mod devices;
+pub mod ebpf_load;
 pub mod policymap;
 pub mod profile;
 
