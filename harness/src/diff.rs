@@ -303,21 +303,8 @@ pub fn table(diffs: &[ScenarioDiff]) -> String {
 
 /// `hostdp diff`: 0 no differences, 1 some, 2 invalid input, 4 environment.
 pub fn cli(args: &DiffArgs) -> i32 {
-    let files = runner::expand(&args.paths);
-    if files.is_empty() {
-        eprintln!("hostdp diff: no scenario files given");
-        return exit::INVALID;
-    }
-    let (_, errors) = scenario::check(&files);
-    if !errors.is_empty() {
-        for e in &errors {
-            eprintln!("{e}");
-        }
-        return exit::INVALID;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("hostdp diff: needs root (network namespaces, bpf); run it with sudo");
-        return exit::ENVIRONMENT;
+    if let Err(code) = runner::valid_files_as_root("diff", &args.paths) {
+        return code;
     }
     crate::topology::install_signal_cleanup();
     let diffs = match run(args) {

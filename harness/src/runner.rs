@@ -59,22 +59,34 @@ fn compiler() -> std::sync::Arc<Compiler> {
     C.get_or_init(|| std::sync::Arc::new(Compiler::new(crate::loader::compile::default_bpf_dir(), cache_dir()))).clone()
 }
 
-/// Expands files and folders into scenario files (`*.yaml`, `*.yml`), sorted.
+/// Expands files and folders into scenario files (`*.yaml`, `*.yml`), sorted; an unreadable
+/// folder is left out here and reported by validation.
 pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-                .unwrap_or_default();
-            v.retain(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml") | Some("yml")));
-            v.sort();
-            out.extend(v);
-        } else {
-            out.push(p.clone());
-        }
+    scenario::expand(paths, &mut Vec::new())
+}
+
+/// The common start of `run` and `diff`: the files of `paths`, all valid, and root. On a
+/// problem, it is printed and the exit status returned.
+pub fn valid_files_as_root(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, i32> {
+    let files = expand(paths);
+    if files.is_empty() {
+        let given: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        eprintln!("hostdp {cmd}: no scenario files in {}", given.join(", "));
+        return Err(exit::INVALID);
     }
-    out
+    // Invalid input is exit 2 before anything runs.
+    let (_, errors) = scenario::check(&files);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        return Err(exit::INVALID);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("hostdp {cmd}: needs root (network namespaces, bpf); run it with sudo");
+        return Err(exit::ENVIRONMENT);
+    }
+    Ok(files)
 }
 
 /// Runs one parsed scenario on this kernel.
@@ -498,19 +510,10 @@ fn is_policy_fixture(f: &Path) -> bool {
 
 /// `hostdp run`.
 pub fn cli_run(args: &RunArgs) -> i32 {
-    let files = expand(&args.paths);
-    if files.is_empty() {
-        eprintln!("hostdp run: no scenario files in {}", args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
-        return exit::INVALID;
-    }
-    // Invalid input is exit 2 before anything runs.
-    let (_, errors) = scenario::check(&files);
-    if !errors.is_empty() {
-        for e in &errors {
-            eprintln!("{e}");
-        }
-        return exit::INVALID;
-    }
+    let files = match valid_files_as_root("run", &args.paths) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
     let profile = match args.profile.as_deref().map(|p| (p, Profile::parse(p))) {
         None => None,
         Some((_, Some(p))) => Some(p),
@@ -519,10 +522,6 @@ pub fn cli_run(args: &RunArgs) -> i32 {
             return exit::INVALID;
         }
     };
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("hostdp run: needs root (network namespaces, bpf); run it with sudo");
-        return exit::ENVIRONMENT;
-    }
     topology::install_signal_cleanup();
     let _ = topology::cleanup_stale();
     let rec = if args.kernels.is_empty() {
