@@ -145,7 +145,10 @@ impl Agent {
         let plan = datapath::plan_with_state(settings, sel, links, self.device_state.as_deref()).map_err(AgentError::refused)?;
         let ctx = AttachContext { compiler: self.compiler.clone(), defines: plan.defines.clone(), bpffs: self.bpffs.clone() };
         attach::execute(node.netns(), &ctx, &plan.ops).map_err(classify_attach)?;
-        self.devices = Some(sel.devices.clone());
+        // Reported sorted (the contract's `devices`); upstream appends cilium_wg0 at the end.
+        let mut devices = sel.devices.clone();
+        devices.sort();
+        self.devices = Some(devices);
         self.device_state = plan.device_state.clone();
         if plan.defines.contains_key("ENABLE_HOST_FIREWALL") {
             self.write_policy_map(&policy::Endpoint::host(&self.node_labels), policymap::HOST_ENDPOINT)?;
