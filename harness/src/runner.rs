@@ -208,6 +208,10 @@ fn inject_fault(step: usize) {
         if f.strip_prefix("panic-after-step:").and_then(|n| n.parse::<usize>().ok()) == Some(step) {
             panic!("HOSTDP_FAULT: injected panic after step {step}");
         }
+        // Slows a run down so that a test can interrupt it mid-scenario, however fast it is.
+        if let Some(ms) = f.strip_prefix("sleep-after-each-step:").and_then(|n| n.parse::<u64>().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
     }
 }
 
@@ -781,11 +785,14 @@ pub fn snapshot_view(rec: &ScenarioRecord) -> serde_json::Value {
                     serde_json::json!({ "endpoint": m.endpoint, "name": m.name, "entries": entries })
                 })
                 .collect();
+            // Paths in messages are made relative to the checkout, which moves between machines.
+            let root = format!("{}/", project_root().display());
+            let error = st.error.as_ref().map(|e| e.replace(&root, ""));
             let mut v = serde_json::json!({
                 "action": st.action,
                 "line": st.line,
                 "status": st.status,
-                "error": st.error,
+                "error": error,
                 "devices": st.devices,
                 "regenerated": st.regenerated,
                 "attachments": atts,

@@ -108,7 +108,14 @@ fn owned_by(pid: u32) -> Vec<String> {
 /// Starts `hostdp run FILE` and returns once the run is mid-scenario: its node namespace and
 /// bpffs exist and the agent has had a moment to attach.
 fn start_and_catch_mid_run(file: &Path) -> Child {
-    let mut child = hostdp().arg("run").arg(file).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = hostdp()
+        .arg("run")
+        .arg(file)
+        .env("HOSTDP_FAULT", "sleep-after-each-step:1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let t0 = Instant::now();
     loop {
@@ -431,12 +438,12 @@ fn verifier_refusal_is_a_scenario_error_with_the_verifiers_words() {
     assert_clean(&before, "after a refused program");
 }
 
-/// The record minus what legitimately differs between runs: program ids and tags, timings, the
+/// The record minus what legitimately differs between runs: program and map ids, tags, timings, the
 /// kernel's name.
 fn redact(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(m) => {
-            for k in ["prog_id", "tag", "millis", "kernel"] {
+            for k in ["prog_id", "map_id", "tag", "millis", "kernel", "phases"] {
                 m.remove(k);
             }
             m.values_mut().for_each(redact);
