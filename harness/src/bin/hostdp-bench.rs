@@ -162,14 +162,7 @@ fn single(exe: &Path, runs: usize, table: &mut String) -> Value {
 }
 
 /// The six device-requiring features (wireguard included) × explicit/auto devices.
-const FEATURES: [&str; 6] = [
-    "enable-node-port",
-    "enable-host-firewall",
-    "enable-bandwidth-manager",
-    "enable-wireguard",
-    "enable-high-scale-ipcache",
-    "enable-l2-announcements",
-];
+const FEATURES: [&str; 6] = hostdp::loader::config::V1_14_4_DEVICE_FEATURES;
 
 /// The matrix's scenario files, and how many combinations were left out: with `wireguard` false
 /// (this kernel cannot create a wireguard link) those that turn enable-wireguard on.

@@ -105,14 +105,10 @@ impl Agent {
     pub fn start(&mut self, node: &Node, pods: &[PodSpec]) -> Result<StepOutcome, AgentError> {
         self.running = false;
         let cfg = AgentConfig::from_map(&self.config, self.profile).map_err(AgentError::refused)?;
-        if cfg_wants_wireguard(&self.config) {
+        if cfg.enable_wireguard {
             self.ensure_wireguard_device(node)?;
         }
-        let links = node.links().map_err(AgentError::harness)?;
-        let routes = node.routes().map_err(AgentError::harness)?;
-        let startup = config::start(&cfg, self.profile, &links, &routes, self.node_ip).map_err(AgentError::refused)?;
-        self.settings = Some(startup.settings);
-        self.reload_host(node, &startup.selection, &links)?;
+        self.detect_and_reload(node, &cfg)?;
         self.running = true;
         let mut out = StepOutcome { regenerated: vec!["host".to_string()] };
         for pod in pods {
@@ -159,9 +155,15 @@ impl Agent {
     /// Detection again and the whole host-datapath reload (the host endpoint's regeneration).
     fn regenerate_host(&mut self, node: &Node) -> Result<(), AgentError> {
         let cfg = AgentConfig::from_map(&self.config, self.profile).map_err(AgentError::refused)?;
+        self.detect_and_reload(node, &cfg)
+    }
+
+    /// `newDaemon` up to the datapath (settings, detection, KPR init) on the node's links as
+    /// they are now, then the host-datapath reload.
+    fn detect_and_reload(&mut self, node: &Node, cfg: &AgentConfig) -> Result<(), AgentError> {
         let links = node.links().map_err(AgentError::harness)?;
         let routes = node.routes().map_err(AgentError::harness)?;
-        let startup = config::start(&cfg, self.profile, &links, &routes, self.node_ip).map_err(AgentError::refused)?;
+        let startup = config::start(cfg, self.profile, &links, &routes, self.node_ip).map_err(AgentError::refused)?;
         self.settings = Some(startup.settings);
         self.reload_host(node, &startup.selection, &links)
     }
@@ -313,10 +315,6 @@ impl Agent {
 fn load_policies(fixture: &Path) -> Result<Vec<policy::Policy>, AgentError> {
     let docs = policy::load_fixture(fixture).map_err(AgentError::refused)?;
     Ok(policy::policies(&docs).cloned().collect())
-}
-
-fn cfg_wants_wireguard(cfg: &BTreeMap<String, String>) -> bool {
-    cfg.get("enable-wireguard").is_some_and(|v| matches!(v.as_str(), "true" | "True" | "TRUE" | "1" | "t" | "T"))
 }
 
 /// A pod's security identity: stable per labels, in the range Cilium allocates cluster-local

@@ -21,6 +21,17 @@ use crate::netlink::{LinkInfo, RouteInfo};
 /// Name of the WireGuard device the agent creates (`wgTypes.IfaceName`).
 pub const WIREGUARD_DEVICE: &str = "cilium_wg0";
 
+/// The ConfigMap keys of the six features that make v1.14.4's `AreDevicesRequired` true
+/// (pkg/option/config.go); the flag matrix of `ci/bench` iterates these.
+pub const V1_14_4_DEVICE_FEATURES: [&str; 6] = [
+    "enable-node-port",
+    "enable-host-firewall",
+    "enable-bandwidth-manager",
+    "enable-wireguard",
+    "enable-high-scale-ipcache",
+    "enable-l2-announcements",
+];
+
 /// ConfigMap keys the profiles model. Scenario validation rejects any other key in `agent:`.
 pub fn known_keys() -> &'static [&'static str] {
     &[
