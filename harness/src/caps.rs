@@ -15,7 +15,7 @@ use futures::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 use netlink_packet_route::tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
 use netlink_packet_route::RouteNetlinkMessage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::netlink::{Change, Conn, NewLink};
 use crate::scenario::{Action, LinkKind, LinkSpec, Scenario};
@@ -28,7 +28,7 @@ pub const LINK_FEATURES: &[&str] =
     &["veth", "bonding", "vlan", "bridge", "dummy", "ifb", "wireguard", "macvlan", "vxlan", "vrf"];
 
 /// Probed capabilities of the running kernel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
     /// `uname -r`.
     pub kernel: String,
@@ -38,10 +38,12 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Probes once per process (about 50 ms), then answers from the cache.
+    /// Probes once per boot of the kernel and set of loaded modules (about 50 ms, and the
+    /// scratch namespace's teardown then runs behind the caller's back for tens more); the
+    /// answer is kept in memory for the process and on disk beside the template cache.
     pub fn probe() -> Capabilities {
         static CACHE: OnceLock<Capabilities> = OnceLock::new();
-        CACHE.get_or_init(probe_now).clone()
+        CACHE.get_or_init(|| probe_cached(&crate::runner::cache_dir(), probe_key().as_deref(), probe_now)).clone()
     }
 
     pub fn has(&self, feature: &str) -> bool {
@@ -172,6 +174,62 @@ fn modprobe_guard(feature: &str, release: &str) -> Option<String> {
         return None;
     }
     Some(format!("module {m} is not loaded (not probed, to avoid loading modules)"))
+}
+
+/// What a probe's answer depends on: the kernel's boot (its release and boot id), the loaded
+/// modules (a module loaded later changes the answer), whether modprobe is allowed, and the
+/// probe itself. `None` where the boot id is unknown: then nothing is kept on disk.
+fn probe_key() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    let mut names: Vec<&str> = modules.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    names.sort_unstable();
+    let features: Vec<&str> = LINK_FEATURES.iter().chain(EXTRA_FEATURES).copied().collect();
+    Some(format!(
+        "hostdp {} probe {PROBE_VERSION}; features {}; kernel {} boot {}; allow-modprobe {}; modules {}",
+        env!("CARGO_PKG_VERSION"),
+        features.join(","),
+        uname_release(),
+        boot.trim(),
+        std::env::var("HOSTDP_ALLOW_MODPROBE").unwrap_or_default(),
+        names.join(",")
+    ))
+}
+
+/// Bumped whenever the probe changes what it tries, so older answers are not reused.
+const PROBE_VERSION: u32 = 1;
+
+/// A probe's answer as kept on disk.
+#[derive(Serialize, Deserialize)]
+struct KeptProbe {
+    key: String,
+    capabilities: Capabilities,
+}
+
+/// The answer kept in `dir` for `key`, else `probe()`'s, then kept (one file per kernel
+/// release, replaced atomically, so parallel runs never read half a file). A probe that failed
+/// is not kept.
+fn probe_cached(dir: &Path, key: Option<&str>, probe: impl FnOnce() -> Capabilities) -> Capabilities {
+    let Some(key) = key else { return probe() };
+    let file = dir.join("capabilities").join(format!("{}.json", uname_release()));
+    let kept = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<KeptProbe>(&b).ok());
+    if let Some(k) = kept.filter(|k| k.key == key) {
+        return k.capabilities;
+    }
+    let capabilities = probe();
+    let failed = capabilities.features.values().flatten().any(|why| why.starts_with("probe failed"));
+    if !failed {
+        let kept = KeptProbe { key: key.to_string(), capabilities: capabilities.clone() };
+        let _ = (|| -> std::io::Result<()> {
+            let parent = file.parent().unwrap_or(dir);
+            std::fs::create_dir_all(parent)?;
+            let tmp = tempfile::NamedTempFile::new_in(parent)?;
+            serde_json::to_writer(&tmp, &kept)?;
+            tmp.persist(&file).map_err(|e| e.error)?;
+            Ok(())
+        })();
+    }
+    capabilities
 }
 
 fn probe_now() -> Capabilities {
@@ -340,7 +398,8 @@ struct LinkCreateAttr {
     expected_revision: u64,
 }
 
-fn bpf_call<T>(cmd: libc::c_long, attr: &mut T) -> Result<OwnedFd, String> {
+/// One bpf(2) call that returns a file descriptor; the error is the errno's text.
+pub(crate) fn bpf_call<T>(cmd: libc::c_long, attr: &mut T) -> Result<OwnedFd, String> {
     let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32) };
     if fd < 0 {
         return Err(crate::netlink::errno_text(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
@@ -469,9 +528,47 @@ mod tests {
         for f in LINK_FEATURES.iter().chain(EXTRA_FEATURES) {
             assert!(c.features.contains_key(*f), "{f}");
         }
-        // Cached: the second call does not probe again.
+        // Kept: the second call does not probe again.
         let t = std::time::Instant::now();
         assert_eq!(Capabilities::probe(), c);
         assert!(t.elapsed() < std::time::Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_kept_probe_is_reused_for_the_same_boot_and_modules_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let probed = std::cell::Cell::new(0);
+        let fake = |has_bonding: bool| {
+            probed.set(probed.get() + 1);
+            caps(if has_bonding { &[] } else { &["bonding"] }, "6.18.0")
+        };
+        let a = probe_cached(dir.path(), Some("boot 1; modules a"), || fake(false));
+        assert_eq!(probed.get(), 1);
+        assert!(!a.has("bonding"));
+        // Same key: read back, not probed.
+        let b = probe_cached(dir.path(), Some("boot 1; modules a"), || fake(true));
+        assert_eq!((probed.get(), &b), (1, &a));
+        // A module loaded since (or another boot): probed again, and the new answer kept.
+        let c = probe_cached(dir.path(), Some("boot 1; modules a,bonding"), || fake(true));
+        assert_eq!(probed.get(), 2);
+        assert!(c.has("bonding"));
+        let d = probe_cached(dir.path(), Some("boot 1; modules a,bonding"), || fake(false));
+        assert_eq!((probed.get(), d.has("bonding")), (2, true));
+        // No key (boot id unknown): always probed.
+        probe_cached(dir.path(), None, || fake(false));
+        assert_eq!(probed.get(), 3);
+    }
+
+    #[test]
+    fn a_failed_probe_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let failed = || {
+            let mut c = caps(&[], "6.18.0");
+            c.features.insert("veth".into(), Some("probe failed: no namespace".into()));
+            c
+        };
+        probe_cached(dir.path(), Some("k"), failed);
+        let again = probe_cached(dir.path(), Some("k"), || caps(&[], "6.18.0"));
+        assert!(again.has("veth"));
     }
 }

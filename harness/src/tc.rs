@@ -158,9 +158,65 @@ pub struct Link {
 struct Rtnl {
     sock: Socket,
     seq: u32,
+    /// Set when a request failed in transport (not a kernel NACK): the socket is not reused.
+    broken: bool,
+}
+
+thread_local! {
+    /// The calling thread's idle socket and the namespace (inode) it was opened in. Threads
+    /// that enter a namespace live for one batch of work, so this is one socket per namespace
+    /// and batch; the socket holds its namespace, so the inode cannot be reused meanwhile.
+    static IDLE: std::cell::RefCell<Option<(u64, Rtnl)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The namespace the calling thread is in, by inode.
+fn current_netns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| m.ino())
+}
+
+/// A socket lent by [`Rtnl::shared`]; given back to the thread when dropped.
+struct Lent {
+    ns: Option<u64>,
+    nl: Option<Rtnl>,
+}
+
+impl std::ops::Deref for Lent {
+    type Target = Rtnl;
+    fn deref(&self) -> &Rtnl {
+        self.nl.as_ref().expect("a lent socket is present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut Rtnl {
+        self.nl.as_mut().expect("a lent socket is present until dropped")
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let (Some(ns), Some(nl)) = (self.ns, self.nl.take()) {
+            if !nl.broken {
+                let _ = IDLE.try_with(|idle| *idle.borrow_mut() = Some((ns, nl)));
+            }
+        }
+    }
 }
 
 impl Rtnl {
+    /// The calling thread's socket for its current namespace, opened on first use: requests
+    /// of one batch share it instead of opening one each.
+    fn shared() -> Result<Lent, TcError> {
+        let ns = current_netns();
+        let idle = IDLE.try_with(|idle| idle.borrow_mut().take()).ok().flatten();
+        let nl = match idle {
+            Some((at, nl)) if Some(at) == ns => nl,
+            _ => Rtnl::open()?,
+        };
+        Ok(Lent { ns, nl: Some(nl) })
+    }
+
     fn open() -> Result<Rtnl, TcError> {
         let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| TcError::Socket(format!("open socket: {e}")))?;
         sock.bind_auto().map_err(|e| TcError::Socket(format!("bind: {e}")))?;
@@ -168,7 +224,7 @@ impl Rtnl {
         // Kernel error strings ("Exclusivity flag on, cannot modify") make errors readable.
         let _ = sock.set_ext_ack(true);
         let _ = sock.set_cap_ack(true);
-        Ok(Rtnl { sock, seq: 0 })
+        Ok(Rtnl { sock, seq: 0, broken: false })
     }
 
     /// Sends one request and collects the replies until the ACK (or the end of a dump).
@@ -182,16 +238,30 @@ impl Rtnl {
         nl.finalize();
         let mut buf = vec![0u8; nl.buffer_len()];
         nl.serialize(&mut buf);
-        self.sock.send(&buf, 0).map_err(|e| (e.raw_os_error().unwrap_or(0), format!("send: {e}")))?;
+        if let Err(e) = self.sock.send(&buf, 0) {
+            self.broken = true;
+            return Err((e.raw_os_error().unwrap_or(0), format!("send: {e}")));
+        }
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut out = Vec::new();
         loop {
-            let (data, _) = self.sock.recv_from_full().map_err(|e| (e.raw_os_error().unwrap_or(0), format!("receive: {e}")))?;
+            let (data, _) = match self.sock.recv_from_full() {
+                Ok(r) => r,
+                Err(e) => {
+                    self.broken = true;
+                    return Err((e.raw_os_error().unwrap_or(0), format!("receive: {e}")));
+                }
+            };
             let mut offset = 0;
             while offset < data.len() {
                 let rest = &data[offset..];
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
-                    .map_err(|e| (0, format!("decode reply: {e}")))?;
+                let reply = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.broken = true;
+                        return Err((0, format!("decode reply: {e}")));
+                    }
+                };
                 let len = reply.header.length as usize;
                 let reply_flags = reply.header.flags;
                 if reply.header.sequence_number != self.seq {
@@ -275,7 +345,7 @@ pub fn ifindex(device: &str) -> Result<u32, TcError> {
 
 /// Every link of the calling thread's namespace with its MAC and XDP programs, by index.
 pub fn list_links() -> Result<Vec<Link>, TcError> {
-    let mut nl = Rtnl::open()?;
+    let mut nl = Rtnl::shared()?;
     let replies = nl
         .request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)
         .map_err(|(_, m)| TcError::Call { op: "list links", device: "*".into(), message: m })?;
@@ -298,7 +368,7 @@ pub fn find_link(device: &str) -> Result<Link, TcError> {
     }
     let mut msg = LinkMessage::default();
     msg.attributes.push(LinkAttribute::IfName(device.to_string()));
-    match Rtnl::open()?.request(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK) {
+    match Rtnl::shared()?.request(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK) {
         Ok(replies) => replies
             .into_iter()
             .find_map(|m| match m {
@@ -359,7 +429,7 @@ fn xdp_progs(attrs: &[LinkXdp]) -> Vec<XdpProg> {
 pub fn ensure_clsact(device: &str) -> Result<(), TcError> {
     let op = "add clsact qdisc";
     let index = ifindex(device)?;
-    let mut nl = Rtnl::open()?;
+    let mut nl = Rtnl::shared()?;
     // A targeted get of the clsact/ingress slot: a qdisc dump walks every link's qdiscs,
     // which made attaching to n links O(n²). ENOENT: the slot is empty.
     let mut get = TcMessage::with_index(index as i32);
@@ -423,7 +493,7 @@ pub fn replace_filter(device: &str, spec: &FilterSpec<'_>, prog: BorrowedFd<'_>)
         TcOption::Bpf(TcFilterBpfOption::ProgName(spec.name.to_string())),
         TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
     ]));
-    Rtnl::open()?
+    Rtnl::shared()?
         .request(RouteNetlinkMessage::NewTrafficFilter(msg), NLM_F_ACK | NLM_F_CREATE)
         .map_err(call_err("replace tc filter", device))?;
     Ok(())
@@ -439,7 +509,7 @@ pub fn list_filters(device: &str, direction: Direction) -> Result<Vec<TcFilter>,
 /// [`list_filters`] for a link already looked up.
 pub fn list_filters_by_index(index: u32, device: &str, direction: Direction) -> Result<Vec<TcFilter>, TcError> {
     let msg = filter_header(index, direction, 0, 0, 0);
-    let replies = Rtnl::open()?
+    let replies = Rtnl::shared()?
         .request(RouteNetlinkMessage::GetTrafficFilter(msg), NLM_F_DUMP)
         .map_err(call_err("list tc filters", device))?;
     let mut filters: Vec<TcFilter> = replies
@@ -504,7 +574,7 @@ pub fn flush_filters(device: &str, direction: Direction) -> Result<usize, TcErro
     }
     // Priority 0 and protocol 0 address the whole chain: the kernel flushes it.
     let msg = filter_header(index, direction, 0, 0, 0);
-    Rtnl::open()?
+    Rtnl::shared()?
         .request(RouteNetlinkMessage::DelTrafficFilter(msg), NLM_F_ACK)
         .map_err(call_err("delete tc filters", device))?;
     Ok(n)
@@ -521,7 +591,7 @@ pub fn delete_filter(device: &str, direction: Direction, priority: u16, handle: 
     };
     let mut msg = filter_header(index, direction, priority, f.protocol, handle);
     msg.attributes.push(TcAttribute::Kind(f.kind));
-    Rtnl::open()?
+    Rtnl::shared()?
         .request(RouteNetlinkMessage::DelTrafficFilter(msg), NLM_F_ACK)
         .map_err(call_err("delete tc filter", device))?;
     Ok(true)
@@ -531,7 +601,7 @@ fn set_xdp(device: &str, op: &'static str, index: u32, fd: i32, flags: u32) -> R
     let mut msg = LinkMessage::default();
     msg.header.index = index;
     msg.attributes.push(LinkAttribute::Xdp(vec![LinkXdp::Fd(fd), LinkXdp::Flags(flags)]));
-    Rtnl::open()?
+    Rtnl::shared()?
         .request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
         .map_err(call_err(op, device))?;
     Ok(())

@@ -1,9 +1,14 @@
-//! Opening objects with aya without paying for the kernel's BTF every time.
+//! Opening objects with aya without paying for the kernel's BTF.
 //!
-//! `EbpfLoader::new` parses `/sys/kernel/btf/vmlinux` (tens of milliseconds, megabytes of
-//! allocations); that was most of the cost of an attach. Loaders are therefore kept in a pool
-//! and reused: every load overrides the same five globals, so nothing of an earlier load leaks
-//! into the next one.
+//! aya 0.14's `EbpfLoader::new` always parses `/sys/kernel/btf/vmlinux` (30–40 ms and megabytes
+//! of allocations here) and offers no constructor that does not. The kernel's BTF only serves
+//! CO-RE relocations, and the objects of `bpf/` have none (they are compiled per configuration,
+//! as Cilium's are). So loaders are made on a short-lived thread whose private mount namespace
+//! hides `/sys/kernel/btf`: the parse fails at once and the loader has no target BTF. Where that
+//! namespace cannot be made, the loader is made the ordinary way.
+//!
+//! Loaders are also kept in a pool and reused: every load overrides the same five globals, so
+//! nothing of an earlier load leaks into the next one.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -47,7 +52,8 @@ fn intern(g: Globals) -> &'static Globals {
 pub fn load(data: &[u8], g: Globals, pin: Option<(&'static str, &std::path::Path)>) -> Result<Ebpf, EbpfError> {
     let v = intern(g);
     let pool = if pin.is_some() { &PINNED_POOL } else { &POOL };
-    let mut loader = pool.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+    let idle = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let mut loader = idle.unwrap_or_else(new_loader);
     if let Some((name, path)) = pin {
         loader.map_pin_path(name, path.to_path_buf());
     }
@@ -60,4 +66,54 @@ pub fn load(data: &[u8], g: Globals, pin: Option<(&'static str, &std::path::Path
     let out = loader.load(data);
     pool.lock().unwrap_or_else(|p| p.into_inner()).push(loader);
     out
+}
+
+/// A loader without target BTF, made where `/sys/kernel/btf` is hidden (see the module's doc).
+fn new_loader() -> EbpfLoader<'static> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("hostdp-loader".into()).spawn(move || {
+        let hidden = hide_kernel_btf();
+        let _ = tx.send(hidden.then(EbpfLoader::new));
+        // The thread's mount namespace goes with it; nobody waits for that.
+    });
+    match spawned.ok().and_then(|_| rx.recv().ok()).flatten() {
+        Some(loader) => loader,
+        None => EbpfLoader::new(),
+    }
+}
+
+/// Gives the calling thread its own mount namespace, private so nothing propagates back, with
+/// an empty tmpfs over `/sys/kernel/btf`. Only the calling thread sees it.
+fn hide_kernel_btf() -> bool {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    if unshare(CloneFlags::CLONE_NEWNS).is_err() {
+        return false;
+    }
+    if mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).is_err() {
+        return false;
+    }
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("hostdp-nobtf"), "/sys/kernel/btf", Some("tmpfs"), flags, Some("size=4k")).is_ok()
+        && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The trick must not leak: after a loader is made, this thread still sees the kernel's BTF.
+    #[test]
+    fn hiding_the_kernel_btf_stays_on_the_loader_thread() {
+        if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            eprintln!("skipped: needs root and /sys/kernel/btf/vmlinux");
+            return;
+        }
+        let t = std::time::Instant::now();
+        let _loader = super::new_loader();
+        let took = t.elapsed();
+        assert!(std::path::Path::new("/sys/kernel/btf/vmlinux").exists(), "the kernel BTF vanished for the caller");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains("hostdp-nobtf"), "the masking mount leaked into the process's namespace");
+        // A parse of vmlinux takes tens of milliseconds; the masked construction must not parse.
+        assert!(took < std::time::Duration::from_millis(15), "made a loader in {took:?}: did it parse the kernel BTF?");
+    }
 }
