@@ -100,20 +100,20 @@ fn hide_kernel_btf() -> bool {
 
 #[cfg(test)]
 mod tests {
-    /// The trick must not leak: after a loader is made, this thread still sees the kernel's BTF.
+    /// The loader has not parsed the kernel's BTF, and the trick does not leak: the caller
+    /// still sees `/sys/kernel/btf/vmlinux`.
     #[test]
     fn hiding_the_kernel_btf_stays_on_the_loader_thread() {
         if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             eprintln!("skipped: needs root and /sys/kernel/btf/vmlinux");
             return;
         }
-        let t = std::time::Instant::now();
-        let _loader = super::new_loader();
-        let took = t.elapsed();
+        let loader = super::new_loader();
         assert!(std::path::Path::new("/sys/kernel/btf/vmlinux").exists(), "the kernel BTF vanished for the caller");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains("hostdp-nobtf"), "the masking mount leaked into the process's namespace");
-        // A parse of vmlinux takes tens of milliseconds; the masked construction must not parse.
-        assert!(took < std::time::Duration::from_millis(15), "made a loader in {took:?}: did it parse the kernel BTF?");
+        // aya keeps no way to ask; its Debug output shows whether the kernel BTF was parsed.
+        let shown = format!("{loader:?}");
+        assert!(shown.contains("btf: None"), "the loader parsed the kernel BTF: {}", &shown[..shown.len().min(200)]);
     }
 }
