@@ -480,3 +480,47 @@ fn tcx_attach_pins_and_inspect_sees_it() {
     assert!(gone, "tcx link still attached after unpin");
     assert!(!attach::detach_tcx(&pin).unwrap());
 }
+
+/// The map ids of program `id`, as bpftool reports them.
+fn map_ids(ns: &Netns, id: u32) -> Vec<u64> {
+    let text = run_tool(ns, &["bpftool", "-j", "prog", "show", "id", &id.to_string()]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut ids: Vec<u64> = v["map_ids"].as_array().map(|a| a.iter().filter_map(|m| m.as_u64()).collect()).unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+fn attached_ids(report: &attach::ExecReport) -> Vec<u32> {
+    report
+        .outcomes
+        .iter()
+        .filter_map(|o| match o {
+            OpOutcome::TcAttached { prog_id, .. } => Some(*prog_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// As Cilium's `replaceDatapath` does, a device's programs come from one opened object and so
+/// share its maps; another device, or another batch, gets its own.
+#[test]
+fn a_devices_programs_share_one_opened_object() {
+    let Some(Bench { node, wire: _wire, ctx, _cache }) = bench("share") else { return };
+    let ops = vec![
+        Op::CreateHostDevices,
+        attach_tc("veth0", Hook::Ingress, FROM_NETDEV, VlanAllow::Ids(vec![])),
+        attach_tc("veth0", Hook::Egress, TO_NETDEV, VlanAllow::Ids(vec![])),
+        attach_tc("cilium_host", Hook::Ingress, TO_HOST, VlanAllow::Ids(vec![])),
+    ];
+    let ids = attached_ids(&attach::execute(&node.0, &ctx, &ops).unwrap());
+    let [ingress, egress, host] = ids[..] else { panic!("three attachments expected, got {ids:?}") };
+    let (mi, me, mh) = (map_ids(&node.0, ingress), map_ids(&node.0, egress), map_ids(&node.0, host));
+    assert!(!mi.is_empty(), "bpftool shows no maps for program {ingress}");
+    assert_eq!(mi, me, "veth0's ingress and egress programs should share their object's maps");
+    assert!(mh.iter().all(|m| !mi.contains(m)), "cilium_host's program shares maps with veth0's: {mh:?} / {mi:?}");
+
+    // Re-attaching the egress alone (a later regeneration) opens the object again.
+    let again = attached_ids(&attach::execute(&node.0, &ctx, &[attach_tc("veth0", Hook::Egress, TO_NETDEV, VlanAllow::Ids(vec![]))]).unwrap());
+    let later = map_ids(&node.0, again[0]);
+    assert!(later.iter().all(|m| !mi.contains(m)), "a new batch reused an old object's maps");
+}

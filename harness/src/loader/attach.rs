@@ -3,7 +3,8 @@
 //! [`crate::tc`], XDP through netlink, tcx through a pinned bpf_link).
 //!
 //! Attachments outlive this process: filters and netlink XDP hold their own program
-//! references, tcx links are pinned, so every aya handle is dropped right after attaching.
+//! references, tcx links are pinned, so every aya handle is dropped once its batch of ops is
+//! done. Within a batch a device's object is opened once and all its programs come from it.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -113,15 +114,16 @@ pub fn execute(ns: &Netns, ctx: &AttachContext, ops: &[Op]) -> Result<ExecReport
     crate::timing::time(crate::timing::Phase::Execute, || {
         ns.run(|| {
             let mut report = ExecReport::default();
+            let mut opened = Opened::default();
             for op in ops {
-                report.outcomes.push(execute_one(ns, ctx, op)?);
+                report.outcomes.push(execute_one(ns, ctx, &mut opened, op)?);
             }
             Ok(report)
         })?
     })
 }
 
-fn execute_one(ns: &Netns, ctx: &AttachContext, op: &Op) -> Result<OpOutcome, AttachError> {
+fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) -> Result<OpOutcome, AttachError> {
     match op {
         Op::CreateHostDevices => create_host_devices().map(|created| OpOutcome::HostDevices { created }),
         Op::AttachTc { device, hook, program, priority, vlan, seclabel } => {
@@ -131,7 +133,7 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, op: &Op) -> Result<OpOutcome, At
             let cfg = DeviceConfig { vlan: vlan.clone(), seclabel: *seclabel };
             let filter = format!("{}-{device}", program.symbol);
             let spec = FilterSpec { direction, priority: (*priority).max(1), handle: tc::CILIUM_HANDLE, name: &filter };
-            let prog_id = attach_tc_filter(ns, ctx, device, *program, &cfg, &spec, &what)?;
+            let prog_id = attach_tc_filter(ns, ctx, opened, device, *program, &cfg, &spec, &what)?;
             Ok(OpOutcome::TcAttached { device: device.clone(), hook: *hook, program: program.symbol.into(), filter, prog_id })
         }
         Op::FlushTc { device, hook } => {
@@ -181,7 +183,7 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, op: &Op) -> Result<OpOutcome, At
                 XdpMode::Native => XdpAttachMode::Native,
                 XdpMode::Generic => XdpAttachMode::Generic,
             };
-            let prog_id = attach_xdp_prog(ns, ctx, device, *program, &DeviceConfig::default(), mode, &what)?;
+            let prog_id = attach_xdp_prog(ns, ctx, opened, device, *program, &DeviceConfig::default(), mode, &what)?;
             Ok(OpOutcome::XdpAttached {
                 device: device.clone(),
                 program: program.symbol.into(),
@@ -192,7 +194,7 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, op: &Op) -> Result<OpOutcome, At
         Op::AttachSkb { device, hook, program, priority, vlan, seclabel, pin_dir, tcx, remove_stale } => {
             let cfg = DeviceConfig { vlan: vlan.clone(), seclabel: *seclabel };
             let skb = SkbAttach { program: *program, priority: *priority, pin_dir, tcx: *tcx, remove_stale: *remove_stale };
-            attach_skb(ns, ctx, device, *hook, &cfg, &skb)
+            attach_skb(ns, ctx, opened, device, *hook, &cfg, &skb)
         }
         Op::DetachSkb { device, hook, symbol, pin_dir } => {
             let what = format!("detach {symbol} from {device} {}", hook.as_str());
@@ -267,10 +269,31 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Compiles `object` and opens it with the per-device globals set. Runs inside the namespace
-/// (the device's ifindex and MAC are looked up there).
-fn open_object(ns: &Netns, ctx: &AttachContext, device: &str, object: Object, cfg: &DeviceConfig, what: &str) -> Result<Ebpf, AttachError> {
+/// Objects opened during one batch of ops for the device being handled. Cilium opens a device's object once and
+/// attaches every program it needs from that collection (`replaceDatapath`), so a device's
+/// ingress and egress programs share the object's maps; the harness does the same.
+#[derive(Default)]
+struct Opened(Vec<(u32, Object, DeviceConfig, Ebpf)>);
+
+/// Compiles `object` and opens it with the per-device globals set, or hands back the one
+/// already opened for the device in this batch unless `symbol` was loaded from it already.
+/// Runs inside the namespace (the device's ifindex and MAC are looked up there).
+#[allow(clippy::too_many_arguments)]
+fn open_object<'o>(
+    ns: &Netns,
+    ctx: &AttachContext,
+    opened: &'o mut Opened,
+    device: &str,
+    object: Object,
+    cfg: &DeviceConfig,
+    symbol: &str,
+    what: &str,
+) -> Result<&'o mut Ebpf, AttachError> {
     let link = tc::find_link(device).map_err(|e| kernel(ns, what, device, e))?;
+    let loaded = |e: &Ebpf| e.program(symbol).is_some_and(|p| p.fd().is_ok());
+    if let Some(i) = opened.0.iter().position(|(ix, o, c, e)| *ix == link.index && *o == object && c == cfg && !loaded(e)) {
+        return Ok(&mut opened.0[i].3);
+    }
     let compiled = crate::timing::time(crate::timing::Phase::Compile, || ctx.compiler.compile(object, &ctx.defines))
         .map_err(|source| AttachError::Compile { op: what.to_string(), source })?;
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
@@ -286,8 +309,13 @@ fn open_object(ns: &Netns, ctx: &AttachContext, device: &str, object: Object, cf
         vlan_allow_all: allow_all,
         vlan_ids: ids,
     };
-    crate::loader::ebpf_load::load(&data, globals, pin.as_deref().map(|p| (crate::loader::policymap::MAP_NAME, p)))
-        .map_err(|e| load_err(format!("open {}: {}", object.source(), chain(&e))))
+    let ebpf = crate::loader::ebpf_load::load(&data, globals, pin.as_deref().map(|p| (crate::loader::policymap::MAP_NAME, p)))
+        .map_err(|e| load_err(format!("open {}: {}", object.source(), chain(&e))))?;
+    // Plans handle a device's hooks one after the other: what was opened for other devices is
+    // done with, and keeping it would hold file descriptors in proportion to the node's links.
+    opened.0.retain(|(ix, ..)| *ix == link.index);
+    opened.0.push((link.index, object, cfg.clone(), ebpf));
+    Ok(&mut opened.0.last_mut().expect("just pushed").3)
 }
 
 /// The VLAN globals: allow-all flag and up to five ids (0 = unused).
@@ -347,17 +375,19 @@ fn load_classifier<'a>(ebpf: &'a mut Ebpf, symbol: &str, what: &str) -> Result<&
     Ok(prog)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn attach_tc_filter(
     ns: &Netns,
     ctx: &AttachContext,
+    opened: &mut Opened,
     device: &str,
     program: ProgramRef,
     cfg: &DeviceConfig,
     spec: &FilterSpec<'_>,
     what: &str,
 ) -> Result<u32, AttachError> {
-    let mut ebpf = open_object(ns, ctx, device, program.object, cfg, what)?;
-    let prog = load_classifier(&mut ebpf, program.symbol, what)?;
+    let ebpf = open_object(ns, ctx, opened, device, program.object, cfg, program.symbol, what)?;
+    let prog = load_classifier(ebpf, program.symbol, what)?;
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
     let fd = prog.fd().map_err(|e| load_err(chain(&e)))?;
     tc::replace_filter(device, spec, fd.as_fd()).map_err(|e| kernel(ns, what, device, e))?;
@@ -365,16 +395,18 @@ fn attach_tc_filter(
     Ok(id)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn attach_xdp_prog(
     ns: &Netns,
     ctx: &AttachContext,
+    opened: &mut Opened,
     device: &str,
     program: ProgramRef,
     cfg: &DeviceConfig,
     mode: XdpAttachMode,
     what: &str,
 ) -> Result<u32, AttachError> {
-    let mut ebpf = open_object(ns, ctx, device, program.object, cfg, what)?;
+    let ebpf = open_object(ns, ctx, opened, device, program.object, cfg, program.symbol, what)?;
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
     let symbol = program.symbol;
     let prog: &mut Xdp = ebpf
@@ -443,7 +475,7 @@ pub fn attach_tcx(
         Hook::Egress => TcAttachType::Egress,
         Hook::Xdp => return Err(AttachError::Invalid(format!("{what}: tcx has only ingress and egress"))),
     };
-    ns.run(|| tcx_here(ns, ctx, device, attach_type, program, cfg, pin_path, &what))?
+    ns.run(|| tcx_here(ns, ctx, &mut Opened::default(), device, attach_type, program, cfg, pin_path, &what))?
 }
 
 /// [`attach_tcx`] in the calling thread (already inside `ns`). A pin whose link is defunct
@@ -453,6 +485,7 @@ pub fn attach_tcx(
 fn tcx_here(
     ns: &Netns,
     ctx: &AttachContext,
+    opened: &mut Opened,
     device: &str,
     attach_type: TcAttachType,
     program: ProgramRef,
@@ -461,8 +494,8 @@ fn tcx_here(
     what: &str,
 ) -> Result<TcxAttached, AttachError> {
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
-    let mut ebpf = open_object(ns, ctx, device, program.object, cfg, what)?;
-    let prog = load_classifier(&mut ebpf, program.symbol, what)?;
+    let ebpf = open_object(ns, ctx, opened, device, program.object, cfg, program.symbol, what)?;
+    let prog = load_classifier(ebpf, program.symbol, what)?;
     let mut updated = false;
     if pin_path.exists() {
         let pinned = PinnedLink::from_pin(pin_path)
@@ -512,7 +545,7 @@ fn kernel_has_tcx() -> bool {
 }
 
 /// [`Op::AttachSkb`], inside the namespace.
-fn attach_skb(ns: &Netns, ctx: &AttachContext, device: &str, hook: Hook, cfg: &DeviceConfig, a: &SkbAttach<'_>) -> Result<OpOutcome, AttachError> {
+fn attach_skb(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, device: &str, hook: Hook, cfg: &DeviceConfig, a: &SkbAttach<'_>) -> Result<OpOutcome, AttachError> {
     let symbol = a.program.symbol;
     let what = format!("attach {symbol} to {device} {}", hook.as_str());
     let (direction, attach_type) = match hook {
@@ -523,7 +556,7 @@ fn attach_skb(ns: &Netns, ctx: &AttachContext, device: &str, hook: Hook, cfg: &D
     let pin = ctx.bpffs.as_ref().map(|b| b.join(a.pin_dir).join(symbol));
     if a.tcx && kernel_has_tcx() {
         let pin = pin.ok_or_else(|| AttachError::Invalid(format!("{what}: tcx needs a bpffs folder to pin the link in")))?;
-        let t = tcx_here(ns, ctx, device, attach_type, a.program, cfg, &pin, &what)?;
+        let t = tcx_here(ns, ctx, opened, device, attach_type, a.program, cfg, &pin, &what)?;
         // tcx runs before legacy tc: every filter left in that direction goes.
         let legacy_removed = tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
         return Ok(OpOutcome::TcxAttached {
@@ -539,7 +572,7 @@ fn attach_skb(ns: &Netns, ctx: &AttachContext, device: &str, hook: Hook, cfg: &D
     let filter = format!("{symbol}-{device}");
     let priority = a.priority.max(1);
     let spec = FilterSpec { direction, priority, handle: tc::CILIUM_HANDLE, name: &filter };
-    let prog_id = attach_tc_filter(ns, ctx, device, a.program, cfg, &spec, &what)?;
+    let prog_id = attach_tc_filter(ns, ctx, opened, device, a.program, cfg, &spec, &what)?;
     let mut stale_removed = 0;
     if a.remove_stale {
         let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
@@ -619,11 +652,11 @@ pub fn foreign(ns: &Netns, ctx: &AttachContext, device: &str, direction: Hook, p
         ("foreign_tc", Some(dir)) => {
             let prog = ProgramRef { object: Object::Foreign, symbol: "foreign_tc" };
             let spec = FilterSpec { direction: dir, priority: FOREIGN_PRIORITY, handle: FOREIGN_HANDLE, name: "foreign_tc" };
-            ns.run(|| attach_tc_filter(ns, ctx, device, prog, &cfg, &spec, &what))?
+            ns.run(|| attach_tc_filter(ns, ctx, &mut Opened::default(), device, prog, &cfg, &spec, &what))?
         }
         ("foreign_xdp", None) => {
             let prog = ProgramRef { object: Object::Foreign, symbol: "foreign_xdp" };
-            ns.run(|| attach_xdp_prog(ns, ctx, device, prog, &cfg, XdpAttachMode::Generic, &what))?
+            ns.run(|| attach_xdp_prog(ns, ctx, &mut Opened::default(), device, prog, &cfg, XdpAttachMode::Generic, &what))?
         }
         ("foreign_tc" | "foreign_xdp", _) => Err(AttachError::Invalid(format!(
             "{what}: foreign_tc goes on ingress or egress, foreign_xdp on xdp"
