@@ -1060,6 +1060,30 @@ mod overlay {
     }
 
     #[test]
+    fn encap_enablers_and_port_values() {
+        use crate::loader::config::{check_value, DsrDispatch, NodePortMode};
+        let m = NATIVE.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let base = |p: Profile| Settings::derive(&AgentConfig::from_map(&m, p).unwrap(), p).unwrap();
+        assert_eq!(base(Profile::V1_14_4).encap(), None);
+        // DSR with Geneve dispatch in native routing: v1.14.4 forces geneve; v1.15+ keeps the
+        // configured protocol (upstream's validator refuses anything but geneve).
+        for p in [Profile::V1_14_4, Profile::V1_15] {
+            let mut s = base(p);
+            (s.enable_node_port, s.node_port_mode, s.dsr_dispatch) = (true, NodePortMode::Dsr, DsrDispatch::Geneve);
+            s.tunnel_protocol = TunnelProtocol::Geneve;
+            assert_eq!(s.encap(), Some((TunnelProtocol::Geneve, 6081)), "{p:?}");
+        }
+        let mut s = base(Profile::V1_16);
+        s.enable_ipv4_egress_gateway = true;
+        s.tunnel_port = 9000;
+        assert_eq!(s.encap(), Some((TunnelProtocol::Vxlan, 9000)));
+        assert!(check_value("tunnel-port", "8472").is_ok());
+        assert!(check_value("tunnel-port", "0").is_ok());
+        let e = check_value("tunnel-port", "70000").unwrap_err();
+        assert!(e.contains("expected a port from 0 to 65535"), "{e}");
+    }
+
+    #[test]
     fn native_routing_features_that_need_a_tunnel() {
         let links = node(&[]);
         // High-scale ipcache (v1.14.4 encapProto; v1.15+ its tunnel enabler) keeps cilium_vxlan.
