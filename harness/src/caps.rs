@@ -21,7 +21,8 @@ use crate::netlink::{Change, Conn, NewLink};
 use crate::scenario::{Action, LinkKind, LinkSpec, Scenario};
 
 /// Features the probe knows, beside the link kinds' (`veth`, `bonding`, `vlan`, ...).
-pub const EXTRA_FEATURES: &[&str] = &["vlan-802.1ad", "clsact", "cls_bpf", "bpf", "tcx"];
+/// `geneve` is no scenario link kind, but the agent creates `cilium_geneve` when configured so.
+pub const EXTRA_FEATURES: &[&str] = &["vlan-802.1ad", "clsact", "cls_bpf", "bpf", "tcx", "geneve"];
 
 /// Every link kind's feature name (see [`crate::netlink::feature_of_kind`]).
 pub const LINK_FEATURES: &[&str] =
@@ -71,6 +72,11 @@ impl Capabilities {
         if !scenario.pods.is_empty() {
             need("veth");
         }
+        // The agent's encapsulation device (cilium_vxlan / cilium_geneve), under each
+        // configuration the scenario's agent runs with.
+        for f in encap_features(scenario) {
+            need(f);
+        }
         for f in &scenario.requires.features {
             need(f);
         }
@@ -99,6 +105,45 @@ impl Capabilities {
     pub fn detail(&self, feature: &str) -> Option<&str> {
         self.features.get(feature).and_then(|d| d.as_deref())
     }
+}
+
+/// The link kinds of the encapsulation devices the scenario's agent creates: its
+/// configuration at the start and after each `restart` (profile changes included). A
+/// configuration the agent refuses creates nothing.
+fn encap_features(scenario: &Scenario) -> Vec<&'static str> {
+    use crate::loader::config::{AgentConfig, Settings, TunnelProtocol};
+    use crate::loader::profile::Profile;
+    let mut config = scenario.agent.clone();
+    let mut profile = scenario.profile.clone();
+    let mut configs = vec![(config.clone(), profile.clone())];
+    for step in &scenario.steps {
+        if let Action::Restart { agent, profile: p } = &step.action {
+            for (k, v) in agent {
+                match v {
+                    Some(v) => config.insert(k.clone(), v.clone()),
+                    None => config.remove(k),
+                };
+            }
+            if let Some(p) = p {
+                profile = p.clone();
+            }
+            configs.push((config.clone(), profile.clone()));
+        }
+    }
+    let mut out = Vec::new();
+    for (map, p) in configs {
+        let Some(p) = Profile::parse(&p) else { continue };
+        let encap = AgentConfig::from_map(&map, p).ok().and_then(|c| Settings::derive(&c, p).ok()).and_then(|s| s.encap());
+        let f = match encap {
+            Some((TunnelProtocol::Vxlan, _)) => "vxlan",
+            Some((TunnelProtocol::Geneve, _)) => "geneve",
+            None => continue,
+        };
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    out
 }
 
 /// The features a link needs: its kind's, and `vlan-802.1ad` for such VLANs.
@@ -197,7 +242,7 @@ fn probe_key() -> Option<String> {
 }
 
 /// Bumped whenever the probe changes what it tries, so older answers are not reused.
-const PROBE_VERSION: u32 = 1;
+const PROBE_VERSION: u32 = 2;
 
 /// A probe's answer as kept on disk.
 #[derive(Serialize, Deserialize)]
@@ -291,6 +336,12 @@ async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<S
         let r = try_link(feature, name, link, needs_veth).await;
         out.insert(feature.to_string(), r);
     }
+    // geneve as the agent makes cilium_geneve (external, Cilium's default port).
+    let geneve = match blocked("geneve") {
+        Some(g) => Some(g),
+        None => conn.ensure_encap_device("pgen", crate::netlink::EncapKind::Geneve, 6081).await.err().map(|e| short(&e.to_string())),
+    };
+    out.insert("geneve".into(), geneve);
     let index = if veth_ok { conn.index_of("pv0").await.ok() } else { None };
 
     let clsact = match (blocked("clsact"), index) {
@@ -487,6 +538,31 @@ mod tests {
                 line: 1,
             }],
         }
+    }
+
+    #[test]
+    fn the_agents_encapsulation_device_needs_its_kind() {
+        let mut s = scenario();
+        s.requires = Default::default();
+        s.steps.clear();
+        // Tunnel routing (the default): vxlan.
+        assert_eq!(caps(&["vxlan"], "6.18").missing_for(&s), vec!["kernel lacks vxlan"]);
+        assert!(caps(&["geneve"], "6.18").missing_for(&s).is_empty());
+        // Geneve from the start, or after a restart that switches to it.
+        s.agent.insert("tunnel-protocol".into(), "geneve".into());
+        assert_eq!(caps(&["geneve"], "6.18").missing_for(&s), vec!["kernel lacks geneve"]);
+        s.agent.clear();
+        s.steps.push(crate::scenario::Step {
+            action: Action::Restart { agent: [("tunnel-protocol".to_string(), Some("geneve".to_string()))].into(), profile: None },
+            expect: Default::default(),
+            line: 2,
+        });
+        assert_eq!(caps(&["geneve"], "6.18").missing_for(&s), vec!["kernel lacks geneve"]);
+        // Native routing throughout: no encapsulation device.
+        s.steps.clear();
+        s.agent.insert("routing-mode".into(), "native".into());
+        s.agent.insert("ipv4-native-routing-cidr".into(), "10.0.0.0/8".into());
+        assert!(caps(&["vxlan", "geneve"], "6.18").missing_for(&s).is_empty());
     }
 
     #[test]

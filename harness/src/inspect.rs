@@ -264,7 +264,7 @@ pub fn program_name(id: u32) -> Option<String> {
 
 /// Kernel program name (≤ 15 bytes) → slot in `hostdp_counters`, as in `bpf/include/hostdp.h`.
 pub fn counter_slot(program: &str) -> Option<u32> {
-    const SLOTS: [(&str, u32); 9] = [
+    const SLOTS: [(&str, u32); 11] = [
         ("cil_from_netdev", 0),
         ("cil_to_netdev", 1),
         ("cil_from_host", 2),
@@ -274,6 +274,8 @@ pub fn counter_slot(program: &str) -> Option<u32> {
         ("cil_to_containe", 6),
         ("foreign_tc", 7),
         ("foreign_xdp", 8),
+        ("cil_from_overla", 9),
+        ("cil_to_overlay", 10),
     ];
     SLOTS.iter().find(|(n, _)| *n == program).map(|(_, s)| *s)
 }

@@ -17,7 +17,7 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    BondMode, InfoBond, InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVrf, InfoVxlan,
+    BondMode, InfoBond, InfoData, InfoGeneve, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVrf, InfoVxlan,
     LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode, VlanProtocol,
 };
 use netlink_packet_route::route::{
@@ -135,6 +135,38 @@ pub fn feature_of_kind(kind: &str) -> &str {
         "bond" => "bonding",
         other => other,
     }
+}
+
+/// A UDP encapsulation device in collect-metadata mode (`ip link add NAME type vxlan|geneve
+/// external dstport PORT`), the kind of device Cilium's agent keeps as `cilium_vxlan` /
+/// `cilium_geneve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncapKind {
+    Vxlan,
+    Geneve,
+}
+
+impl EncapKind {
+    /// The `IFLA_INFO_KIND` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EncapKind::Vxlan => "vxlan",
+            EncapKind::Geneve => "geneve",
+        }
+    }
+}
+
+/// What [`ensure_encap_device`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncapAction {
+    /// A device of that kind and port was there already.
+    Kept,
+    Created,
+    /// A device of that name had another kind or port: deleted, then created again (a UDP
+    /// port cannot be changed in place).
+    Recreated,
 }
 
 /// One change of the namespace's links, addresses or routes.
@@ -337,6 +369,84 @@ impl Conn {
             .first()
             .map(|m| m.header.index)
             .ok_or_else(|| NetlinkError::Call { op: "find link", object: name.into(), message: "no such link".into() })
+    }
+
+    /// Kind, UDP destination port (vxlan and geneve links) and index of the link named
+    /// `name`; `None` if there is no such link.
+    async fn encap_of(&self, name: &str) -> Result<Option<(String, Option<u16>, u32)>> {
+        let found: std::result::Result<Vec<LinkMessage>, rtnetlink::Error> =
+            self.handle.link().get().match_name(name.to_string()).execute().try_collect().await;
+        let msgs = match found {
+            Ok(m) => m,
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(NetlinkError::Call { op: "find link", object: name.into(), message: kernel_message(&e, None) }),
+        };
+        let Some(m) = msgs.first() else { return Ok(None) };
+        let mut port = None;
+        for a in &m.attributes {
+            if let LinkAttribute::LinkInfo(infos) = a {
+                for i in infos {
+                    match i {
+                        NlLinkInfo::Data(InfoData::Vxlan(v)) => {
+                            port = v.iter().find_map(|x| if let InfoVxlan::Port(p) = x { Some(*p) } else { None });
+                        }
+                        NlLinkInfo::Data(InfoData::Geneve(v)) => {
+                            port = v.iter().find_map(|x| if let InfoGeneve::Port(p) = x { Some(*p) } else { None });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(Some((link_of(m).kind, port, m.header.index)))
+    }
+
+    /// Makes `name` a collect-metadata `kind` device on UDP port `port`, up: kept if it is
+    /// one already, else created (or deleted and created again), as init.sh's
+    /// `create_encap_dev` (v1.14.4) and `setupVxlanDevice`/`setupGeneveDevice` (v1.15+) do.
+    pub async fn ensure_encap_device(&self, name: &str, kind: EncapKind, port: u16) -> Result<EncapAction> {
+        let fail = |op: &'static str| {
+            move |e: rtnetlink::Error| NetlinkError::Call { op, object: name.to_string(), message: kernel_message(&e, None) }
+        };
+        let action = match self.encap_of(name).await? {
+            Some((k, p, _)) if k == kind.as_str() && p == Some(port) => EncapAction::Kept,
+            Some((_, _, index)) => {
+                self.handle.link().del(index).execute().await.map_err(fail("delete link"))?;
+                EncapAction::Recreated
+            }
+            None => EncapAction::Created,
+        };
+        if action != EncapAction::Kept {
+            let b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(match kind {
+                EncapKind::Vxlan => InfoKind::Vxlan,
+                EncapKind::Geneve => InfoKind::Geneve,
+            })
+            .name(name);
+            let data = match kind {
+                // `external` in iproute2 also turns learning off.
+                EncapKind::Vxlan => InfoData::Vxlan(vec![
+                    InfoVxlan::CollectMetadata(true),
+                    InfoVxlan::Learning(false),
+                    InfoVxlan::Port(port),
+                ]),
+                EncapKind::Geneve => InfoData::Geneve(vec![InfoGeneve::CollectMetadata, InfoGeneve::Port(port)]),
+            };
+            self.handle.link().add(b.set_info_data(data).build()).execute().await.map_err(fail("create link"))?;
+        }
+        let index = self.index_of(name).await?;
+        self.handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(fail("set link up"))?;
+        Ok(action)
+    }
+
+    /// Deletes the link named `name` if there is one; whether there was.
+    pub async fn delete_link_if_present(&self, name: &str) -> Result<bool> {
+        let Some((_, _, index)) = self.encap_of(name).await? else { return Ok(false) };
+        self.handle.link().del(index).execute().await.map_err(|e| NetlinkError::Call {
+            op: "delete link",
+            object: name.to_string(),
+            message: kernel_message(&e, None),
+        })?;
+        Ok(true)
     }
 
     /// Issues `changes` in order on this socket; stops at the first failure.
@@ -611,6 +721,16 @@ pub fn list_links() -> Result<Vec<LinkInfo>> {
 /// Every route of every table of the calling thread's namespace, both families (one socket).
 pub fn list_routes() -> Result<Vec<RouteInfo>> {
     crate::netns::block_on(async { Conn::open()?.routes().await })
+}
+
+/// [`Conn::ensure_encap_device`] on one socket of the calling thread's namespace.
+pub fn ensure_encap_device(name: &str, kind: EncapKind, port: u16) -> Result<EncapAction> {
+    crate::netns::block_on(async { Conn::open()?.ensure_encap_device(name, kind, port).await })
+}
+
+/// [`Conn::delete_link_if_present`] on one socket of the calling thread's namespace.
+pub fn delete_link_if_present(name: &str) -> Result<bool> {
+    crate::netns::block_on(async { Conn::open()?.delete_link_if_present(name).await })
 }
 
 /// Applies `changes` in order on one socket of the calling thread's namespace.

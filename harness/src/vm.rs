@@ -35,6 +35,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "bridge",
     "macvlan",
     "vxlan",
+    "geneve",
     "ifb",
     "vrf",
 ];

@@ -524,3 +524,55 @@ fn a_devices_programs_share_one_opened_object() {
     let later = map_ids(&node.0, again[0]);
     assert!(later.iter().all(|m| !mi.contains(m)), "a new batch reused an old object's maps");
 }
+
+#[test]
+fn encap_device_lifecycle_and_overlay_filters() {
+    use hostdp::netlink::{EncapAction, EncapKind};
+    if skip() {
+        return;
+    }
+    let node = ns("encap");
+    let cache = tempfile::tempdir().unwrap();
+    let ctx = context(cache.path());
+    let dev = "cilium_vxlan";
+    let ensure = |port: u16| Op::EnsureEncapDevice { device: dev.into(), kind: EncapKind::Vxlan, port };
+    let from = ProgramRef { object: Object::Overlay, symbol: "cil_from_overlay" };
+    let to = ProgramRef { object: Object::Overlay, symbol: "cil_to_overlay" };
+    let ops = [ensure(8472), attach_tc(dev, Hook::Ingress, from, VlanAllow::Ids(vec![])), attach_tc(dev, Hook::Egress, to, VlanAllow::Ids(vec![]))];
+    let r = attach::execute(&node.0, &ctx, &ops).unwrap();
+    assert_eq!(r.outcomes[0], OpOutcome::EncapDevice { device: dev.into(), action: EncapAction::Created });
+    let details = run_tool(&node.0, &["ip", "-d", "link", "show", dev]);
+    assert!(details.contains("vxlan external") && details.contains("dstport 8472"), "{details}");
+    assert!(details.contains(",UP") || details.contains("<UP"), "{details}");
+    // The filters as iproute2 and the inspector see them, the programs as bpftool names them.
+    let atts = inspect::inspect_netns(&node.0).unwrap();
+    for (hook, name, kernel_name) in
+        [(Hook::Ingress, "cil_from_overlay-cilium_vxlan", "cil_from_overlay"), (Hook::Egress, "cil_to_overlay-cilium_vxlan", "cil_to_overlay")]
+    {
+        let shown = tc_show(&node.0, dev, hook);
+        assert_eq!(shown, inspect_tc(&atts, dev, hook));
+        assert_eq!(shown.len(), 1);
+        assert_eq!((shown[0].0.as_str(), shown[0].1, shown[0].2, shown[0].5), (name, 1, 1, true));
+        assert_eq!(program_name(&node.0, shown[0].3), kernel_name);
+    }
+    // Frames sent out of the device run cil_to_overlay (its counter slot is read back).
+    let egress = on(&atts, dev, Hook::Egress)[0].prog_id;
+    node.0.run(|| send_frames(dev, None, 2)).unwrap();
+    let c = inspect::counters(egress).unwrap();
+    assert!(c.seen >= 2 && c.dropped == 0, "{c:?}");
+    // Same kind and port: kept, with its filters.
+    let r = attach::execute(&node.0, &ctx, &[ensure(8472)]).unwrap();
+    assert_eq!(r.outcomes[0], OpOutcome::EncapDevice { device: dev.into(), action: EncapAction::Kept });
+    assert_eq!(tc_show(&node.0, dev, Hook::Ingress).len(), 1);
+    // Another port: the device is made again, and the old one's filters went with it.
+    let r = attach::execute(&node.0, &ctx, &[ensure(4789)]).unwrap();
+    assert_eq!(r.outcomes[0], OpOutcome::EncapDevice { device: dev.into(), action: EncapAction::Recreated });
+    assert!(run_tool(&node.0, &["ip", "-d", "link", "show", dev]).contains("dstport 4789"));
+    assert!(tc_show(&node.0, dev, Hook::Ingress).is_empty());
+    // Deleted if present; absent is fine.
+    let del = [Op::DeleteLink { device: dev.into() }];
+    let r = attach::execute(&node.0, &ctx, &del).unwrap();
+    assert_eq!(r.outcomes[0], OpOutcome::LinkDeleted { device: dev.into(), existed: true });
+    let r = attach::execute(&node.0, &ctx, &del).unwrap();
+    assert_eq!(r.outcomes[0], OpOutcome::LinkDeleted { device: dev.into(), existed: false });
+}

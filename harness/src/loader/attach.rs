@@ -48,6 +48,8 @@ pub enum AttachError {
     NoLink { op: String, device: String, netns: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{op}: {source}")]
+    Netlink { op: String, source: crate::netlink::NetlinkError },
 }
 
 /// What executing a plan needs besides the ops.
@@ -80,6 +82,10 @@ impl Default for DeviceConfig {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OpOutcome {
     HostDevices { created: bool },
+    /// [`Op::EnsureEncapDevice`]: kept, created or created again.
+    EncapDevice { device: String, action: crate::netlink::EncapAction },
+    /// [`Op::DeleteLink`]: whether the link was there.
+    LinkDeleted { device: String, existed: bool },
     TcAttached { device: String, hook: Hook, program: String, filter: String, prog_id: u32 },
     TcFlushed { device: String, hook: Hook, removed: usize },
     ObsoleteRemoved { device: String, hooks: Vec<Hook> },
@@ -126,6 +132,16 @@ pub fn execute(ns: &Netns, ctx: &AttachContext, ops: &[Op]) -> Result<ExecReport
 fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) -> Result<OpOutcome, AttachError> {
     match op {
         Op::CreateHostDevices => create_host_devices().map(|created| OpOutcome::HostDevices { created }),
+        Op::EnsureEncapDevice { device, kind, port } => {
+            let op = format!("set up encapsulation device {device} ({} port {port})", kind.as_str());
+            let action = crate::netlink::ensure_encap_device(device, *kind, *port).map_err(|source| AttachError::Netlink { op, source })?;
+            Ok(OpOutcome::EncapDevice { device: device.clone(), action })
+        }
+        Op::DeleteLink { device } => {
+            let op = format!("delete link {device}");
+            let existed = crate::netlink::delete_link_if_present(device).map_err(|source| AttachError::Netlink { op, source })?;
+            Ok(OpOutcome::LinkDeleted { device: device.clone(), existed })
+        }
         Op::AttachTc { device, hook, program, priority, vlan, seclabel } => {
             let what = format!("attach {} to {device} {}", program.symbol, hook.as_str());
             let direction = Direction::from_hook(*hook)

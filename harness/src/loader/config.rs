@@ -78,6 +78,7 @@ pub fn known_keys() -> &'static [&'static str] {
         "enable-well-known-identities",
         "bpf-lb-sock",
         "enable-l7-proxy",
+        "tunnel-port",
     ]
 }
 
@@ -89,6 +90,8 @@ enum Kind {
     Names,
     Name,
     Priority,
+    /// A UDP port, 0 meaning the protocol's default.
+    Port,
     VlanIds,
     Cidr,
     OneOf(&'static [&'static str]),
@@ -99,6 +102,7 @@ fn kind_of(key: &str) -> Option<Kind> {
         "devices" => Kind::Names,
         "direct-routing-device" | "ipv6-mcast-device" => Kind::Name,
         "bpf-filter-priority" => Kind::Priority,
+        "tunnel-port" => Kind::Port,
         "vlan-bpf-bypass" => Kind::VlanIds,
         "ipv4-native-routing-cidr" | "ipv6-native-routing-cidr" => Kind::Cidr,
         "kube-proxy-replacement" => Kind::OneOf(&["strict", "partial", "disabled", "true", "false"]),
@@ -136,6 +140,7 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         Kind::Names => v.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).all(valid_name_entry),
         Kind::Name => v.is_empty() || v.split(',').all(valid_name_entry),
         Kind::Priority => matches!(v.parse::<u32>(), Ok(1..=65535)),
+        Kind::Port => v.parse::<u16>().is_ok(),
         Kind::VlanIds => v.split_whitespace().all(|s| matches!(s.parse::<u16>(), Ok(0..=4094))),
         Kind::Cidr => v.is_empty() || v.parse::<IpNet>().is_ok(),
         Kind::OneOf(values) => values.contains(&v),
@@ -153,6 +158,7 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         Kind::Priority => {
             format!("invalid value {value:?} for {key}: expected an integer from 1 to 65535")
         }
+        Kind::Port => format!("invalid value {value:?} for {key}: expected a port from 0 to 65535"),
         Kind::VlanIds => format!(
             "invalid value {value:?} for {key}: expected VLAN ids from 0 to 4094 separated by \
              spaces (0 allows every VLAN)"
@@ -254,6 +260,14 @@ pub enum TunnelProtocol {
 }
 
 impl TunnelProtocol {
+    /// The encapsulation device's name (`defaults.VxlanDevice` / `defaults.GeneveDevice`).
+    pub fn device(self) -> &'static str {
+        match self {
+            Self::Vxlan => "cilium_vxlan",
+            Self::Geneve => "cilium_geneve",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Vxlan => "vxlan",
@@ -354,6 +368,8 @@ pub struct AgentConfig {
     pub enable_well_known_identities: bool,
     pub enable_socket_lb: bool,
     pub enable_l7_proxy: bool,
+    /// `tunnel-port`; 0 (the default) lets the protocol's default apply.
+    pub tunnel_port: u16,
 }
 
 impl AgentConfig {
@@ -472,6 +488,7 @@ impl AgentConfig {
             enable_well_known_identities: flag("enable-well-known-identities", true),
             enable_socket_lb: flag("bpf-lb-sock", false),
             enable_l7_proxy: flag("enable-l7-proxy", true),
+            tunnel_port: get("tunnel-port").and_then(|v| v.parse().ok()).unwrap_or(0),
         })
     }
 }
@@ -525,6 +542,8 @@ pub struct Settings {
     pub enable_ipv4_egress_gateway: bool,
     pub enable_remote_node_identity: bool,
     pub enable_l7_proxy: bool,
+    /// `tunnel-port` as configured (0: the protocol's default, see [`Settings::encap`]).
+    pub tunnel_port: u16,
     pub enable_tcx: bool,
     pub force_device_detection: bool,
     pub enable_runtime_device_detection: bool,
@@ -578,6 +597,7 @@ impl Settings {
             enable_ipv4_egress_gateway: cfg.enable_ipv4_egress_gateway,
             enable_remote_node_identity: cfg.enable_remote_node_identity,
             enable_l7_proxy: cfg.enable_l7_proxy,
+            tunnel_port: cfg.tunnel_port,
             enable_tcx: cfg.enable_tcx && profile >= Profile::V1_16,
             force_device_detection: cfg.force_device_detection && profile >= Profile::V1_16,
             enable_runtime_device_detection: cfg.enable_runtime_device_detection,
@@ -637,6 +657,35 @@ impl Settings {
     /// `TunnelingEnabled()`: anything but native routing.
     pub fn tunneling_enabled(&self) -> bool {
         self.routing_mode != RoutingMode::Native
+    }
+
+    /// The encapsulation device the agent keeps (`cilium_vxlan` / `cilium_geneve`), with its
+    /// UDP destination port; `None`: native routing with nothing that needs a tunnel, and both
+    /// devices are deleted. Tunnel routing, the egress gateway, high-scale ipcache and DSR with
+    /// Geneve dispatch each need one: v1.14.4 `Reinitialize` (pkg/datapath/loader/base.go, the
+    /// `encapProto` it hands init.sh; DSR-Geneve forces geneve) with the port from
+    /// pkg/option/config.go `Populate`; v1.15+ pkg/datapath/tunnel `newConfig` and its
+    /// enablers (the protocol stays `tunnel-protocol`). A zero port is the protocol's default
+    /// (8472 vxlan, 6081 geneve).
+    pub fn encap(&self) -> Option<(TunnelProtocol, u16)> {
+        let dsr_geneve = self.enable_node_port
+            && self.node_port_mode != NodePortMode::Snat
+            && self.dsr_dispatch == DsrDispatch::Geneve;
+        let protocol = if self.tunneling_enabled() {
+            self.tunnel_protocol
+        } else if self.profile == Profile::V1_14_4 && dsr_geneve {
+            TunnelProtocol::Geneve
+        } else if self.enable_ipv4_egress_gateway || self.enable_high_scale_ipcache || dsr_geneve {
+            self.tunnel_protocol
+        } else {
+            return None;
+        };
+        let port = match (self.tunnel_port, protocol) {
+            (0, TunnelProtocol::Vxlan) => 8472,
+            (0, TunnelProtocol::Geneve) => 6081,
+            (p, _) => p,
+        };
+        Some((protocol, port))
     }
 
     fn masquerading_enabled(&self) -> bool {

@@ -19,6 +19,8 @@ pub enum Object {
     Lxc,
     /// `foreign.c`: foreign_tc, foreign_xdp (another tool's programs, not Cilium's).
     Foreign,
+    /// `bpf_overlay.c`: cil_from_overlay, cil_to_overlay (on cilium_vxlan / cilium_geneve).
+    Overlay,
 }
 
 impl Object {
@@ -28,6 +30,7 @@ impl Object {
             Object::Xdp => "bpf_xdp.c",
             Object::Lxc => "bpf_lxc.c",
             Object::Foreign => "foreign.c",
+            Object::Overlay => "bpf_overlay.c",
         }
     }
 }
@@ -61,6 +64,16 @@ pub enum XdpMode {
 pub enum Op {
     /// Create the `cilium_host` / `cilium_net` veth pair if missing, up.
     CreateHostDevices,
+    /// The encapsulation device (`cilium_vxlan` / `cilium_geneve`) in collect-metadata mode
+    /// on UDP `port`: kept if it is one already, else created (deleted first if its kind or
+    /// port differ), then up. v1.14.4 init.sh `create_encap_dev` and the `dstport` check after
+    /// it; v1.15+ pkg/datapath/loader/netlink.go `setupTunnelDevice`. The MTU upstream sets
+    /// is not modelled (nor is cilium_host's).
+    EnsureEncapDevice { device: String, kind: EncapKind, port: u16 },
+    /// Delete the link if it exists, and with it everything attached to it: the other
+    /// protocol's encapsulation device, or both in native routing (init.sh's `ip link del`,
+    /// v1.15+ `removeDevice`).
+    DeleteLink { device: String },
     /// clsact qdisc + cls_bpf filter `<symbol>-<device>`, handle 1, protocol all, direct-action.
     AttachTc { device: String, hook: Hook, program: ProgramRef, priority: u16, vlan: VlanAllow, seclabel: u32 },
     /// `RemoveTCFilters`: delete every filter in that direction, Cilium's or not.
@@ -118,10 +131,10 @@ pub struct Plan {
     pub device_state: Option<String>,
 }
 
-use crate::loader::config::{Settings, WIREGUARD_DEVICE};
+use crate::loader::config::{Settings, TunnelProtocol, WIREGUARD_DEVICE};
 use crate::loader::devices::Selection;
 use crate::loader::profile::Profile;
-use crate::netlink::LinkInfo;
+use crate::netlink::{EncapKind, LinkInfo};
 
 /// `defaults.HostDevice` / `defaults.SecondHostDevice`.
 pub const HOST_DEVICE: &str = "cilium_host";
@@ -160,6 +173,46 @@ pub const CIL_TO_HOST: ProgramRef = host_prog("cil_to_host");
 pub const CIL_XDP_ENTRY: ProgramRef = ProgramRef { object: Object::Xdp, symbol: "cil_xdp_entry" };
 pub const CIL_FROM_CONTAINER: ProgramRef = ProgramRef { object: Object::Lxc, symbol: "cil_from_container" };
 pub const CIL_TO_CONTAINER: ProgramRef = ProgramRef { object: Object::Lxc, symbol: "cil_to_container" };
+pub const CIL_FROM_OVERLAY: ProgramRef = ProgramRef { object: Object::Overlay, symbol: "cil_from_overlay" };
+pub const CIL_TO_OVERLAY: ProgramRef = ProgramRef { object: Object::Overlay, symbol: "cil_to_overlay" };
+
+/// Both encapsulation devices, the order init.sh deletes them in.
+const ENCAP_DEVICES: [TunnelProtocol; 2] = [TunnelProtocol::Vxlan, TunnelProtocol::Geneve];
+
+/// The encapsulation device set-up of one `Reinitialize`: the device the settings need
+/// ([`Settings::encap`]) is made sure of and the other protocol's deleted, or, with none
+/// needed, both deleted. v1.14.4's init.sh deletes before it creates; v1.15+
+/// `setupTunnelDevice` creates first.
+fn encap_device_ops(settings: &Settings) -> Vec<Op> {
+    let Some((protocol, port)) = settings.encap() else {
+        return ENCAP_DEVICES.iter().map(|p| Op::DeleteLink { device: p.device().to_string() }).collect();
+    };
+    let kind = match protocol {
+        TunnelProtocol::Vxlan => EncapKind::Vxlan,
+        TunnelProtocol::Geneve => EncapKind::Geneve,
+    };
+    let ensure = Op::EnsureEncapDevice { device: protocol.device().to_string(), kind, port };
+    let others = ENCAP_DEVICES.iter().filter(|p| **p != protocol).map(|p| Op::DeleteLink { device: p.device().to_string() });
+    if settings.profile == Profile::V1_14_4 {
+        others.chain([ensure]).collect()
+    } else {
+        [ensure].into_iter().chain(others).collect()
+    }
+}
+
+/// `reinitializeOverlay` → `replaceOverlayDatapath` (pkg/datapath/loader/base.go, loader.go):
+/// with an encapsulation device, `cil_from_overlay` on its ingress and `cil_to_overlay` on its
+/// egress, as the world identity, attached the way the profile attaches netdev programs (v1.14.4
+/// `replaceDatapath` tc filters; v1.15 `attachTCProgram`; v1.16 `attachSKBProgram`, tcx pinned
+/// under `cilium/devices/<dev>/links`). Nothing without one.
+fn overlay_ops(settings: &Settings) -> Vec<Op> {
+    let Some((protocol, _)) = settings.encap() else { return Vec::new() };
+    let dev = protocol.device();
+    [(Hook::Ingress, CIL_FROM_OVERLAY), (Hook::Egress, CIL_TO_OVERLAY)]
+        .into_iter()
+        .map(|(hook, program)| skb_or_tc(settings, dev, hook, program, VlanAllow::Ids(Vec::new()), IDENTITY_WORLD, device_links_dir(dev)))
+        .collect()
+}
 
 /// Errors of planning: the node-config header cannot be written (upstream's `Reinitialize`
 /// fails and the agent does not start).
@@ -269,6 +322,8 @@ pub fn plan_with_state(
     let defines = defines(settings, sel, links)?;
     let exists = |n: &str| links.iter().any(|l| l.name == n);
     let mut ops = vec![Op::CreateHostDevices];
+    // init.sh's encapsulation section (v1.14.4), `setupTunnelDevice` (v1.15+).
+    ops.extend(encap_device_ops(settings));
 
     // init.sh: with neither direct routing nor NodePort, the devices a previous run recorded lose
     // their clsact qdisc (every filter). The file separates names with ';' but the script
@@ -313,6 +368,9 @@ pub fn plan_with_state(
             ops.push(Op::AttachXdp { device: dev.clone(), program: CIL_XDP_ENTRY, mode });
         }
     }
+
+    // reinitializeOverlay, the last part of Reinitialize before the host endpoint regenerates.
+    ops.extend(overlay_ops(settings));
 
     // reloadHostDatapath.
     let attach = |device: &str, hook: Hook, program: ProgramRef, vlan: VlanAllow| {
@@ -472,6 +530,8 @@ mod tests {
         assert_eq!(
             attached(&plan),
             vec![
+                t("cilium_vxlan", Hook::Ingress, "cil_from_overlay"),
+                t("cilium_vxlan", Hook::Egress, "cil_to_overlay"),
                 t("cilium_host", Hook::Ingress, "cil_to_host"),
                 t("cilium_host", Hook::Egress, "cil_from_host"),
                 t("cilium_net", Hook::Ingress, "cil_to_host"),
@@ -494,8 +554,9 @@ mod tests {
         assert_eq!(obsolete, vec!["lo", "eth0", "eth1", "bond0"]);
         assert!(!plan.ops.iter().any(|o| matches!(o, Op::AttachXdp { .. })));
         for o in &plan.ops {
-            if let Op::AttachTc { priority, seclabel, .. } = o {
-                assert_eq!((*priority, *seclabel), (1, IDENTITY_HOST));
+            if let Op::AttachTc { priority, seclabel, program, .. } = o {
+                let identity = if program.object == Object::Overlay { IDENTITY_WORLD } else { IDENTITY_HOST };
+                assert_eq!((*priority, *seclabel), (1, identity));
             }
         }
         assert!(!plan.defines.contains_key("ENABLE_NODEPORT"));
@@ -511,7 +572,7 @@ mod tests {
             "10.212.0.10",
         );
         let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
-        assert_eq!(attached(&plan).len(), 3, "only cilium_host and cilium_net");
+        assert_eq!(attached(&plan).len(), 5, "only cilium_vxlan, cilium_host and cilium_net");
     }
 
     #[test]
@@ -685,13 +746,16 @@ mod tests {
         let routes = kernel_routes(&links);
         // A previous NodePort run recorded eth0; now tunnel mode without NodePort.
         let st = startup(&[], &links, &routes, "10.0.0.2");
+        // After the encapsulation device (init.sh's order): delete geneve, make vxlan.
         let p = plan_with_state(&st.settings, &st.selection, &links, Some("eth0")).unwrap();
-        assert_eq!(p.ops[1], Op::FlushTc { device: "eth0".into(), hook: Hook::Ingress });
-        assert_eq!(p.ops[2], Op::FlushTc { device: "eth0".into(), hook: Hook::Egress });
+        assert_eq!(p.ops[1], Op::DeleteLink { device: "cilium_geneve".into() });
+        assert!(matches!(&p.ops[2], Op::EnsureEncapDevice { device, .. } if device == "cilium_vxlan"));
+        assert_eq!(p.ops[3], Op::FlushTc { device: "eth0".into(), hook: Hook::Ingress });
+        assert_eq!(p.ops[4], Op::FlushTc { device: "eth0".into(), hook: Hook::Egress });
         assert_eq!(p.device_state, None);
         // Several devices: the script splits on ',' but the file holds ';' — nothing matches.
         let p = plan_with_state(&st.settings, &st.selection, &links, Some("eth0;eth1")).unwrap();
-        assert_eq!(p.ops[1], Op::RemoveObsoleteTc { device: "lo".into() });
+        assert_eq!(p.ops[3], Op::RemoveObsoleteTc { device: "lo".into() });
     }
 
     #[test]
@@ -868,5 +932,166 @@ mod later_profiles {
         let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.0.0.2").unwrap();
         let plan = super::plan(&v14.settings, &v14.selection, &links).unwrap();
         assert!(netdev_hooks(&plan, "cilium_wg0").is_empty());
+    }
+}
+
+/// The encapsulation device and the overlay programs, per profile.
+#[cfg(test)]
+mod overlay {
+    use super::*;
+    use crate::loader::config::{start, AgentConfig};
+    use crate::loader::devices::tu::*;
+
+    fn node(extra: &[&str]) -> Vec<LinkInfo> {
+        let mut links = vec![lo(), link(2, "eth0", "veth").addr("10.0.0.2/24"), link(50, "cilium_net", "veth"), link(51, "cilium_host", "veth")];
+        for (i, name) in extra.iter().enumerate() {
+            links.push(link(60 + i as u32, name, name.trim_start_matches("cilium_")));
+        }
+        links
+    }
+
+    fn plan_for(p: Profile, pairs: &[(&str, &str)], links: &[LinkInfo]) -> Plan {
+        let mut routes = kernel_routes(links);
+        routes.push(default_via("10.0.0.1", 2));
+        let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cfg = AgentConfig::from_map(&m, p).unwrap();
+        let st = start(&cfg, p, links, &routes, Some("10.0.0.2".parse().unwrap())).unwrap();
+        plan(&st.settings, &st.selection, links).unwrap()
+    }
+
+    fn encap(plan: &Plan) -> Vec<&Op> {
+        plan.ops.iter().filter(|o| matches!(o, Op::EnsureEncapDevice { .. } | Op::DeleteLink { .. })).collect()
+    }
+
+    fn overlay(plan: &Plan) -> Vec<&Op> {
+        plan.ops
+            .iter()
+            .filter(|o| matches!(o, Op::AttachTc { program, .. } | Op::AttachSkb { program, .. } if program.object == Object::Overlay))
+            .collect()
+    }
+
+    fn ensure(device: &str, kind: EncapKind, port: u16) -> Op {
+        Op::EnsureEncapDevice { device: device.into(), kind, port }
+    }
+
+    fn delete(device: &str) -> Op {
+        Op::DeleteLink { device: device.into() }
+    }
+
+    const NATIVE: [(&str, &str); 2] = [("routing-mode", "native"), ("ipv4-native-routing-cidr", "10.0.0.0/8")];
+
+    #[test]
+    fn tunnel_vxlan_by_default() {
+        let links = node(&[]);
+        let p = plan_for(Profile::V1_14_4, &[], &links);
+        // init.sh deletes the other protocol's device first; right after cilium_host/cilium_net.
+        assert_eq!(&p.ops[1..3], &[delete("cilium_geneve"), ensure("cilium_vxlan", EncapKind::Vxlan, 8472)]);
+        assert_eq!(
+            overlay(&p),
+            vec![
+                &Op::AttachTc { device: "cilium_vxlan".into(), hook: Hook::Ingress, program: CIL_FROM_OVERLAY, priority: 1, vlan: VlanAllow::Ids(vec![]), seclabel: IDENTITY_WORLD },
+                &Op::AttachTc { device: "cilium_vxlan".into(), hook: Hook::Egress, program: CIL_TO_OVERLAY, priority: 1, vlan: VlanAllow::Ids(vec![]), seclabel: IDENTITY_WORLD },
+            ]
+        );
+        // The overlay is attached after XDP and before the host datapath.
+        let pos = |f: &dyn Fn(&Op) -> bool| p.ops.iter().position(f).unwrap();
+        let first_overlay = pos(&|o| matches!(o, Op::AttachTc { device, .. } if device == "cilium_vxlan"));
+        assert!(first_overlay > pos(&|o| matches!(o, Op::DetachXdp { .. })));
+        assert!(first_overlay < pos(&|o| matches!(o, Op::AttachTc { device, .. } if device == "cilium_host")));
+        // v1.15 creates first, then deletes; attaches tc through attachTCProgram (no tcx).
+        let p = plan_for(Profile::V1_15, &[], &links);
+        assert_eq!(encap(&p), vec![&ensure("cilium_vxlan", EncapKind::Vxlan, 8472), &delete("cilium_geneve")]);
+        let o = overlay(&p);
+        assert_eq!(o.len(), 2);
+        assert!(o.iter().all(|o| matches!(o, Op::AttachSkb { tcx: false, remove_stale: false, pin_dir, device, .. }
+            if pin_dir == "cilium/devices/cilium_vxlan/links" && device == "cilium_vxlan")));
+        // v1.16: tcx (tc where the kernel lacks it), or tc with enable-tcx off.
+        let p = plan_for(Profile::V1_16, &[], &links);
+        assert!(overlay(&p).iter().all(|o| matches!(o, Op::AttachSkb { tcx: true, remove_stale: true, .. })));
+        assert!(matches!(overlay(&p)[0], Op::AttachSkb { hook: Hook::Ingress, program, seclabel: IDENTITY_WORLD, .. } if *program == CIL_FROM_OVERLAY));
+        assert!(matches!(overlay(&p)[1], Op::AttachSkb { hook: Hook::Egress, program, .. } if *program == CIL_TO_OVERLAY));
+        let p = plan_for(Profile::V1_16, &[("enable-tcx", "false")], &links);
+        assert!(overlay(&p).iter().all(|o| matches!(o, Op::AttachSkb { tcx: false, .. })));
+        // The encapsulation device is never an obsolete device (excluded prefix).
+        let links = node(&["cilium_vxlan"]);
+        let p = plan_for(Profile::V1_16, &[], &links);
+        assert!(!p.ops.iter().any(|o| matches!(o, Op::RemoveObsoleteNetdev { device, .. } if device == "cilium_vxlan")));
+        let p = plan_for(Profile::V1_14_4, &[], &links);
+        assert!(!p.ops.iter().any(|o| matches!(o, Op::RemoveObsoleteTc { device } | Op::DetachXdp { device } if device == "cilium_vxlan")));
+    }
+
+    #[test]
+    fn tunnel_geneve_and_port() {
+        let links = node(&[]);
+        for p in [Profile::V1_14_4, Profile::V1_15, Profile::V1_16] {
+            let plan = plan_for(p, &[("tunnel-protocol", "geneve")], &links);
+            let mut e = encap(&plan);
+            e.sort_by_key(|o| matches!(o, Op::DeleteLink { .. }));
+            assert_eq!(e, vec![&ensure("cilium_geneve", EncapKind::Geneve, 6081), &delete("cilium_vxlan")], "{p:?}");
+            let devs: Vec<&str> = overlay(&plan)
+                .iter()
+                .filter_map(|o| match o {
+                    Op::AttachTc { device, .. } | Op::AttachSkb { device, .. } => Some(device.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(devs, vec!["cilium_geneve", "cilium_geneve"], "{p:?}");
+            let plan = plan_for(p, &[("tunnel-port", "4789")], &links);
+            assert!(encap(&plan).contains(&&ensure("cilium_vxlan", EncapKind::Vxlan, 4789)), "{p:?}");
+        }
+        // v1.14.4's deprecated key folds in.
+        let plan = plan_for(Profile::V1_14_4, &[("tunnel", "geneve")], &links);
+        assert!(encap(&plan).contains(&&ensure("cilium_geneve", EncapKind::Geneve, 6081)));
+    }
+
+    #[test]
+    fn native_routing_deletes_both_devices() {
+        // A node a tunnel-mode run left its device on: switching to native routing deletes it
+        // (and so its attachments), and nothing is attached to it.
+        let links = node(&["cilium_vxlan"]);
+        for p in [Profile::V1_14_4, Profile::V1_15, Profile::V1_16] {
+            let tunnel = plan_for(p, &[], &links);
+            assert_eq!(overlay(&tunnel).len(), 2, "{p:?}");
+            let native = plan_for(p, &NATIVE, &links);
+            assert_eq!(encap(&native), vec![&delete("cilium_vxlan"), &delete("cilium_geneve")], "{p:?}");
+            assert!(overlay(&native).is_empty(), "{p:?}");
+            assert!(!native.defines.contains_key("TUNNEL_MODE"));
+        }
+    }
+
+    #[test]
+    fn encap_enablers_and_port_values() {
+        use crate::loader::config::{check_value, DsrDispatch, NodePortMode};
+        let m = NATIVE.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let base = |p: Profile| Settings::derive(&AgentConfig::from_map(&m, p).unwrap(), p).unwrap();
+        assert_eq!(base(Profile::V1_14_4).encap(), None);
+        // DSR with Geneve dispatch in native routing: v1.14.4 forces geneve; v1.15+ keeps the
+        // configured protocol (upstream's validator refuses anything but geneve).
+        for p in [Profile::V1_14_4, Profile::V1_15] {
+            let mut s = base(p);
+            (s.enable_node_port, s.node_port_mode, s.dsr_dispatch) = (true, NodePortMode::Dsr, DsrDispatch::Geneve);
+            s.tunnel_protocol = TunnelProtocol::Geneve;
+            assert_eq!(s.encap(), Some((TunnelProtocol::Geneve, 6081)), "{p:?}");
+        }
+        let mut s = base(Profile::V1_16);
+        s.enable_ipv4_egress_gateway = true;
+        s.tunnel_port = 9000;
+        assert_eq!(s.encap(), Some((TunnelProtocol::Vxlan, 9000)));
+        assert!(check_value("tunnel-port", "8472").is_ok());
+        assert!(check_value("tunnel-port", "0").is_ok());
+        let e = check_value("tunnel-port", "70000").unwrap_err();
+        assert!(e.contains("expected a port from 0 to 65535"), "{e}");
+    }
+
+    #[test]
+    fn native_routing_features_that_need_a_tunnel() {
+        let links = node(&[]);
+        // High-scale ipcache (v1.14.4 encapProto; v1.15+ its tunnel enabler) keeps cilium_vxlan.
+        let hs = [NATIVE[0], NATIVE[1], ("enable-high-scale-ipcache", "true"), ("enable-well-known-identities", "true")];
+        for p in [Profile::V1_14_4, Profile::V1_15, Profile::V1_16] {
+            let plan = plan_for(p, &hs, &links);
+            assert_eq!(encap(&plan).iter().filter(|o| matches!(o, Op::EnsureEncapDevice { .. })).count(), 1, "{p:?}");
+            assert_eq!(overlay(&plan).len(), 2, "{p:?}");
+        }
     }
 }

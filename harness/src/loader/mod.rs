@@ -109,6 +109,10 @@ fn describe(op: &datapath::Op) -> String {
     use datapath::Op;
     match op {
         Op::CreateHostDevices => "create cilium_host / cilium_net".into(),
+        Op::EnsureEncapDevice { device, kind, port } => {
+            format!("create {device} if missing ({} external, dstport {port}), up", kind.as_str())
+        }
+        Op::DeleteLink { device } => format!("delete {device} if present"),
         Op::AttachTc { device, hook, program, priority, .. } => {
             format!("attach {} on {device} {} (tc filter {}-{device}, pref {priority}, handle 1)", program.symbol, hook.as_str(), program.symbol)
         }
