@@ -458,108 +458,6 @@ fn st_index(sc: &ScenarioRecord, st: &StepRecord) -> usize {
     sc.steps.iter().position(|x| std::ptr::eq(x, st)).map(|i| i + 1).unwrap_or(0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::inspect::Mechanism;
-    use crate::scenario::HookExpect;
-
-    fn att(dev: &str, hook: Hook, prog: &str) -> Attachment {
-        Attachment {
-            device: dev.into(),
-            hook,
-            mechanism: Mechanism::Tc,
-            program: prog.into(),
-            filter: Some(format!("{prog}-{dev}")),
-            priority: Some(1),
-            handle: Some(1),
-            direct_action: Some(true),
-            prog_id: 7,
-            tag: None,
-            mode: None,
-            endpoint: None,
-        }
-    }
-
-    fn names(v: &[&str]) -> Vec<ProgramExpect> {
-        v.iter().map(|p| ProgramExpect { program: p.to_string(), ..Default::default() }).collect()
-    }
-
-    #[test]
-    fn unlisted_link_with_a_program_is_a_mismatch() {
-        let atts = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev"), att("eth0", Hook::Ingress, "cil_from_netdev")];
-        let mut want = BTreeMap::new();
-        want.insert(
-            "bond0.212".to_string(),
-            DeviceExpect::Hooks(HookExpect { ingress: Some(names(&["cil_from_netdev"])), egress: Some(vec![]), xdp: None }),
-        );
-        let aliases = BTreeMap::new();
-        let exp = Expect { attachments: Some(want), ..Default::default() };
-        let m = check(&exp, &Observed { attachments: &atts, aliases: &aliases, ..Default::default() });
-        assert_eq!(m.len(), 1, "{m:?}");
-        assert_eq!(m[0].key, "attachments.eth0");
-    }
-
-    #[test]
-    fn truncated_kernel_names_match() {
-        assert!(same_program("cil_from_container", "cil_from_contai"));
-        assert!(same_program("cil_from_netdev", "cil_from_netdev"));
-        assert!(!same_program("cil_from_container", "cil_from_conta"));
-        assert!(!same_program("cil_to_container", "cil_from_contai"));
-    }
-
-    #[test]
-    fn long_form_compares_given_keys() {
-        let a = att("bond0", Hook::Ingress, "cil_from_netdev");
-        let mut w = ProgramExpect { program: "cil_from_netdev".into(), priority: Some(1), ..Default::default() };
-        assert!(program_matches(&w, &a));
-        w.filter = Some("cil_from_netdev-eth0".into());
-        assert!(!program_matches(&w, &a));
-        w.filter = None;
-        w.mechanism = Some("tcx".into());
-        assert!(!program_matches(&w, &a));
-    }
-
-    #[test]
-    fn unchanged_and_error_and_devices() {
-        let prev = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev")];
-        let now = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev"), att("bond0", Hook::Ingress, "cil_from_netdev")];
-        let aliases = BTreeMap::new();
-        let exp = Expect { unchanged: Some(true), devices: Some(vec!["bond0.212".into()]), ..Default::default() };
-        let devs = vec!["bond0".to_string(), "bond0.212".to_string()];
-        let m = check(&exp, &Observed { devices: Some(&devs), attachments: &now, previous: Some(&prev), aliases: &aliases, ..Default::default() });
-        let keys: Vec<&str> = m.iter().map(|m| m.key.as_str()).collect();
-        assert_eq!(keys, vec!["devices", "unchanged"]);
-        let exp = Expect { error: Some("requires".into()), ..Default::default() };
-        assert_eq!(check(&exp, &Observed { aliases: &aliases, ..Default::default() }).len(), 1);
-        assert!(check(&exp, &Observed { aliases: &aliases, error: Some("BPF masquerade requires NodePort"), ..Default::default() }).is_empty());
-    }
-
-    #[test]
-    fn combine_prefers_failures_and_reports_skips() {
-        let rec = |status, kernel: &str| ScenarioRecord {
-            file: "a.yaml".into(),
-            name: "a".into(),
-            profile: "v1.14.4".into(),
-            status,
-            reason: if status == Status::Skipped { Some("kernel lacks bonding".into()) } else { None },
-            kernel: Some(kernel.into()),
-            millis: 0,
-            phases: None,
-            steps: vec![],
-        };
-        let run = |s, k: &str| KernelRun { target: k.into(), kernel: k.into(), scenarios: vec![rec(s, k)], summary: Summary::default(), millis: 0 };
-        let r = RunRecord::combine(vec![run(Status::Skipped, "6.18"), run(Status::Pass, "6.1")]);
-        assert_eq!(r.summary.passed, 1);
-        let r = RunRecord::combine(vec![run(Status::Skipped, "6.18"), run(Status::Skipped, "6.1")]);
-        assert_eq!(r.summary.skipped, 1);
-        assert!(r.scenarios[0].reason.as_ref().unwrap().contains("every kernel"));
-        let r = RunRecord::combine(vec![run(Status::Pass, "6.18"), run(Status::Fail, "6.1")]);
-        assert_eq!(r.summary.failed, 1);
-        assert_eq!(r.summary.line(), "0 passed, 1 failed");
-    }
-}
-
 /// The README's behaviour table: for each scenario of a record, what its first `start` step
 /// left on the given devices (`-` for nothing), one row per scenario. Produced from runs, never
 /// written by hand (`ci/behaviour-table`).
@@ -668,5 +566,107 @@ fn start_cell(st: &StepRecord, devices: &[&str]) -> String {
         "nothing on the NICs".into()
     } else {
         parts.join("<br>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::Mechanism;
+    use crate::scenario::HookExpect;
+
+    fn att(dev: &str, hook: Hook, prog: &str) -> Attachment {
+        Attachment {
+            device: dev.into(),
+            hook,
+            mechanism: Mechanism::Tc,
+            program: prog.into(),
+            filter: Some(format!("{prog}-{dev}")),
+            priority: Some(1),
+            handle: Some(1),
+            direct_action: Some(true),
+            prog_id: 7,
+            tag: None,
+            mode: None,
+            endpoint: None,
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<ProgramExpect> {
+        v.iter().map(|p| ProgramExpect { program: p.to_string(), ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn unlisted_link_with_a_program_is_a_mismatch() {
+        let atts = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev"), att("eth0", Hook::Ingress, "cil_from_netdev")];
+        let mut want = BTreeMap::new();
+        want.insert(
+            "bond0.212".to_string(),
+            DeviceExpect::Hooks(HookExpect { ingress: Some(names(&["cil_from_netdev"])), egress: Some(vec![]), xdp: None }),
+        );
+        let aliases = BTreeMap::new();
+        let exp = Expect { attachments: Some(want), ..Default::default() };
+        let m = check(&exp, &Observed { attachments: &atts, aliases: &aliases, ..Default::default() });
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].key, "attachments.eth0");
+    }
+
+    #[test]
+    fn truncated_kernel_names_match() {
+        assert!(same_program("cil_from_container", "cil_from_contai"));
+        assert!(same_program("cil_from_netdev", "cil_from_netdev"));
+        assert!(!same_program("cil_from_container", "cil_from_conta"));
+        assert!(!same_program("cil_to_container", "cil_from_contai"));
+    }
+
+    #[test]
+    fn long_form_compares_given_keys() {
+        let a = att("bond0", Hook::Ingress, "cil_from_netdev");
+        let mut w = ProgramExpect { program: "cil_from_netdev".into(), priority: Some(1), ..Default::default() };
+        assert!(program_matches(&w, &a));
+        w.filter = Some("cil_from_netdev-eth0".into());
+        assert!(!program_matches(&w, &a));
+        w.filter = None;
+        w.mechanism = Some("tcx".into());
+        assert!(!program_matches(&w, &a));
+    }
+
+    #[test]
+    fn unchanged_and_error_and_devices() {
+        let prev = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev")];
+        let now = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev"), att("bond0", Hook::Ingress, "cil_from_netdev")];
+        let aliases = BTreeMap::new();
+        let exp = Expect { unchanged: Some(true), devices: Some(vec!["bond0.212".into()]), ..Default::default() };
+        let devs = vec!["bond0".to_string(), "bond0.212".to_string()];
+        let m = check(&exp, &Observed { devices: Some(&devs), attachments: &now, previous: Some(&prev), aliases: &aliases, ..Default::default() });
+        let keys: Vec<&str> = m.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(keys, vec!["devices", "unchanged"]);
+        let exp = Expect { error: Some("requires".into()), ..Default::default() };
+        assert_eq!(check(&exp, &Observed { aliases: &aliases, ..Default::default() }).len(), 1);
+        assert!(check(&exp, &Observed { aliases: &aliases, error: Some("BPF masquerade requires NodePort"), ..Default::default() }).is_empty());
+    }
+
+    #[test]
+    fn combine_prefers_failures_and_reports_skips() {
+        let rec = |status, kernel: &str| ScenarioRecord {
+            file: "a.yaml".into(),
+            name: "a".into(),
+            profile: "v1.14.4".into(),
+            status,
+            reason: if status == Status::Skipped { Some("kernel lacks bonding".into()) } else { None },
+            kernel: Some(kernel.into()),
+            millis: 0,
+            phases: None,
+            steps: vec![],
+        };
+        let run = |s, k: &str| KernelRun { target: k.into(), kernel: k.into(), scenarios: vec![rec(s, k)], summary: Summary::default(), millis: 0 };
+        let r = RunRecord::combine(vec![run(Status::Skipped, "6.18"), run(Status::Pass, "6.1")]);
+        assert_eq!(r.summary.passed, 1);
+        let r = RunRecord::combine(vec![run(Status::Skipped, "6.18"), run(Status::Skipped, "6.1")]);
+        assert_eq!(r.summary.skipped, 1);
+        assert!(r.scenarios[0].reason.as_ref().unwrap().contains("every kernel"));
+        let r = RunRecord::combine(vec![run(Status::Pass, "6.18"), run(Status::Fail, "6.1")]);
+        assert_eq!(r.summary.failed, 1);
+        assert_eq!(r.summary.line(), "0 passed, 1 failed");
     }
 }

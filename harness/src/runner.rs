@@ -816,10 +816,13 @@ fn test_kernels() -> Vec<String> {
         .collect()
 }
 
+/// A VM batch already run: kernel, scenario folder, and its result.
+type Batch = (String, PathBuf, Result<KernelRun, String>);
+
 /// One VM run per kernel for all the scenarios of `path`'s folder that need it: those this
 /// kernel cannot host and (for a later kernel) that every earlier kernel skipped.
 fn vm_batch(kernel: &str, path: &Path, exe: &Path) -> Result<KernelRun, String> {
-    static BATCHES: Mutex<Vec<(String, PathBuf, Result<KernelRun, String>)>> = Mutex::new(Vec::new());
+    static BATCHES: Mutex<Vec<Batch>> = Mutex::new(Vec::new());
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut batches = BATCHES.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, _, r)) = batches.iter().find(|(k, d, _)| k == kernel && *d == dir) {

@@ -67,6 +67,8 @@ fn tail(s: &str) -> String {
 }
 
 /// Spawns, waits with wait4: (wall ms, exit status, peak RSS in MB, stderr).
+// The child is reaped by wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn spawn_measured(cmd: &mut Command) -> (f64, i32, f64, String) {
     let t = Instant::now();
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
@@ -399,7 +401,7 @@ fn vm(exe: &Path, table: &mut String) -> Value {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create ci/.cache/bench-matrix");
     let (files, _) = matrix_files(&dir, true);
-    let m = run_hostdp(exe, &["--kernel", "debian-6.1", "-j", "2"], &[dir.clone()], &cache);
+    let m = run_hostdp(exe, &["--kernel", "debian-6.1", "-j", "2"], std::slice::from_ref(&dir), &cache);
     let in_guest: f64 = m.record.as_ref().map(|r| r.scenarios.iter().map(|s| s.millis as f64).sum()).unwrap_or(0.0);
     let _ = writeln!(
         table,
@@ -421,6 +423,9 @@ fn vm(exe: &Path, table: &mut String) -> Value {
            "matrix_runs": files.len(), "matrix_ms": m.wall_ms, "matrix_scenario_ms_sum": in_guest, "matrix_status": summary(&m.record)})
 }
 
+/// One part of the benchmark: its name and what runs it (writing its lines of the table).
+type Part<'a> = (&'static str, &'a dyn Fn(&mut String) -> Value);
+
 fn main() {
     let args = Args::parse();
     let exe = args.hostdp.clone().unwrap_or_else(|| {
@@ -435,7 +440,7 @@ fn main() {
         "loadavg_before": load.trim(),
         "runs": args.runs,
     });
-    let parts: [(&str, &dyn Fn(&mut String) -> Value); 6] = [
+    let parts: [Part<'_>; 6] = [
         ("single", &|t| single(&exe, args.runs, t)),
         ("script", &|t| script(&exe, args.runs, t)),
         ("matrix", &|t| matrix(&exe, args.runs, t)),

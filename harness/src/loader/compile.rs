@@ -60,6 +60,9 @@ pub struct CompiledObject {
     pub hash: String,
 }
 
+/// Every source file under the bpf folder with its bytes, read once per compiler.
+type Sources = Vec<(PathBuf, Vec<u8>)>;
+
 /// Compiles objects with caching. Shareable between threads (`&Compiler` is `Sync`).
 #[derive(Debug)]
 pub struct Compiler {
@@ -73,7 +76,7 @@ pub struct Compiler {
     invocations: AtomicUsize,
     /// The sources, read once per compiler: every attach asks for its object, and reading and
     /// hashing the whole folder each time was a measurable share of a warm run.
-    sources: OnceLock<Result<Vec<(PathBuf, Vec<u8>)>, String>>,
+    sources: OnceLock<Result<Sources, String>>,
 }
 
 /// The repository's `bpf/` folder, or `$HOSTDP_BPF_DIR`.
