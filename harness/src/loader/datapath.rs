@@ -953,7 +953,11 @@ mod later_profiles {
         let v16 = run(Profile::V1_16, &pairs, &links, &routes, "10.0.0.2").unwrap();
         assert_eq!(v16.selection.devices, names(&["eth0"]), "cilium_ has an excluded prefix");
         let plan = super::plan(&v16.settings, &v16.selection, &links).unwrap();
-        assert_eq!(netdev_hooks(&plan, "cilium_wg0"), vec![(Hook::Ingress, "cil_from_netdev")]);
+        // reinitializeWireguard's cil_to_wireguard (L7 proxy on by default) comes before bpf_host.
+        assert_eq!(
+            netdev_hooks(&plan, "cilium_wg0"),
+            vec![(Hook::Egress, "cil_to_wireguard"), (Hook::Ingress, "cil_from_netdev")]
+        );
         assert!(!plan.ops.iter().any(|o| matches!(o, Op::FlushTc { device, .. } | Op::DetachSkb { device, .. } if device == "cilium_wg0")));
         // v1.14.4 without encrypt-node: no bpf_host on cilium_wg0.
         let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.0.0.2").unwrap();
