@@ -264,7 +264,7 @@ pub fn program_name(id: u32) -> Option<String> {
 
 /// Kernel program name (≤ 15 bytes) → slot in `hostdp_counters`, as in `bpf/include/hostdp.h`.
 pub fn counter_slot(program: &str) -> Option<u32> {
-    const SLOTS: [(&str, u32); 11] = [
+    const SLOTS: [(&str, u32); 12] = [
         ("cil_from_netdev", 0),
         ("cil_to_netdev", 1),
         ("cil_from_host", 2),
@@ -276,6 +276,7 @@ pub fn counter_slot(program: &str) -> Option<u32> {
         ("foreign_xdp", 8),
         ("cil_from_overla", 9),
         ("cil_to_overlay", 10),
+        ("cil_to_wireguar", 11),
     ];
     SLOTS.iter().find(|(n, _)| *n == program).map(|(_, s)| *s)
 }

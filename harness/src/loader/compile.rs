@@ -356,16 +356,16 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let d = defines(&[("ENABLE_NODEPORT", "1")]);
         let c = Compiler::new(default_bpf_dir(), cache.path().to_path_buf());
-        let objs = [Object::Host, Object::Xdp, Object::Lxc, Object::Foreign, Object::Overlay];
+        let objs = [Object::Host, Object::Xdp, Object::Lxc, Object::Foreign, Object::Overlay, Object::Wireguard];
         let first: Vec<_> = objs.iter().map(|o| c.compile(*o, &d).unwrap()).collect();
-        assert_eq!(c.clang_invocations(), 5);
+        assert_eq!(c.clang_invocations(), 6);
         for o in &first {
             let data = std::fs::read(&o.path).unwrap();
             assert_eq!(&data[..4], b"\x7fELF", "{}", o.path.display());
         }
         // Memory cache.
         assert_eq!(c.compile(Object::Host, &d).unwrap(), first[0]);
-        assert_eq!(c.clang_invocations(), 5);
+        assert_eq!(c.clang_invocations(), 6);
         // Disk cache, from a fresh compiler.
         let c2 = Compiler::new(default_bpf_dir(), cache.path().to_path_buf());
         assert_eq!(c2.compile(Object::Host, &d).unwrap(), first[0]);

@@ -654,6 +654,16 @@ impl Settings {
             && (!self.tunneling_enabled() || (self.enable_node_port && self.encrypt_node))
     }
 
+    /// v1.16 `reinitializeWireguard`'s condition (v1.17 names it `NeedEgressOnWireGuardDevice`):
+    /// `cil_to_wireguard` only does NodePort rev-DNAT, needed with all of these together.
+    pub fn need_egress_on_wireguard_device(&self) -> bool {
+        self.enable_wireguard
+            && self.enable_node_port
+            && self.enable_l7_proxy
+            && self.routing_mode == RoutingMode::Native
+            && self.kube_proxy_replacement == KubeProxyReplacement::True
+    }
+
     /// `TunnelingEnabled()`: anything but native routing.
     pub fn tunneling_enabled(&self) -> bool {
         self.routing_mode != RoutingMode::Native

@@ -21,6 +21,8 @@ pub enum Object {
     Foreign,
     /// `bpf_overlay.c`: cil_from_overlay, cil_to_overlay (on cilium_vxlan / cilium_geneve).
     Overlay,
+    /// `bpf_wireguard.c` (v1.16): cil_to_wireguard (on cilium_wg0).
+    Wireguard,
 }
 
 impl Object {
@@ -31,6 +33,7 @@ impl Object {
             Object::Lxc => "bpf_lxc.c",
             Object::Foreign => "foreign.c",
             Object::Overlay => "bpf_overlay.c",
+            Object::Wireguard => "bpf_wireguard.c",
         }
     }
 }
@@ -175,6 +178,7 @@ pub const CIL_FROM_CONTAINER: ProgramRef = ProgramRef { object: Object::Lxc, sym
 pub const CIL_TO_CONTAINER: ProgramRef = ProgramRef { object: Object::Lxc, symbol: "cil_to_container" };
 pub const CIL_FROM_OVERLAY: ProgramRef = ProgramRef { object: Object::Overlay, symbol: "cil_from_overlay" };
 pub const CIL_TO_OVERLAY: ProgramRef = ProgramRef { object: Object::Overlay, symbol: "cil_to_overlay" };
+pub const CIL_TO_WIREGUARD: ProgramRef = ProgramRef { object: Object::Wireguard, symbol: "cil_to_wireguard" };
 
 /// Both encapsulation devices, the order init.sh deletes them in.
 const ENCAP_DEVICES: [TunnelProtocol; 2] = [TunnelProtocol::Vxlan, TunnelProtocol::Geneve];
@@ -214,6 +218,24 @@ fn overlay_ops(settings: &Settings) -> Vec<Op> {
         .collect()
 }
 
+/// v1.16 `reinitializeWireguard` (pkg/datapath/loader/base.go) → `replaceWireguardDatapath`
+/// (loader.go): with WireGuard, NodePort, the L7 proxy, native routing and
+/// `kube-proxy-replacement=true` ([`Settings::need_egress_on_wireguard_device`]),
+/// `cil_to_wireguard` on cilium_wg0's egress as the world identity via `attachSKBProgram`
+/// (tcx pinned under `cilium/devices/cilium_wg0/links`, tc where the kernel has no tcx).
+/// Otherwise upstream returns early: nothing is attached and nothing detached (the detach
+/// came in v1.17). Other profiles have no bpf_wireguard.c.
+fn wireguard_ops(settings: &Settings, links: &[LinkInfo]) -> Result<Vec<Op>, PlanError> {
+    if settings.profile != Profile::V1_16 || !settings.need_egress_on_wireguard_device() {
+        return Ok(Vec::new());
+    }
+    if !links.iter().any(|l| l.name == WIREGUARD_DEVICE) {
+        return Err(PlanError::WireguardLinkNotFound);
+    }
+    let pin_dir = device_links_dir(WIREGUARD_DEVICE);
+    Ok(vec![skb_or_tc(settings, WIREGUARD_DEVICE, Hook::Egress, CIL_TO_WIREGUARD, VlanAllow::Ids(Vec::new()), IDENTITY_WORLD, pin_dir)])
+}
+
 /// Errors of planning: the node-config header cannot be written (upstream's `Reinitialize`
 /// fails and the agent does not start).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -225,6 +247,9 @@ pub enum PlanError {
          '--vlan-bpf-bypass 0' in order to allow all available VLANs"
     )]
     TooManyVlans { count: usize },
+    /// v1.16 `reinitializeWireguard`: cilium_wg0 is needed for `cil_to_wireguard`.
+    #[error("failed while reinitializing datapath: failed to retrieve link for interface {WIREGUARD_DEVICE}: Link not found")]
+    WireguardLinkNotFound,
 }
 
 /// `vlanFilterMacros` (pkg/datapath/linux/config/config.go): for each VLAN link whose parent is
@@ -369,8 +394,10 @@ pub fn plan_with_state(
         }
     }
 
-    // reinitializeOverlay, the last part of Reinitialize before the host endpoint regenerates.
+    // reinitializeOverlay, near the end of Reinitialize before the host endpoint regenerates.
     ops.extend(overlay_ops(settings));
+    // reinitializeWireguard (v1.16), right after it.
+    ops.extend(wireguard_ops(settings, links)?);
 
     // reloadHostDatapath.
     let attach = |device: &str, hook: Hook, program: ProgramRef, vlan: VlanAllow| {
@@ -926,7 +953,11 @@ mod later_profiles {
         let v16 = run(Profile::V1_16, &pairs, &links, &routes, "10.0.0.2").unwrap();
         assert_eq!(v16.selection.devices, names(&["eth0"]), "cilium_ has an excluded prefix");
         let plan = super::plan(&v16.settings, &v16.selection, &links).unwrap();
-        assert_eq!(netdev_hooks(&plan, "cilium_wg0"), vec![(Hook::Ingress, "cil_from_netdev")]);
+        // reinitializeWireguard's cil_to_wireguard (L7 proxy on by default) comes before bpf_host.
+        assert_eq!(
+            netdev_hooks(&plan, "cilium_wg0"),
+            vec![(Hook::Egress, "cil_to_wireguard"), (Hook::Ingress, "cil_from_netdev")]
+        );
         assert!(!plan.ops.iter().any(|o| matches!(o, Op::FlushTc { device, .. } | Op::DetachSkb { device, .. } if device == "cilium_wg0")));
         // v1.14.4 without encrypt-node: no bpf_host on cilium_wg0.
         let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.0.0.2").unwrap();
@@ -1093,5 +1124,128 @@ mod overlay {
             assert_eq!(encap(&plan).iter().filter(|o| matches!(o, Op::EnsureEncapDevice { .. })).count(), 1, "{p:?}");
             assert_eq!(overlay(&plan).len(), 2, "{p:?}");
         }
+    }
+}
+
+/// v1.16's `cil_to_wireguard` on cilium_wg0's egress (`reinitializeWireguard`).
+#[cfg(test)]
+mod wireguard_egress {
+    use super::*;
+    use crate::loader::config::{start, AgentConfig, Startup};
+    use crate::loader::devices::tu::*;
+
+    const ON: [(&str, &str); 5] = [
+        ("enable-wireguard", "true"),
+        ("kube-proxy-replacement", "true"),
+        ("routing-mode", "native"),
+        ("ipv4-native-routing-cidr", "10.0.0.0/8"),
+        ("enable-l7-proxy", "true"),
+    ];
+
+    fn links() -> Vec<LinkInfo> {
+        vec![lo(), link(2, "eth0", "veth").addr("10.0.0.2/24"), link(3, WIREGUARD_DEVICE, "wireguard")]
+    }
+
+    fn startup(p: Profile, pairs: &[(&str, &str)]) -> Startup {
+        let links = links();
+        let mut routes = kernel_routes(&links);
+        routes.push(default_via("10.0.0.1", 2));
+        let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cfg = AgentConfig::from_map(&m, p).unwrap();
+        start(&cfg, p, &links, &routes, Some("10.0.0.2".parse().unwrap())).unwrap()
+    }
+
+    fn plan_for(p: Profile, pairs: &[(&str, &str)]) -> Plan {
+        let st = startup(p, pairs);
+        plan(&st.settings, &st.selection, &links()).unwrap()
+    }
+
+    /// Every op naming `cil_to_wireguard` (attach or detach).
+    fn to_wireguard(plan: &Plan) -> Vec<&Op> {
+        plan.ops
+            .iter()
+            .filter(|o| match o {
+                Op::AttachTc { program, .. } | Op::AttachSkb { program, .. } => *program == CIL_TO_WIREGUARD,
+                Op::DetachSkb { symbol, .. } => *symbol == CIL_TO_WIREGUARD.symbol,
+                _ => false,
+            })
+            .collect()
+    }
+
+    fn with(key: &str, value: &str) -> Vec<(&'static str, String)> {
+        ON.iter().map(|(k, v)| (*k, if *k == key { value.to_string() } else { v.to_string() })).collect()
+    }
+
+    fn pairs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    #[test]
+    fn attached_on_egress_when_every_conjunct_holds() {
+        let p = plan_for(Profile::V1_16, &ON);
+        let pin_dir = "cilium/devices/cilium_wg0/links".to_string();
+        assert_eq!(
+            to_wireguard(&p),
+            vec![&Op::AttachSkb {
+                device: WIREGUARD_DEVICE.into(),
+                hook: Hook::Egress,
+                program: CIL_TO_WIREGUARD,
+                priority: 1,
+                vlan: VlanAllow::Ids(vec![]),
+                seclabel: IDENTITY_WORLD,
+                pin_dir,
+                tcx: true,
+                remove_stale: true,
+            }]
+        );
+        // After XDP, before the host datapath; bpf_host leaves cilium_wg0's egress alone.
+        let pos = |f: &dyn Fn(&Op) -> bool| p.ops.iter().position(f).unwrap();
+        let wg = pos(&|o| *o == *to_wireguard(&p)[0]);
+        assert!(wg < pos(&|o| matches!(o, Op::AttachSkb { device, .. } if device == HOST_DEVICE)));
+        assert!(!p.ops.iter().any(|o| matches!(o, Op::DetachSkb { device, .. } | Op::AttachSkb { device, hook: Hook::Egress, program: CIL_TO_NETDEV, .. }
+            if device == WIREGUARD_DEVICE)));
+        // enable-l7-proxy defaults to true; enable-tcx off: tc.
+        let p = plan_for(Profile::V1_16, &ON[..4]);
+        assert_eq!(to_wireguard(&p).len(), 1);
+        let p = plan_for(Profile::V1_16, &[&ON[..], &[("enable-tcx", "false")]].concat());
+        assert!(matches!(to_wireguard(&p)[..], [Op::AttachSkb { tcx: false, .. }]));
+    }
+
+    #[test]
+    fn nothing_when_a_conjunct_fails() {
+        // Upstream v1.16 returns early: no attach, and no detach either.
+        for (key, value) in [
+            ("enable-wireguard", "false"),
+            ("enable-l7-proxy", "false"),
+            ("routing-mode", "tunnel"),
+            ("kube-proxy-replacement", "false"),
+        ] {
+            let p = plan_for(Profile::V1_16, &pairs(&with(key, value)));
+            assert!(to_wireguard(&p).is_empty(), "{key}={value}");
+        }
+        // NodePort off: kube-proxy-replacement=false without enable-node-port (true forces it).
+        let mut s = startup(Profile::V1_16, &ON).settings;
+        assert!(s.need_egress_on_wireguard_device());
+        s.enable_node_port = false;
+        assert!(!s.need_egress_on_wireguard_device());
+    }
+
+    #[test]
+    fn only_v1_16() {
+        // v1.14.4/v1.15 have no bpf_wireguard.c (and v1.14.4 no kube-proxy-replacement=true).
+        let p = plan_for(Profile::V1_15, &ON);
+        assert!(to_wireguard(&p).is_empty());
+        let strict = with("kube-proxy-replacement", "strict");
+        let p = plan_for(Profile::V1_14_4, &pairs(&strict));
+        assert!(to_wireguard(&p).is_empty());
+    }
+
+    #[test]
+    fn missing_device_is_an_error() {
+        let st = startup(Profile::V1_16, &ON);
+        let links = vec![lo(), link(2, "eth0", "veth").addr("10.0.0.2/24")];
+        let e = plan(&st.settings, &st.selection, &links).unwrap_err();
+        assert_eq!(e, PlanError::WireguardLinkNotFound);
+        assert!(e.to_string().contains("failed to retrieve link for interface cilium_wg0"));
     }
 }

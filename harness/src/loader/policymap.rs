@@ -137,7 +137,7 @@ pub fn prepare_pin(bpffs: Option<&Path>, object: Object, device: &str) -> Result
     let endpoint = match object {
         Object::Host => HOST_ENDPOINT,
         Object::Lxc => device,
-        Object::Xdp | Object::Foreign | Object::Overlay => return Ok(None),
+        Object::Xdp | Object::Foreign | Object::Overlay | Object::Wireguard => return Ok(None),
     };
     let pin = pin_path(bpffs, endpoint);
     if let Some(dir) = pin.parent() {

@@ -37,9 +37,9 @@ impl Profile {
     /// Profiles the loader implements today (scenario validation rejects the others).
     /// v1.15 and v1.16 share the v1.14.4 code paths where upstream did not change. From v1.15
     /// the plan attaches with `Op::AttachSkb` (v1.15: tc, unpinning a newer tcx link; v1.16:
-    /// tcx when `enable-tcx`, tc where the kernel has none). Not modelled: v1.16's
-    /// `bpf_wireguard.c` (`cil_to_wireguard`), and the bpf_link XDP attachment of v1.15+ (XDP
-    /// stays a netlink attachment).
+    /// tcx when `enable-tcx`, tc where the kernel has none); v1.16 also attaches
+    /// `bpf_wireguard.c`'s `cil_to_wireguard` (`reinitializeWireguard`). Not modelled: the
+    /// bpf_link XDP attachment of v1.15+ (XDP stays a netlink attachment).
     pub fn implemented() -> &'static [Profile] {
         &[Profile::V1_14_4, Profile::V1_15, Profile::V1_16]
     }

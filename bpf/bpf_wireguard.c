@@ -1,0 +1,18 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Stand-in for Cilium's bpf_wireguard.c (new in v1.16): cil_to_wireguard, which the loader
+ * attaches to cilium_wg0's egress for NodePort rev-DNAT of replies leaving through the tunnel.
+ * It counts packets and lets everything pass.
+ */
+#include "hostdp.h"
+/* Generated per agent configuration by the harness's compile step. */
+#include "node_config.h"
+
+SEC("classifier")
+int cil_to_wireguard(struct __sk_buff *skb)
+{
+	hostdp_count(SLOT_TO_WIREGUARD);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
