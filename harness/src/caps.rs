@@ -265,14 +265,11 @@ fn probe_cached(dir: &Path, key: Option<&str>, probe: impl FnOnce() -> Capabilit
     let failed = capabilities.features.values().flatten().any(|why| why.starts_with("probe failed"));
     if !failed {
         let kept = KeptProbe { key: key.to_string(), capabilities: capabilities.clone() };
-        let _ = (|| -> std::io::Result<()> {
-            let parent = file.parent().unwrap_or(dir);
-            std::fs::create_dir_all(parent)?;
-            let tmp = tempfile::NamedTempFile::new_in(parent)?;
-            serde_json::to_writer(&tmp, &kept)?;
-            tmp.persist(&file).map_err(|e| e.error)?;
-            Ok(())
-        })();
+        if let (Ok(json), Some(parent)) = (serde_json::to_vec(&kept), file.parent()) {
+            if std::fs::create_dir_all(parent).is_ok() {
+                let _ = crate::loader::compile::write_atomic(&file, &json);
+            }
+        }
     }
     capabilities
 }

@@ -405,13 +405,10 @@ impl Conn {
     /// one already, else created (or deleted and created again), as init.sh's
     /// `create_encap_dev` (v1.14.4) and `setupVxlanDevice`/`setupGeneveDevice` (v1.15+) do.
     pub async fn ensure_encap_device(&self, name: &str, kind: EncapKind, port: u16) -> Result<EncapAction> {
-        let fail = |op: &'static str| {
-            move |e: rtnetlink::Error| NetlinkError::Call { op, object: name.to_string(), message: kernel_message(&e, None) }
-        };
         let action = match self.encap_of(name).await? {
             Some((k, p, _)) if k == kind.as_str() && p == Some(port) => EncapAction::Kept,
-            Some((_, _, index)) => {
-                self.handle.link().del(index).execute().await.map_err(fail("delete link"))?;
+            Some(_) => {
+                self.apply_one(&Change::DeleteLink { name: name.to_string() }).await?;
                 EncapAction::Recreated
             }
             None => EncapAction::Created,
@@ -431,21 +428,22 @@ impl Conn {
                 ]),
                 EncapKind::Geneve => InfoData::Geneve(vec![InfoGeneve::CollectMetadata, InfoGeneve::Port(port)]),
             };
-            self.handle.link().add(b.set_info_data(data).build()).execute().await.map_err(fail("create link"))?;
+            self.handle.link().add(b.set_info_data(data).build()).execute().await.map_err(|e| NetlinkError::Call {
+                op: "create link",
+                object: name.to_string(),
+                message: kernel_message(&e, None),
+            })?;
         }
-        let index = self.index_of(name).await?;
-        self.handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(fail("set link up"))?;
+        self.apply_one(&Change::SetUp { name: name.to_string(), up: true }).await?;
         Ok(action)
     }
 
     /// Deletes the link named `name` if there is one; whether there was.
     pub async fn delete_link_if_present(&self, name: &str) -> Result<bool> {
-        let Some((_, _, index)) = self.encap_of(name).await? else { return Ok(false) };
-        self.handle.link().del(index).execute().await.map_err(|e| NetlinkError::Call {
-            op: "delete link",
-            object: name.to_string(),
-            message: kernel_message(&e, None),
-        })?;
+        if self.encap_of(name).await?.is_none() {
+            return Ok(false);
+        }
+        self.apply_one(&Change::DeleteLink { name: name.to_string() }).await?;
         Ok(true)
     }
 

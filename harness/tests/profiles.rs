@@ -69,24 +69,18 @@ fn v1_16_pins_tcx_links_per_device_at_the_tail() {
     ] {
         assert!(bpffs.join(pin).exists(), "{pin} is not pinned");
     }
-    let atts = inspect::inspect_netns(node.netns()).unwrap();
-    let ingress: Vec<(&str, Mechanism)> = atts
-        .iter()
-        .filter(|a| a.device == "eth0.5" && a.hook == Hook::Ingress)
-        .map(|a| (a.program.as_str(), a.mechanism))
-        .collect();
-    assert_eq!(ingress, vec![("foreign_tc", Mechanism::Tcx), ("cil_from_netdev", Mechanism::Tcx)]);
+    assert_eq!(ingress_of(&node, "eth0.5"), vec![("foreign_tc".to_string(), Mechanism::Tcx), ("cil_from_netdev".to_string(), Mechanism::Tcx)]);
 
     // Downgrade to v1.15: tc filters, and the v1.16 pins are gone (their links detached); the
     // foreign tcx program stays.
     agent.restart(&node, &[], &BTreeMap::new(), Some("v1.15")).unwrap();
     assert!(!bpffs.join("cilium/devices/eth0-5/links/cil_from_netdev").exists());
     assert!(!bpffs.join("cilium/devices/cilium_host/links/cil_to_host").exists());
+    assert_eq!(ingress_of(&node, "eth0.5"), vec![("foreign_tc".to_string(), Mechanism::Tcx), ("cil_from_netdev".to_string(), Mechanism::Tc)]);
+}
+
+/// `(program, mechanism)` of what is attached on `device`'s ingress, in order.
+fn ingress_of(node: &hostdp::topology::Node, device: &str) -> Vec<(String, Mechanism)> {
     let atts = inspect::inspect_netns(node.netns()).unwrap();
-    let ingress: Vec<(&str, Mechanism)> = atts
-        .iter()
-        .filter(|a| a.device == "eth0.5" && a.hook == Hook::Ingress)
-        .map(|a| (a.program.as_str(), a.mechanism))
-        .collect();
-    assert_eq!(ingress, vec![("foreign_tc", Mechanism::Tcx), ("cil_from_netdev", Mechanism::Tc)]);
+    atts.iter().filter(|a| a.device == device && a.hook == Hook::Ingress).map(|a| (a.program.clone(), a.mechanism)).collect()
 }

@@ -289,8 +289,9 @@ fn cache_key(object: Object, clang_version: &str, sources: &[(PathBuf, Vec<u8>)]
     hex::encode(h.finalize())
 }
 
-/// Writes a file through a temporary sibling and a rename.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
+/// Writes a file through a temporary sibling and a rename, so a concurrent reader sees the
+/// old file or the new one, never half of one (the caches are shared by parallel runs).
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("temporary file in {}: {e}", dir.display()))?;
     tmp.write_all(data).map_err(|e| format!("write {}: {e}", path.display()))?;

@@ -34,53 +34,55 @@ pub const V1_14_4_DEVICE_FEATURES: [&str; 6] = [
 
 /// ConfigMap keys the profiles model. Scenario validation rejects any other key in `agent:`.
 pub fn known_keys() -> &'static [&'static str] {
-    &[
-        "kube-proxy-replacement",
-        "enable-node-port",
-        "enable-host-firewall",
-        "enable-bandwidth-manager",
-        "enable-wireguard",
-        "enable-high-scale-ipcache",
-        "enable-l2-announcements",
-        "devices",
-        "direct-routing-device",
-        "enable-host-legacy-routing",
-        "enable-ipv4",
-        "enable-ipv6",
-        "enable-ipv6-ndp",
-        "ipv6-mcast-device",
-        "node-port-acceleration",
-        "encrypt-node",
-        "enable-endpoint-routes",
-        "bpf-filter-priority",
-        "vlan-bpf-bypass",
-        "enable-envoy-config",
-        "enable-ipsec",
-        "enable-bpf-masquerade",
-        "routing-mode",
-        "tunnel",
-        "node-port-mode",
-        "enable-runtime-device-detection",
-        "enable-tcx",
-        "force-device-detection",
-        "datapath-mode",
-        // Added by the rules: keys whose value decides whether the agent starts at all.
-        "tunnel-protocol",
-        "bpf-lb-acceleration",
-        "bpf-lb-mode",
-        "bpf-lb-dsr-dispatch",
-        "enable-ipv4-masquerade",
-        "enable-ipv6-masquerade",
-        "ipv4-native-routing-cidr",
-        "ipv6-native-routing-cidr",
-        "enable-ipv4-egress-gateway",
-        "enable-remote-node-identity",
-        "enable-well-known-identities",
-        "bpf-lb-sock",
-        "enable-l7-proxy",
-        "tunnel-port",
-    ]
+    static KEYS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+        let mut keys = vec!["kube-proxy-replacement"];
+        keys.extend(V1_14_4_DEVICE_FEATURES);
+        keys.extend(OTHER_KEYS);
+        keys
+    });
+    &KEYS
 }
+
+/// [`known_keys`] after kube-proxy-replacement and the six device-requiring features.
+const OTHER_KEYS: &[&str] = &[
+    "devices",
+    "direct-routing-device",
+    "enable-host-legacy-routing",
+    "enable-ipv4",
+    "enable-ipv6",
+    "enable-ipv6-ndp",
+    "ipv6-mcast-device",
+    "node-port-acceleration",
+    "encrypt-node",
+    "enable-endpoint-routes",
+    "bpf-filter-priority",
+    "vlan-bpf-bypass",
+    "enable-envoy-config",
+    "enable-ipsec",
+    "enable-bpf-masquerade",
+    "routing-mode",
+    "tunnel",
+    "node-port-mode",
+    "enable-runtime-device-detection",
+    "enable-tcx",
+    "force-device-detection",
+    "datapath-mode",
+    // Added by the rules: keys whose value decides whether the agent starts at all.
+    "tunnel-protocol",
+    "bpf-lb-acceleration",
+    "bpf-lb-mode",
+    "bpf-lb-dsr-dispatch",
+    "enable-ipv4-masquerade",
+    "enable-ipv6-masquerade",
+    "ipv4-native-routing-cidr",
+    "ipv6-native-routing-cidr",
+    "enable-ipv4-egress-gateway",
+    "enable-remote-node-identity",
+    "enable-well-known-identities",
+    "bpf-lb-sock",
+    "enable-l7-proxy",
+    "tunnel-port",
+];
 
 /// What kind of value a key takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
