@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::inspect::{Attachment, Hook, Mechanism};
-use crate::loader::profile::Profile;
-use crate::report::{ScenarioRecord, Status};
-use crate::scenario::{self, Scenario};
-use crate::topology::RunId;
-use crate::{exit, runner};
+use hostdp_model::observed::{Attachment, Hook, Mechanism};
+use hostdp_model::profile::Profile;
+use hostdp_model::record::{ScenarioRecord, Status};
+use hostdp_model::scenario::{self, Scenario};
+use crate::sys::topology::RunId;
+use crate::runner;
+use hostdp_model::exit;
 
 /// Errors of the diff's set-up (running is the runner's business).
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +144,7 @@ pub fn compare(file: &str, name: &str, profiles: &[Profile], records: &[Scenario
     let steps = records.iter().map(|r| r.steps.len()).max().unwrap_or(0);
     let mut out = Vec::new();
     for i in 0..steps {
-        fn step_of(r: &ScenarioRecord, i: usize) -> Option<&crate::report::StepRecord> {
+        fn step_of(r: &ScenarioRecord, i: usize) -> Option<&hostdp_model::record::StepRecord> {
             r.steps.get(i)
         }
         let action = records.iter().find_map(|r| step_of(r, i).map(|s| s.action.clone())).unwrap_or_default();
@@ -306,7 +307,7 @@ pub fn cli(args: &DiffArgs) -> i32 {
     if let Err(code) = runner::valid_files_as_root("diff", &args.paths) {
         return code;
     }
-    crate::topology::install_signal_cleanup();
+    crate::sys::topology::install_signal_cleanup();
     let diffs = match run(args) {
         Ok(d) => d,
         Err(e @ (DiffError::Profile(_) | DiffError::TooFew(_) | DiffError::Scenario(_))) => {
@@ -333,7 +334,7 @@ pub fn cli(args: &DiffArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::StepRecord;
+    use hostdp_model::record::StepRecord;
 
     fn att(device: &str, hook: Hook, program: &str, mechanism: Mechanism) -> Attachment {
         Attachment {

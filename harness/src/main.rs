@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use hostdp::{exit, runner};
+use hostdp::model::exit;
+use hostdp::runner;
 
 #[derive(Parser)]
 #[command(name = "hostdp", version, about = "Which eBPF programs Cilium's host datapath attaches to which links, on real kernels")]
@@ -152,11 +153,11 @@ fn main() -> ExitCode {
             paths,
         }),
         Cmd::Gc => runner::cli_gc(),
-        Cmd::Ledger { cmd: LedgerCmd::Save { file } } => hostdp::ledger::cli_save(&file),
+        Cmd::Ledger { cmd: LedgerCmd::Save { file } } => hostdp::sys::ledger::cli_save(&file),
         Cmd::Ledger { cmd: LedgerCmd::Diff { file, wait } } => {
-            hostdp::ledger::cli_diff(&file, std::time::Duration::from_secs(wait))
+            hostdp::sys::ledger::cli_diff(&file, std::time::Duration::from_secs(wait))
         }
-        Cmd::Ledger { cmd: LedgerCmd::Show } => hostdp::ledger::cli_show(),
+        Cmd::Ledger { cmd: LedgerCmd::Show } => hostdp::sys::ledger::cli_show(),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }

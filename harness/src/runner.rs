@@ -7,18 +7,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::caps::Capabilities;
-use crate::exit;
-use crate::inspect::{self, Attachment};
-use crate::loader::agent::{Agent, AgentError};
-use crate::loader::compile::Compiler;
-use crate::loader::policymap;
-use crate::loader::profile::Profile;
-use crate::report::{self, KernelRun, Observed, RunRecord, ScenarioRecord, Status, StepRecord};
-use crate::scenario::{self, Action, PodSpec, Scenario};
-use crate::timing::{self, Phase};
-use crate::topology::{self, Node, RunId};
-use crate::vm;
+use hostdp_model::exit;
+use crate::sys::inspect::{self};
+use hostdp_model::observed::{Attachment};
+use crate::agent::{Agent, AgentError};
+use crate::sys::compile::Compiler;
+use crate::sys::policymap;
+use hostdp_model::profile::Profile;
+use hostdp_model::record::{self, KernelRun, Observed, RunRecord, ScenarioRecord, Status, StepRecord};
+use hostdp_model::scenario::{self, Action, PodSpec, Scenario};
+use crate::sys::timing::{self, Phase};
+use crate::sys::topology::{self, Node, RunId};
+use crate::sys::vm;
 
 /// Arguments of `hostdp run`.
 #[derive(Debug, Clone, Default)]
@@ -56,7 +56,7 @@ pub fn cache_dir() -> PathBuf {
 
 fn compiler() -> std::sync::Arc<Compiler> {
     static C: std::sync::OnceLock<std::sync::Arc<Compiler>> = std::sync::OnceLock::new();
-    C.get_or_init(|| std::sync::Arc::new(Compiler::new(crate::loader::compile::default_bpf_dir(), cache_dir()))).clone()
+    C.get_or_init(|| std::sync::Arc::new(Compiler::new(crate::sys::compile::default_bpf_dir(), cache_dir()))).clone()
 }
 
 /// Expands files and folders into scenario files (`*.yaml`, `*.yml`), sorted; an unreadable
@@ -92,7 +92,7 @@ pub fn valid_files_as_root(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>,
 /// Runs one parsed scenario on this kernel.
 pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     let t0 = Instant::now();
-    let caps = Capabilities::probe();
+    let caps = crate::sys::caps::probe(&cache_dir());
     let mut rec = ScenarioRecord {
         file: sc.path.display().to_string(),
         name: sc.name.clone(),
@@ -121,9 +121,10 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
             return rec;
         }
     };
-    let profile = Profile::parse(&sc.profile).unwrap_or(Profile::V1_14_4);
+    // Validated when the file was loaded: the fallback is never taken.
+    let profile = Profile::parse(&sc.profile).unwrap_or(Profile::ALL[0]);
     let node_ip = sc.node.ip.as_deref().and_then(|s| s.parse().ok());
-    let mut agent = Agent::new(profile, sc.agent.clone(), node_ip, sc.node.labels.clone(), compiler(), Some(node.bpffs().to_path_buf()));
+    let mut agent = Agent::new(profile, sc.agent.clone(), node_ip, sc.node.labels.clone(), compiler(), Some(node.bpffs().to_path_buf()), caps.has("tcx"));
     let mut pods: Vec<PodSpec> = sc.pods.clone();
     let mut previous: Option<Vec<Attachment>> = None;
     for (i, step) in sc.steps.iter().enumerate() {
@@ -168,7 +169,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
             break;
         }
         let devices = agent.devices().map(|d| d.to_vec());
-        let mut mismatches = report::check(
+        let mut mismatches = record::check(
             &step.expect,
             &Observed {
                 devices: devices.as_deref(),
@@ -179,10 +180,10 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                 aliases: &aliases,
             },
         );
-        if crate::crosscheck::enabled() {
+        if crate::sys::crosscheck::enabled() {
             let names: Vec<String> = node.links().map(|l| l.into_iter().map(|l| l.name).collect()).unwrap_or_default();
-            for d in crate::crosscheck::compare(node.netns(), &names, &attachments) {
-                mismatches.push(report::Mismatch { key: "crosscheck".into(), expected: "inspect agrees with tc and bpftool".into(), observed: d });
+            for d in crate::sys::crosscheck::compare(node.netns(), &names, &attachments) {
+                mismatches.push(record::Mismatch { key: "crosscheck".into(), expected: "inspect agrees with tc and bpftool".into(), observed: d });
             }
         }
         let status = if mismatches.is_empty() { Status::Pass } else { Status::Fail };
@@ -222,7 +223,7 @@ fn step_record(
     agent: &Agent,
     regenerated: Vec<String>,
     attachments: Vec<Attachment>,
-    mismatches: Vec<report::Mismatch>,
+    mismatches: Vec<record::Mismatch>,
 ) -> StepRecord {
     StepRecord {
         action: step.action.key().to_string(),
@@ -237,8 +238,8 @@ fn step_record(
     }
 }
 
-fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action: &Action) -> Result<crate::loader::agent::StepOutcome, AgentError> {
-    use crate::loader::agent::StepOutcome;
+fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action: &Action) -> Result<crate::agent::StepOutcome, AgentError> {
+    use crate::agent::StepOutcome;
     let h = |e: topology::TopologyError| AgentError::Harness(e.to_string());
     // Topology changes inside a step count as topology work, not as the agent's.
     let topo = |f: &mut dyn FnMut() -> Result<(), topology::TopologyError>| timing::time(Phase::StepTopology, f);
@@ -275,14 +276,15 @@ fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action:
             agent.link_changed(node)
         }
         Action::Foreign { device, direction, program } => {
-            let ctx = crate::loader::attach::AttachContext { compiler: compiler(), defines: BTreeMap::new(), bpffs: None };
+            let ctx = crate::sys::attach::AttachContext { compiler: compiler(), defines: BTreeMap::new(), bpffs: None, kernel_tcx: false };
+            // (foreign programs are tc filters or XDP: tcx is never asked for)
             let hook = match direction {
-                scenario::ForeignDirection::Ingress => crate::inspect::Hook::Ingress,
-                scenario::ForeignDirection::Egress => crate::inspect::Hook::Egress,
-                scenario::ForeignDirection::Xdp => crate::inspect::Hook::Xdp,
+                scenario::ForeignDirection::Ingress => hostdp_model::observed::Hook::Ingress,
+                scenario::ForeignDirection::Egress => hostdp_model::observed::Hook::Egress,
+                scenario::ForeignDirection::Xdp => hostdp_model::observed::Hook::Xdp,
             };
             let dev = if let Some(key) = device.strip_prefix("pod:") { node.lxc_name(key) } else { device.clone() };
-            timing::time(Phase::Execute, || crate::loader::attach::foreign(node.netns(), &ctx, &dev, hook, program))
+            timing::time(Phase::Execute, || crate::sys::attach::foreign(node.netns(), &ctx, &dev, hook, program))
                 .map_err(|e| AgentError::Harness(e.to_string()))?;
             Ok(StepOutcome::default())
         }
@@ -381,8 +383,8 @@ pub fn run_target_as(target: &str, files: &[PathBuf], jobs: usize, profile: Opti
     let t0 = Instant::now();
     if target == "host" || target == "local" {
         let scenarios = run_local_as(files, jobs, profile);
-        let kernel = Capabilities::probe().kernel.clone();
-        let summary = report::Summary::of(&scenarios);
+        let kernel = crate::sys::caps::probe(&cache_dir()).kernel.clone();
+        let summary = record::Summary::of(&scenarios);
         return Ok(KernelRun { target: target.into(), kernel, scenarios, summary, millis: t0.elapsed().as_millis() as u64 });
     }
     let kernel = vm::KernelRef::resolve(target)?;
@@ -420,10 +422,10 @@ pub fn run_target_as(target: &str, files: &[PathBuf], jobs: usize, profile: Opti
     opts.env.push(("HOSTDP_QUIET".into(), "1".into()));
     // A throwaway guest may load modules on demand (the capability probe then finds them).
     opts.env.push(("HOSTDP_ALLOW_MODPROBE".into(), "1".into()));
-    if crate::crosscheck::enabled() {
+    if crate::sys::crosscheck::enabled() {
         opts.env.push(("HOSTDP_CROSSCHECK".into(), "1".into()));
     }
-    if let Ok(d) = crate::policy::crd_dir() {
+    if let Ok(d) = hostdp_model::policy::crd_dir() {
         // The guest does not inherit the environment: name the shared folder explicitly.
         if let Some(shared) = d.parent().and_then(Path::parent) {
             opts.env.push(("HOSTDP_SHARED_DIR".into(), shared.display().to_string()));
@@ -443,7 +445,7 @@ pub fn run_target_as(target: &str, files: &[PathBuf], jobs: usize, profile: Opti
         }
         s.kernel = Some(rec.kernel.clone());
     }
-    let summary = report::Summary::of(&scenarios);
+    let summary = record::Summary::of(&scenarios);
     Ok(KernelRun { target: target.into(), kernel: rec.kernel, scenarios, summary, millis: t0.elapsed().as_millis() as u64 })
 }
 
@@ -481,11 +483,11 @@ pub fn cli_check(paths: &[PathBuf]) -> i32 {
     }
     bad += errors.len();
     for f in &policies {
-        match crate::policy::load_fixture(f) {
+        match hostdp_model::policy::load_fixture(f) {
             Ok(docs) => {
                 policies_ok += 1;
                 for d in &docs {
-                    if let crate::policy::PolicyDoc::NotAPolicy { kind, line, .. } = d {
+                    if let hostdp_model::policy::PolicyDoc::NotAPolicy { kind, line, .. } = d {
                         eprintln!("{}:{line}: note: a {kind}, not a policy; ignored", f.display());
                     }
                 }
@@ -529,7 +531,7 @@ pub fn cli_run(args: &RunArgs) -> i32 {
     topology::install_signal_cleanup();
     let _ = topology::cleanup_stale();
     let rec = if args.kernels.is_empty() {
-        RunRecord::single(Capabilities::probe().kernel.clone(), run_local_as(&files, jobs(args), profile))
+        RunRecord::single(crate::sys::caps::probe(&cache_dir()).kernel.clone(), run_local_as(&files, jobs(args), profile))
     } else {
         let mut runs = Vec::new();
         for k in &args.kernels {
@@ -562,7 +564,7 @@ pub fn cli_run(args: &RunArgs) -> i32 {
     if args.json {
         println!("{json}");
     } else {
-        print!("{}", report::table(&rec));
+        print!("{}", record::table(&rec));
     }
     if args.keep || rec.summary.failed + rec.summary.errors > 0 {
         // Objects and generated headers are never deleted: they are the template cache.
@@ -581,7 +583,7 @@ pub fn cli_run(args: &RunArgs) -> i32 {
 /// `hostdp inspect`.
 pub fn cli_inspect(netns: Option<&str>, json: bool) -> i32 {
     let ns = match netns {
-        Some(n) => match crate::netns::Netns::open(n) {
+        Some(n) => match crate::sys::netns::Netns::open(n) {
             Ok(ns) => Some(ns),
             Err(e) => {
                 eprintln!("hostdp inspect: {e}");
@@ -602,7 +604,7 @@ pub fn cli_inspect(netns: Option<&str>, json: bool) -> i32 {
                 println!("no attachments");
             } else {
                 for a in &atts {
-                    println!("{:<16} {:<8} {}  id {}", a.device, a.hook.as_str(), report::fmt_att(a), a.prog_id);
+                    println!("{:<16} {:<8} {}  id {}", a.device, a.hook.as_str(), record::fmt_att(a), a.prog_id);
                 }
             }
             exit::OK
@@ -617,7 +619,7 @@ pub fn cli_inspect(netns: Option<&str>, json: bool) -> i32 {
 /// `hostdp inspect --maps`: the attachments and the policy maps their programs reference.
 pub fn cli_inspect_maps(netns: Option<&str>, json: bool) -> i32 {
     let res = match netns {
-        Some(n) => match crate::netns::Netns::open(n) {
+        Some(n) => match crate::sys::netns::Netns::open(n) {
             Ok(ns) => inspect::inspect_netns(&ns),
             Err(e) => {
                 eprintln!("hostdp inspect: {e}");
@@ -646,7 +648,7 @@ pub fn cli_inspect_maps(netns: Option<&str>, json: bool) -> i32 {
 
 /// `hostdp explain`.
 pub fn cli_explain(config: &Path, profile: &str, netns: Option<&str>) -> i32 {
-    match crate::loader::explain(config, profile, netns) {
+    match crate::explain::explain(config, profile, netns) {
         Ok(text) => {
             print!("{text}");
             exit::OK
@@ -680,9 +682,9 @@ pub fn cli_table(records: &[PathBuf], devices: &str) -> i32 {
     }
     let devs: Vec<&str> = devices.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
     if recs.len() == 1 {
-        print!("{}", report::behaviour_table(&recs[0], &devs));
+        print!("{}", record::behaviour_table(&recs[0], &devs));
     } else {
-        print!("{}", report::profile_table(&recs, &devs));
+        print!("{}", record::profile_table(&recs, &devs));
     }
     exit::OK
 }
@@ -711,7 +713,7 @@ pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
     );
     let sc = scenario::load(path).unwrap_or_else(|e| panic!("{e}"));
     topology::install_signal_cleanup();
-    crate::crosscheck::enable();
+    crate::sys::crosscheck::enable();
     let rec = run_scenario(&sc, &RunId::new());
     let mut tried = vec![format!("{}: {}", rec.kernel.clone().unwrap_or_default(), rec.reason.clone().unwrap_or_default())];
     let rec = if rec.status == Status::Skipped {
@@ -739,9 +741,9 @@ pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
         eprintln!("{}: ran on this kernel ({})", path.display(), rec.kernel.clone().unwrap_or_default());
         rec
     };
-    let summary = report::Summary::of(std::iter::once(&rec));
+    let summary = record::Summary::of(std::iter::once(&rec));
     let record = RunRecord::single(rec.kernel.clone().unwrap_or_default(), vec![rec.clone()]);
-    eprintln!("{}", report::table(&record));
+    eprintln!("{}", record::table(&record));
     if summary.passed != 1 {
         panic!(
             "{} {}: see above (expected beside observed); re-run just this one: sudo -E cargo test --test scenarios -- {} , or hostdp run {}",
@@ -828,7 +830,7 @@ fn vm_batch(kernel: &str, path: &Path, exe: &Path) -> Result<KernelRun, String> 
     if let Some((_, _, r)) = batches.iter().find(|(k, d, _)| k == kernel && *d == dir) {
         return r.clone();
     }
-    let caps = Capabilities::probe();
+    let caps = crate::sys::caps::probe(&cache_dir());
     let mut files: Vec<PathBuf> = expand(std::slice::from_ref(&dir))
         .into_iter()
         .filter(|f| scenario::load(f).map(|sc| !caps.missing_for(&sc).is_empty()).unwrap_or(false))

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use hostdp::inspect::{self, Attachment, Hook, Mechanism};
-use hostdp::loader::attach::{self, AttachContext, AttachError, DeviceConfig, OpOutcome};
-use hostdp::loader::compile::{default_bpf_dir, Compiler};
-use hostdp::loader::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
-use hostdp::netns::{block_on, Netns};
-use hostdp::tc;
+use hostdp::sys::inspect::{self};
+use hostdp::model::observed::{Attachment, Hook, Mechanism};
+use hostdp::sys::attach::{self, AttachContext, AttachError, DeviceConfig, OpOutcome};
+use hostdp::sys::compile::{default_bpf_dir, Compiler};
+use hostdp::model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
+use hostdp::sys::netns::{block_on, Netns};
+use hostdp::sys::tc;
 
 const FROM_NETDEV: ProgramRef = ProgramRef { object: Object::Host, symbol: "cil_from_netdev" };
 const TO_NETDEV: ProgramRef = ProgramRef { object: Object::Host, symbol: "cil_to_netdev" };
@@ -40,7 +41,7 @@ fn skip() -> bool {
 
 fn ns(name: &str) -> NsGuard {
     let full = format!("hostdp-t{}-{name}", std::process::id());
-    let _ = hostdp::netns::delete_named(&full);
+    let _ = hostdp::sys::netns::delete_named(&full);
     NsGuard(Netns::create(&full).expect("create namespace"))
 }
 
@@ -75,7 +76,7 @@ fn veth_pair(a: &Netns, b: &Netns) {
 
 fn context(cache: &Path) -> AttachContext {
     let defines = BTreeMap::from([("ENABLE_NODEPORT".to_string(), "1".to_string())]);
-    AttachContext { compiler: Arc::new(Compiler::new(default_bpf_dir(), cache.to_path_buf())), defines, bpffs: None }
+    AttachContext { compiler: Arc::new(Compiler::new(default_bpf_dir(), cache.to_path_buf())), defines, bpffs: None, kernel_tcx: hostdp::sys::caps::probe(&hostdp::runner::cache_dir()).has("tcx") }
 }
 
 /// A node namespace wired to a peer namespace by veth0/veth1, and a fresh compile cache.
@@ -527,7 +528,8 @@ fn a_devices_programs_share_one_opened_object() {
 
 #[test]
 fn encap_device_lifecycle_and_overlay_filters() {
-    use hostdp::netlink::{EncapAction, EncapKind};
+    use hostdp::sys::netlink::{EncapAction};
+use hostdp::model::observed::{EncapKind};
     if skip() {
         return;
     }

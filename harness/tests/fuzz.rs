@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hostdp::policy::{self, PolicyError, SchemaSet};
-use hostdp::scenario::{self, ScenarioError};
+use hostdp::model::policy::{self, PolicyError, SchemaSet};
+use hostdp::model::scenario::{self, ScenarioError};
 use proptest::prelude::*;
 
 fn project() -> PathBuf {

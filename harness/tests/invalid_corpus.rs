@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hostdp::scenario::{self, ScenarioError};
+use hostdp::model::scenario::{self, ScenarioError};
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/invalid")

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hostdp::policy::{
+use hostdp::model::policy::{
     crd_dir, load_fixture, policies, policy_entries, select_endpoints, Direction, Endpoint, EndpointRef, PeerId,
     PolicyDoc, PolicyEntry, PolicyError, PolicyKind,
 };

@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use hostdp::loader::agent::Agent;
-use hostdp::loader::compile::{default_bpf_dir, Compiler};
-use hostdp::loader::policymap::{self, PolicyKey, PolicyMapView};
-use hostdp::loader::profile::Profile;
-use hostdp::policy::{self, Direction, Endpoint, PeerId};
-use hostdp::report::{ScenarioRecord, Status};
+use hostdp::agent::Agent;
+use hostdp::sys::compile::{default_bpf_dir, Compiler};
+use hostdp::sys::policymap::{self, PolicyKey};
+use hostdp::model::observed::{PolicyMapView};
+use hostdp::model::profile::Profile;
+use hostdp::model::policy::{self, Direction, Endpoint, PeerId};
+use hostdp::model::record::{ScenarioRecord, Status};
 use hostdp::runner;
-use hostdp::topology::{Node, RunId};
+use hostdp::sys::topology::{Node, RunId};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -26,7 +27,7 @@ fn require_root() {
 
 fn run(file: &str) -> ScenarioRecord {
     require_root();
-    let sc = hostdp::scenario::load(&root().join(file)).unwrap_or_else(|e| panic!("{e}"));
+    let sc = hostdp::model::scenario::load(&root().join(file)).unwrap_or_else(|e| panic!("{e}"));
     let rec = runner::run_scenario(&sc, &RunId::for_tests());
     assert_eq!(rec.status, Status::Pass, "{file}: {:#?}", rec);
     rec
@@ -52,14 +53,14 @@ fn l4_key() -> PolicyKey {
 }
 
 /// A scenario's node, built, with its agent started (steps driven by the test itself).
-fn started(file: &str) -> (hostdp::scenario::Scenario, Node, Agent) {
+fn started(file: &str) -> (hostdp::model::scenario::Scenario, Node, Agent) {
     require_root();
-    let sc = hostdp::scenario::load(&root().join(file)).unwrap_or_else(|e| panic!("{e}"));
+    let sc = hostdp::model::scenario::load(&root().join(file)).unwrap_or_else(|e| panic!("{e}"));
     let node = Node::build(&sc, &RunId::for_tests()).expect("build the node");
     let compiler = Arc::new(Compiler::new(default_bpf_dir(), runner::cache_dir()));
     let ip = sc.node.ip.as_deref().and_then(|s| s.parse().ok());
     let bpffs = Some(node.bpffs().to_path_buf());
-    let mut agent = Agent::new(Profile::V1_14_4, sc.agent.clone(), ip, sc.node.labels.clone(), compiler, bpffs);
+    let mut agent = Agent::new(Profile::V1_14_4, sc.agent.clone(), ip, sc.node.labels.clone(), compiler, bpffs, false);
     agent.start(&node, &sc.pods).expect("start");
     (sc, node, agent)
 }
@@ -69,7 +70,7 @@ fn map_of<'a>(maps: &'a [PolicyMapView], endpoint: &str) -> &'a PolicyMapView {
 }
 
 fn holds(m: &PolicyMapView, key: &PolicyKey, verdict: &str) -> bool {
-    m.entries.iter().any(|e| e.is(key) && e.verdict == verdict)
+    m.entries.iter().any(|e| hostdp::sys::policymap::entry_is(e, key) && e.verdict == verdict)
 }
 
 #[test]
@@ -138,14 +139,14 @@ fn inspect_maps_cli_reads_a_live_node() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let atts: Vec<hostdp::inspect::Attachment> = serde_json::from_value(v["attachments"].clone()).unwrap();
+    let atts: Vec<hostdp::model::observed::Attachment> = serde_json::from_value(v["attachments"].clone()).unwrap();
     assert!(atts.iter().any(|a| a.device == "eth0" && a.program == "cil_from_netdev"));
     let maps: Vec<PolicyMapView> = serde_json::from_value(v["maps"].clone()).unwrap();
     let lxc = node.lxc_name("default/network-multitool");
     assert!(holds(map_of(&maps, &lxc), &l4_key(), "allow"), "{maps:#?}");
 
     agent.delete(&node, &sc.pods, &fixture).expect("delete");
-    let after = policymap::read_policy_maps(&hostdp::inspect::inspect_netns(node.netns()).unwrap()).unwrap();
+    let after = policymap::read_policy_maps(&hostdp::sys::inspect::inspect_netns(node.netns()).unwrap()).unwrap();
     assert!(map_of(&after, &lxc).entries.is_empty());
 
     let table = Command::new(env!("CARGO_BIN_EXE_hostdp"))
@@ -173,9 +174,9 @@ fn host_program_counts_the_entry_a_ping_hits() {
     sh(&["ip", "link", "set", "eth0-p", "up"]);
     node.wire().run(|| (0..3).for_each(|seq| send_echo([192, 168, 10, 2], seq))).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let maps = policymap::read_policy_maps(&hostdp::inspect::inspect_netns(node.netns()).unwrap()).unwrap();
+    let maps = policymap::read_policy_maps(&hostdp::sys::inspect::inspect_netns(node.netns()).unwrap()).unwrap();
     let echo = PolicyKey::new(0, 8, 1, Direction::Ingress);
-    let e = map_of(&maps, "host").entries.iter().find(|e| e.is(&echo)).expect("the ICMP echo entry");
+    let e = map_of(&maps, "host").entries.iter().find(|e| hostdp::sys::policymap::entry_is(e, &echo)).expect("the ICMP echo entry");
     assert!(e.packets >= 3 && e.bytes > 0, "{e:?}");
 }
 

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use hostdp::caps::Capabilities;
-use hostdp::inspect::{self, Hook, Mechanism};
-use hostdp::loader::agent::Agent;
-use hostdp::loader::attach::{self, AttachContext, DeviceConfig};
-use hostdp::loader::compile::{default_bpf_dir, Compiler};
-use hostdp::loader::datapath::{Object, ProgramRef};
-use hostdp::loader::profile::Profile;
-use hostdp::topology::{Node, RunId};
+use hostdp::sys::inspect::{self};
+use hostdp::model::observed::{Hook, Mechanism};
+use hostdp::agent::Agent;
+use hostdp::sys::attach::{self, AttachContext, DeviceConfig};
+use hostdp::sys::compile::{default_bpf_dir, Compiler};
+use hostdp::model::datapath::{Object, ProgramRef};
+use hostdp::model::profile::Profile;
+use hostdp::sys::topology::{Node, RunId};
 
 const NODE: &str = "
 name: tcx-pins
@@ -35,7 +35,7 @@ fn runnable() -> bool {
         eprintln!("skipping: needs root");
         return false;
     }
-    if !Capabilities::probe().has("tcx") {
+    if !hostdp::sys::caps::probe(&hostdp::runner::cache_dir()).has("tcx") {
         eprintln!("skipping: kernel without tcx");
         return false;
     }
@@ -47,18 +47,18 @@ fn v1_16_pins_tcx_links_per_device_at_the_tail() {
     if !runnable() {
         return;
     }
-    let sc = hostdp::scenario::parse(Path::new("tcx-pins.yaml"), NODE.as_bytes()).unwrap();
+    let sc = hostdp::model::scenario::parse(Path::new("tcx-pins.yaml"), NODE.as_bytes()).unwrap();
     let node = Node::build(&sc, &RunId::new()).unwrap();
     let compiler = Arc::new(Compiler::new(default_bpf_dir(), hostdp::runner::cache_dir()));
     let bpffs = node.bpffs().to_path_buf();
 
     // Another tool's tcx program is on eth0.5's ingress first; Cilium's link goes behind it.
-    let ctx = AttachContext { compiler: compiler.clone(), defines: BTreeMap::new(), bpffs: Some(bpffs.clone()) };
+    let ctx = AttachContext { compiler: compiler.clone(), defines: BTreeMap::new(), bpffs: Some(bpffs.clone()), kernel_tcx: true };
     let foreign = ProgramRef { object: Object::Foreign, symbol: "foreign_tc" };
     let other_pin = bpffs.join("other/foreign_tc");
     attach::attach_tcx(node.netns(), &ctx, "eth0.5", Hook::Ingress, foreign, &DeviceConfig::default(), &other_pin).unwrap();
 
-    let mut agent = Agent::new(Profile::V1_16, sc.agent.clone(), Some("192.168.10.2".parse().unwrap()), BTreeMap::new(), compiler, Some(bpffs.clone()));
+    let mut agent = Agent::new(Profile::V1_16, sc.agent.clone(), Some("192.168.10.2".parse().unwrap()), BTreeMap::new(), compiler, Some(bpffs.clone()), true);
     agent.start(&node, &[]).unwrap();
     for pin in [
         "cilium/devices/eth0-5/links/cil_from_netdev",
@@ -80,7 +80,7 @@ fn v1_16_pins_tcx_links_per_device_at_the_tail() {
 }
 
 /// `(program, mechanism)` of what is attached on `device`'s ingress, in order.
-fn ingress_of(node: &hostdp::topology::Node, device: &str) -> Vec<(String, Mechanism)> {
+fn ingress_of(node: &hostdp::sys::topology::Node, device: &str) -> Vec<(String, Mechanism)> {
     let atts = inspect::inspect_netns(node.netns()).unwrap();
     atts.iter().filter(|a| a.device == device && a.hook == Hook::Ingress).map(|a| (a.program.clone(), a.mechanism)).collect()
 }

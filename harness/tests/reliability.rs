@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hostdp::ledger::{self, Snapshot};
+use hostdp::sys::ledger::{self, Snapshot};
 
 /// How long the ledger waits for the kernel to free a deleted namespace's programs.
 const SETTLE: Duration = Duration::from_secs(15);
@@ -95,9 +95,9 @@ fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 /// Names under /run/netns and /run/hostdp owned by `pid`.
 fn owned_by(pid: u32) -> Vec<String> {
-    let mut v: Vec<String> = hostdp::netns::list_named();
+    let mut v: Vec<String> = hostdp::sys::netns::list_named();
     v.extend(
-        std::fs::read_dir(hostdp::topology::RUN_ROOT)
+        std::fs::read_dir(hostdp::sys::topology::RUN_ROOT)
             .map(|rd| rd.filter_map(Result::ok).map(|e| e.path().display().to_string()).collect::<Vec<_>>())
             .unwrap_or_default(),
     );
@@ -165,18 +165,18 @@ impl LiveDecoy {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let start: u64 = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().nth(19).unwrap().parse().unwrap();
         let name = format!("hostdp-{pid}-{}-0123456789abcdef-0-node", base36(start));
-        hostdp::netns::Netns::create(&name).unwrap();
+        hostdp::sys::netns::Netns::create(&name).unwrap();
         LiveDecoy { owner, name }
     }
 
     fn exists(&self) -> bool {
-        hostdp::netns::list_named().contains(&self.name)
+        hostdp::sys::netns::list_named().contains(&self.name)
     }
 }
 
 impl Drop for LiveDecoy {
     fn drop(&mut self) {
-        let _ = hostdp::netns::delete_named(&self.name);
+        let _ = hostdp::sys::netns::delete_named(&self.name);
         let _ = self.owner.kill();
         let _ = self.owner.wait();
     }
@@ -193,9 +193,9 @@ fn ledger_round_trips_and_sees_a_namespace() {
     let o = run(&["ledger", "save", file.to_str().unwrap()], &[]);
     assert!(o.status.success(), "{}", text(&o));
     let name = format!("hostdp-t{}-ledger", std::process::id());
-    hostdp::netns::Netns::create(&name).unwrap();
+    hostdp::sys::netns::Netns::create(&name).unwrap();
     let o = run(&["ledger", "diff", "--wait", "0", file.to_str().unwrap()], &[]);
-    let _ = hostdp::netns::delete_named(&name);
+    let _ = hostdp::sys::netns::delete_named(&name);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains(&format!("+ netns {name}")), "{out}");
@@ -295,8 +295,8 @@ fn sigint_mid_run_exits_130_and_removes_everything() {
 
 /// The machine's own links, by name: a scenario naming them (as its own links, or as foreign
 /// targets) must act inside its node namespace only.
-fn machine_links() -> Vec<hostdp::netlink::LinkInfo> {
-    hostdp::netlink::list_links().expect("list this namespace's links")
+fn machine_links() -> Vec<hostdp::model::observed::LinkInfo> {
+    hostdp::sys::netlink::list_links().expect("list this namespace's links")
 }
 
 #[test]
@@ -369,26 +369,26 @@ fn library_calls_with_machine_link_names_fail_inside_the_node() {
         "lib.yaml",
         "name: reliab-lib\nprofile: v1.14.4\ntopology:\n  links:\n    - {name: veth-x, kind: veth}\nsteps:\n  - stop: {}\n",
     );
-    let sc = hostdp::scenario::load(&f).unwrap();
+    let sc = hostdp::model::scenario::load(&f).unwrap();
     {
-        let mut node = hostdp::topology::Node::build(&sc, &hostdp::topology::RunId::for_tests()).unwrap();
-        let compiler = std::sync::Arc::new(hostdp::loader::compile::Compiler::new(
-            hostdp::loader::compile::default_bpf_dir(),
+        let mut node = hostdp::sys::topology::Node::build(&sc, &hostdp::sys::topology::RunId::for_tests()).unwrap();
+        let compiler = std::sync::Arc::new(hostdp::sys::compile::Compiler::new(
+            hostdp::sys::compile::default_bpf_dir(),
             hostdp::runner::cache_dir(),
         ));
-        let ctx = hostdp::loader::attach::AttachContext { compiler, defines: Default::default(), bpffs: None };
+        let ctx = hostdp::sys::attach::AttachContext { compiler, defines: Default::default(), bpffs: None, kernel_tcx: false };
         for n in &names {
-            let e = hostdp::loader::attach::foreign(node.netns(), &ctx, n, hostdp::inspect::Hook::Ingress, "foreign_tc");
+            let e = hostdp::sys::attach::foreign(node.netns(), &ctx, n, hostdp::model::observed::Hook::Ingress, "foreign_tc");
             let msg = e.expect_err("a machine-only link is absent from the node").to_string();
             assert!(msg.contains("does not exist in namespace"), "{msg}");
             assert!(node.delete_link(n).is_err(), "delete {n} must fail in the node");
             assert!(node.set_link_up(n, false).is_err(), "set {n} down must fail in the node");
         }
         // lo exists in every namespace: the node's own lo gets it.
-        hostdp::loader::attach::foreign(node.netns(), &ctx, "lo", hostdp::inspect::Hook::Egress, "foreign_tc").unwrap();
-        let atts = hostdp::inspect::inspect_netns(node.netns()).unwrap();
+        hostdp::sys::attach::foreign(node.netns(), &ctx, "lo", hostdp::model::observed::Hook::Egress, "foreign_tc").unwrap();
+        let atts = hostdp::sys::inspect::inspect_netns(node.netns()).unwrap();
         assert!(atts.iter().any(|a| a.device == "lo" && a.program == "foreign_tc"), "{atts:?}");
-        assert!(!hostdp::inspect::inspect_current().unwrap().iter().any(|a| a.program == "foreign_tc"));
+        assert!(!hostdp::sys::inspect::inspect_current().unwrap().iter().any(|a| a.program == "foreign_tc"));
     }
     assert_clean(&before, "after library calls naming the machine's links");
 }

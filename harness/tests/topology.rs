@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use hostdp::caps::Capabilities;
-use hostdp::netlink::{self, LinkInfo};
-use hostdp::netns::{self, Netns};
-use hostdp::scenario::{LinkKind, LinkSpec, PeerIn, PodSpec, RouteSpec, RouteTable, Scenario, TopologySpec};
-use hostdp::topology::{self, Node, RunId, TopologyError};
+use hostdp::sys::netlink::{self};
+use hostdp::model::observed::{LinkInfo};
+use hostdp::sys::netns::{self, Netns};
+use hostdp::model::scenario::{LinkKind, LinkSpec, PeerIn, PodSpec, RouteSpec, RouteTable, Scenario, TopologySpec};
+use hostdp::sys::topology::{self, Node, RunId, TopologyError};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -26,7 +26,7 @@ macro_rules! need_root {
 }
 
 fn link(name: &str, kind: LinkKind) -> LinkSpec {
-    topology::bare_link(name, kind)
+    hostdp::model::scenario::LinkSpec::bare(name, kind)
 }
 
 fn route(dst: &str, via: Option<&str>, dev: &str, table: Option<RouteTable>) -> RouteSpec {
@@ -204,7 +204,7 @@ fn veth_bridge_macvlan_vxlan_and_routes() {
 #[test]
 fn bond_with_vlan_on_top() {
     need_root!();
-    let caps = Capabilities::probe();
+    let caps = hostdp::sys::caps::probe(&hostdp::runner::cache_dir());
     let mut missing: Vec<&str> = ["bonding", "vlan"].into_iter().filter(|f| !caps.has(f)).collect();
     missing.sort();
     if !missing.is_empty() {

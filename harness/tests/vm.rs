@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use hostdp::vm::{find_vng, run_in_vm, run_in_vm_with, KernelRef, VmError, VmOptions};
+use hostdp::sys::vm::{find_vng, run_in_vm, run_in_vm_with, KernelRef, VmError, VmOptions};
 
 /// The kernel and vng, or `None` (after saying why) when this machine has not run ci/setup.
 fn vm_available(kernel: &str) -> Option<KernelRef> {

@@ -10,8 +10,8 @@ use std::time::Instant;
 use clap::Parser;
 use serde_json::{json, Value};
 
-use hostdp::report::RunRecord;
-use hostdp::timing::Phases;
+use hostdp::model::record::RunRecord;
+use hostdp::model::record::Phases;
 
 #[derive(Parser)]
 #[command(name = "hostdp-bench", about = "Times hostdp: one scenario, the flag matrix, a shell equivalent, scaling, RSS, VM")]
@@ -164,7 +164,7 @@ fn single(exe: &Path, runs: usize, table: &mut String) -> Value {
 }
 
 /// The six device-requiring features (wireguard included) × explicit/auto devices.
-const FEATURES: [&str; 6] = hostdp::loader::config::V1_14_4_DEVICE_FEATURES;
+const FEATURES: [&str; 6] = hostdp::model::config::V1_14_4_DEVICE_FEATURES;
 
 /// The matrix's scenario files, and how many combinations were left out: with `wireguard` false
 /// (this kernel cannot create a wireguard link) those that turn enable-wireguard on.
@@ -201,7 +201,7 @@ fn matrix_files(dir: &Path, wireguard: bool) -> (Vec<PathBuf>, usize) {
 
 fn matrix(exe: &Path, runs: usize, table: &mut String) -> Value {
     let dir = tempfile::tempdir().expect("temporary dir");
-    let wireguard = hostdp::caps::Capabilities::probe().has("wireguard");
+    let wireguard = hostdp::sys::caps::probe(&hostdp::runner::cache_dir()).has("wireguard");
     let (files, left_out) = matrix_files(dir.path(), wireguard);
     let cache = tempfile::tempdir().expect("temporary dir");
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -219,7 +219,7 @@ fn matrix(exe: &Path, runs: usize, table: &mut String) -> Value {
         "clang_invocations_cold": cold.record.as_ref().map(|r| r.scenarios.iter().filter_map(|s| s.phases).map(|p| p.clang_invocations).sum::<u64>()),
         "status": summary(&cold.record),
         "not_passed": cold.record.as_ref().map(|r| r.scenarios.iter()
-            .filter(|s| s.status != hostdp::report::Status::Pass)
+            .filter(|s| s.status != hostdp::model::record::Status::Pass)
             .map(|s| json!({"name": s.name, "status": s.status.as_str(), "reason": s.reason, "step_error": s.steps.first().and_then(|st| st.error.clone())}))
             .collect::<Vec<_>>()),
         "wireguard_note": "combinations with enable-wireguard need a wireguard link; on a kernel without one they are counted as skipped and not run"});
@@ -450,7 +450,7 @@ fn main() {
     let mut table = String::new();
     let mut out = json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "kernel": hostdp::caps::Capabilities::probe().kernel.clone(),
+        "kernel": hostdp::sys::caps::probe(&hostdp::runner::cache_dir()).kernel.clone(),
         "loadavg_before": load.trim(),
         "runs": args.runs,
     });

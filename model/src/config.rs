@@ -13,10 +13,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::loader::datapath::XdpMode;
-use crate::loader::devices::{self, Selection};
-use crate::loader::profile::Profile;
-use crate::netlink::{LinkInfo, RouteInfo};
+use crate::datapath::XdpMode;
+use crate::devices::{self, Selection};
+use crate::profile::{Change, Profile};
+use crate::observed::{LinkInfo, RouteInfo};
 
 /// Name of the WireGuard device the agent creates (`wgTypes.IfaceName`).
 pub const WIREGUARD_DEVICE: &str = "cilium_wg0";
@@ -182,7 +182,7 @@ fn valid_name_entry(s: &str) -> bool {
 /// viper (`strings.Fields`: white space only, so `a,b` is one name); v1.16's hive config splits
 /// on commas first and splits a single element again on white space.
 pub fn split_list(value: &str, profile: Profile) -> Vec<String> {
-    if profile >= Profile::V1_16 && value.contains(',') {
+    if profile.has(Change::ListsSplitOnCommas) && value.contains(',') {
         let parts: Vec<&str> = value.split(',').collect();
         if parts.len() > 1 {
             return parts.into_iter().map(str::to_string).collect();
@@ -433,7 +433,7 @@ impl AgentConfig {
         let mut tunnel_protocol =
             if get("tunnel-protocol") == Some("geneve") { TunnelProtocol::Geneve } else { TunnelProtocol::Vxlan };
         if let Some(t) = get("tunnel").filter(|t| !t.is_empty()) {
-            if profile >= Profile::V1_15 {
+            if profile.has(Change::TunnelKeyRemoved) {
                 // v1.15 dropped the flag; the key is ignored like any unknown ConfigMap key.
             } else {
                 if routing != "tunnel" {
@@ -600,8 +600,8 @@ impl Settings {
             enable_remote_node_identity: cfg.enable_remote_node_identity,
             enable_l7_proxy: cfg.enable_l7_proxy,
             tunnel_port: cfg.tunnel_port,
-            enable_tcx: cfg.enable_tcx && profile >= Profile::V1_16,
-            force_device_detection: cfg.force_device_detection && profile >= Profile::V1_16,
+            enable_tcx: cfg.enable_tcx && profile.has(Change::Tcx),
+            force_device_detection: cfg.force_device_detection && profile.has(Change::ForceDeviceDetection),
             enable_runtime_device_detection: cfg.enable_runtime_device_detection,
             force_device_required: false,
             routing_mode: cfg.routing_mode,
@@ -632,12 +632,10 @@ impl Settings {
             || self.enable_wireguard
             || self.enable_high_scale_ipcache
             || self.enable_l2_announcements;
-        match self.profile {
-            Profile::V1_14_4 => common || self.enable_bandwidth_manager,
-            Profile::V1_15 => common || self.force_device_required,
-            // v1.16.x: `|| EnableIPSecEncryptedOverlay` (not modelled: no such key here).
-            Profile::V1_16 => common || self.force_device_required,
-        }
+        // v1.16.x also has `|| EnableIPSecEncryptedOverlay` (not modelled: no such key here).
+        common
+            || (self.profile.has(Change::BandwidthManagerRequiresDevices) && self.enable_bandwidth_manager)
+            || (self.profile.has(Change::ForceDeviceRequired) && self.force_device_required)
     }
 
     /// `DirectRoutingDeviceRequired()` (pkg/option/config.go), evaluated with the current
@@ -685,7 +683,7 @@ impl Settings {
             && self.dsr_dispatch == DsrDispatch::Geneve;
         let protocol = if self.tunneling_enabled() {
             self.tunnel_protocol
-        } else if self.profile == Profile::V1_14_4 && dsr_geneve {
+        } else if self.profile.has(Change::DsrGeneveForcesGeneveDevice) && dsr_geneve {
             TunnelProtocol::Geneve
         } else if self.enable_ipv4_egress_gateway || self.enable_high_scale_ipcache || dsr_geneve {
             self.tunnel_protocol
@@ -825,7 +823,7 @@ impl Settings {
     fn init_kpr_options(&mut self) -> Result<(), String> {
         use KubeProxyReplacement as K;
         let kpr = self.kube_proxy_replacement;
-        if self.profile >= Profile::V1_16 {
+        if self.profile.has(Change::KprOnlyTrueFalse) {
             if !matches!(kpr, K::True | K::False) {
                 return Err(format!("Invalid value for --kube-proxy-replacement: {}", kpr.as_str()));
             }
@@ -847,11 +845,11 @@ impl Settings {
             self.enable_socket_lb = true;
         }
         // CiliumEnvoyConfig L7 LB needs NodePort; v1.16 dropped the auto-enable.
-        if self.profile < Profile::V1_16 && self.enable_envoy_config && !self.enable_ipsec && !self.enable_node_port {
+        if self.profile.has(Change::EnvoyConfigEnablesNodePort) && self.enable_envoy_config && !self.enable_ipsec && !self.enable_node_port {
             self.enable_node_port = true;
         }
         if self.enable_node_port {
-            if self.enable_ipsec && self.profile < Profile::V1_16 {
+            if self.enable_ipsec && self.profile.has(Change::IpsecRefusesNodePort) {
                 return Err("IPSec cannot be used with BPF NodePort".into());
             }
             let (mode, dispatch) = (self.node_port_mode, self.dsr_dispatch);
@@ -860,7 +858,7 @@ impl Settings {
                 return Err(format!("Invalid value for --bpf-lb-dsr-dispatch: {}", dispatch.as_str()));
             }
             let accepted = match self.node_port_acceleration {
-                Acceleration::BestEffort => self.profile >= Profile::V1_15,
+                Acceleration::BestEffort => self.profile.has(Change::BestEffortAcceleration),
                 _ => true,
             };
             if !accepted {
@@ -913,7 +911,7 @@ impl Settings {
             return Ok(());
         }
         // `AppendDevice(cilium_wg0)`; v1.16 decides this in the loader instead.
-        if self.enable_node_port && self.enable_wireguard && self.encrypt_node && self.profile < Profile::V1_16 {
+        if self.enable_node_port && self.enable_wireguard && self.encrypt_node && self.profile.has(Change::WireguardAppendedToDevices) {
             sel.devices.push(WIREGUARD_DEVICE.to_string());
         }
         if !self.enable_host_legacy_routing {
@@ -923,7 +921,7 @@ impl Settings {
             } else if self.iptables_masquerading_enabled() {
                 Some("BPF host routing requires enable-bpf-masquerade.")
             } else if !matches!(self.kube_proxy_replacement, K::Strict | K::True)
-                || (self.profile >= Profile::V1_16 && self.kube_proxy_replacement != K::True)
+                || (self.profile.has(Change::HostRoutingNeedsKprTrue) && self.kube_proxy_replacement != K::True)
             {
                 Some("BPF host routing requires kube-proxy-replacement=true.")
             } else {
@@ -1045,7 +1043,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::devices::tu::*;
+    use crate::devices::tu::*;
 
     pub(crate) fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

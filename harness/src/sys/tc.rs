@@ -4,7 +4,7 @@
 //!
 //! aya's own netlink attach names filters after the program and picks its own flags, so the
 //! messages are built here. Every function talks to the namespace of the calling thread: run
-//! them inside [`crate::netns::Netns::run`].
+//! them inside [`crate::sys::netns::Netns::run`].
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -17,7 +17,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::Serialize;
 
-use crate::inspect::Hook;
+use hostdp_model::observed::Hook;
 
 /// `ETH_P_ALL`: the filter sees every protocol (`tc ... protocol all`).
 pub const ETH_P_ALL: u16 = 0x0003;

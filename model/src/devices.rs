@@ -10,9 +10,9 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::loader::config::Settings;
-use crate::loader::profile::Profile;
-use crate::netlink::{LinkInfo, RouteInfo};
+use crate::config::Settings;
+use crate::profile::Change;
+use crate::observed::{LinkInfo, RouteInfo};
 
 /// Name prefixes auto-detection never selects (`excludedDevicePrefixes`).
 pub const EXCLUDED_PREFIXES: [&str; 5] = ["cilium_", "lo", "lxc", "cni", "docker"];
@@ -177,9 +177,10 @@ pub fn select(
     routes: &[RouteInfo],
     node_ip: Option<IpAddr>,
 ) -> Result<Selection, DeviceError> {
-    match settings.profile {
-        Profile::V1_14_4 => select_v1_14(settings, links, routes, node_ip),
-        Profile::V1_15 | Profile::V1_16 => select_controller(settings, links, routes, node_ip),
+    if settings.profile.has(Change::DevicesController) {
+        select_controller(settings, links, routes, node_ip)
+    } else {
+        select_v1_14(settings, links, routes, node_ip)
     }
 }
 
@@ -246,10 +247,10 @@ fn select_v1_14(
 /// v1.15: the selected devices (set before the direct-routing lookup), or the raw entries when
 /// a wildcard matched nothing. v1.16: the selected devices, which the loader uses regardless.
 pub fn selection_after_failure(settings: &Settings, links: &[LinkInfo], routes: &[RouteInfo]) -> Selection {
-    if settings.profile >= Profile::V1_15 {
+    if settings.profile.has(Change::DevicesController) {
         let names = controller_selected(settings, links, routes);
         let wildcard = settings.devices.iter().any(|d| d.ends_with('+'));
-        let devices = if settings.profile == Profile::V1_15 && names.is_empty() && wildcard {
+        let devices = if settings.profile.has(Change::DetectOnlyWhenRequired) && names.is_empty() && wildcard {
             settings.devices.clone()
         } else {
             names
@@ -321,7 +322,7 @@ pub fn controller_reason(
             return Some("veth without default route");
         }
         "bridge" | "openvswitch" => return Some("bridge-like device, use --devices to add"),
-        "ipoib" if settings.profile >= Profile::V1_16 => return Some("IPoIB device, use --devices to override"),
+        "ipoib" if settings.profile.has(Change::IpoibExcluded) => return Some("IPoIB device, use --devices to override"),
         _ => {}
     }
     let global = routes
@@ -334,6 +335,23 @@ pub fn controller_reason(
 }
 
 /// The devices table's selected devices, sorted by name.
+/// Why the profile's device selection passes over `link` when it auto-detects (`None`: it
+/// would not), for `explain` and failure messages: v1.14.4 `isViableDevice`, the devices
+/// controller's `isSelectedDevice` from v1.15.
+pub fn not_selected_reason(
+    settings: &Settings,
+    link: &LinkInfo,
+    links: &[LinkInfo],
+    routes: &[RouteInfo],
+) -> Option<&'static str> {
+    if settings.profile.has(Change::DevicesController) {
+        controller_reason(settings, link, routes)
+    } else {
+        let has_default = routes.iter().any(|r| r.oif == Some(link.index) && is_default(r));
+        not_viable_reason(true, has_default, link, links)
+    }
+}
+
 fn controller_selected(settings: &Settings, links: &[LinkInfo], routes: &[RouteInfo]) -> Vec<String> {
     let mut names: Vec<String> = links
         .iter()
@@ -352,7 +370,7 @@ fn select_controller(
     routes: &[RouteInfo],
     node_ip: Option<IpAddr>,
 ) -> Result<Selection, DeviceError> {
-    if settings.profile == Profile::V1_15 && settings.devices.is_empty() && !settings.are_devices_required() {
+    if settings.profile.has(Change::DetectOnlyWhenRequired) && settings.devices.is_empty() && !settings.are_devices_required() {
         return Ok(Selection {
             direct_routing_device: settings.direct_routing_device.clone(),
             ipv6_mcast_device: settings.ipv6_mcast_device.clone(),
@@ -361,7 +379,7 @@ fn select_controller(
     }
     let names = controller_selected(settings, links, routes);
     let wildcard = settings.devices.iter().any(|d| d.ends_with('+'));
-    if settings.profile == Profile::V1_15 && names.is_empty() && wildcard {
+    if settings.profile.has(Change::DetectOnlyWhenRequired) && names.is_empty() && wildcard {
         return Err(DeviceError::NoMatch { devices: settings.devices.clone() });
     }
     let selected: Vec<LinkInfo> = links.iter().filter(|l| names.contains(&l.name)).cloned().collect();
@@ -506,8 +524,9 @@ pub(crate) mod tu {
 #[cfg(test)]
 mod tests {
     use super::tu::*;
+    use crate::profile::Profile;
     use super::*;
-    use crate::loader::config::{AgentConfig, Settings};
+    use crate::config::{AgentConfig, Settings};
     use std::collections::BTreeMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
@@ -708,18 +727,18 @@ mod tests {
         let routes_no_d3 = |links: &[LinkInfo]| -> Vec<RouteInfo> {
             kernel_routes(links).into_iter().filter(|r| r.oif != Some(5)).collect()
         };
-        s.routing_mode = crate::loader::config::RoutingMode::Native;
+        s.routing_mode = crate::config::RoutingMode::Native;
         let sel = select(&s, &links, &routes_no_d3(&links), ip("192.168.1.1")).unwrap();
         assert_eq!(sel.devices, names(&["dummy0", "dummy1", "dummy2"]));
         assert_eq!(sel.direct_routing_device.as_deref(), Some("dummy1"));
         // 5. Tunnel routing with XDP: same.
-        s.routing_mode = crate::loader::config::RoutingMode::Tunnel;
-        s.node_port_acceleration = crate::loader::config::Acceleration::Native;
+        s.routing_mode = crate::config::RoutingMode::Tunnel;
+        s.node_port_acceleration = crate::config::Acceleration::Native;
         let sel = select(&s, &links, &routes_no_d3(&links), ip("192.168.1.1")).unwrap();
         assert_eq!(sel.devices, names(&["dummy0", "dummy1", "dummy2"]));
         assert_eq!(sel.direct_routing_device.as_deref(), Some("dummy1"));
-        s.node_port_acceleration = crate::loader::config::Acceleration::Disabled;
-        s.routing_mode = crate::loader::config::RoutingMode::Native;
+        s.node_port_acceleration = crate::config::Acceleration::Disabled;
+        s.routing_mode = crate::config::RoutingMode::Native;
         // 6. IPv6 node IP on an excluded-prefix device, NDP on.
         s.enable_ipv6 = true;
         s.enable_ipv6_ndp = true;

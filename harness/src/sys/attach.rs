@@ -1,6 +1,6 @@
 //! Executes a datapath plan ([`Op`]s) against the kernel inside a namespace: compile (cached),
 //! load with aya, per-device globals, then attach as Cilium does (tc filters through
-//! [`crate::tc`], XDP through netlink, tcx through a pinned bpf_link).
+//! [`crate::sys::tc`], XDP through netlink, tcx through a pinned bpf_link).
 //!
 //! Attachments outlive this process: filters and netlink XDP hold their own program
 //! references, tcx links are pinned, so every aya handle is dropped once its batch of ops is
@@ -17,11 +17,11 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use aya::Ebpf;
 use serde::Serialize;
 
-use crate::inspect::Hook;
-use crate::loader::compile::{CompileError, Compiler};
-use crate::loader::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
-use crate::netns::{block_on, Netns, NetnsError};
-use crate::tc::{self, Direction, FilterSpec, TcError, XdpAttachMode};
+use hostdp_model::observed::Hook;
+use crate::sys::compile::{CompileError, Compiler};
+use hostdp_model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
+use crate::sys::netns::{block_on, Netns, NetnsError};
+use crate::sys::tc::{self, Direction, FilterSpec, TcError, XdpAttachMode};
 
 /// The host device pair Cilium creates.
 pub const CILIUM_HOST: &str = "cilium_host";
@@ -49,7 +49,7 @@ pub enum AttachError {
     #[error("{0}")]
     Invalid(String),
     #[error("{op}: {source}")]
-    Netlink { op: String, source: crate::netlink::NetlinkError },
+    Netlink { op: String, source: crate::sys::netlink::NetlinkError },
 }
 
 /// What executing a plan needs besides the ops.
@@ -61,6 +61,9 @@ pub struct AttachContext {
     pub defines: BTreeMap<String, String>,
     /// A bpffs folder for pinned links (tcx); `None` where nothing is pinned.
     pub bpffs: Option<PathBuf>,
+    /// Whether this kernel has tcx (the capability probe's answer): upstream falls back to tc
+    /// on `link.ErrNotSupported`, which cilium/ebpf derives from a feature probe.
+    pub kernel_tcx: bool,
 }
 
 /// Per-device values the programs read from their globals.
@@ -83,7 +86,7 @@ impl Default for DeviceConfig {
 pub enum OpOutcome {
     HostDevices { created: bool },
     /// [`Op::EnsureEncapDevice`]: kept, created or created again.
-    EncapDevice { device: String, action: crate::netlink::EncapAction },
+    EncapDevice { device: String, action: crate::sys::netlink::EncapAction },
     /// [`Op::DeleteLink`]: whether the link was there.
     LinkDeleted { device: String, existed: bool },
     TcAttached { device: String, hook: Hook, program: String, filter: String, prog_id: u32 },
@@ -117,7 +120,7 @@ pub struct TcxAttached {
 
 /// Runs `ops` in order inside `ns`; stops at the first failing op.
 pub fn execute(ns: &Netns, ctx: &AttachContext, ops: &[Op]) -> Result<ExecReport, AttachError> {
-    crate::timing::time(crate::timing::Phase::Execute, || {
+    crate::sys::timing::time(crate::sys::timing::Phase::Execute, || {
         ns.run(|| {
             let mut report = ExecReport::default();
             let mut opened = Opened::default();
@@ -134,12 +137,12 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
         Op::CreateHostDevices => create_host_devices().map(|created| OpOutcome::HostDevices { created }),
         Op::EnsureEncapDevice { device, kind, port } => {
             let op = format!("set up encapsulation device {device} ({} port {port})", kind.as_str());
-            let action = crate::netlink::ensure_encap_device(device, *kind, *port).map_err(|source| AttachError::Netlink { op, source })?;
+            let action = crate::sys::netlink::ensure_encap_device(device, *kind, *port).map_err(|source| AttachError::Netlink { op, source })?;
             Ok(OpOutcome::EncapDevice { device: device.clone(), action })
         }
         Op::DeleteLink { device } => {
             let op = format!("delete link {device}");
-            let existed = crate::netlink::delete_link_if_present(device).map_err(|source| AttachError::Netlink { op, source })?;
+            let existed = crate::sys::netlink::delete_link_if_present(device).map_err(|source| AttachError::Netlink { op, source })?;
             Ok(OpOutcome::LinkDeleted { device: device.clone(), existed })
         }
         Op::AttachTc { device, hook, program, priority, vlan, seclabel } => {
@@ -185,7 +188,7 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
             }
             let xdp = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
             let mut prog_ids = Vec::new();
-            if xdp.iter().any(|p| crate::inspect::program_name(p.prog_id).is_some_and(|n| n.contains("cil_xdp_entry"))) {
+            if xdp.iter().any(|p| crate::sys::inspect::program_name(p.prog_id).is_some_and(|n| n.contains("cil_xdp_entry"))) {
                 prog_ids = tc::detach_xdp(device).map_err(|e| kernel(ns, &what, device, e))?.iter().map(|p| p.prog_id).collect();
             }
             if !prog_ids.is_empty() {
@@ -310,22 +313,22 @@ fn open_object<'o>(
     if let Some(i) = opened.0.iter().position(|(ix, o, c, e)| *ix == link.index && *o == object && c == cfg && !loaded(e)) {
         return Ok(&mut opened.0[i].3);
     }
-    let compiled = crate::timing::time(crate::timing::Phase::Compile, || ctx.compiler.compile(object, &ctx.defines))
+    let compiled = crate::sys::timing::time(crate::sys::timing::Phase::Compile, || ctx.compiler.compile(object, &ctx.defines))
         .map_err(|source| AttachError::Compile { op: what.to_string(), source })?;
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
     let data = std::fs::read(&compiled.path).map_err(|e| load_err(format!("read {}: {e}", compiled.path.display())))?;
     let (allow_all, ids) = vlan_globals(&cfg.vlan).map_err(|m| AttachError::Invalid(format!("{what}: {m}")))?;
     // The endpoint's policy map, pinned per endpoint so all its programs share it.
-    let pin = crate::loader::policymap::prepare_pin(ctx.bpffs.as_deref(), object, device)
+    let pin = crate::sys::policymap::prepare_pin(ctx.bpffs.as_deref(), object, device)
         .map_err(|e| AttachError::Load { op: what.to_string(), message: e.to_string() })?;
-    let globals = crate::loader::ebpf_load::Globals {
+    let globals = crate::sys::ebpf_load::Globals {
         ifindex: link.index,
         mac: link.mac.unwrap_or_default(),
         seclabel: cfg.seclabel,
         vlan_allow_all: allow_all,
         vlan_ids: ids,
     };
-    let ebpf = crate::loader::ebpf_load::load(&data, globals, pin.as_deref().map(|p| (crate::loader::policymap::MAP_NAME, p)))
+    let ebpf = crate::sys::ebpf_load::load(&data, globals, pin.as_deref().map(|p| (crate::sys::policymap::MAP_NAME, p)))
         .map_err(|e| load_err(format!("open {}: {}", object.source(), chain(&e))))?;
     // Plans handle a device's hooks one after the other: what was opened for other devices is
     // done with, and keeping it would hold file descriptors in proportion to the node's links.
@@ -554,12 +557,6 @@ struct SkbAttach<'a> {
     remove_stale: bool,
 }
 
-/// Whether this kernel has tcx: upstream falls back to tc on `link.ErrNotSupported`, which
-/// cilium/ebpf derives from a feature probe; the harness's probe is [`crate::caps`]'s.
-fn kernel_has_tcx() -> bool {
-    crate::caps::Capabilities::probe().has("tcx")
-}
-
 /// [`Op::AttachSkb`], inside the namespace.
 fn attach_skb(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, device: &str, hook: Hook, cfg: &DeviceConfig, a: &SkbAttach<'_>) -> Result<OpOutcome, AttachError> {
     let symbol = a.program.symbol;
@@ -570,7 +567,7 @@ fn attach_skb(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, device: &str
         Hook::Xdp => return Err(AttachError::Invalid(format!("{what}: a tc program needs ingress or egress"))),
     };
     let pin = ctx.bpffs.as_ref().map(|b| b.join(a.pin_dir).join(symbol));
-    if a.tcx && kernel_has_tcx() {
+    if a.tcx && ctx.kernel_tcx {
         let pin = pin.ok_or_else(|| AttachError::Invalid(format!("{what}: tcx needs a bpffs folder to pin the link in")))?;
         let t = tcx_here(ns, ctx, opened, device, attach_type, a.program, cfg, &pin, &what)?;
         // tcx runs before legacy tc: every filter left in that direction goes.

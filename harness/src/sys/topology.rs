@@ -16,9 +16,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-use crate::netlink::{self, Change, LinkInfo, NetlinkError, NewLink, RouteInfo};
-use crate::netns::{self, Netns, NetnsError, PREFIX};
-use crate::scenario::{LinkKind, LinkSpec, PeerIn, PodSpec, Scenario};
+use crate::sys::netlink::{self, Change, NetlinkError, NewLink};
+use hostdp_model::observed::{LinkInfo, RouteInfo};
+use crate::sys::netns::{self, Netns, NetnsError, PREFIX};
+use hostdp_model::scenario::{LinkKind, LinkSpec, PeerIn, PodSpec, Scenario};
 
 /// Per-run directories (bpffs mounts) live below this.
 pub const RUN_ROOT: &str = "/run/hostdp";
@@ -235,7 +236,7 @@ fn create_bpffs_tracked(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&mnt).map_err(|e| fs_err("create directory", &mnt, e.to_string()))?;
     r.dirs.insert(dir.to_path_buf());
     nix::mount::mount(Some("bpf"), &mnt, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| fs_err("mount bpffs on", &mnt, crate::netlink::errno_text(e as i32)))?;
+        .map_err(|e| fs_err("mount bpffs on", &mnt, crate::sys::netlink::errno_text(e as i32)))?;
     Ok(mnt)
 }
 
@@ -293,7 +294,7 @@ pub fn install_signal_cleanup() {
                 }
                 eprintln!("hostdp: interrupted by signal {b}; removed {} namespaces", r.namespaces.len());
                 // Exit holding the lock: nothing new can be created after the sweep.
-                std::process::exit(crate::exit::INTERRUPTED);
+                std::process::exit(hostdp_model::exit::INTERRUPTED);
             })
             .expect("spawn the signal cleanup thread");
         for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -339,28 +340,6 @@ pub fn lxc_name(pod_key: &str) -> String {
     format!("lxc{}", &hex::encode(digest)[..12])
 }
 
-/// A link of `kind` with every optional key unset (up, no addresses), to fill in from code.
-pub fn bare_link(name: &str, kind: LinkKind) -> LinkSpec {
-    LinkSpec {
-        name: name.into(),
-        kind,
-        up: true,
-        mtu: None,
-        mac: None,
-        addresses: vec![],
-        master: None,
-        peer: None,
-        peer_in: None,
-        mode: None,
-        miimon: None,
-        parent: None,
-        id: None,
-        protocol: None,
-        vni: None,
-        port: None,
-        table: None,
-    }
-}
 
 /// The changes creating one link (without addresses and without bringing it up): the link,
 /// mtu, mac, and enslavement (set down first, as bonds require).
@@ -744,10 +723,10 @@ impl Drop for Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{RouteSpec, RouteTable, TopologySpec};
+    use hostdp_model::scenario::{RouteSpec, RouteTable, TopologySpec};
 
     fn link(name: &str, kind: LinkKind) -> LinkSpec {
-        bare_link(name, kind)
+        LinkSpec::bare(name, kind)
     }
 
     fn scenario(links: Vec<LinkSpec>, routes: Vec<RouteSpec>) -> Scenario {

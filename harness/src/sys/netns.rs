@@ -31,7 +31,7 @@ pub enum NetnsError {
 }
 
 /// A named network namespace. Dropping it does not delete it: ownership and teardown are the
-/// topology's business ([`crate::topology`]), which deletes explicitly and on drop of the node.
+/// topology's business ([`crate::sys::topology`]), which deletes explicitly and on drop of the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
     name: String,
@@ -65,8 +65,8 @@ impl Netns {
         }
         let ns = Netns { name: name.to_string() };
         // Loopback up, as `ip netns add` leaves it down but every real node has it up.
-        let lo = [crate::netlink::Change::SetUp { name: "lo".into(), up: true }];
-        let up = ns.run(|| crate::netlink::apply(&lo)).map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+        let lo = [crate::sys::netlink::Change::SetUp { name: "lo".into(), up: true }];
+        let up = ns.run(|| crate::sys::netlink::apply(&lo)).map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
         if let Err(m) = up {
             let _ = ns.delete();
             return Err(err(m));
@@ -100,10 +100,10 @@ impl Netns {
     {
         let file = File::open(self.path())
             .map_err(|e| NetnsError::Enter { name: self.name.clone(), message: e.to_string() })?;
-        let clock = crate::timing::current();
+        let clock = crate::sys::timing::current();
         std::thread::scope(|s| {
             let h = s.spawn(|| {
-                let _clock = crate::timing::enter(clock);
+                let _clock = crate::sys::timing::enter(clock);
                 setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
                     .map_err(|e| NetnsError::Enter { name: self.name.clone(), message: format!("setns: {e}") })?;
                 Ok(f())
@@ -196,7 +196,7 @@ mod tests {
         let _ = links;
         let names = ns.run(|| nix::net::if_::if_nameindex().unwrap().iter().map(|i| i.name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap();
         assert_eq!(names, vec!["lo".to_string()]);
-        let lo = ns.run(crate::netlink::list_links).unwrap().unwrap();
+        let lo = ns.run(crate::sys::netlink::list_links).unwrap().unwrap();
         assert!(lo[0].up, "lo is up in a new namespace");
         ns.delete().unwrap();
         assert!(!list_named().contains(&name));

@@ -1,12 +1,12 @@
 //! The datapath plan: what `reloadHostDatapath` (and init.sh, and XDP setup) do to the node's
 //! links, as a list of operations computed purely from the settings, the selected devices and
-//! the node's links. [`crate::loader::attach`] executes the plan against the kernel.
+//! the node's links. The kernel layer (`hostdp::sys::attach`) executes the plan.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::inspect::Hook;
+use crate::observed::Hook;
 
 /// Which C source (under `bpf/`) a program comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -134,10 +134,10 @@ pub struct Plan {
     pub device_state: Option<String>,
 }
 
-use crate::loader::config::{Settings, TunnelProtocol, WIREGUARD_DEVICE};
-use crate::loader::devices::Selection;
-use crate::loader::profile::Profile;
-use crate::netlink::{EncapKind, LinkInfo};
+use crate::config::{Settings, TunnelProtocol, WIREGUARD_DEVICE};
+use crate::devices::Selection;
+use crate::profile::Change;
+use crate::observed::{EncapKind, LinkInfo};
 
 /// `defaults.HostDevice` / `defaults.SecondHostDevice`.
 pub const HOST_DEVICE: &str = "cilium_host";
@@ -197,10 +197,10 @@ fn encap_device_ops(settings: &Settings) -> Vec<Op> {
     };
     let ensure = Op::EnsureEncapDevice { device: protocol.device().to_string(), kind, port };
     let others = ENCAP_DEVICES.iter().filter(|p| **p != protocol).map(|p| Op::DeleteLink { device: p.device().to_string() });
-    if settings.profile == Profile::V1_14_4 {
-        others.chain([ensure]).collect()
-    } else {
+    if settings.profile.has(Change::TunnelDeviceInGo) {
         [ensure].into_iter().chain(others).collect()
+    } else {
+        others.chain([ensure]).collect()
     }
 }
 
@@ -226,7 +226,7 @@ fn overlay_ops(settings: &Settings) -> Vec<Op> {
 /// Otherwise upstream returns early: nothing is attached and nothing detached (the detach
 /// came in v1.17). Other profiles have no bpf_wireguard.c.
 fn wireguard_ops(settings: &Settings, links: &[LinkInfo]) -> Result<Vec<Op>, PlanError> {
-    if settings.profile != Profile::V1_16 || !settings.need_egress_on_wireguard_device() {
+    if !settings.profile.has(Change::WireguardEgressProgram) || !settings.need_egress_on_wireguard_device() {
         return Ok(Vec::new());
     }
     if !links.iter().any(|l| l.name == WIREGUARD_DEVICE) {
@@ -356,7 +356,7 @@ pub fn plan_with_state(
     let health_datapath = false; // lb-only + DSR/IPIP: not modelled beyond the error paths
     let direct = !settings.tunneling_enabled() && !health_datapath;
     let mut device_state = previous_device_state.map(str::to_string);
-    if settings.profile == Profile::V1_14_4 {
+    if settings.profile.has(Change::InitShDeviceCleanup) {
         if direct || settings.enable_node_port {
             if !devices.is_empty() {
                 device_state = Some(devices.join(";"));
@@ -408,13 +408,13 @@ pub fn plan_with_state(
     ops.push(attach(SECOND_HOST_DEVICE, Hook::Ingress, CIL_TO_HOST, VlanAllow::Ids(Vec::new())));
     let egress = settings.are_devices_required();
     let mut host_devices = devices.clone();
-    if settings.profile >= Profile::V1_16 && settings.need_bpf_host_on_wireguard_device() {
+    if settings.profile.has(Change::WireguardIngressInLoader) && settings.need_bpf_host_on_wireguard_device() {
         host_devices.push(WIREGUARD_DEVICE.to_string());
     }
     for dev in host_devices.iter().filter(|d| exists(d)) {
         let vlan = vlans.get(dev).cloned().unwrap_or(VlanAllow::Ids(Vec::new()));
         let ingress = attach(dev, Hook::Ingress, CIL_FROM_NETDEV, vlan.clone());
-        if settings.profile >= Profile::V1_16 {
+        if settings.profile.has(Change::DetachSkbProgram) {
             // Ingress first; with devices required cilium_wg0's egress is left alone,
             // otherwise `detachSKBProgram` clears the egress hook (pin and filters).
             ops.push(ingress);
@@ -436,13 +436,13 @@ pub fn plan_with_state(
             ops.push(ingress);
         }
     }
-    if settings.profile >= Profile::V1_15 {
+    if settings.profile.has(Change::RemoveObsoleteNetdevPrograms) {
         // removeObsoleteNetdevPrograms, last: links outside the device list without an excluded
         // prefix; v1.16 also removes their bpffs folder.
         for l in links {
-            let excluded = crate::loader::devices::EXCLUDED_PREFIXES.iter().any(|p| l.name.starts_with(p));
+            let excluded = crate::devices::EXCLUDED_PREFIXES.iter().any(|p| l.name.starts_with(p));
             if !excluded && !host_devices.contains(&l.name) {
-                let device_dir = (settings.profile >= Profile::V1_16).then(|| device_dir(&l.name));
+                let device_dir = settings.profile.has(Change::RemoveObsoleteDeviceDir).then(|| device_dir(&l.name));
                 ops.push(Op::RemoveObsoleteNetdev { device: l.name.clone(), device_dir });
             }
         }
@@ -460,7 +460,7 @@ pub fn endpoint_ops(settings: &Settings, lxc_device: &str) -> Vec<Op> {
     let attach = |hook: Hook, program: ProgramRef| {
         skb_or_tc(settings, lxc_device, hook, program, VlanAllow::Ids(Vec::new()), 0, pin_dir.clone())
     };
-    let egress_off = if settings.profile >= Profile::V1_16 {
+    let egress_off = if settings.profile.has(Change::DetachSkbProgram) {
         Op::DetachSkb { device: lxc_device.to_string(), hook: Hook::Egress, symbol: CIL_TO_CONTAINER.symbol, pin_dir: pin_dir.clone() }
     } else {
         Op::FlushTc { device: lxc_device.to_string(), hook: Hook::Egress }
@@ -476,7 +476,7 @@ pub fn endpoint_ops(settings: &Settings, lxc_device: &str) -> Vec<Op> {
 /// a tc filter that also unpins a newer version's tcx link; v1.16 tcx when `enable-tcx`.
 fn skb_or_tc(settings: &Settings, device: &str, hook: Hook, program: ProgramRef, vlan: VlanAllow, seclabel: u32, pin_dir: String) -> Op {
     let priority = settings.bpf_filter_priority;
-    if settings.profile < Profile::V1_15 {
+    if !settings.profile.has(Change::SkbProgramHelper) {
         return Op::AttachTc { device: device.to_string(), hook, program, priority, vlan, seclabel };
     }
     Op::AttachSkb {
@@ -488,7 +488,7 @@ fn skb_or_tc(settings: &Settings, device: &str, hook: Hook, program: ProgramRef,
         seclabel,
         pin_dir,
         tcx: settings.enable_tcx,
-        remove_stale: settings.profile >= Profile::V1_16,
+        remove_stale: settings.profile.has(Change::Tcx),
     }
 }
 
@@ -500,9 +500,10 @@ pub fn cleanup_ops(links: &[LinkInfo]) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::config::{start, AgentConfig, Startup};
-    use crate::loader::devices::tu::*;
-    use crate::netlink::RouteInfo;
+    use crate::config::{start, AgentConfig, Startup};
+    use crate::devices::tu::*;
+    use crate::profile::Profile;
+    use crate::observed::RouteInfo;
 
     fn startup(pairs: &[(&str, &str)], links: &[LinkInfo], routes: &[RouteInfo], ip: &str) -> Startup {
         let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -809,9 +810,10 @@ mod tests {
 #[cfg(test)]
 mod later_profiles {
     use super::*;
-    use crate::loader::config::{start, AgentConfig, ConfigError, Startup};
-    use crate::loader::devices::tu::*;
-    use crate::netlink::RouteInfo;
+    use crate::config::{start, AgentConfig, ConfigError, Startup};
+    use crate::devices::tu::*;
+    use crate::profile::Profile;
+    use crate::observed::RouteInfo;
 
     fn run(p: Profile, pairs: &[(&str, &str)], links: &[LinkInfo], routes: &[RouteInfo], ip: &str) -> Result<Startup, ConfigError> {
         let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -970,8 +972,9 @@ mod later_profiles {
 #[cfg(test)]
 mod overlay {
     use super::*;
-    use crate::loader::config::{start, AgentConfig};
-    use crate::loader::devices::tu::*;
+    use crate::config::{start, AgentConfig};
+    use crate::devices::tu::*;
+    use crate::profile::Profile;
 
     fn node(extra: &[&str]) -> Vec<LinkInfo> {
         let mut links = vec![lo(), link(2, "eth0", "veth").addr("10.0.0.2/24"), link(50, "cilium_net", "veth"), link(51, "cilium_host", "veth")];
@@ -1092,7 +1095,7 @@ mod overlay {
 
     #[test]
     fn encap_enablers_and_port_values() {
-        use crate::loader::config::{check_value, DsrDispatch, NodePortMode};
+        use crate::config::{check_value, DsrDispatch, NodePortMode};
         let m = NATIVE.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let base = |p: Profile| Settings::derive(&AgentConfig::from_map(&m, p).unwrap(), p).unwrap();
         assert_eq!(base(Profile::V1_14_4).encap(), None);
@@ -1131,8 +1134,9 @@ mod overlay {
 #[cfg(test)]
 mod wireguard_egress {
     use super::*;
-    use crate::loader::config::{start, AgentConfig, Startup};
-    use crate::loader::devices::tu::*;
+    use crate::config::{start, AgentConfig, Startup};
+    use crate::devices::tu::*;
+    use crate::profile::Profile;
 
     const ON: [(&str, &str); 5] = [
         ("enable-wireguard", "true"),

@@ -10,7 +10,7 @@
 //! does; the agent syncs it after each regeneration (stale keys removed, missing ones added).
 //! Without a bpffs each program load owns a fresh, empty map.
 //!
-//! Peers: the identities of [`crate::policy::policy_entries`]; a CIDR peer gets a local-scope
+//! Peers: the identities of [`hostdp_model::policy::policy_entries`]; a CIDR peer gets a local-scope
 //! identity (1<<24 and up, as Cilium allocates for CIDRs) derived from the prefix. Entries with a
 //! named port are left out: pods declare no container ports to resolve them against.
 
@@ -20,11 +20,12 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
 use aya::programs::loaded_programs;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
-use crate::inspect::{Attachment, Hook};
-use crate::loader::datapath::Object;
-use crate::policy::{self, Direction, Endpoint, PeerId, Policy, PolicyEntry};
+
+use hostdp_model::observed::Attachment;
+use hostdp_model::observed::{MapEntry, MapUser, PolicyMapView};
+use hostdp_model::datapath::Object;
+use hostdp_model::policy::{self, Direction, Endpoint, PeerId, Policy, PolicyEntry};
 
 /// The map's name in the objects (and the kernel's map name).
 pub const MAP_NAME: &str = "hostdp_policy";
@@ -228,28 +229,8 @@ pub fn remove_all(bpffs: &Path) -> Result<usize, PolicyMapError> {
 // ---------------------------------------------------------------------------------------------
 // Read-back
 
-/// One decoded map entry.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct MapEntry {
-    /// `ingress` or `egress`.
-    pub direction: String,
-    /// Peer identity; 0 is any peer.
-    pub identity: u32,
-    /// `any`, a reserved identity's name (`host`, `world`, ...), `cidr` (local scope) or
-    /// `endpoints` (a selector's identity).
-    pub peer: String,
-    /// 0 is any port (for ICMP: the type).
-    pub port: u16,
-    /// `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`, `ANY` or the number.
-    pub protocol: String,
-    /// `allow` or `deny`.
-    pub verdict: String,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-impl MapEntry {
-    pub fn decode(k: &PolicyKey, v: &PolicyValue) -> MapEntry {
+/// A map entry as the record shows it.
+pub fn decode_entry(k: &PolicyKey, v: &PolicyValue) -> MapEntry {
         MapEntry {
             direction: if k.egress != 0 { "egress" } else { "ingress" }.into(),
             identity: k.sec_label,
@@ -262,13 +243,12 @@ impl MapEntry {
         }
     }
 
-    /// Whether this is the entry of `key` (counters aside).
-    pub fn is(&self, key: &PolicyKey) -> bool {
-        self.identity == key.sec_label
-            && self.port == key.port()
-            && self.protocol == protocol_name(key.protocol)
-            && (self.direction == "egress") == (key.egress != 0)
-    }
+/// Whether `e` is the entry of `key` (counters aside).
+pub fn entry_is(e: &MapEntry, key: &PolicyKey) -> bool {
+    e.identity == key.sec_label
+        && e.port == key.port()
+        && e.protocol == protocol_name(key.protocol)
+        && (e.direction == "egress") == (key.egress != 0)
 }
 
 fn peer_name(id: u32) -> String {
@@ -294,29 +274,6 @@ fn protocol_name(p: u8) -> String {
         132 => "SCTP".into(),
         n => n.to_string(),
     }
-}
-
-/// A program that uses a policy map.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct MapUser {
-    pub device: String,
-    pub hook: Hook,
-    pub program: String,
-    pub prog_id: u32,
-}
-
-/// One policy map found through the attached programs; the item shape of `maps` in
-/// `hostdp inspect --maps --format json` and of `policy_maps` in the result record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyMapView {
-    /// `host`, or the lxc device of a pod (`pod:NAMESPACE/NAME` in the result record).
-    pub endpoint: String,
-    pub map_id: u32,
-    pub name: String,
-    /// The attached programs that reference the map.
-    pub programs: Vec<MapUser>,
-    /// Sorted by direction, identity, port, protocol.
-    pub entries: Vec<MapEntry>,
 }
 
 /// Kernel names of bpf_lxc's programs (truncated to 15 bytes).
@@ -364,7 +321,7 @@ pub fn read_policy_maps(attachments: &[Attachment]) -> Result<Vec<PolicyMapView>
         let map = open_hash(data, &what)?;
         let mut entries: Vec<MapEntry> = map
             .iter()
-            .map(|r| r.map(|(k, v)| MapEntry::decode(&k, &v)))
+            .map(|r| r.map(|(k, v)| decode_entry(&k, &v)))
             .collect::<Result<_, _>>()
             .map_err(|e| map_err(&what, e))?;
         entries.sort();
@@ -440,9 +397,9 @@ mod tests {
         e.port = 443;
         let k = key_of(&e).unwrap();
         assert_eq!((k.sec_label, k.port(), k.protocol, k.egress), (2, 443, 6, 1));
-        let d = MapEntry::decode(&k, &PolicyValue { deny: 1, ..Default::default() });
+        let d = decode_entry(&k, &PolicyValue { deny: 1, ..Default::default() });
         assert_eq!((d.peer.as_str(), d.protocol.as_str(), d.verdict.as_str(), d.direction.as_str()), ("world", "TCP", "deny", "egress"));
-        assert!(d.is(&k));
+        assert!(entry_is(&d, &k));
     }
 
     #[test]

@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use crate::loader::attach::{self, AttachContext};
-use crate::loader::compile::Compiler;
-use crate::loader::config::{self, AgentConfig, Settings, WIREGUARD_DEVICE};
-use crate::loader::datapath::{self, Op};
-use crate::loader::policymap;
-use crate::loader::profile::Profile;
-use crate::netlink::{self, Change, NewLink};
-use crate::policy;
-use crate::scenario::PodSpec;
-use crate::topology::Node;
+use crate::sys::attach::{self, AttachContext};
+use crate::sys::compile::Compiler;
+use hostdp_model::config::{self, AgentConfig, Settings, WIREGUARD_DEVICE};
+use hostdp_model::datapath::{self, Op};
+use crate::sys::policymap;
+use hostdp_model::profile::{self, Profile};
+use crate::sys::netlink::{self, Change, NewLink};
+use hostdp_model::policy;
+use hostdp_model::scenario::PodSpec;
+use crate::sys::topology::Node;
 
 /// Why a step failed: the agent refused (an expectable outcome, as upstream's start-up errors
 /// are), or the harness could not do its part (a kernel call failed).
@@ -53,6 +53,7 @@ pub struct Agent {
     node_labels: BTreeMap<String, String>,
     compiler: Arc<Compiler>,
     bpffs: Option<PathBuf>,
+    kernel_tcx: bool,
     running: bool,
     settings: Option<Settings>,
     devices: Option<Vec<String>>,
@@ -75,6 +76,7 @@ impl Agent {
         node_labels: BTreeMap<String, String>,
         compiler: Arc<Compiler>,
         bpffs: Option<PathBuf>,
+        kernel_tcx: bool,
     ) -> Agent {
         Agent {
             profile,
@@ -83,6 +85,7 @@ impl Agent {
             node_labels,
             compiler,
             bpffs,
+            kernel_tcx,
             running: false,
             settings: None,
             devices: None,
@@ -136,10 +139,10 @@ impl Agent {
     }
 
     /// `reloadHostDatapath` (plus init.sh and the XDP set-up) for a device selection.
-    fn reload_host(&mut self, node: &Node, sel: &crate::loader::devices::Selection, links: &[crate::netlink::LinkInfo]) -> Result<(), AgentError> {
+    fn reload_host(&mut self, node: &Node, sel: &hostdp_model::devices::Selection, links: &[hostdp_model::observed::LinkInfo]) -> Result<(), AgentError> {
         let settings = self.settings.as_ref().ok_or_else(|| AgentError::Harness("agent has no settings".into()))?;
         let plan = datapath::plan_with_state(settings, sel, links, self.device_state.as_deref()).map_err(AgentError::refused)?;
-        let ctx = AttachContext { compiler: self.compiler.clone(), defines: plan.defines.clone(), bpffs: self.bpffs.clone() };
+        let ctx = AttachContext { compiler: self.compiler.clone(), defines: plan.defines.clone(), bpffs: self.bpffs.clone(), kernel_tcx: self.kernel_tcx };
         attach::execute(node.netns(), &ctx, &plan.ops).map_err(classify_attach)?;
         // Reported sorted (the contract's `devices`); upstream appends cilium_wg0 at the end.
         let mut devices = sel.devices.clone();
@@ -178,7 +181,7 @@ impl Agent {
                 *seclabel = identity;
             }
         }
-        let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone() };
+        let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone(), kernel_tcx: self.kernel_tcx };
         attach::execute(node.netns(), &ctx, &ops).map_err(classify_attach)?;
         self.write_policy_map(&policy::Endpoint::pod(&pod.namespace, &pod.name, &pod.labels), &lxc)
     }
@@ -230,14 +233,14 @@ impl Agent {
         self.running = false;
         let links = node.links().map_err(AgentError::harness)?;
         let ops = datapath::cleanup_ops(&links);
-        let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone() };
+        let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone(), kernel_tcx: self.kernel_tcx };
         attach::execute(node.netns(), &ctx, &ops).map_err(AgentError::harness)?;
         if let Some(b) = &self.bpffs {
             policymap::remove_all(b).map_err(AgentError::harness)?;
         }
         // v1.16's cleanup also removes Cilium's bpffs folder (`removeCiliumBPFFS`), which
         // unpins, and so detaches, its tcx links.
-        if let (true, Some(b)) = (self.profile >= Profile::V1_16, &self.bpffs) {
+        if let (true, Some(b)) = (self.profile.has(profile::Change::CleanupRemovesBpffs), &self.bpffs) {
             attach::remove_pins(&b.join("cilium")).map_err(AgentError::harness)?;
         }
         self.devices = None;
@@ -258,7 +261,7 @@ impl Agent {
     /// deprecated and ignored). Then the host datapath is reloaded.
     pub fn link_changed(&mut self, node: &Node) -> Result<StepOutcome, AgentError> {
         let Some(settings) = &self.settings else { return Ok(StepOutcome::default()) };
-        let reloads = settings.profile >= Profile::V1_16
+        let reloads = settings.profile.has(profile::Change::DeviceReloaderAlwaysOn)
             || (settings.enable_runtime_device_detection && settings.are_devices_required());
         if !self.running || !reloads {
             return Ok(StepOutcome::default());

@@ -462,7 +462,7 @@ pub fn run_in_vm_with(
 fn guest_script(run: &Path, cwd: &Path, command: &[String], opts: &VmOptions) -> String {
     let r = shell_quote(&run.to_string_lossy());
     let mut s = String::new();
-    let _ = writeln!(s, "# written by hostdp::vm for one VM call");
+    let _ = writeln!(s, "# written by hostdp::sys::vm for one VM call");
     let _ = writeln!(s, "R={r}");
     let _ = writeln!(
         s,

@@ -1,37 +1,28 @@
-//! The loader: a Rust port of what Cilium's agent does to the host's links.
-//! configuration → derived settings → device selection → datapath plan → compile → attach.
-
-pub mod agent;
-pub mod attach;
-pub mod compile;
-pub mod config;
-pub mod datapath;
-pub mod devices;
-pub mod ebpf_load;
-pub mod policymap;
-pub mod profile;
+//! `hostdp explain`: which devices a profile's loader would select on a namespace's real links,
+//! and what it would attach there, beside what is attached now. Read-only.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::loader::config::{AgentConfig, ConfigError};
-use crate::loader::profile::Profile;
+use hostdp_model::config::{AgentConfig, ConfigError};
+use hostdp_model::profile::Profile;
+use hostdp_model::{config, datapath, devices};
 
 /// Errors of `hostdp explain`.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
     #[error(transparent)]
-    Config(#[from] crate::scenario::ScenarioError),
+    Config(#[from] hostdp_model::scenario::ScenarioError),
     #[error("unknown profile {0:?}: give v1.14.4, v1.15 or v1.16")]
     Profile(String),
     #[error("configuration: {0}")]
     Agent(#[from] ConfigError),
     #[error(transparent)]
-    Netns(#[from] crate::netns::NetnsError),
+    Netns(#[from] crate::sys::netns::NetnsError),
     #[error("read links and routes: {0}")]
-    Netlink(#[from] crate::netlink::NetlinkError),
+    Netlink(#[from] crate::sys::netlink::NetlinkError),
     #[error(transparent)]
-    Inspect(#[from] crate::inspect::InspectError),
+    Inspect(#[from] crate::sys::inspect::InspectError),
 }
 
 /// `hostdp explain`: which devices a profile's loader would select on a namespace's real links
@@ -39,13 +30,13 @@ pub enum ExplainError {
 /// IP is taken to be the first global address of the device that holds the default route.
 pub fn explain(config: &Path, profile: &str, netns: Option<&str>) -> Result<String, ExplainError> {
     let profile = Profile::parse(profile).ok_or_else(|| ExplainError::Profile(profile.to_string()))?;
-    let (map, ignored) = crate::scenario::load_config_map(config)?;
+    let (map, ignored) = hostdp_model::scenario::load_config_map(config)?;
     let cfg = AgentConfig::from_map(&map, profile)?;
-    let read = || -> Result<_, crate::netlink::NetlinkError> {
-        Ok((crate::netlink::list_links()?, crate::netlink::list_routes()?, crate::inspect::inspect_current()))
+    let read = || -> Result<_, crate::sys::netlink::NetlinkError> {
+        Ok((crate::sys::netlink::list_links()?, crate::sys::netlink::list_routes()?, crate::sys::inspect::inspect_current()))
     };
     let (links, routes, now) = match netns {
-        Some(n) => crate::netns::Netns::open(n)?.run(read)??,
+        Some(n) => crate::sys::netns::Netns::open(n)?.run(read)??,
         None => read()?,
     };
     let now = now?;
@@ -73,13 +64,7 @@ pub fn explain(config: &Path, profile: &str, netns: Option<&str>) -> Result<Stri
                 if st.selection.devices.contains(&l.name) {
                     continue;
                 }
-                let why = match profile {
-                    Profile::V1_14_4 => {
-                        let has_default = routes.iter().any(|r| r.oif == Some(l.index) && r.dst.prefix_len() == 0);
-                        devices::not_viable_reason(true, has_default, l, &links)
-                    }
-                    _ => devices::controller_reason(&st.settings, l, &routes),
-                };
+                let why = devices::not_selected_reason(&st.settings, l, &links, &routes);
                 let _ = writeln!(out, "  not selected: {} ({})", l.name, why.unwrap_or("no global address or default route, or detection did not run"));
             }
             match datapath::plan(&st.settings, &st.selection, &links) {
@@ -100,7 +85,7 @@ pub fn explain(config: &Path, profile: &str, netns: Option<&str>) -> Result<Stri
         let _ = writeln!(out, "  nothing");
     }
     for a in &now {
-        let _ = writeln!(out, "  {:<16} {:<8} {}", a.device, a.hook.as_str(), crate::report::fmt_att(a));
+        let _ = writeln!(out, "  {:<16} {:<8} {}", a.device, a.hook.as_str(), hostdp_model::record::fmt_att(a));
     }
     Ok(out)
 }

@@ -524,6 +524,31 @@ pub fn expand(paths: &[PathBuf], errors: &mut Vec<ScenarioError>) -> Vec<PathBuf
     files
 }
 
+impl LinkSpec {
+    /// A link of `kind` with every optional key left out (up, no addresses).
+    pub fn bare(name: &str, kind: LinkKind) -> LinkSpec {
+        LinkSpec {
+            name: name.into(),
+            kind,
+            up: true,
+            mtu: None,
+            mac: None,
+            addresses: vec![],
+            master: None,
+            peer: None,
+            peer_in: None,
+            mode: None,
+            miimon: None,
+            parent: None,
+            id: None,
+            protocol: None,
+            vni: None,
+            port: None,
+            table: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

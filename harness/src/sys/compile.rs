@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 
-use crate::loader::datapath::Object;
+use hostdp_model::datapath::Object;
 
 /// Environment variable naming the clang binary; `clang` on PATH otherwise.
 pub const CLANG_ENV: &str = "HOSTDP_CLANG";
@@ -188,7 +188,7 @@ impl Compiler {
         }
         cmd.arg("-c").arg(self.bpf_dir.join(object.source())).arg("-o").arg(&tmp_out);
         self.invocations.fetch_add(1, Ordering::SeqCst);
-        crate::timing::count_clang();
+        crate::sys::timing::count_clang();
         let output = match cmd.output() {
             Ok(o) => o,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CompileError::NoClang(self.clang.clone())),

@@ -1,5 +1,5 @@
 //! Where a scenario's time goes: wall-clock totals per phase, gathered on the thread that runs
-//! the scenario and on the namespace threads it spawns ([`crate::netns::Netns::run`] hands the
+//! the scenario and on the namespace threads it spawns ([`crate::sys::netns::Netns::run`] hands the
 //! clock over), so parallel scenarios never mix their figures.
 
 use std::cell::RefCell;
@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use hostdp_model::record::Phases;
 
 /// What is timed. `Agent` and `Execute` are raw totals the record's phases are derived from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,51 +35,6 @@ const PHASES: usize = 7;
 pub struct Clock {
     nanos: [AtomicU64; PHASES],
     clang: AtomicU64,
-}
-
-/// Milliseconds per phase of one scenario (the record's `phases`), plus the clang runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Phases {
-    pub namespaces_and_links: f64,
-    /// Configuration, device detection and planning: an agent step minus compile and attach.
-    pub config_and_devices: f64,
-    pub compile: f64,
-    pub load_and_attach: f64,
-    pub readback: f64,
-    pub teardown: f64,
-    /// Templates built by clang for this scenario (compile cache misses).
-    #[serde(default)]
-    pub clang_invocations: u64,
-}
-
-impl Phases {
-    /// The phases' sum (what the harness accounts for out of the scenario's wall time).
-    pub fn total(&self) -> f64 {
-        self.namespaces_and_links + self.config_and_devices + self.compile + self.load_and_attach + self.readback + self.teardown
-    }
-
-    /// Element-wise sum, for totals over scenarios.
-    pub fn add(&mut self, o: &Phases) {
-        self.namespaces_and_links += o.namespaces_and_links;
-        self.config_and_devices += o.config_and_devices;
-        self.compile += o.compile;
-        self.load_and_attach += o.load_and_attach;
-        self.readback += o.readback;
-        self.teardown += o.teardown;
-        self.clang_invocations += o.clang_invocations;
-    }
-
-    /// `(name, ms)` in pipeline order.
-    pub fn named(&self) -> [(&'static str, f64); 6] {
-        [
-            ("namespaces_and_links", self.namespaces_and_links),
-            ("config_and_devices", self.config_and_devices),
-            ("compile", self.compile),
-            ("load_and_attach", self.load_and_attach),
-            ("readback", self.readback),
-            ("teardown", self.teardown),
-        ]
-    }
 }
 
 impl Clock {

@@ -1,11 +1,11 @@
 //! Thin layer over rtnetlink: list links, addresses and routes of the current namespace, and
 //! create or change them. Everything here runs on a thread that is inside the target namespace
-//! (see [`crate::netns`]); nothing here knows about scenarios.
+//! (see [`crate::sys::netns`]); nothing here knows about scenarios.
 //!
 //! Two levels: [`Conn`] (async, one socket, for callers already inside a runtime) and the
 //! synchronous [`list_links`], [`list_routes`] and [`apply`], which each open one socket on a
 //! current-thread runtime and issue all their requests on it. Call the synchronous ones inside
-//! [`crate::netns::Netns::run`], never from within another tokio runtime.
+//! [`crate::sys::netns::Netns::run`], never from within another tokio runtime.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,45 +26,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 use serde::Serialize;
-
-/// What the loader's device detection needs to know about a link: a plain snapshot, so the
-/// selection rules are pure functions testable without root.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LinkInfo {
-    pub index: u32,
-    pub name: String,
-    /// `IFLA_INFO_KIND` (`veth`, `bond`, `vlan`, ...); empty for links without one (`lo`).
-    pub kind: String,
-    /// IFF_UP set administratively.
-    pub up: bool,
-    /// IFF_SLAVE (bond/team slaves).
-    pub slave: bool,
-    /// IFF_LOOPBACK.
-    pub loopback: bool,
-    /// IFF_MULTICAST.
-    pub multicast: bool,
-    /// IFLA_MASTER, if enslaved.
-    pub master_index: Option<u32>,
-    /// IFLA_LINK for stacked devices (a VLAN's parent), if any.
-    pub parent_index: Option<u32>,
-    /// VLAN id, for `vlan` links.
-    pub vlan_id: Option<u16>,
-    /// Hardware address, if the link has one that is not all zeros.
-    pub mac: Option<[u8; 6]>,
-    pub mtu: u32,
-    pub addresses: Vec<IpNet>,
-}
-
-/// One route of any table, as device detection reads them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RouteInfo {
-    /// Destination; `0.0.0.0/0` or `::/0` for default routes (filled like iproute2 does).
-    pub dst: IpNet,
-    pub gateway: Option<IpAddr>,
-    pub table: u32,
-    /// Output interface index.
-    pub oif: Option<u32>,
-}
+use hostdp_model::observed::{feature_of_kind, EncapKind, LinkInfo, RouteInfo};
 
 /// Errors of kernel calls on links, addresses and routes.
 #[derive(Debug, thiserror::Error)]
@@ -125,34 +87,6 @@ impl NewLink {
             NewLink::Vlan { parent, .. } | NewLink::Macvlan { parent, .. } => Some(parent),
             NewLink::Vxlan { parent, .. } => parent.as_deref(),
             _ => None,
-        }
-    }
-}
-
-/// The kernel feature a link kind needs, as capability reasons name it (`kernel lacks X`).
-pub fn feature_of_kind(kind: &str) -> &str {
-    match kind {
-        "bond" => "bonding",
-        other => other,
-    }
-}
-
-/// A UDP encapsulation device in collect-metadata mode (`ip link add NAME type vxlan|geneve
-/// external dstport PORT`), the kind of device Cilium's agent keeps as `cilium_vxlan` /
-/// `cilium_geneve`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EncapKind {
-    Vxlan,
-    Geneve,
-}
-
-impl EncapKind {
-    /// The `IFLA_INFO_KIND` string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EncapKind::Vxlan => "vxlan",
-            EncapKind::Geneve => "geneve",
         }
     }
 }
@@ -298,7 +232,7 @@ pub struct Conn {
 
 impl Conn {
     /// Opens a socket in the calling thread's namespace. Must run inside a tokio runtime
-    /// (e.g. [`crate::netns::block_on`]), whose executor drives the socket.
+    /// (e.g. [`crate::sys::netns::block_on`]), whose executor drives the socket.
     pub fn open() -> Result<Conn> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
         tokio::spawn(conn);
@@ -713,27 +647,27 @@ fn route_of(m: &RouteMessage) -> Option<RouteInfo> {
 
 /// Every link of the calling thread's namespace, with addresses (one socket).
 pub fn list_links() -> Result<Vec<LinkInfo>> {
-    crate::netns::block_on(async { Conn::open()?.links().await })
+    crate::sys::netns::block_on(async { Conn::open()?.links().await })
 }
 
 /// Every route of every table of the calling thread's namespace, both families (one socket).
 pub fn list_routes() -> Result<Vec<RouteInfo>> {
-    crate::netns::block_on(async { Conn::open()?.routes().await })
+    crate::sys::netns::block_on(async { Conn::open()?.routes().await })
 }
 
 /// [`Conn::ensure_encap_device`] on one socket of the calling thread's namespace.
 pub fn ensure_encap_device(name: &str, kind: EncapKind, port: u16) -> Result<EncapAction> {
-    crate::netns::block_on(async { Conn::open()?.ensure_encap_device(name, kind, port).await })
+    crate::sys::netns::block_on(async { Conn::open()?.ensure_encap_device(name, kind, port).await })
 }
 
 /// [`Conn::delete_link_if_present`] on one socket of the calling thread's namespace.
 pub fn delete_link_if_present(name: &str) -> Result<bool> {
-    crate::netns::block_on(async { Conn::open()?.delete_link_if_present(name).await })
+    crate::sys::netns::block_on(async { Conn::open()?.delete_link_if_present(name).await })
 }
 
 /// Applies `changes` in order on one socket of the calling thread's namespace.
 pub fn apply(changes: &[Change]) -> Result<()> {
-    crate::netns::block_on(async { Conn::open()?.apply(changes).await })
+    crate::sys::netns::block_on(async { Conn::open()?.apply(changes).await })
 }
 
 #[cfg(test)]

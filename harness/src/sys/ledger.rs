@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::netns::{NETNS_RUN_DIR, PREFIX};
-use crate::topology::RUN_ROOT;
+use crate::sys::netns::{NETNS_RUN_DIR, PREFIX};
+use crate::sys::topology::RUN_ROOT;
 
 /// Where the machine's bpffs is mounted.
 pub const SYS_BPF: &str = "/sys/fs/bpf";
@@ -116,7 +116,7 @@ pub fn snapshot() -> Snapshot {
     let own = own_lineage(me);
     let is_foreign_name = |text: &str| owner_in(text).is_some_and(|pid| !own.contains(&pid) && pid_alive(pid));
 
-    let namespaces = crate::netns::list_named();
+    let namespaces = crate::sys::netns::list_named();
     for n in &namespaces {
         add(&mut s, format!("netns {n}"), is_foreign_name(n));
     }
@@ -136,7 +136,7 @@ pub fn snapshot() -> Snapshot {
         let text = p.display().to_string();
         add(&mut s, format!("bpffs {text}"), is_foreign_name(&text));
     }
-    match crate::netlink::list_links() {
+    match crate::sys::netlink::list_links() {
         Ok(links) => {
             for l in links {
                 add(&mut s, format!("link {} kind={} up={} mtu={}", l.name, l.kind, l.up, l.mtu), false);
@@ -144,7 +144,7 @@ pub fn snapshot() -> Snapshot {
         }
         Err(e) => s.notes.push(format!("links of this namespace: {e}")),
     }
-    match crate::inspect::inspect_current() {
+    match crate::sys::inspect::inspect_current() {
         Ok(atts) => {
             for a in atts {
                 add(&mut s, format!("attach {}", describe(&a)), false);
@@ -157,7 +157,7 @@ pub fn snapshot() -> Snapshot {
     // process holds them open, or another live run pinned them.
     let mut foreign_progs: BTreeSet<u32> = BTreeSet::new();
     for n in namespaces.iter().filter(|n| is_foreign_name(n)) {
-        if let Ok(atts) = crate::inspect::inspect_named(n) {
+        if let Ok(atts) = crate::sys::inspect::inspect_named(n) {
             foreign_progs.extend(atts.iter().map(|a| a.prog_id));
         }
     }
@@ -205,7 +205,7 @@ fn is_harness_name(name: &str) -> bool {
     HARNESS_NAMES.iter().any(|p| name.starts_with(p))
 }
 
-fn describe(a: &crate::inspect::Attachment) -> String {
+fn describe(a: &hostdp_model::observed::Attachment) -> String {
     let mut s = format!("{} {} {:?} {} id={}", a.device, a.hook.as_str(), a.mechanism, a.program, a.prog_id);
     if let Some(f) = &a.filter {
         s.push_str(&format!(" filter={f}"));
@@ -350,11 +350,11 @@ pub fn cli_save(path: &Path) -> i32 {
     match save(path, &s) {
         Ok(()) => {
             println!("hostdp ledger: saved {} to {}", summary(&s), path.display());
-            crate::exit::OK
+            hostdp_model::exit::OK
         }
         Err(e) => {
             eprintln!("hostdp {e}");
-            crate::exit::ENVIRONMENT
+            hostdp_model::exit::ENVIRONMENT
         }
     }
 }
@@ -366,14 +366,14 @@ pub fn cli_diff(path: &Path, wait: Duration) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hostdp {e}");
-            return crate::exit::INVALID;
+            return hostdp_model::exit::INVALID;
         }
     };
     let d = diff_settled(&before, wait);
     if d.is_empty() {
         println!("hostdp ledger: no difference from {} ({} item(s))", path.display(), before.items.len());
         print!("{d}");
-        crate::exit::OK
+        hostdp_model::exit::OK
     } else {
         println!(
             "hostdp ledger: {} item(s) left behind, {} removed, compared with {}:",
@@ -382,7 +382,7 @@ pub fn cli_diff(path: &Path, wait: Duration) -> i32 {
             path.display()
         );
         print!("{d}");
-        crate::exit::FAILED
+        hostdp_model::exit::FAILED
     }
 }
 
@@ -397,7 +397,7 @@ pub fn cli_show() -> i32 {
         println!("# {n}");
     }
     println!("# {}", summary(&s));
-    crate::exit::OK
+    hostdp_model::exit::OK
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::{Attachment, Hook};
+use crate::observed::{Attachment, Hook};
 use crate::scenario::{DeviceExpect, Expect, ProgramExpect, XdpExpect};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
@@ -54,7 +54,7 @@ pub struct StepRecord {
     /// The policy maps the attached programs reference after the step (pods named
     /// `pod:NAMESPACE/NAME`); left out of the JSON when there is none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub policy_maps: Vec<crate::loader::policymap::PolicyMapView>,
+    pub policy_maps: Vec<crate::observed::PolicyMapView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +72,7 @@ pub struct ScenarioRecord {
     pub millis: u64,
     /// Where the time went (milliseconds per phase); absent where nothing was timed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phases: Option<crate::timing::Phases>,
+    pub phases: Option<Phases>,
     pub steps: Vec<StepRecord>,
 }
 
@@ -313,9 +313,9 @@ pub fn program_matches(w: &ProgramExpect, g: &Attachment) -> bool {
     same_program(&w.program, &g.program)
         && w.mechanism.as_deref().is_none_or(|m| {
             let got = match g.mechanism {
-                crate::inspect::Mechanism::Tc => "tc",
-                crate::inspect::Mechanism::Tcx => "tcx",
-                crate::inspect::Mechanism::Xdp => "xdp",
+                crate::observed::Mechanism::Tc => "tc",
+                crate::observed::Mechanism::Tcx => "tcx",
+                crate::observed::Mechanism::Xdp => "xdp",
             };
             m == got
         })
@@ -340,14 +340,14 @@ fn fmt_list(v: &[String]) -> String {
     format!("[{}]", v.join(", "))
 }
 
-fn fmt_identity(i: &(String, Hook, String, crate::inspect::Mechanism)) -> String {
+fn fmt_identity(i: &(String, Hook, String, crate::observed::Mechanism)) -> String {
     format!("{} {} {} ({:?})", i.0, i.1.as_str(), i.2, i.3).to_lowercase()
 }
 
 /// `cil_from_netdev (tc cil_from_netdev-bond0 pref 1 handle 0x1)`.
 pub fn fmt_att(a: &Attachment) -> String {
     match a.mechanism {
-        crate::inspect::Mechanism::Tc => format!(
+        crate::observed::Mechanism::Tc => format!(
             "{} (tc {} pref {} handle {:#x}{})",
             a.program,
             a.filter.as_deref().unwrap_or("?"),
@@ -355,8 +355,8 @@ pub fn fmt_att(a: &Attachment) -> String {
             a.handle.unwrap_or(0),
             if a.direct_action == Some(true) { " da" } else { "" }
         ),
-        crate::inspect::Mechanism::Tcx => format!("{} (tcx)", a.program),
-        crate::inspect::Mechanism::Xdp => format!("{} (xdp {})", a.program, a.mode.as_deref().unwrap_or("?")),
+        crate::observed::Mechanism::Tcx => format!("{} (tcx)", a.program),
+        crate::observed::Mechanism::Xdp => format!("{} (xdp {})", a.program, a.mode.as_deref().unwrap_or("?")),
     }
 }
 
@@ -551,9 +551,9 @@ fn start_cell(st: &StepRecord, devices: &[&str]) -> String {
             .filter(|a| a.device == *d)
             .map(|a| {
                 let m = match a.mechanism {
-                    crate::inspect::Mechanism::Tc => "",
-                    crate::inspect::Mechanism::Tcx => " (tcx)",
-                    crate::inspect::Mechanism::Xdp => " (xdp)",
+                    crate::observed::Mechanism::Tc => "",
+                    crate::observed::Mechanism::Tcx => " (tcx)",
+                    crate::observed::Mechanism::Xdp => " (xdp)",
                 };
                 format!("{} {}{m}", a.hook.as_str(), a.program)
             })
@@ -569,10 +569,56 @@ fn start_cell(st: &StepRecord, devices: &[&str]) -> String {
     }
 }
 
+/// Milliseconds per phase of one scenario (the record's `phases`), plus the clang runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    pub namespaces_and_links: f64,
+    /// Configuration, device detection and planning: an agent step minus compile and attach.
+    pub config_and_devices: f64,
+    pub compile: f64,
+    pub load_and_attach: f64,
+    pub readback: f64,
+    pub teardown: f64,
+    /// Templates built by clang for this scenario (compile cache misses).
+    #[serde(default)]
+    pub clang_invocations: u64,
+}
+
+impl Phases {
+    /// The phases' sum (what the harness accounts for out of the scenario's wall time).
+    pub fn total(&self) -> f64 {
+        self.namespaces_and_links + self.config_and_devices + self.compile + self.load_and_attach + self.readback + self.teardown
+    }
+
+    /// Element-wise sum, for totals over scenarios.
+    pub fn add(&mut self, o: &Phases) {
+        self.namespaces_and_links += o.namespaces_and_links;
+        self.config_and_devices += o.config_and_devices;
+        self.compile += o.compile;
+        self.load_and_attach += o.load_and_attach;
+        self.readback += o.readback;
+        self.teardown += o.teardown;
+        self.clang_invocations += o.clang_invocations;
+    }
+
+    /// `(name, ms)` in pipeline order.
+    pub fn named(&self) -> [(&'static str, f64); 6] {
+        [
+            ("namespaces_and_links", self.namespaces_and_links),
+            ("config_and_devices", self.config_and_devices),
+            ("compile", self.compile),
+            ("load_and_attach", self.load_and_attach),
+            ("readback", self.readback),
+            ("teardown", self.teardown),
+        ]
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspect::Mechanism;
+    use crate::observed::Mechanism;
     use crate::scenario::HookExpect;
 
     fn att(dev: &str, hook: Hook, prog: &str) -> Attachment {

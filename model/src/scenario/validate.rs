@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use super::locate::{Locator, Pos, Seg, Seg::I, Seg::K};
 use super::*;
-use crate::loader::config;
-use crate::loader::profile::Profile;
+use crate::config;
+use crate::profile::Profile;
 
 /// Kernel features `requires` may name, beyond what the links imply.
 pub const KNOWN_FEATURES: &[&str] = &[

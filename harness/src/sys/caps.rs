@@ -17,179 +17,15 @@ use netlink_packet_route::tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHan
 use netlink_packet_route::RouteNetlinkMessage;
 use serde::{Deserialize, Serialize};
 
-use crate::netlink::{Change, Conn, NewLink};
-use crate::scenario::{Action, LinkKind, LinkSpec, Scenario};
+use crate::sys::netlink::{Change, Conn, NewLink};
+use hostdp_model::needs::{Capabilities, EXTRA_FEATURES, LINK_FEATURES};
 
-/// Features the probe knows, beside the link kinds' (`veth`, `bonding`, `vlan`, ...).
-/// `geneve` is no scenario link kind, but the agent creates `cilium_geneve` when configured so.
-pub const EXTRA_FEATURES: &[&str] = &["vlan-802.1ad", "clsact", "cls_bpf", "bpf", "tcx", "geneve"];
-
-/// Every link kind's feature name (see [`crate::netlink::feature_of_kind`]).
-pub const LINK_FEATURES: &[&str] =
-    &["veth", "bonding", "vlan", "bridge", "dummy", "ifb", "wireguard", "macvlan", "vxlan", "vrf"];
-
-/// Probed capabilities of the running kernel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capabilities {
-    /// `uname -r`.
-    pub kernel: String,
-    /// Feature name → `None` if available, `Some(why not)` otherwise. Holds every name of
-    /// [`LINK_FEATURES`] and [`EXTRA_FEATURES`].
-    pub features: BTreeMap<String, Option<String>>,
-}
-
-impl Capabilities {
-    /// Probes once per boot of the kernel and set of loaded modules (about 50 ms, and the
-    /// scratch namespace's teardown then runs behind the caller's back for tens more); the
-    /// answer is kept in memory for the process and on disk beside the template cache.
-    pub fn probe() -> Capabilities {
-        static CACHE: OnceLock<Capabilities> = OnceLock::new();
-        CACHE.get_or_init(|| probe_cached(&crate::runner::cache_dir(), probe_key().as_deref(), probe_now)).clone()
-    }
-
-    pub fn has(&self, feature: &str) -> bool {
-        matches!(self.features.get(feature), Some(None))
-    }
-
-    /// Why each feature the scenario needs is unavailable (`kernel lacks bonding`), from its
-    /// links (also those added by steps), `requires` and kernel bounds. Empty: it can run.
-    pub fn missing_for(&self, scenario: &Scenario) -> Vec<String> {
-        let mut needed: Vec<String> = Vec::new();
-        let mut need = |f: &str| {
-            if !needed.iter().any(|n| n == f) {
-                needed.push(f.to_string());
-            }
-        };
-        let step_links = scenario.steps.iter().filter_map(|s| match &s.action {
-            Action::LinkAdd(l) => Some(l),
-            _ => None,
-        });
-        for l in scenario.topology.links.iter().chain(step_links) {
-            for f in link_features(l) {
-                need(f);
-            }
-        }
-        if !scenario.pods.is_empty() {
-            need("veth");
-        }
-        // The agent's encapsulation device (cilium_vxlan / cilium_geneve), under each
-        // configuration the scenario's agent runs with.
-        for f in encap_features(scenario) {
-            need(f);
-        }
-        for f in &scenario.requires.features {
-            need(f);
-        }
-        let mut out: Vec<String> = needed
-            .iter()
-            .filter(|f| !self.has(f))
-            .map(|f| match self.features.get(f.as_str()) {
-                Some(_) => format!("kernel lacks {f}"),
-                None => format!("kernel lacks {f} (not a feature the probe knows)"),
-            })
-            .collect();
-        if let Some(min) = &scenario.requires.kernel_min {
-            if compare_kernel(&self.kernel, min) == Some(std::cmp::Ordering::Less) {
-                out.push(format!("kernel {} is older than {min} (requires kernel min)", self.kernel));
-            }
-        }
-        if let Some(max) = &scenario.requires.kernel_max {
-            if compare_kernel(&self.kernel, max) == Some(std::cmp::Ordering::Greater) {
-                out.push(format!("kernel {} is newer than {max} (requires kernel max)", self.kernel));
-            }
-        }
-        out
-    }
-
-    /// Why a feature is missing, as probed (`None` if available or unknown).
-    pub fn detail(&self, feature: &str) -> Option<&str> {
-        self.features.get(feature).and_then(|d| d.as_deref())
-    }
-}
-
-/// The link kinds of the encapsulation devices the scenario's agent creates: its
-/// configuration at the start and after each `restart` (profile changes included). A
-/// configuration the agent refuses creates nothing.
-fn encap_features(scenario: &Scenario) -> Vec<&'static str> {
-    use crate::loader::config::{AgentConfig, Settings, TunnelProtocol};
-    use crate::loader::profile::Profile;
-    let mut config = scenario.agent.clone();
-    let mut profile = scenario.profile.clone();
-    let mut configs = vec![(config.clone(), profile.clone())];
-    for step in &scenario.steps {
-        if let Action::Restart { agent, profile: p } = &step.action {
-            for (k, v) in agent {
-                match v {
-                    Some(v) => config.insert(k.clone(), v.clone()),
-                    None => config.remove(k),
-                };
-            }
-            if let Some(p) = p {
-                profile = p.clone();
-            }
-            configs.push((config.clone(), profile.clone()));
-        }
-    }
-    let mut out = Vec::new();
-    for (map, p) in configs {
-        let Some(p) = Profile::parse(&p) else { continue };
-        let encap = AgentConfig::from_map(&map, p).ok().and_then(|c| Settings::derive(&c, p).ok()).and_then(|s| s.encap());
-        let f = match encap {
-            Some((TunnelProtocol::Vxlan, _)) => "vxlan",
-            Some((TunnelProtocol::Geneve, _)) => "geneve",
-            None => continue,
-        };
-        if !out.contains(&f) {
-            out.push(f);
-        }
-    }
-    out
-}
-
-/// The features a link needs: its kind's, and `vlan-802.1ad` for such VLANs.
-fn link_features(l: &LinkSpec) -> Vec<&'static str> {
-    let mut v = vec![feature_of(l.kind)];
-    if l.kind == LinkKind::Vlan && l.protocol.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("802.1ad")) {
-        v.push("vlan-802.1ad");
-    }
-    v
-}
-
-fn feature_of(kind: LinkKind) -> &'static str {
-    match kind {
-        LinkKind::Bond => "bonding",
-        k => k.as_str(),
-    }
-}
-
-/// The leading numeric components of a kernel release: `6.18.44-fc` → `[6, 18, 44]`.
-pub fn kernel_version(release: &str) -> Vec<u64> {
-    let mut v = Vec::new();
-    for part in release.split('.') {
-        let digits: String = part.chars().take_while(|c| c.is_ascii_digit()).collect();
-        if digits.is_empty() {
-            break;
-        }
-        v.push(digits.parse().unwrap_or(u64::MAX));
-        if digits.len() != part.len() {
-            break;
-        }
-    }
-    v
-}
-
-/// Compares a kernel release with a bound on the bound's components only, so `6.5.7` is
-/// within `max: 6.5` and `6.6.0` meets `min: 6.6`. `None` if either is not a version.
-pub fn compare_kernel(release: &str, bound: &str) -> Option<std::cmp::Ordering> {
-    let k = kernel_version(release);
-    let b = kernel_version(bound);
-    if k.is_empty() || b.is_empty() {
-        return None;
-    }
-    let n = b.len();
-    let mut k: Vec<u64> = k.into_iter().take(n).collect();
-    k.resize(n, 0);
-    Some(k.cmp(&b))
+/// Probes once per boot of the kernel and set of loaded modules (about 50 ms, and the
+/// scratch namespace's teardown then runs behind the caller's back for tens more); the
+/// answer is kept in memory for the process and on disk in `cache_dir`.
+pub fn probe(cache_dir: &Path) -> Capabilities {
+    static CACHE: OnceLock<Capabilities> = OnceLock::new();
+    CACHE.get_or_init(|| probe_cached(cache_dir, probe_key().as_deref(), probe_now)).clone()
 }
 
 fn uname_release() -> String {
@@ -267,7 +103,7 @@ fn probe_cached(dir: &Path, key: Option<&str>, probe: impl FnOnce() -> Capabilit
         let kept = KeptProbe { key: key.to_string(), capabilities: capabilities.clone() };
         if let (Ok(json), Some(parent)) = (serde_json::to_vec(&kept), file.parent()) {
             if std::fs::create_dir_all(parent).is_ok() {
-                let _ = crate::loader::compile::write_atomic(&file, &json);
+                let _ = crate::sys::compile::write_atomic(&file, &json);
             }
         }
     }
@@ -282,8 +118,8 @@ fn probe_now() -> Capabilities {
         .chain(EXTRA_FEATURES)
         .map(|f| (f.to_string(), if *f == "bpf" || *f == "tcx" { None } else { modprobe_guard(f, &kernel) }))
         .collect();
-    let name = format!("{}-caps", crate::topology::RunId::new());
-    let result = crate::topology::with_scratch_netns(&name, |ns| ns.run(|| crate::netns::block_on(probe_inside(&guarded))))
+    let name = format!("{}-caps", crate::sys::topology::RunId::new());
+    let result = crate::sys::topology::with_scratch_netns(&name, |ns| ns.run(|| crate::sys::netns::block_on(probe_inside(&guarded))))
         .and_then(|r| r)
         .map_err(|e| e.to_string())
         .and_then(|r| r);
@@ -336,7 +172,7 @@ async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<S
     // geneve as the agent makes cilium_geneve (external, Cilium's default port).
     let geneve = match blocked("geneve") {
         Some(g) => Some(g),
-        None => conn.ensure_encap_device("pgen", crate::netlink::EncapKind::Geneve, 6081).await.err().map(|e| short(&e.to_string())),
+        None => conn.ensure_encap_device("pgen", hostdp_model::observed::EncapKind::Geneve, 6081).await.err().map(|e| short(&e.to_string())),
     };
     out.insert("geneve".into(), geneve);
     let index = if veth_ok { conn.index_of("pv0").await.ok() } else { None };
@@ -379,7 +215,7 @@ async fn request_ack(conn: &Conn, msg: RouteNetlinkMessage) -> Result<(), String
     while let Some(m) = resp.next().await {
         if let NetlinkPayload::Error(e) = m.payload {
             if e.raw_code() != 0 {
-                return Err(crate::netlink::errno_text(-e.raw_code()));
+                return Err(crate::sys::netlink::errno_text(-e.raw_code()));
             }
         }
     }
@@ -450,7 +286,7 @@ struct LinkCreateAttr {
 pub(crate) fn bpf_call<T>(cmd: libc::c_long, attr: &mut T) -> Result<OwnedFd, String> {
     let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32) };
     if fd < 0 {
-        return Err(crate::netlink::errno_text(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
+        return Err(crate::sys::netlink::errno_text(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
     }
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -485,20 +321,6 @@ fn tcx_attach(prog: &OwnedFd, ifindex: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cmp::Ordering;
-
-    #[test]
-    fn kernel_versions_compare_numerically() {
-        assert_eq!(kernel_version("6.18.44-fc-v669"), vec![6, 18, 44]);
-        assert_eq!(kernel_version("6.1.0-56-amd64"), vec![6, 1, 0]);
-        assert_eq!(kernel_version("5.15"), vec![5, 15]);
-        assert_eq!(compare_kernel("6.10.1", "6.6"), Some(Ordering::Greater));
-        assert_eq!(compare_kernel("6.5.7", "6.5"), Some(Ordering::Equal));
-        assert_eq!(compare_kernel("6.6.0-rc1", "6.6"), Some(Ordering::Equal));
-        assert_eq!(compare_kernel("6.1.0-56-amd64", "6.6"), Some(Ordering::Less));
-        assert_eq!(compare_kernel("6", "6.1"), Some(Ordering::Less));
-        assert_eq!(compare_kernel("x", "6.1"), None);
-    }
 
     fn caps(missing: &[&str], kernel: &str) -> Capabilities {
         let features = LINK_FEATURES
@@ -509,81 +331,6 @@ mod tests {
         Capabilities { kernel: kernel.into(), features }
     }
 
-    fn scenario() -> Scenario {
-        let link = crate::topology::bare_link;
-        let mut vlan = link("bond0.212", LinkKind::Vlan);
-        vlan.protocol = Some("802.1ad".into());
-        Scenario {
-            path: "s.yaml".into(),
-            name: "s".into(),
-            description: None,
-            profile: "v1.14.4".into(),
-            requires: crate::scenario::Requires {
-                features: vec!["tcx".into()],
-                kernel_min: Some("6.6".into()),
-                kernel_max: None,
-            },
-            node: Default::default(),
-            topology: crate::scenario::TopologySpec { links: vec![link("eth0", LinkKind::Veth), link("bond0", LinkKind::Bond), vlan], routes: vec![] },
-            agent: Default::default(),
-            agent_ignored: vec![],
-            agent_file: None,
-            pods: vec![],
-            steps: vec![crate::scenario::Step {
-                action: Action::LinkAdd(link("wg0", LinkKind::Wireguard)),
-                expect: Default::default(),
-                line: 1,
-            }],
-        }
-    }
-
-    #[test]
-    fn the_agents_encapsulation_device_needs_its_kind() {
-        let mut s = scenario();
-        s.requires = Default::default();
-        s.steps.clear();
-        // Tunnel routing (the default): vxlan.
-        assert_eq!(caps(&["vxlan"], "6.18").missing_for(&s), vec!["kernel lacks vxlan"]);
-        assert!(caps(&["geneve"], "6.18").missing_for(&s).is_empty());
-        // Geneve from the start, or after a restart that switches to it.
-        s.agent.insert("tunnel-protocol".into(), "geneve".into());
-        assert_eq!(caps(&["geneve"], "6.18").missing_for(&s), vec!["kernel lacks geneve"]);
-        s.agent.clear();
-        s.steps.push(crate::scenario::Step {
-            action: Action::Restart { agent: [("tunnel-protocol".to_string(), Some("geneve".to_string()))].into(), profile: None },
-            expect: Default::default(),
-            line: 2,
-        });
-        assert_eq!(caps(&["geneve"], "6.18").missing_for(&s), vec!["kernel lacks geneve"]);
-        // Native routing throughout: no encapsulation device.
-        s.steps.clear();
-        s.agent.insert("routing-mode".into(), "native".into());
-        s.agent.insert("ipv4-native-routing-cidr".into(), "10.0.0.0/8".into());
-        assert!(caps(&["vxlan", "geneve"], "6.18").missing_for(&s).is_empty());
-    }
-
-    #[test]
-    fn missing_features_name_the_kernel_feature() {
-        let s = scenario();
-        assert!(caps(&[], "6.18.44").missing_for(&s).is_empty());
-        let m = caps(&["bonding", "vlan-802.1ad", "wireguard", "tcx"], "6.1.0-56-amd64").missing_for(&s);
-        assert_eq!(
-            m,
-            vec![
-                "kernel lacks bonding",
-                "kernel lacks vlan-802.1ad",
-                "kernel lacks wireguard",
-                "kernel lacks tcx",
-                "kernel 6.1.0-56-amd64 is older than 6.6 (requires kernel min)",
-            ]
-        );
-        let mut s2 = s.clone();
-        s2.requires.kernel_min = None;
-        s2.requires.kernel_max = Some("6.5".into());
-        s2.requires.features = vec!["teleport".into()];
-        let m = caps(&[], "6.6.1").missing_for(&s2);
-        assert_eq!(m, vec!["kernel lacks teleport (not a feature the probe knows)", "kernel 6.6.1 is newer than 6.5 (requires kernel max)"]);
-    }
 
     #[test]
     fn probe_is_fast_and_real() {
@@ -592,6 +339,7 @@ mod tests {
             return;
         }
         // Probed for real here, whatever a kept answer says.
+        let dir = tempfile::tempdir().unwrap();
         let t = std::time::Instant::now();
         let c = probe_now();
         let took = t.elapsed();
@@ -603,9 +351,9 @@ mod tests {
             assert!(c.features.contains_key(*f), "{f}");
         }
         // The answer kept for the process (and on disk) is the same.
-        assert_eq!(Capabilities::probe(), c);
+        assert_eq!(probe(dir.path()), c);
         let t = std::time::Instant::now();
-        assert_eq!(Capabilities::probe(), c);
+        assert_eq!(probe(dir.path()), c);
         assert!(t.elapsed() < std::time::Duration::from_millis(5));
     }
 

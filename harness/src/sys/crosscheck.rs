@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::inspect::{Attachment, Hook, Mechanism};
-use crate::netns::Netns;
+use hostdp_model::observed::{Attachment, Hook, Mechanism};
+use crate::sys::netns::Netns;
 
 static FORCED: AtomicBool = AtomicBool::new(false);
 

@@ -1,0 +1,277 @@
+//! What a scenario needs of the kernel: the feature names the capability probe answers for,
+//! and, given a probe's answer, why a scenario cannot run here. Pure: the probing itself is the
+//! kernel layer's.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::{Action, LinkKind, LinkSpec, Scenario};
+
+/// Features the probe knows, beside the link kinds' (`veth`, `bonding`, `vlan`, ...).
+/// `geneve` is no scenario link kind, but the agent creates `cilium_geneve` when configured so.
+pub const EXTRA_FEATURES: &[&str] = &["vlan-802.1ad", "clsact", "cls_bpf", "bpf", "tcx", "geneve"];
+
+/// Every link kind's feature name (see [`crate::observed::feature_of_kind`]).
+pub const LINK_FEATURES: &[&str] =
+    &["veth", "bonding", "vlan", "bridge", "dummy", "ifb", "wireguard", "macvlan", "vxlan", "vrf"];
+
+/// Probed capabilities of the running kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Feature name → `None` if available, `Some(why not)` otherwise. Holds every name of
+    /// [`LINK_FEATURES`] and [`EXTRA_FEATURES`].
+    pub features: BTreeMap<String, Option<String>>,
+}
+
+impl Capabilities {
+    pub fn has(&self, feature: &str) -> bool {
+        matches!(self.features.get(feature), Some(None))
+    }
+
+    /// Why each feature the scenario needs is unavailable (`kernel lacks bonding`), from its
+    /// links (also those added by steps), `requires` and kernel bounds. Empty: it can run.
+    pub fn missing_for(&self, scenario: &Scenario) -> Vec<String> {
+        let mut needed: Vec<String> = Vec::new();
+        let mut need = |f: &str| {
+            if !needed.iter().any(|n| n == f) {
+                needed.push(f.to_string());
+            }
+        };
+        let step_links = scenario.steps.iter().filter_map(|s| match &s.action {
+            Action::LinkAdd(l) => Some(l),
+            _ => None,
+        });
+        for l in scenario.topology.links.iter().chain(step_links) {
+            for f in link_features(l) {
+                need(f);
+            }
+        }
+        if !scenario.pods.is_empty() {
+            need("veth");
+        }
+        // The agent's encapsulation device (cilium_vxlan / cilium_geneve), under each
+        // configuration the scenario's agent runs with.
+        for f in encap_features(scenario) {
+            need(f);
+        }
+        for f in &scenario.requires.features {
+            need(f);
+        }
+        let mut out: Vec<String> = needed
+            .iter()
+            .filter(|f| !self.has(f))
+            .map(|f| match self.features.get(f.as_str()) {
+                Some(_) => format!("kernel lacks {f}"),
+                None => format!("kernel lacks {f} (not a feature the probe knows)"),
+            })
+            .collect();
+        if let Some(min) = &scenario.requires.kernel_min {
+            if compare_kernel(&self.kernel, min) == Some(std::cmp::Ordering::Less) {
+                out.push(format!("kernel {} is older than {min} (requires kernel min)", self.kernel));
+            }
+        }
+        if let Some(max) = &scenario.requires.kernel_max {
+            if compare_kernel(&self.kernel, max) == Some(std::cmp::Ordering::Greater) {
+                out.push(format!("kernel {} is newer than {max} (requires kernel max)", self.kernel));
+            }
+        }
+        out
+    }
+
+    /// Why a feature is missing, as probed (`None` if available or unknown).
+    pub fn detail(&self, feature: &str) -> Option<&str> {
+        self.features.get(feature).and_then(|d| d.as_deref())
+    }
+}
+
+/// The link kinds of the encapsulation devices the scenario's agent creates: its
+/// configuration at the start and after each `restart` (profile changes included). A
+/// configuration the agent refuses creates nothing.
+fn encap_features(scenario: &Scenario) -> Vec<&'static str> {
+    use crate::config::{AgentConfig, Settings, TunnelProtocol};
+    use crate::profile::Profile;
+    let mut config = scenario.agent.clone();
+    let mut profile = scenario.profile.clone();
+    let mut configs = vec![(config.clone(), profile.clone())];
+    for step in &scenario.steps {
+        if let Action::Restart { agent, profile: p } = &step.action {
+            for (k, v) in agent {
+                match v {
+                    Some(v) => config.insert(k.clone(), v.clone()),
+                    None => config.remove(k),
+                };
+            }
+            if let Some(p) = p {
+                profile = p.clone();
+            }
+            configs.push((config.clone(), profile.clone()));
+        }
+    }
+    let mut out = Vec::new();
+    for (map, p) in configs {
+        let Some(p) = Profile::parse(&p) else { continue };
+        let encap = AgentConfig::from_map(&map, p).ok().and_then(|c| Settings::derive(&c, p).ok()).and_then(|s| s.encap());
+        let f = match encap {
+            Some((TunnelProtocol::Vxlan, _)) => "vxlan",
+            Some((TunnelProtocol::Geneve, _)) => "geneve",
+            None => continue,
+        };
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// The features a link needs: its kind's, and `vlan-802.1ad` for such VLANs.
+fn link_features(l: &LinkSpec) -> Vec<&'static str> {
+    let mut v = vec![feature_of(l.kind)];
+    if l.kind == LinkKind::Vlan && l.protocol.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("802.1ad")) {
+        v.push("vlan-802.1ad");
+    }
+    v
+}
+
+fn feature_of(kind: LinkKind) -> &'static str {
+    match kind {
+        LinkKind::Bond => "bonding",
+        k => k.as_str(),
+    }
+}
+
+/// The leading numeric components of a kernel release: `6.18.44-fc` → `[6, 18, 44]`.
+pub fn kernel_version(release: &str) -> Vec<u64> {
+    let mut v = Vec::new();
+    for part in release.split('.') {
+        let digits: String = part.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if digits.is_empty() {
+            break;
+        }
+        v.push(digits.parse().unwrap_or(u64::MAX));
+        if digits.len() != part.len() {
+            break;
+        }
+    }
+    v
+}
+
+/// Compares a kernel release with a bound on the bound's components only, so `6.5.7` is
+/// within `max: 6.5` and `6.6.0` meets `min: 6.6`. `None` if either is not a version.
+pub fn compare_kernel(release: &str, bound: &str) -> Option<std::cmp::Ordering> {
+    let k = kernel_version(release);
+    let b = kernel_version(bound);
+    if k.is_empty() || b.is_empty() {
+        return None;
+    }
+    let n = b.len();
+    let mut k: Vec<u64> = k.into_iter().take(n).collect();
+    k.resize(n, 0);
+    Some(k.cmp(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn kernel_versions_compare_numerically() {
+        assert_eq!(kernel_version("6.18.44-fc-v669"), vec![6, 18, 44]);
+        assert_eq!(kernel_version("6.1.0-56-amd64"), vec![6, 1, 0]);
+        assert_eq!(kernel_version("5.15"), vec![5, 15]);
+        assert_eq!(compare_kernel("6.10.1", "6.6"), Some(Ordering::Greater));
+        assert_eq!(compare_kernel("6.5.7", "6.5"), Some(Ordering::Equal));
+        assert_eq!(compare_kernel("6.6.0-rc1", "6.6"), Some(Ordering::Equal));
+        assert_eq!(compare_kernel("6.1.0-56-amd64", "6.6"), Some(Ordering::Less));
+        assert_eq!(compare_kernel("6", "6.1"), Some(Ordering::Less));
+        assert_eq!(compare_kernel("x", "6.1"), None);
+    }
+
+    fn caps(missing: &[&str], kernel: &str) -> Capabilities {
+        let features = LINK_FEATURES
+            .iter()
+            .chain(EXTRA_FEATURES)
+            .map(|f| (f.to_string(), missing.contains(f).then(|| "Operation not supported".to_string())))
+            .collect();
+        Capabilities { kernel: kernel.into(), features }
+    }
+
+    fn scenario() -> Scenario {
+        let link = LinkSpec::bare;
+        let mut vlan = link("bond0.212", LinkKind::Vlan);
+        vlan.protocol = Some("802.1ad".into());
+        Scenario {
+            path: "s.yaml".into(),
+            name: "s".into(),
+            description: None,
+            profile: "v1.14.4".into(),
+            requires: crate::scenario::Requires {
+                features: vec!["tcx".into()],
+                kernel_min: Some("6.6".into()),
+                kernel_max: None,
+            },
+            node: Default::default(),
+            topology: crate::scenario::TopologySpec { links: vec![link("eth0", LinkKind::Veth), link("bond0", LinkKind::Bond), vlan], routes: vec![] },
+            agent: Default::default(),
+            agent_ignored: vec![],
+            agent_file: None,
+            pods: vec![],
+            steps: vec![crate::scenario::Step {
+                action: Action::LinkAdd(link("wg0", LinkKind::Wireguard)),
+                expect: Default::default(),
+                line: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_agents_encapsulation_device_needs_its_kind() {
+        let mut s = scenario();
+        s.requires = Default::default();
+        s.steps.clear();
+        // Tunnel routing (the default): vxlan.
+        assert_eq!(caps(&["vxlan"], "6.18").missing_for(&s), vec!["kernel lacks vxlan"]);
+        assert!(caps(&["geneve"], "6.18").missing_for(&s).is_empty());
+        // Geneve from the start, or after a restart that switches to it.
+        s.agent.insert("tunnel-protocol".into(), "geneve".into());
+        assert_eq!(caps(&["geneve"], "6.18").missing_for(&s), vec!["kernel lacks geneve"]);
+        s.agent.clear();
+        s.steps.push(crate::scenario::Step {
+            action: Action::Restart { agent: [("tunnel-protocol".to_string(), Some("geneve".to_string()))].into(), profile: None },
+            expect: Default::default(),
+            line: 2,
+        });
+        assert_eq!(caps(&["geneve"], "6.18").missing_for(&s), vec!["kernel lacks geneve"]);
+        // Native routing throughout: no encapsulation device.
+        s.steps.clear();
+        s.agent.insert("routing-mode".into(), "native".into());
+        s.agent.insert("ipv4-native-routing-cidr".into(), "10.0.0.0/8".into());
+        assert!(caps(&["vxlan", "geneve"], "6.18").missing_for(&s).is_empty());
+    }
+
+    #[test]
+    fn missing_features_name_the_kernel_feature() {
+        let s = scenario();
+        assert!(caps(&[], "6.18.44").missing_for(&s).is_empty());
+        let m = caps(&["bonding", "vlan-802.1ad", "wireguard", "tcx"], "6.1.0-56-amd64").missing_for(&s);
+        assert_eq!(
+            m,
+            vec![
+                "kernel lacks bonding",
+                "kernel lacks vlan-802.1ad",
+                "kernel lacks wireguard",
+                "kernel lacks tcx",
+                "kernel 6.1.0-56-amd64 is older than 6.6 (requires kernel min)",
+            ]
+        );
+        let mut s2 = s.clone();
+        s2.requires.kernel_min = None;
+        s2.requires.kernel_max = Some("6.5".into());
+        s2.requires.features = vec!["teleport".into()];
+        let m = caps(&[], "6.6.1").missing_for(&s2);
+        assert_eq!(m, vec!["kernel lacks teleport (not a feature the probe knows)", "kernel 6.6.1 is newer than 6.5 (requires kernel max)"]);
+    }
+}

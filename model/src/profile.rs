@@ -1,0 +1,314 @@
+//! Upstream behaviour profiles as data: a profile is a release, and what the rules may ask of it
+//! is which named upstream changes it has. Each [`Change`] is one row of [`CHANGES`]: the release
+//! that brought it, the release that took it away again (if one did) and where upstream made
+//! it. Rules ask `profile.has(Change::X)`; only this file orders releases, so adding a release
+//! is adding a [`Profile`] and the rows that name it.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// An upstream release the profiles are read at. Ordered by version; only this module compares
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Release(u16, u16, u16);
+
+/// An upstream behaviour profile: which release's rules the loader follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Profile {
+    /// Cilium v1.14.4.
+    V1_14_4,
+    /// Cilium v1.15.x (read at v1.15.7).
+    V1_15,
+    /// Cilium v1.16.x (read at v1.16.0 and v1.16.8).
+    V1_16,
+}
+
+/// One profile's facts: its name in scenario files, the release it stands for, and the patch
+/// release its rules were read at.
+struct ProfileInfo {
+    profile: Profile,
+    name: &'static str,
+    release: Release,
+    read_at: &'static str,
+}
+
+const PROFILES: [ProfileInfo; 3] = [
+    ProfileInfo { profile: Profile::V1_14_4, name: "v1.14.4", release: V1_14_4, read_at: "v1.14.4" },
+    ProfileInfo { profile: Profile::V1_15, name: "v1.15", release: V1_15, read_at: "v1.15.7" },
+    ProfileInfo { profile: Profile::V1_16, name: "v1.16", release: V1_16, read_at: "v1.16.0, v1.16.8" },
+];
+
+impl Profile {
+    /// Every profile, oldest first.
+    pub const ALL: [Profile; 3] = [Profile::V1_14_4, Profile::V1_15, Profile::V1_16];
+
+    fn info(self) -> &'static ProfileInfo {
+        PROFILES.iter().find(|p| p.profile == self).expect("every profile has a row")
+    }
+
+    /// Parses a profile name as written in scenario files.
+    pub fn parse(s: &str) -> Option<Profile> {
+        PROFILES.iter().find(|p| p.name == s).map(|p| p.profile)
+    }
+
+    /// The name scenario files use (`v1.14.4`, `v1.15`, `v1.16`).
+    pub fn as_str(self) -> &'static str {
+        self.info().name
+    }
+
+    /// The patch release(s) this profile's rules were read at.
+    pub fn read_at(self) -> &'static str {
+        self.info().read_at
+    }
+
+    /// Profiles the loader implements (scenario validation rejects the others).
+    pub fn implemented() -> &'static [Profile] {
+        &Profile::ALL
+    }
+
+    /// Whether this profile's release has `change`: it came in this release or earlier, and
+    /// was not taken away again by this release.
+    pub fn has(self, change: Change) -> bool {
+        let row = change.row();
+        let r = self.info().release;
+        row.since <= r && row.until.is_none_or(|u| r < u)
+    }
+
+    /// The changes this profile's release brought or took away, against the profile before it.
+    pub fn changes(self) -> impl Iterator<Item = (&'static ChangeRow, bool)> {
+        let prev = Profile::ALL.iter().take_while(|p| **p != self).last().copied();
+        CHANGES.iter().filter_map(move |row| {
+            let now = self.has(row.change);
+            let before = prev.is_some_and(|p| p.has(row.change));
+            (now != before && prev.is_some()).then_some((row, now))
+        })
+    }
+}
+
+/// A named upstream change the rules consult. The row in [`CHANGES`] says when it came, when it
+/// went, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// `AreDevicesRequired` includes `EnableBandwidthManager`.
+    BandwidthManagerRequiresDevices,
+    /// `AreDevicesRequired` includes `ForceDeviceRequired`.
+    ForceDeviceRequired,
+    /// The deprecated `tunnel` key is gone: a ConfigMap entry is ignored.
+    TunnelKeyRemoved,
+    /// DSR with Geneve dispatch makes the agent keep a `cilium_geneve` device whatever
+    /// `tunnel-protocol` says (v1.14.4 `Reinitialize` hands init.sh "geneve").
+    DsrGeneveForcesGeneveDevice,
+    /// Device selection by the statedb devices controller (`DevicesController`), replacing
+    /// `DeviceManager.Detect`.
+    DevicesController,
+    /// v1.15's controller-era `Detect` only selects when devices are required, and fails on a
+    /// wildcard that matches nothing.
+    DetectOnlyWhenRequired,
+    /// IPoIB devices are excluded from auto-detection.
+    IpoibExcluded,
+    /// List-valued keys are split on commas first (hive configuration).
+    ListsSplitOnCommas,
+    /// Only `true` and `false` are accepted for `kube-proxy-replacement`.
+    KprOnlyTrueFalse,
+    /// `enable-envoy-config` turns NodePort on ("L7 LB only works with bpf node port").
+    EnvoyConfigEnablesNodePort,
+    /// IPsec refuses BPF NodePort at start-up.
+    IpsecRefusesNodePort,
+    /// `bpf-lb-acceleration` / `node-port-acceleration` accepts `best-effort`.
+    BestEffortAcceleration,
+    /// `finishKubeProxyReplacementInit` appends `cilium_wg0` to the devices with NodePort,
+    /// WireGuard and encrypt-node.
+    WireguardAppendedToDevices,
+    /// BPF host routing needs `kube-proxy-replacement=true` (`strict` no longer counts).
+    HostRoutingNeedsKprTrue,
+    /// The encapsulation device is made in Go (`setupTunnelDevice`: create, then delete the
+    /// other) instead of init.sh (delete, then create).
+    TunnelDeviceInGo,
+    /// init.sh's device-state flush and its removal of `bpf_host` filters from links that are
+    /// no longer devices.
+    InitShDeviceCleanup,
+    /// `attachTCProgram`/`attachSKBProgram`: tc programs are attached through a helper that
+    /// knows tcx pins (v1.15 unpins a newer release's tcx link).
+    SkbProgramHelper,
+    /// tcx attachment (`enable-tcx`), with tc as the fall-back, pins under
+    /// `cilium/devices/<dev>/links`; a tcx attach removes the legacy filters of its hook.
+    Tcx,
+    /// `--force-device-detection`.
+    ForceDeviceDetection,
+    /// `removeObsoleteNetdevPrograms` after the host datapath reload.
+    RemoveObsoleteNetdevPrograms,
+    /// Obsolete-program removal also removes the device's bpffs folder.
+    RemoveObsoleteDeviceDir,
+    /// An unused egress hook is cleared with `detachSKBProgram` (pin and filters) instead of a
+    /// flush.
+    DetachSkbProgram,
+    /// bpf_host on `cilium_wg0` ingress is decided by the loader
+    /// (`NeedBPFHostOnWireGuardDevice`), not by the device list.
+    WireguardIngressInLoader,
+    /// `bpf_wireguard.c`'s `cil_to_wireguard` on `cilium_wg0` egress (`reinitializeWireguard`).
+    WireguardEgressProgram,
+    /// `cilium cleanup` also removes Cilium's bpffs folder, which unpins its tcx links.
+    CleanupRemovesBpffs,
+    /// The device reloader always runs: runtime device detection is on whatever the flag says.
+    DeviceReloaderAlwaysOn,
+}
+
+/// One row of the change table.
+#[derive(Debug)]
+pub struct ChangeRow {
+    pub change: Change,
+    /// A short name for the table.
+    pub name: &'static str,
+    since: Release,
+    until: Option<Release>,
+    /// Where upstream made it: commit, PR, or the file and function at the release commit.
+    pub upstream: &'static str,
+}
+
+const V1_14_4: Release = Release(1, 14, 4);
+const V1_15: Release = Release(1, 15, 0);
+const V1_16: Release = Release(1, 16, 0);
+/// Older than every profile: a behaviour every profile starts with.
+const BEFORE: Release = Release(1, 0, 0);
+
+const fn row(change: Change, name: &'static str, since: Release, until: Option<Release>, upstream: &'static str) -> ChangeRow {
+    ChangeRow { change, name, since, until, upstream }
+}
+
+/// The change table: every upstream change the rules consult, oldest first.
+pub const CHANGES: &[ChangeRow] = &[
+    row(Change::BandwidthManagerRequiresDevices, "bandwidth manager requires devices", BEFORE, Some(V1_15),
+        "PR #18717 added it; 32fbb7f186 \"bandwidth: move to datapath, cellify\" dropped it"),
+    row(Change::DsrGeneveForcesGeneveDevice, "DSR-Geneve forces cilium_geneve", BEFORE, Some(V1_15),
+        "v1.14.4 pkg/datapath/loader/base.go Reinitialize (encapProto); v1.15 pkg/datapath/tunnel newConfig"),
+    row(Change::EnvoyConfigEnablesNodePort, "envoy config enables NodePort", BEFORE, Some(V1_16),
+        "v1.14.4 daemon/cmd/kube_proxy_replacement.go initKubeProxyReplacementOptions; gone in v1.16"),
+    row(Change::IpsecRefusesNodePort, "IPsec refuses BPF NodePort", BEFORE, Some(V1_16),
+        "v1.14.4/v1.15 kube_proxy_replacement.go initKubeProxyReplacementOptions; gone in v1.16"),
+    row(Change::WireguardAppendedToDevices, "cilium_wg0 appended to devices", BEFORE, Some(V1_16),
+        "v1.14.4 kube_proxy_replacement.go finishKubeProxyReplacementInit (AppendDevice); v1.16 loader decides"),
+    row(Change::InitShDeviceCleanup, "init.sh device-state flush", BEFORE, Some(V1_15),
+        "v1.14.4 bpf/init.sh; init.sh gone in v1.15 (loader in Go)"),
+    row(Change::ForceDeviceRequired, "ForceDeviceRequired", V1_15, None,
+        "48a1c96cc7 \"Add option to force BPF attachment to native device\""),
+    row(Change::TunnelKeyRemoved, "tunnel key removed", V1_15, None,
+        "v1.15 pkg/option/config.go: the deprecated --tunnel flag is gone"),
+    row(Change::DevicesController, "devices controller", V1_15, None,
+        "03ad61b6b3 (DevicesController); v1.15 pkg/datapath/linux/devices_controller.go"),
+    row(Change::DetectOnlyWhenRequired, "detect only when devices are required", V1_15, Some(V1_16),
+        "b55ca78259 \"datapath/linux: select devices only if required\" (#27276); 5d1521bdf3 removed the gate"),
+    row(Change::BestEffortAcceleration, "best-effort XDP acceleration", V1_15, None,
+        "v1.15.7 daemon/cmd/kube_proxy_replacement.go; pkg/datapath/loader/base.go L327-329"),
+    row(Change::TunnelDeviceInGo, "tunnel device made in Go", V1_15, None,
+        "v1.15 pkg/datapath/loader/base.go setupTunnelDevice"),
+    row(Change::SkbProgramHelper, "attachTCProgram / attachSKBProgram", V1_15, None,
+        "v1.15 pkg/datapath/loader/tc.go attachTCProgram; v1.16 attachSKBProgram"),
+    row(Change::RemoveObsoleteNetdevPrograms, "remove obsolete netdev programs", V1_15, None,
+        "v1.15 pkg/datapath/loader/loader.go removeObsoleteNetdevPrograms"),
+    row(Change::ListsSplitOnCommas, "lists split on commas", V1_16, None,
+        "v1.16 hive configuration (pkg/hive cell config, StringSlice decoding)"),
+    row(Change::KprOnlyTrueFalse, "kube-proxy-replacement true|false only", V1_16, None,
+        "v1.16 daemon/cmd/kube_proxy_replacement.go initKubeProxyReplacementOptions"),
+    row(Change::HostRoutingNeedsKprTrue, "BPF host routing needs KPR true", V1_16, None,
+        "v1.16 daemon/cmd/kube_proxy_replacement.go finishKubeProxyReplacementInit"),
+    row(Change::IpoibExcluded, "IPoIB excluded", V1_16, None,
+        "v1.16 pkg/datapath/linux/devices_controller.go isSelectedDevice"),
+    row(Change::Tcx, "tcx attachment", V1_16, None,
+        "v1.16 pkg/datapath/loader/tcx.go attachSKBProgram (enable-tcx)"),
+    row(Change::ForceDeviceDetection, "--force-device-detection", V1_16, None,
+        "ce59386785 (fixes #32721)"),
+    row(Change::RemoveObsoleteDeviceDir, "obsolete removal deletes bpffs dir", V1_16, None,
+        "v1.16 pkg/datapath/loader/loader.go removeObsoleteNetdevPrograms"),
+    row(Change::DetachSkbProgram, "detachSKBProgram for unused hooks", V1_16, None,
+        "v1.16 pkg/datapath/loader/tc.go detachSKBProgram"),
+    row(Change::WireguardIngressInLoader, "bpf_host on cilium_wg0 decided by the loader", V1_16, None,
+        "f928ca2860 (NeedBPFHostOnWireGuardDevice); v1.16.8 pkg/option/config.go"),
+    row(Change::WireguardEgressProgram, "cil_to_wireguard on cilium_wg0", V1_16, None,
+        "v1.16 pkg/datapath/loader/base.go reinitializeWireguard, loader.go replaceWireguardDatapath"),
+    row(Change::CleanupRemovesBpffs, "cleanup removes the bpffs folder", V1_16, None,
+        "v1.16 cilium-dbg/cmd/cleanup.go removeCiliumBPFFS"),
+    row(Change::DeviceReloaderAlwaysOn, "device reloader always on", V1_16, None,
+        "v1.16 pkg/datapath/loader device-reloader.go (enable-runtime-device-detection deprecated)"),
+];
+
+impl Change {
+    /// This change's row of [`CHANGES`].
+    pub fn row(self) -> &'static ChangeRow {
+        CHANGES.iter().find(|r| r.change == self).expect("every change has a row")
+    }
+}
+
+impl ChangeRow {
+    /// The first profile that has this change, or `None` when every profile has it.
+    pub fn since_profile(&self) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.has(self.change)).filter(|p| *p != Profile::ALL[0] || self.since > BEFORE)
+    }
+
+    /// The first profile that no longer has it.
+    pub fn until_profile(&self) -> Option<Profile> {
+        let first = Profile::ALL.iter().position(|p| p.has(self.change))?;
+        Profile::ALL[first..].iter().copied().find(|p| !p.has(self.change))
+    }
+}
+
+/// The change table as markdown: per profile, what changed against the profile before it,
+/// then every row with where it came from (`hostdp profiles`).
+pub fn render_table() -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| profile | read at | changes against the profile before |");
+    let _ = writeln!(out, "|---|---|---|");
+    for p in Profile::ALL {
+        let list: Vec<String> =
+            p.changes().map(|(row, on)| format!("{} {}", if on { "+" } else { "−" }, row.name)).collect();
+        let cell = if list.is_empty() { "(the baseline)".to_string() } else { list.join("; ") };
+        let _ = writeln!(out, "| `{}` | {} | {} |", p.as_str(), p.read_at(), cell);
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| change | from | until | upstream |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for row in CHANGES {
+        let from = row.since_profile().map_or("(before v1.14.4)".to_string(), |p| p.as_str().to_string());
+        let until = row.until_profile().map_or(String::new(), |p| p.as_str().to_string());
+        let _ = writeln!(out, "| {} | {} | {} | {} |", row.name, from, until, row.upstream);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_has_exactly_one_row() {
+        for row in CHANGES {
+            assert_eq!(CHANGES.iter().filter(|r| r.change == row.change).count(), 1, "{}", row.name);
+        }
+    }
+
+    #[test]
+    fn a_change_applies_from_since_until_until() {
+        assert!(Profile::V1_14_4.has(Change::BandwidthManagerRequiresDevices));
+        assert!(!Profile::V1_15.has(Change::BandwidthManagerRequiresDevices));
+        assert!(Profile::V1_15.has(Change::DetectOnlyWhenRequired));
+        assert!(!Profile::V1_16.has(Change::DetectOnlyWhenRequired));
+        assert!(!Profile::V1_14_4.has(Change::DetectOnlyWhenRequired));
+        assert!(Profile::V1_16.has(Change::Tcx));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in Profile::ALL {
+            assert_eq!(Profile::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Profile::parse("v1.13"), None);
+    }
+
+    #[test]
+    fn the_table_lists_what_each_release_changed() {
+        let t = render_table();
+        assert!(t.contains("| `v1.15` | v1.15.7 |"), "{t}");
+        assert!(t.contains("− bandwidth manager requires devices"), "{t}");
+        assert!(t.contains("| tcx attachment | v1.16 |"), "{t}");
+    }
+}
