@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::sys::attach::{self, AttachContext};
 use crate::sys::compile::Compiler;
-use hostdp_model::config::{self, AgentConfig, Settings, WIREGUARD_DEVICE};
+use hostdp_model::config::{AgentConfig, Settings, WIREGUARD_DEVICE};
 use hostdp_model::datapath::{self, Op};
 use crate::sys::policymap;
 use hostdp_model::profile::{self, Profile};
@@ -166,7 +166,7 @@ impl Agent {
     fn detect_and_reload(&mut self, node: &Node, cfg: &AgentConfig) -> Result<(), AgentError> {
         let links = node.links().map_err(AgentError::harness)?;
         let routes = node.routes().map_err(AgentError::harness)?;
-        let startup = config::start(cfg, self.profile, &links, &routes, self.node_ip).map_err(AgentError::refused)?;
+        let startup = hostdp_model::startup::start(cfg, self.profile, &links, &routes, self.node_ip).map_err(AgentError::refused)?;
         self.settings = Some(startup.settings);
         self.reload_host(node, &startup.selection, &links)
     }

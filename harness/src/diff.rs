@@ -100,13 +100,6 @@ pub fn parse_profiles(list: &[String]) -> Result<Vec<Profile>, DiffError> {
     Ok(out)
 }
 
-/// The scenario as written, with another starting profile.
-pub fn with_profile(sc: &Scenario, p: Profile) -> Scenario {
-    let mut c = sc.clone();
-    c.profile = p.as_str().to_string();
-    c
-}
-
 /// The key a hook's programs are compared by.
 fn entry(a: &Attachment, mechanism: bool) -> String {
     if mechanism {
@@ -189,7 +182,7 @@ pub fn run(args: &DiffArgs) -> Result<Vec<ScenarioDiff>, DiffError> {
         None => {
             let run = RunId::new();
             for sc in &scenarios {
-                let recs: Vec<ScenarioRecord> = profiles.iter().map(|p| runner::run_scenario(&with_profile(sc, *p), &run)).collect();
+                let recs: Vec<ScenarioRecord> = profiles.iter().map(|p| runner::run_scenario(&sc.with_profile(*p), &run)).collect();
                 out.push(compare(&sc.path.display().to_string(), &sc.name, &profiles, &recs, args.mechanism));
             }
         }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use hostdp_model::config::{AgentConfig, ConfigError};
 use hostdp_model::profile::Profile;
-use hostdp_model::{config, datapath, devices};
+use hostdp_model::{datapath, devices};
 
 /// Errors of `hostdp explain`.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ pub fn explain(config: &Path, profile: &str, netns: Option<&str>) -> Result<Stri
     if !ignored.is_empty() {
         let _ = writeln!(out, "ConfigMap keys the profile does not model (ignored): {}", ignored.join(", "));
     }
-    match config::start(&cfg, profile, &links, &routes, node_ip) {
+    match hostdp_model::startup::start(&cfg, profile, &links, &routes, node_ip) {
         Err(e) => {
             let _ = writeln!(out, "the agent would refuse to start: {e}");
         }

@@ -311,7 +311,7 @@ pub fn run_local_as(files: &[PathBuf], jobs: usize, profile: Option<Profile>) ->
                 }
                 let rec = match scenario::load(f) {
                     Ok(sc) => match profile {
-                        Some(p) => run_scenario(&crate::diff::with_profile(&sc, p), &run),
+                        Some(p) => run_scenario(&sc.with_profile(p), &run),
                         None => run_scenario(&sc, &run),
                     },
                     Err(e) => invalid_record(f, &e.to_string()),

@@ -13,7 +13,8 @@ use hostdp::model::observed::{Attachment, Hook, Mechanism};
 use hostdp::sys::attach::{self, AttachContext, AttachError, DeviceConfig, OpOutcome};
 use hostdp::sys::compile::{default_bpf_dir, Compiler};
 use hostdp::model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
-use hostdp::sys::netns::{block_on, Netns};
+use hostdp::sys::netlink::block_on;
+use hostdp::sys::netns::Netns;
 use hostdp::sys::tc;
 
 const FROM_NETDEV: ProgramRef = ProgramRef { object: Object::Host, symbol: "cil_from_netdev" };

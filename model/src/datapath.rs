@@ -54,13 +54,6 @@ pub enum VlanAllow {
     Ids(Vec<u16>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum XdpMode {
-    /// `xdpdrv`: XDP_FLAGS_DRV_MODE.
-    Native,
-    /// `xdpgeneric`: XDP_FLAGS_SKB_MODE.
-    Generic,
-}
 
 /// One thing the agent does to a link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,6 +127,7 @@ pub struct Plan {
     pub device_state: Option<String>,
 }
 
+pub use crate::config::XdpMode;
 use crate::config::{Settings, TunnelProtocol, WIREGUARD_DEVICE};
 use crate::devices::Selection;
 use crate::profile::Change;
@@ -500,7 +494,8 @@ pub fn cleanup_ops(links: &[LinkInfo]) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{start, AgentConfig, Startup};
+    use crate::config::AgentConfig;
+    use crate::startup::{start, Startup};
     use crate::devices::tu::*;
     use crate::profile::Profile;
     use crate::observed::RouteInfo;
@@ -810,7 +805,8 @@ mod tests {
 #[cfg(test)]
 mod later_profiles {
     use super::*;
-    use crate::config::{start, AgentConfig, ConfigError, Startup};
+    use crate::config::{AgentConfig, ConfigError};
+    use crate::startup::{start, Startup};
     use crate::devices::tu::*;
     use crate::profile::Profile;
     use crate::observed::RouteInfo;
@@ -972,7 +968,8 @@ mod later_profiles {
 #[cfg(test)]
 mod overlay {
     use super::*;
-    use crate::config::{start, AgentConfig};
+    use crate::config::AgentConfig;
+    use crate::startup::start;
     use crate::devices::tu::*;
     use crate::profile::Profile;
 
@@ -1134,7 +1131,8 @@ mod overlay {
 #[cfg(test)]
 mod wireguard_egress {
     use super::*;
-    use crate::config::{start, AgentConfig, Startup};
+    use crate::config::AgentConfig;
+    use crate::startup::{start, Startup};
     use crate::devices::tu::*;
     use crate::profile::Profile;
 

@@ -18,3 +18,4 @@ pub mod policy;
 pub mod profile;
 pub mod record;
 pub mod scenario;
+pub mod startup;

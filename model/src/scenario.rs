@@ -161,6 +161,15 @@ fn default_true() -> bool {
     true
 }
 
+impl Scenario {
+    /// The scenario as written, with another starting profile (`run --profile`, `diff`).
+    pub fn with_profile(&self, p: crate::profile::Profile) -> Scenario {
+        let mut c = self.clone();
+        c.profile = p.as_str().to_string();
+        c
+    }
+}
+
 impl LinkSpec {
     /// The veth peer's name: `peer`, or `<name>-p` truncated to 15 bytes.
     pub fn peer_name(&self) -> String {

@@ -20,7 +20,8 @@ use serde::Serialize;
 use hostdp_model::observed::Hook;
 use crate::sys::compile::{CompileError, Compiler};
 use hostdp_model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
-use crate::sys::netns::{block_on, Netns, NetnsError};
+use crate::sys::netlink::block_on;
+use crate::sys::netns::{Netns, NetnsError};
 use crate::sys::tc::{self, Direction, FilterSpec, TcError, XdpAttachMode};
 
 /// The host device pair Cilium creates.

@@ -119,7 +119,7 @@ fn probe_now() -> Capabilities {
         .map(|f| (f.to_string(), if *f == "bpf" || *f == "tcx" { None } else { modprobe_guard(f, &kernel) }))
         .collect();
     let name = format!("{}-caps", crate::sys::topology::RunId::new());
-    let result = crate::sys::topology::with_scratch_netns(&name, |ns| ns.run(|| crate::sys::netns::block_on(probe_inside(&guarded))))
+    let result = crate::sys::topology::with_scratch_netns(&name, |ns| ns.run(|| crate::sys::netlink::block_on(probe_inside(&guarded))))
         .and_then(|r| r)
         .map_err(|e| e.to_string())
         .and_then(|r| r);

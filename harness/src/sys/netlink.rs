@@ -232,7 +232,7 @@ pub struct Conn {
 
 impl Conn {
     /// Opens a socket in the calling thread's namespace. Must run inside a tokio runtime
-    /// (e.g. [`crate::sys::netns::block_on`]), whose executor drives the socket.
+    /// (e.g. [`block_on`]), whose executor drives the socket.
     pub fn open() -> Result<Conn> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
         tokio::spawn(conn);
@@ -647,27 +647,37 @@ fn route_of(m: &RouteMessage) -> Option<RouteInfo> {
 
 /// Every link of the calling thread's namespace, with addresses (one socket).
 pub fn list_links() -> Result<Vec<LinkInfo>> {
-    crate::sys::netns::block_on(async { Conn::open()?.links().await })
+    block_on(async { Conn::open()?.links().await })
 }
 
 /// Every route of every table of the calling thread's namespace, both families (one socket).
 pub fn list_routes() -> Result<Vec<RouteInfo>> {
-    crate::sys::netns::block_on(async { Conn::open()?.routes().await })
+    block_on(async { Conn::open()?.routes().await })
 }
 
 /// [`Conn::ensure_encap_device`] on one socket of the calling thread's namespace.
 pub fn ensure_encap_device(name: &str, kind: EncapKind, port: u16) -> Result<EncapAction> {
-    crate::sys::netns::block_on(async { Conn::open()?.ensure_encap_device(name, kind, port).await })
+    block_on(async { Conn::open()?.ensure_encap_device(name, kind, port).await })
 }
 
 /// [`Conn::delete_link_if_present`] on one socket of the calling thread's namespace.
 pub fn delete_link_if_present(name: &str) -> Result<bool> {
-    crate::sys::netns::block_on(async { Conn::open()?.delete_link_if_present(name).await })
+    block_on(async { Conn::open()?.delete_link_if_present(name).await })
 }
 
 /// Applies `changes` in order on one socket of the calling thread's namespace.
 pub fn apply(changes: &[Change]) -> Result<()> {
-    crate::sys::netns::block_on(async { Conn::open()?.apply(changes).await })
+    block_on(async { Conn::open()?.apply(changes).await })
+}
+
+/// Runs a future to completion on a current-thread tokio runtime built on the calling thread.
+/// Use inside [`Netns::run`]: sockets opened by the future belong to that namespace.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build a current-thread tokio runtime")
+        .block_on(fut)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! `setns` moves only the calling thread, so every kernel call for a namespace runs on an OS
 //! thread that entered it ([`Netns::run`]) with, where async netlink is needed, a current-thread
-//! tokio runtime ([`block_on`]). Namespaces are bind-mounted under `/run/netns` like iproute2
+//! tokio runtime (`netlink::block_on`). Namespaces are bind-mounted under `/run/netns` like iproute2
 //! does, so `ip netns exec NAME tc filter show ...` sees them too.
 
 use std::fs::File;
@@ -39,7 +39,7 @@ pub struct Netns {
 
 impl Netns {
     /// Creates a new network namespace named `name` (which should start with [`PREFIX`]) holding
-    /// only `lo`, up.
+    /// only `lo`, down as `ip netns add` leaves it (the topology brings it up).
     pub fn create(name: &str) -> Result<Netns, NetnsError> {
         let err = |message: String| NetnsError::Create { name: name.to_string(), message };
         ensure_run_dir().map_err(err)?;
@@ -63,15 +63,7 @@ impl Netns {
             let _ = std::fs::remove_file(&path);
             return Err(err(m));
         }
-        let ns = Netns { name: name.to_string() };
-        // Loopback up, as `ip netns add` leaves it down but every real node has it up.
-        let lo = [crate::sys::netlink::Change::SetUp { name: "lo".into(), up: true }];
-        let up = ns.run(|| crate::sys::netlink::apply(&lo)).map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(m) = up {
-            let _ = ns.delete();
-            return Err(err(m));
-        }
-        Ok(ns)
+        Ok(Netns { name: name.to_string() })
     }
 
     /// An existing namespace by name.
@@ -162,16 +154,6 @@ fn ensure_run_dir() -> Result<(), String> {
     }
 }
 
-/// Runs a future to completion on a current-thread tokio runtime built on the calling thread.
-/// Use inside [`Netns::run`]: sockets opened by the future belong to that namespace.
-pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("build a current-thread tokio runtime")
-        .block_on(fut)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,8 +178,6 @@ mod tests {
         let _ = links;
         let names = ns.run(|| nix::net::if_::if_nameindex().unwrap().iter().map(|i| i.name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap();
         assert_eq!(names, vec!["lo".to_string()]);
-        let lo = ns.run(crate::sys::netlink::list_links).unwrap().unwrap();
-        assert!(lo[0].up, "lo is up in a new namespace");
         ns.delete().unwrap();
         assert!(!list_named().contains(&name));
     }

@@ -214,11 +214,24 @@ fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Creates a namespace with `lo` up (as on every real node; `ip netns add` leaves it down).
 fn create_netns_tracked(name: &str) -> Result<Netns> {
     let mut r = registry();
     let ns = Netns::create(name)?;
     r.namespaces.insert(name.to_string());
-    Ok(ns)
+    let lo = [Change::SetUp { name: "lo".into(), up: true }];
+    match ns.run(|| netlink::apply(&lo)) {
+        Ok(Ok(())) => Ok(ns),
+        failed => {
+            let _ = netns::delete_named(name);
+            r.namespaces.remove(name);
+            Err(match failed {
+                Err(e) => TopologyError::Netns(e),
+                Ok(Err(e)) => TopologyError::Netlink(e),
+                Ok(Ok(())) => unreachable!(),
+            })
+        }
+    }
 }
 
 fn delete_netns_tracked(name: &str) -> std::result::Result<(), NetnsError> {
