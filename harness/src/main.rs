@@ -9,7 +9,11 @@ use hostdp::model::exit;
 use hostdp::runner;
 
 #[derive(Parser)]
-#[command(name = "hostdp", version, about = "Which eBPF programs Cilium's host datapath attaches to which links, on real kernels")]
+#[command(
+    name = "hostdp",
+    version,
+    about = "Which eBPF programs Cilium's host datapath attaches to which links, on real kernels"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -131,18 +135,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Check { paths } => runner::cli_check(&default_paths(paths)),
-        Cmd::Run { format, kernels, allow_skips, keep, jobs, output, profile, paths } => runner::cli_run(&runner::RunArgs {
-            json: format == Format::Json,
-            kernels,
-            allow_skips,
-            keep,
-            jobs,
-            output,
-            profile,
-            paths: default_paths(paths),
-        }),
+        Cmd::Run { format, kernels, allow_skips, keep, jobs, output, profile, paths } => {
+            runner::cli_run(&runner::RunArgs {
+                json: format == Format::Json,
+                kernels,
+                allow_skips,
+                keep,
+                jobs,
+                output,
+                profile,
+                paths: default_paths(paths),
+            })
+        }
         Cmd::Inspect { netns, format, maps: false } => runner::cli_inspect(netns.as_deref(), format == Format::Json),
-        Cmd::Inspect { netns, format, maps: true } => runner::cli_inspect_maps(netns.as_deref(), format == Format::Json),
+        Cmd::Inspect { netns, format, maps: true } => {
+            runner::cli_inspect_maps(netns.as_deref(), format == Format::Json)
+        }
         Cmd::Explain { config, profile, netns } => runner::cli_explain(&config, &profile, netns.as_deref()),
         Cmd::Table { records, devices } => runner::cli_table(&records, &devices),
         Cmd::Diff { profiles, mechanism, kernel, format, paths } => hostdp::diff::cli(&hostdp::diff::DiffArgs {
