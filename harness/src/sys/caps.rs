@@ -7,7 +7,7 @@
 //! in (set `HOSTDP_ALLOW_MODPROBE=1`, e.g. inside a throwaway VM, to let the kernel load it).
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -17,6 +17,7 @@ use netlink_packet_route::tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHan
 use netlink_packet_route::RouteNetlinkMessage;
 use serde::{Deserialize, Serialize};
 
+use crate::sys::bpf;
 use crate::sys::netlink::{Change, Conn, NewLink};
 use hostdp_model::needs::{Capabilities, EXTRA_FEATURES, LINK_FEATURES};
 
@@ -196,8 +197,10 @@ async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<S
     let clsact_ok = clsact.is_none();
     out.insert("clsact".into(), clsact);
 
-    let sched_cls = load_program(BPF_PROG_TYPE_SCHED_CLS);
-    out.insert("bpf".into(), load_program(BPF_PROG_TYPE_SOCKET_FILTER).err());
+    // The errno's text, as the other features report theirs.
+    let why = |e: bpf::BpfError| crate::sys::netlink::errno_text(e.source.raw_os_error().unwrap_or(0));
+    let sched_cls = bpf::load_trivial_program(bpf::PROG_TYPE_SCHED_CLS).map_err(why);
+    out.insert("bpf".into(), bpf::load_trivial_program(bpf::PROG_TYPE_SOCKET_FILTER).map_err(why).err());
     let cls_bpf = match (blocked("cls_bpf"), &sched_cls, index, clsact_ok) {
         (Some(g), ..) => Some(g),
         (None, Err(e), ..) => Some(format!("cannot load a sched_cls program: {e}")),
@@ -208,7 +211,7 @@ async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<S
     let tcx = match (&sched_cls, index) {
         (Err(e), _) => Some(format!("cannot load a sched_cls program: {e}")),
         (Ok(_), None) => Some("needs a veth to attach to, and veth is unavailable".into()),
-        (Ok(fd), Some(i)) => tcx_attach(fd, i).err(),
+        (Ok(fd), Some(i)) => bpf::tcx_attach_ingress(fd, i).map(drop).map_err(why).err(),
     };
     out.insert("tcx".into(), tcx);
     Ok(out)
@@ -254,79 +257,6 @@ async fn add_bpf_filter(conn: &Conn, index: u32, prog: &OwnedFd) -> Result<(), S
         TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
     ]));
     request_ack(conn, RouteNetlinkMessage::NewTrafficFilter(m)).await
-}
-
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const BPF_TCX_INGRESS: u32 = 46;
-
-/// The leading part of `union bpf_attr` for BPF_PROG_LOAD; the kernel accepts a shorter attr.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-/// The leading part of `union bpf_attr` for BPF_LINK_CREATE with the tcx fields.
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-    relative_fd: u32,
-    _pad: u32,
-    expected_revision: u64,
-}
-
-/// One bpf(2) call that returns a file descriptor; the error is the errno's text.
-pub(crate) fn bpf_call<T>(cmd: libc::c_long, attr: &mut T) -> Result<OwnedFd, String> {
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32) };
-    if fd < 0 {
-        return Err(crate::sys::netlink::errno_text(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Loads `r0 = 0; exit` as a program of type `prog_type`.
-fn load_program(prog_type: u32) -> Result<OwnedFd, String> {
-    // (opcode, regs, off, imm): BPF_ALU64|BPF_MOV|BPF_K r0 = 0; BPF_JMP|BPF_EXIT.
-    let insns: [u64; 2] = [0xb7, 0x95];
-    let license = c"GPL";
-    let mut attr = ProgLoadAttr {
-        prog_type,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        ..Default::default()
-    };
-    attr.prog_name[..12].copy_from_slice(b"hostdp_probe");
-    bpf_call(BPF_PROG_LOAD, &mut attr)
-}
-
-/// Attaches `prog` as a tcx ingress link on `ifindex`; closing the link detaches it again.
-fn tcx_attach(prog: &OwnedFd, ifindex: u32) -> Result<(), String> {
-    let mut attr = LinkCreateAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_ifindex: ifindex,
-        attach_type: BPF_TCX_INGRESS,
-        ..Default::default()
-    };
-    bpf_call(BPF_LINK_CREATE, &mut attr).map(drop)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use aya::maps::{Array, Map, MapData, MapInfo};
 use aya::programs::{loaded_programs, ProgramError, SchedClassifier, TcAttachType};
 use serde::Serialize;
 
+use crate::sys::bpf;
 use crate::sys::netns::{Netns, NetnsError};
 use crate::sys::tc::{self, Direction};
 use hostdp_model::observed::{Attachment, Hook, Mechanism};
@@ -146,66 +147,7 @@ fn query_tcx(device: &str, direction: Direction) -> Result<Vec<u32>, InspectErro
 /// in between are left out. Each id is looked up on its own (BPF_PROG_GET_FD_BY_ID), so the
 /// cost follows the attachments read back, not the programs loaded on the machine.
 fn program_names(ids: &BTreeSet<u32>) -> HashMap<u32, (String, String)> {
-    ids.iter().filter_map(|&id| program_info(id).map(|info| (id, info))).collect()
-}
-
-/// `(name, tag as hex)` of program `id`, if it is still loaded.
-fn program_info(id: u32) -> Option<(String, String)> {
-    const BPF_PROG_GET_FD_BY_ID: u32 = 13;
-    const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
-    // The leading part of `struct bpf_prog_info`, up to the name; the kernel fills what fits.
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProgInfo {
-        prog_type: u32,
-        id: u32,
-        tag: [u8; 8],
-        jited_prog_len: u32,
-        xlated_prog_len: u32,
-        jited_prog_insns: u64,
-        xlated_prog_insns: u64,
-        load_time: u64,
-        created_by_uid: u32,
-        nr_map_ids: u32,
-        map_ids: u64,
-        name: [u8; 16],
-    }
-    #[repr(C)]
-    struct GetFdById {
-        id: u32,
-        next_id: u32,
-        open_flags: u32,
-    }
-    #[repr(C)]
-    struct GetInfo {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut by_id = GetFdById { id, next_id: 0, open_flags: 0 };
-    let fd = crate::sys::caps::bpf_call(BPF_PROG_GET_FD_BY_ID as libc::c_long, &mut by_id).ok()?;
-    let mut info = ProgInfo::default();
-    let mut get = GetInfo {
-        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
-        info_len: std::mem::size_of::<ProgInfo>() as u32,
-        info: &mut info as *mut ProgInfo as u64,
-    };
-    // SAFETY: `get` points at `info`, which outlives the call; the kernel writes at most
-    // `info_len` bytes; the call returns 0 (no fd) on success.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut get as *mut GetInfo,
-            std::mem::size_of::<GetInfo>() as u32,
-        )
-    };
-    if r != 0 || info.id != id {
-        return None;
-    }
-    let end = info.name.iter().position(|&b| b == 0).unwrap_or(info.name.len());
-    let name = String::from_utf8_lossy(&info.name[..end]).into_owned();
-    Some((name, format!("{:016x}", u64::from_be_bytes(info.tag))))
+    ids.iter().filter_map(|&id| bpf::program_info(id).map(|p| (id, (p.name, p.tag)))).collect()
 }
 
 /// The kernel name of one loaded program, if it is still loaded.

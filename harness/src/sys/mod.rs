@@ -3,6 +3,7 @@
 //! decides and reports what the kernel holds; it decides nothing about Cilium's behaviour.
 
 pub mod attach;
+pub mod bpf;
 pub mod caps;
 pub mod compile;
 pub mod crosscheck;
