@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod loader;
 pub mod netlink;
 pub mod netns;
+pub mod paths;
 pub mod policy;
 pub mod report;
 pub mod runner;
