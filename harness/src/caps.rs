@@ -534,6 +534,7 @@ mod tests {
                 expect: Default::default(),
                 line: 1,
             }],
+            warnings: vec![],
         }
     }
 
