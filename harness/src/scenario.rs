@@ -1,4 +1,4 @@
-//! Scenario files (format version 1, `../shared/design/scenario-format.md`): parse and validate.
+//! Scenario files (format version 1, `docs/scenario-format.md`): parse and validate.
 //!
 //! The raw serde structs mirror the file one to one (`deny_unknown_fields` everywhere) so that
 //! serde_yaml reports unknown keys and wrong types with the line and column of the offending key.

@@ -34,7 +34,7 @@ pub enum PolicyError {
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
     #[error("policy fixture {path} holds no yaml document")]
     Empty { path: PathBuf },
-    #[error("load policy schema {path}: {message}")]
+    #[error("CRD {path}: {message}")]
     Schema { path: PathBuf, message: String },
     #[error("invalid policy fixture {path}:\n{}", render(path, diagnostics))]
     Invalid { path: PathBuf, diagnostics: Vec<Diagnostic> },
