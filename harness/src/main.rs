@@ -148,16 +148,18 @@ fn main() -> ExitCode {
     }
     let code = match cli.cmd {
         Cmd::Check { paths, .. } => runner::cli_check(&default_paths(paths)),
-        Cmd::Run { format, kernels, allow_skips, keep, jobs, output, profile, paths, .. } => runner::cli_run(&runner::RunArgs {
-            json: format == Format::Json,
-            kernels,
-            allow_skips,
-            keep,
-            jobs,
-            output,
-            profile,
-            paths: default_paths(paths),
-        }),
+        Cmd::Run { format, kernels, allow_skips, keep, jobs, output, profile, paths, .. } => {
+            runner::cli_run(&runner::RunArgs {
+                json: format == Format::Json,
+                kernels,
+                allow_skips,
+                keep,
+                jobs,
+                output,
+                profile,
+                paths: default_paths(paths),
+            })
+        }
         Cmd::Inspect { netns, format, maps: false } => runner::cli_inspect(netns.as_deref(), format == Format::Json),
         Cmd::Inspect { netns, format, maps: true } => runner::cli_inspect_maps(netns.as_deref(), format == Format::Json),
         Cmd::Explain { config, profile, netns } => runner::cli_explain(&config, &profile, netns.as_deref()),

@@ -70,7 +70,13 @@ impl Paths {
         } else {
             std::env::temp_dir().join("hostdp-cache")
         };
-        Paths { checkout, cache, bpf_dir: var("HOSTDP_BPF_DIR"), kernel_dir: var("HOSTDP_KERNEL_DIR"), vng: var("HOSTDP_VNG") }
+        Paths {
+            checkout,
+            cache,
+            bpf_dir: var("HOSTDP_BPF_DIR"),
+            kernel_dir: var("HOSTDP_KERNEL_DIR"),
+            vng: var("HOSTDP_VNG"),
+        }
     }
 
     /// Folders that hold named VM kernels (`NAME/vmlinuz`, as `ci/kernels` lays them out):

@@ -1101,7 +1101,8 @@ steps:
         let agent = "agent:\n  kube-proxy-replacement: maybe\n";
         let s = ok(&doc(&["{name: eth0, kind: veth}"], agent));
         assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
-        assert!(s.warnings[0].starts_with("dir/s.yaml:6:27: warning: unable to initialize kube-proxy"), "{}", s.warnings[0]);
+        let w = &s.warnings[0];
+        assert!(w.starts_with("dir/s.yaml:6:27: warning: unable to initialize kube-proxy"), "{w}");
         assert!(s.warnings[0].contains("Invalid value for --kube-proxy-replacement: maybe"), "{}", s.warnings[0]);
         let expected = format!("{agent}steps:\n  - start: {{}}\n    expect: {{error: Invalid value}}\n");
         assert!(ok(&doc(&["{name: eth0, kind: veth}"], &expected)).warnings.is_empty());
@@ -1109,7 +1110,8 @@ steps:
         let up = "agent:\n  kube-proxy-replacement: partial\nsteps:\n  - start: {}\n  - restart: {profile: v1.16}\n";
         let s = ok(&doc(&["{name: eth0, kind: veth}"], up));
         assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
-        assert!(s.warnings[0].starts_with("dir/s.yaml:9:24: warning: ") && s.warnings[0].contains("step 2 (restart)"), "{}", s.warnings[0]);
+        let w = &s.warnings[0];
+        assert!(w.starts_with("dir/s.yaml:9:24: warning: ") && w.contains("step 2 (restart)"), "{w}");
         // A misread boolean stays invalid input.
         let e = bad(&doc(&["{name: eth0, kind: veth}"], "agent:\n  enable-node-port: ture\n"));
         assert!(e.starts_with("6:21:") && e.ends_with("did you mean \"true\"?"), "{e}");

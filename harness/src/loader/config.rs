@@ -157,7 +157,9 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
     Err(match kind {
         // Upstream reads a bad boolean as false, silently: invalid input, with the likely intent.
         Kind::Bool => match did_you_mean(v, &["true", "false"]) {
-            Some(s) => format!("invalid value {value:?} for {key}: expected \"true\" or \"false\", did you mean \"{s}\"?"),
+            Some(s) => {
+                format!("invalid value {value:?} for {key}: expected \"true\" or \"false\", did you mean \"{s}\"?")
+            }
             None => format!("invalid value {value:?} for {key}: expected \"true\" or \"false\""),
         },
         Kind::Names => format!(
@@ -205,7 +207,10 @@ pub fn start_refusal(key: &str, value: &str, profile: Profile) -> Option<String>
         "kube-proxy-replacement" => {
             let v = value.trim();
             (!kube_proxy_replacement_values(profile).contains(&v)).then(|| {
-                format!("unable to initialize kube-proxy replacement options: Invalid value for --kube-proxy-replacement: {v}")
+                format!(
+                    "unable to initialize kube-proxy replacement options: \
+                     Invalid value for --kube-proxy-replacement: {v}"
+                )
             })
         }
         _ => None,
@@ -1184,9 +1189,12 @@ mod tests {
     #[test]
     fn kube_proxy_replacement_values_are_refused_at_start_up() {
         assert_eq!(check_value("kube-proxy-replacement", "maybe"), Ok(()));
-        let at = |v: &str, p: Profile| Settings::derive(&AgentConfig::from_map(&map(&[("kube-proxy-replacement", v)]), p).unwrap(), p);
+        let at = |v: &str, p: Profile| {
+            Settings::derive(&AgentConfig::from_map(&map(&[("kube-proxy-replacement", v)]), p).unwrap(), p)
+        };
         let m = refused_msg(at("maybe", Profile::V1_14_4));
-        assert_eq!(m, "unable to initialize kube-proxy replacement options: Invalid value for --kube-proxy-replacement: maybe");
+        let want = "Invalid value for --kube-proxy-replacement: maybe";
+        assert_eq!(m, format!("unable to initialize kube-proxy replacement options: {want}"));
         assert!(refused_msg(at("True", Profile::V1_15)).ends_with("--kube-proxy-replacement: True"));
         assert!(refused_msg(at("partial", Profile::V1_16)).ends_with("--kube-proxy-replacement: partial"));
         assert!(at("partial", Profile::V1_15).is_ok());

@@ -224,7 +224,9 @@ fn load_crd_file(path: &Path) -> Result<Vec<(PolicyKind, Compiled)>, PolicyError
     let mut crds = Vec::new();
     for doc in docs {
         match doc.value.get("kind").and_then(Value::as_str) {
-            Some("List") => crds.extend(doc.value.get("items").and_then(Value::as_array).into_iter().flatten().cloned()),
+            Some("List") => {
+                crds.extend(doc.value.get("items").and_then(Value::as_array).into_iter().flatten().cloned())
+            }
             _ => crds.push(doc.value),
         }
     }
@@ -454,7 +456,8 @@ mod tests {
         let cnp: Value = serde_json::from_str(EMBEDDED_CNP).unwrap();
         let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
             "metadata": {"name": "ciliumnetworkpolicies.cilium.io"},
-            "spec": {"names": {"kind": "CiliumNetworkPolicy"}, "versions": [{"name": "v2", "schema": {"openAPIV3Schema": cnp}}]}});
+            "spec": {"names": {"kind": "CiliumNetworkPolicy"},
+                     "versions": [{"name": "v2", "schema": {"openAPIV3Schema": cnp}}]}});
         let f = dir.path().join("cnp.yaml");
         std::fs::write(&f, serde_json::to_string(&crd).unwrap()).unwrap();
         let set = SchemaSet::with_crds(std::slice::from_ref(&f)).unwrap();
