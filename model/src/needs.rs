@@ -224,6 +224,7 @@ mod tests {
                 expect: Default::default(),
                 line: 1,
             }],
+            warnings: vec![],
         }
     }
 

@@ -756,6 +756,7 @@ mod tests {
             agent_file: None,
             pods: vec![],
             steps: vec![],
+            warnings: vec![],
         }
     }
 
