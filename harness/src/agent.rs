@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use crate::sys::attach::{self, AttachContext};
 use crate::sys::compile::Compiler;
+use crate::sys::netlink::{self, Change, NewLink};
+use crate::sys::policymap;
+use crate::sys::topology::Node;
 use hostdp_model::config::{AgentConfig, Settings, WIREGUARD_DEVICE};
 use hostdp_model::datapath::{self, Op};
-use crate::sys::policymap;
-use hostdp_model::profile::{self, Profile};
-use crate::sys::netlink::{self, Change, NewLink};
 use hostdp_model::policy;
+use hostdp_model::profile::{self, Profile};
 use hostdp_model::scenario::PodSpec;
-use crate::sys::topology::Node;
 
 /// Why a step failed: the agent refused (an expectable outcome, as upstream's start-up errors
 /// are), or the harness could not do its part (a kernel call failed).
@@ -139,10 +139,21 @@ impl Agent {
     }
 
     /// `reloadHostDatapath` (plus init.sh and the XDP set-up) for a device selection.
-    fn reload_host(&mut self, node: &Node, sel: &hostdp_model::devices::Selection, links: &[hostdp_model::observed::LinkInfo]) -> Result<(), AgentError> {
+    fn reload_host(
+        &mut self,
+        node: &Node,
+        sel: &hostdp_model::devices::Selection,
+        links: &[hostdp_model::observed::LinkInfo],
+    ) -> Result<(), AgentError> {
         let settings = self.settings.as_ref().ok_or_else(|| AgentError::Harness("agent has no settings".into()))?;
-        let plan = datapath::plan_with_state(settings, sel, links, self.device_state.as_deref()).map_err(AgentError::refused)?;
-        let ctx = AttachContext { compiler: self.compiler.clone(), defines: plan.defines.clone(), bpffs: self.bpffs.clone(), kernel_tcx: self.kernel_tcx };
+        let plan = datapath::plan_with_state(settings, sel, links, self.device_state.as_deref())
+            .map_err(AgentError::refused)?;
+        let ctx = AttachContext {
+            compiler: self.compiler.clone(),
+            defines: plan.defines.clone(),
+            bpffs: self.bpffs.clone(),
+            kernel_tcx: self.kernel_tcx,
+        };
         attach::execute(node.netns(), &ctx, &plan.ops).map_err(classify_attach)?;
         // Reported sorted (the contract's `devices`); upstream appends cilium_wg0 at the end.
         let mut devices = sel.devices.clone();
@@ -166,7 +177,8 @@ impl Agent {
     fn detect_and_reload(&mut self, node: &Node, cfg: &AgentConfig) -> Result<(), AgentError> {
         let links = node.links().map_err(AgentError::harness)?;
         let routes = node.routes().map_err(AgentError::harness)?;
-        let startup = hostdp_model::startup::start(cfg, self.profile, &links, &routes, self.node_ip).map_err(AgentError::refused)?;
+        let startup = hostdp_model::startup::start(cfg, self.profile, &links, &routes, self.node_ip)
+            .map_err(AgentError::refused)?;
         self.settings = Some(startup.settings);
         self.reload_host(node, &startup.selection, &links)
     }
@@ -181,7 +193,12 @@ impl Agent {
                 *seclabel = identity;
             }
         }
-        let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone(), kernel_tcx: self.kernel_tcx };
+        let ctx = AttachContext {
+            compiler: self.compiler.clone(),
+            defines: BTreeMap::new(),
+            bpffs: self.bpffs.clone(),
+            kernel_tcx: self.kernel_tcx,
+        };
         attach::execute(node.netns(), &ctx, &ops).map_err(classify_attach)?;
         self.write_policy_map(&policy::Endpoint::pod(&pod.namespace, &pod.name, &pod.labels), &lxc)
     }
@@ -233,7 +250,12 @@ impl Agent {
         self.running = false;
         let links = node.links().map_err(AgentError::harness)?;
         let ops = datapath::cleanup_ops(&links);
-        let ctx = AttachContext { compiler: self.compiler.clone(), defines: BTreeMap::new(), bpffs: self.bpffs.clone(), kernel_tcx: self.kernel_tcx };
+        let ctx = AttachContext {
+            compiler: self.compiler.clone(),
+            defines: BTreeMap::new(),
+            bpffs: self.bpffs.clone(),
+            kernel_tcx: self.kernel_tcx,
+        };
         attach::execute(node.netns(), &ctx, &ops).map_err(AgentError::harness)?;
         if let Some(b) = &self.bpffs {
             policymap::remove_all(b).map_err(AgentError::harness)?;
@@ -288,7 +310,12 @@ impl Agent {
         self.regenerate_selected(node, pods, &policies)
     }
 
-    fn regenerate_selected(&mut self, node: &Node, pods: &[PodSpec], policies: &[policy::Policy]) -> Result<StepOutcome, AgentError> {
+    fn regenerate_selected(
+        &mut self,
+        node: &Node,
+        pods: &[PodSpec],
+        policies: &[policy::Policy],
+    ) -> Result<StepOutcome, AgentError> {
         if !self.running {
             return Ok(StepOutcome::default());
         }

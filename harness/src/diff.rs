@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::runner;
+use crate::sys::topology::RunId;
+use hostdp_model::exit;
 use hostdp_model::observed::{Attachment, Hook, Mechanism};
 use hostdp_model::profile::Profile;
 use hostdp_model::record::{ScenarioRecord, Status};
 use hostdp_model::scenario::{self, Scenario};
-use crate::sys::topology::RunId;
-use crate::runner;
-use hostdp_model::exit;
 
 /// Errors of the diff's set-up (running is the runner's business).
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +126,13 @@ fn hooks_of(atts: &[Attachment], mechanism: bool) -> HookMap {
 }
 
 /// Compares the records of one scenario run under each profile (same order as `profiles`).
-pub fn compare(file: &str, name: &str, profiles: &[Profile], records: &[ScenarioRecord], mechanism: bool) -> ScenarioDiff {
+pub fn compare(
+    file: &str,
+    name: &str,
+    profiles: &[Profile],
+    records: &[ScenarioRecord],
+    mechanism: bool,
+) -> ScenarioDiff {
     let names: Vec<String> = profiles.iter().map(|p| p.as_str().to_string()).collect();
     let mut problems = BTreeMap::new();
     for (p, r) in names.iter().zip(records) {
@@ -143,16 +149,25 @@ pub fn compare(file: &str, name: &str, profiles: &[Profile], records: &[Scenario
         let action = records.iter().find_map(|r| step_of(r, i).map(|s| s.action.clone())).unwrap_or_default();
         let errors: BTreeMap<String, Option<String>> =
             names.iter().zip(records).map(|(p, r)| (p.clone(), step_of(r, i).and_then(|s| s.error.clone()))).collect();
-        let devices: BTreeMap<String, Option<Vec<String>>> =
-            names.iter().zip(records).map(|(p, r)| (p.clone(), step_of(r, i).and_then(|s| s.devices.clone()))).collect();
-        let maps: Vec<HookMap> =
-            records.iter().map(|r| step_of(r, i).map(|s| hooks_of(&s.attachments, mechanism)).unwrap_or_default()).collect();
+        let devices: BTreeMap<String, Option<Vec<String>>> = names
+            .iter()
+            .zip(records)
+            .map(|(p, r)| (p.clone(), step_of(r, i).and_then(|s| s.devices.clone())))
+            .collect();
+        let maps: Vec<HookMap> = records
+            .iter()
+            .map(|r| step_of(r, i).map(|s| hooks_of(&s.attachments, mechanism)).unwrap_or_default())
+            .collect();
         let keys: BTreeSet<&(String, Hook)> = maps.iter().flat_map(|m| m.keys()).collect();
         let mut hooks = Vec::new();
         for k in keys {
             let vals: Vec<Vec<String>> = maps.iter().map(|m| m.get(k).cloned().unwrap_or_default()).collect();
             if vals.windows(2).any(|w| w[0] != w[1]) {
-                hooks.push(HookDiff { device: k.0.clone(), hook: k.1, by_profile: names.iter().cloned().zip(vals).collect() });
+                hooks.push(HookDiff {
+                    device: k.0.clone(),
+                    hook: k.1,
+                    by_profile: names.iter().cloned().zip(vals).collect(),
+                });
             }
         }
         let errors = if all_equal(errors.values()) { BTreeMap::new() } else { errors };
@@ -182,7 +197,8 @@ pub fn run(args: &DiffArgs) -> Result<Vec<ScenarioDiff>, DiffError> {
         None => {
             let run = RunId::new();
             for sc in &scenarios {
-                let recs: Vec<ScenarioRecord> = profiles.iter().map(|p| runner::run_scenario(&sc.with_profile(*p), &run)).collect();
+                let recs: Vec<ScenarioRecord> =
+                    profiles.iter().map(|p| runner::run_scenario(&sc.with_profile(*p), &run)).collect();
                 out.push(compare(&sc.path.display().to_string(), &sc.name, &profiles, &recs, args.mechanism));
             }
         }
@@ -283,7 +299,11 @@ pub fn table(diffs: &[ScenarioDiff]) -> String {
                 let _ = writeln!(out, "    error    {p:<8} {}", e.as_deref().unwrap_or("none"));
             }
             for (p, dv) in &s.devices {
-                let _ = writeln!(out, "    devices  {p:<8} {}", dv.as_ref().map_or("(agent not running)".into(), |v| format!("[{}]", v.join(", "))));
+                let _ = writeln!(
+                    out,
+                    "    devices  {p:<8} {}",
+                    dv.as_ref().map_or("(agent not running)".into(), |v| format!("[{}]", v.join(", ")))
+                );
             }
             for h in &s.hooks {
                 let cols: Vec<String> = d.profiles.iter().map(|p| format!("{p}: {}", show(&h.by_profile[p]))).collect();
@@ -313,7 +333,10 @@ pub fn cli(args: &DiffArgs) -> i32 {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "scenarios": diffs })).expect("serialise the diff"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "scenarios": diffs })).expect("serialise the diff")
+        );
     } else {
         print!("{}", table(&diffs));
     }
@@ -348,7 +371,7 @@ mod tests {
 
     fn rec(profile: &str, atts: Vec<Attachment>, error: Option<&str>) -> ScenarioRecord {
         ScenarioRecord {
-        phases: None,
+            phases: None,
             file: "f.yaml".into(),
             name: "f".into(),
             profile: profile.into(),
@@ -374,7 +397,11 @@ mod tests {
     fn copies_are_valid_scenarios_and_go_away() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("s.yaml");
-        std::fs::write(&f, "name: s\nprofile: v1.14.4\ntopology:\n  links:\n    - {name: eth0, kind: veth}\nsteps:\n  - start: {}\n").unwrap();
+        std::fs::write(
+            &f,
+            "name: s\nprofile: v1.14.4\ntopology:\n  links:\n    - {name: eth0, kind: veth}\nsteps:\n  - start: {}\n",
+        )
+        .unwrap();
         let sc = scenario::load(&f).unwrap();
         let paths = {
             let c = Copies::write(&[sc], &[Profile::V1_14_4, Profile::V1_16]).unwrap();

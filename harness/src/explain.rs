@@ -33,7 +33,11 @@ pub fn explain(config: &Path, profile: &str, netns: Option<&str>) -> Result<Stri
     let (map, ignored) = hostdp_model::scenario::load_config_map(config)?;
     let cfg = AgentConfig::from_map(&map, profile)?;
     let read = || -> Result<_, crate::sys::netlink::NetlinkError> {
-        Ok((crate::sys::netlink::list_links()?, crate::sys::netlink::list_routes()?, crate::sys::inspect::inspect_current()))
+        Ok((
+            crate::sys::netlink::list_links()?,
+            crate::sys::netlink::list_routes()?,
+            crate::sys::inspect::inspect_current(),
+        ))
     };
     let (links, routes, now) = match netns {
         Some(n) => crate::sys::netns::Netns::open(n)?.run(read)??,
@@ -49,7 +53,12 @@ pub fn explain(config: &Path, profile: &str, netns: Option<&str>) -> Result<Stri
         .map(|a| a.addr())
         .find(|a| devices::is_global_unicast(*a));
     let mut out = String::new();
-    let _ = writeln!(out, "profile {}; node IP taken as {}", profile.as_str(), node_ip.map_or("none".into(), |i| i.to_string()));
+    let _ = writeln!(
+        out,
+        "profile {}; node IP taken as {}",
+        profile.as_str(),
+        node_ip.map_or("none".into(), |i| i.to_string())
+    );
     if !ignored.is_empty() {
         let _ = writeln!(out, "ConfigMap keys the profile does not model (ignored): {}", ignored.join(", "));
     }
@@ -65,7 +74,12 @@ pub fn explain(config: &Path, profile: &str, netns: Option<&str>) -> Result<Stri
                     continue;
                 }
                 let why = devices::not_selected_reason(&st.settings, l, &links, &routes);
-                let _ = writeln!(out, "  not selected: {} ({})", l.name, why.unwrap_or("no global address or default route, or detection did not run"));
+                let _ = writeln!(
+                    out,
+                    "  not selected: {} ({})",
+                    l.name,
+                    why.unwrap_or("no global address or default route, or detection did not run")
+                );
             }
             match datapath::plan(&st.settings, &st.selection, &links) {
                 Ok(plan) => {
@@ -99,7 +113,12 @@ fn describe(op: &datapath::Op) -> String {
         }
         Op::DeleteLink { device } => format!("delete {device} if present"),
         Op::AttachTc { device, hook, program, priority, .. } => {
-            format!("attach {} on {device} {} (tc filter {}-{device}, pref {priority}, handle 1)", program.symbol, hook.as_str(), program.symbol)
+            format!(
+                "attach {} on {device} {} (tc filter {}-{device}, pref {priority}, handle 1)",
+                program.symbol,
+                hook.as_str(),
+                program.symbol
+            )
         }
         Op::FlushTc { device, hook } => format!("remove every {} filter of {device}", hook.as_str()),
         Op::RemoveObsoleteTc { device } => format!("remove Cilium's old filters from {device} (no longer a device)"),
@@ -110,7 +129,10 @@ fn describe(op: &datapath::Op) -> String {
             let s = program.symbol;
             let tc = format!("tc filter {s}-{device}, pref {priority}, handle 1");
             if *tcx {
-                format!("attach {s} on {device} {} (tcx link pinned at {pin_dir}/{s}; {tc} where the kernel has no tcx)", hook.as_str())
+                format!(
+                    "attach {s} on {device} {} (tcx link pinned at {pin_dir}/{s}; {tc} where the kernel has no tcx)",
+                    hook.as_str()
+                )
             } else {
                 format!("attach {s} on {device} {} ({tc}; unpin {pin_dir}/{s})", hook.as_str())
             }

@@ -9,7 +9,11 @@ use hostdp::model::exit;
 use hostdp::runner;
 
 #[derive(Parser)]
-#[command(name = "hostdp", version, about = "Which eBPF programs Cilium's host datapath attaches to which links, on real kernels")]
+#[command(
+    name = "hostdp",
+    version,
+    about = "Which eBPF programs Cilium's host datapath attaches to which links, on real kernels"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -162,7 +166,9 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Inspect { netns, format, maps: false } => runner::cli_inspect(netns.as_deref(), format == Format::Json),
-        Cmd::Inspect { netns, format, maps: true } => runner::cli_inspect_maps(netns.as_deref(), format == Format::Json),
+        Cmd::Inspect { netns, format, maps: true } => {
+            runner::cli_inspect_maps(netns.as_deref(), format == Format::Json)
+        }
         Cmd::Explain { config, profile, netns } => runner::cli_explain(&config, &profile, netns.as_deref()),
         Cmd::Table { records, devices } => runner::cli_table(&records, &devices),
         Cmd::Diff { profiles, mechanism, kernel, format, paths } => hostdp::diff::cli(&hostdp::diff::DiffArgs {

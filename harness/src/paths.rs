@@ -55,9 +55,8 @@ impl Paths {
         let target = var("CARGO_TARGET_DIR");
         let built = build_checkout();
         let from_cwd = cwd.and_then(|c| c.ancestors().find(|p| is_checkout(p)).map(Path::to_path_buf));
-        let exe_in_build = exe.is_some_and(|e| {
-            e.starts_with(built.join("target")) || target.as_ref().is_some_and(|t| e.starts_with(t))
-        });
+        let exe_in_build = exe
+            .is_some_and(|e| e.starts_with(built.join("target")) || target.as_ref().is_some_and(|t| e.starts_with(t)));
         let checkout = from_cwd.or_else(|| (exe_in_build && is_checkout(&built)).then_some(built));
         let cache = if let Some(d) = var("HOSTDP_CACHE_DIR") {
             d

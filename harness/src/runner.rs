@@ -7,18 +7,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use hostdp_model::exit;
-use crate::sys::inspect::{self};
-use hostdp_model::observed::{Attachment};
 use crate::agent::{Agent, AgentError};
 use crate::sys::compile::Compiler;
+use crate::sys::inspect::{self};
 use crate::sys::policymap;
-use hostdp_model::profile::Profile;
-use hostdp_model::record::{self, KernelRun, Observed, RunRecord, ScenarioRecord, Status, StepRecord};
-use hostdp_model::scenario::{self, Action, PodSpec, Scenario};
 use crate::sys::timing::{self, Phase};
 use crate::sys::topology::{self, Node, RunId};
 use crate::sys::vm;
+use hostdp_model::exit;
+use hostdp_model::observed::Attachment;
+use hostdp_model::profile::Profile;
+use hostdp_model::record::{self, KernelRun, Observed, RunRecord, ScenarioRecord, Status, StepRecord};
+use hostdp_model::scenario::{self, Action, PodSpec, Scenario};
 
 /// Arguments of `hostdp run`.
 #[derive(Debug, Clone, Default)]
@@ -146,7 +146,15 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     // Validated when the file was loaded: the fallback is never taken.
     let profile = Profile::parse(&sc.profile).unwrap_or(Profile::ALL[0]);
     let node_ip = sc.node.ip.as_deref().and_then(|s| s.parse().ok());
-    let mut agent = Agent::new(profile, sc.agent.clone(), node_ip, sc.node.labels.clone(), compiler(), Some(node.bpffs().to_path_buf()), caps.has("tcx"));
+    let mut agent = Agent::new(
+        profile,
+        sc.agent.clone(),
+        node_ip,
+        sc.node.labels.clone(),
+        compiler(),
+        Some(node.bpffs().to_path_buf()),
+        caps.has("tcx"),
+    );
     let mut pods: Vec<PodSpec> = sc.pods.clone();
     let mut previous: Option<Vec<Attachment>> = None;
     for (i, step) in sc.steps.iter().enumerate() {
@@ -161,10 +169,12 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         for p in &pods {
             aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
         }
-        let observed = timing::time(Phase::Readback, || inspect::inspect_netns(node.netns())).map_err(|e| e.to_string()).and_then(|v| {
-            let maps = policymap::read_policy_maps(&v).map_err(|e| e.to_string())?;
-            Ok((v, maps))
-        });
+        let observed = timing::time(Phase::Readback, || inspect::inspect_netns(node.netns()))
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                let maps = policymap::read_policy_maps(&v).map_err(|e| e.to_string())?;
+                Ok((v, maps))
+            });
         let (attachments, policy_maps) = match observed {
             Ok((mut v, mut maps)) => {
                 for a in &mut v {
@@ -178,7 +188,15 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                 (v, maps)
             }
             Err(e) => {
-                rec.steps.push(step_record(step, Status::Error, Some(format!("read back: {e}")), &agent, regenerated, vec![], vec![]));
+                rec.steps.push(step_record(
+                    step,
+                    Status::Error,
+                    Some(format!("read back: {e}")),
+                    &agent,
+                    regenerated,
+                    vec![],
+                    vec![],
+                ));
                 rec.status = Status::Error;
                 rec.reason = Some(format!("step {} `{}`: read back failed: {e}", rec.steps.len(), step.action.key()));
                 break;
@@ -205,7 +223,11 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         if crate::sys::crosscheck::enabled() {
             let names: Vec<String> = node.links().map(|l| l.into_iter().map(|l| l.name).collect()).unwrap_or_default();
             for d in crate::sys::crosscheck::compare(node.netns(), &names, &attachments) {
-                mismatches.push(record::Mismatch { key: "crosscheck".into(), expected: "inspect agrees with tc and bpftool".into(), observed: d });
+                mismatches.push(record::Mismatch {
+                    key: "crosscheck".into(),
+                    expected: "inspect agrees with tc and bpftool".into(),
+                    observed: d,
+                });
             }
         }
         let status = if mismatches.is_empty() { Status::Pass } else { Status::Fail };
@@ -260,7 +282,12 @@ fn step_record(
     }
 }
 
-fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action: &Action) -> Result<crate::agent::StepOutcome, AgentError> {
+fn run_step(
+    agent: &mut Agent,
+    node: &mut Node,
+    pods: &mut Vec<PodSpec>,
+    action: &Action,
+) -> Result<crate::agent::StepOutcome, AgentError> {
     use crate::agent::StepOutcome;
     let h = |e: topology::TopologyError| AgentError::Harness(e.to_string());
     // Topology changes inside a step count as topology work, not as the agent's.
@@ -298,7 +325,12 @@ fn run_step(agent: &mut Agent, node: &mut Node, pods: &mut Vec<PodSpec>, action:
             agent.link_changed(node)
         }
         Action::Foreign { device, direction, program } => {
-            let ctx = crate::sys::attach::AttachContext { compiler: compiler(), defines: BTreeMap::new(), bpffs: None, kernel_tcx: false };
+            let ctx = crate::sys::attach::AttachContext {
+                compiler: compiler(),
+                defines: BTreeMap::new(),
+                bpffs: None,
+                kernel_tcx: false,
+            };
             // (foreign programs are tc filters or XDP: tcx is never asked for)
             let hook = match direction {
                 scenario::ForeignDirection::Ingress => hostdp_model::observed::Hook::Ingress,
@@ -401,16 +433,30 @@ pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<Kernel
 }
 
 /// [`run_target`], every file under `profile` when one is given.
-pub fn run_target_as(target: &str, files: &[PathBuf], jobs: usize, profile: Option<Profile>) -> Result<KernelRun, TargetError> {
+pub fn run_target_as(
+    target: &str,
+    files: &[PathBuf],
+    jobs: usize,
+    profile: Option<Profile>,
+) -> Result<KernelRun, TargetError> {
     let t0 = Instant::now();
     if target == "host" || target == "local" {
         let scenarios = run_local_as(files, jobs, profile);
         let kernel = crate::sys::caps::probe(&cache_dir()).kernel.clone();
         let summary = record::Summary::of(&scenarios);
-        return Ok(KernelRun { target: target.into(), kernel, scenarios, summary, millis: t0.elapsed().as_millis() as u64 });
+        return Ok(KernelRun {
+            target: target.into(),
+            kernel,
+            scenarios,
+            summary,
+            millis: t0.elapsed().as_millis() as u64,
+        });
     }
     let kernel = vm::KernelRef::resolve(target)?;
-    let results = tempfile::Builder::new().prefix("hostdp-vm-").tempdir_in(vm_scratch_dir()).map_err(|e| TargetError::Io(e.to_string()))?;
+    let results = tempfile::Builder::new()
+        .prefix("hostdp-vm-")
+        .tempdir_in(vm_scratch_dir())
+        .map_err(|e| TargetError::Io(e.to_string()))?;
     let out_file = results.path().join("record.json");
     let built = match VM_EXE.with(|c| c.borrow().clone()) {
         Some(e) => e,
@@ -461,17 +507,26 @@ pub fn run_target_as(target: &str, files: &[PathBuf], jobs: usize, profile: Opti
         status: out.status,
         tail: tail(&format!("{}\n{}\n{}", out.stdout, out.stderr, out.console), 30),
     })?;
-    let rec: RunRecord = serde_json::from_str(&text).map_err(|e| TargetError::Io(format!("parse the guest's record: {e}")))?;
+    let rec: RunRecord =
+        serde_json::from_str(&text).map_err(|e| TargetError::Io(format!("parse the guest's record: {e}")))?;
     let mut scenarios = rec.scenarios;
     for s in &mut scenarios {
         // Paths as the user gave them, not the absolute ones passed into the guest.
-        if let Some(orig) = files.iter().find(|f| cwd.join(f).display().to_string() == s.file || f.display().to_string() == s.file) {
+        if let Some(orig) =
+            files.iter().find(|f| cwd.join(f).display().to_string() == s.file || f.display().to_string() == s.file)
+        {
             s.file = orig.display().to_string();
         }
         s.kernel = Some(rec.kernel.clone());
     }
     let summary = record::Summary::of(&scenarios);
-    Ok(KernelRun { target: target.into(), kernel: rec.kernel, scenarios, summary, millis: t0.elapsed().as_millis() as u64 })
+    Ok(KernelRun {
+        target: target.into(),
+        kernel: rec.kernel,
+        scenarios,
+        summary,
+        millis: t0.elapsed().as_millis() as u64,
+    })
 }
 
 /// A writable scratch folder the guest can also write (shared read-write into the VM).
@@ -560,7 +615,10 @@ pub fn cli_run(args: &RunArgs) -> i32 {
     topology::install_signal_cleanup();
     let _ = topology::cleanup_stale();
     let rec = if args.kernels.is_empty() {
-        RunRecord::single(crate::sys::caps::probe(&cache_dir()).kernel.clone(), run_local_as(&files, jobs(args), profile))
+        RunRecord::single(
+            crate::sys::caps::probe(&cache_dir()).kernel.clone(),
+            run_local_as(&files, jobs(args), profile),
+        )
     } else {
         let mut runs = Vec::new();
         for k in &args.kernels {
@@ -744,14 +802,17 @@ pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
     topology::install_signal_cleanup();
     crate::sys::crosscheck::enable();
     let rec = run_scenario(&sc, &RunId::new());
-    let mut tried = vec![format!("{}: {}", rec.kernel.clone().unwrap_or_default(), rec.reason.clone().unwrap_or_default())];
+    let mut tried =
+        vec![format!("{}: {}", rec.kernel.clone().unwrap_or_default(), rec.reason.clone().unwrap_or_default())];
     let rec = if rec.status == Status::Skipped {
         let mut found = None;
         for k in test_kernels() {
             let batch = vm_batch(&k, path, exe);
             let run = match batch {
                 Ok(run) => run,
-                Err(e) => panic!("{}: this kernel cannot host it ({}) and the {k} VM failed: {e}", path.display(), tried[0]),
+                Err(e) => {
+                    panic!("{}: this kernel cannot host it ({}) and the {k} VM failed: {e}", path.display(), tried[0])
+                }
             };
             let Some(r) = run.scenarios.iter().find(|r| Path::new(&r.file) == path) else {
                 tried.push(format!("{k}: not in the batch"));
@@ -811,7 +872,9 @@ pub fn snapshot_view(rec: &ScenarioRecord) -> serde_json::Value {
                     let entries: Vec<String> = m
                         .entries
                         .iter()
-                        .map(|e| format!("{} {} {} {}/{} {}", e.direction, e.peer, e.identity, e.port, e.protocol, e.verdict))
+                        .map(|e| {
+                            format!("{} {} {} {}/{} {}", e.direction, e.peer, e.identity, e.port, e.protocol, e.verdict)
+                        })
                         .collect();
                     serde_json::json!({ "endpoint": m.endpoint, "name": m.name, "entries": entries })
                 })

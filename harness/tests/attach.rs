@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use hostdp::sys::inspect::{self};
+use hostdp::model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
 use hostdp::model::observed::{Attachment, Hook, Mechanism};
 use hostdp::sys::attach::{self, AttachContext, AttachError, DeviceConfig, OpOutcome};
 use hostdp::sys::compile::{default_bpf_dir, Compiler};
-use hostdp::model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
+use hostdp::sys::inspect::{self};
 use hostdp::sys::netlink::block_on;
 use hostdp::sys::netns::Netns;
 use hostdp::sys::tc;
@@ -77,7 +77,12 @@ fn veth_pair(a: &Netns, b: &Netns) {
 
 fn context(cache: &Path) -> AttachContext {
     let defines = BTreeMap::from([("ENABLE_NODEPORT".to_string(), "1".to_string())]);
-    AttachContext { compiler: Arc::new(Compiler::new(default_bpf_dir(), cache.to_path_buf())), defines, bpffs: None, kernel_tcx: hostdp::sys::caps::probe(&hostdp::runner::cache_dir()).has("tcx") }
+    AttachContext {
+        compiler: Arc::new(Compiler::new(default_bpf_dir(), cache.to_path_buf())),
+        defines,
+        bpffs: None,
+        kernel_tcx: hostdp::sys::caps::probe(&hostdp::runner::cache_dir()).has("tcx"),
+    }
 }
 
 /// A node namespace wired to a peer namespace by veth0/veth1, and a fresh compile cache.
@@ -246,7 +251,12 @@ fn plan_attaches_filters_that_tools_see_and_that_run() {
     assert!(atts.iter().all(|a| a.mechanism == Mechanism::Tc && a.direct_action == Some(true)));
 
     // iproute2's and bpftool's view agree with the inspector's.
-    for (dev, hook) in [("veth0", Hook::Ingress), ("veth0", Hook::Egress), ("cilium_host", Hook::Ingress), ("cilium_net", Hook::Ingress)] {
+    for (dev, hook) in [
+        ("veth0", Hook::Ingress),
+        ("veth0", Hook::Egress),
+        ("cilium_host", Hook::Ingress),
+        ("cilium_net", Hook::Ingress),
+    ] {
         assert_eq!(tc_show(&node.0, dev, hook), inspect_tc(&atts, dev, hook), "{dev} {hook:?}");
     }
     let (bt_tc, bt_xdp) = bpftool_net(&node.0);
@@ -341,7 +351,10 @@ fn xdp_generic_native_and_detach() {
     let atts = inspect::inspect_netns(&node.0).unwrap();
     assert_eq!(atts.len(), 1);
     let a = &atts[0];
-    assert_eq!((a.device.as_str(), a.hook, a.mechanism, a.program.as_str()), ("veth0", Hook::Xdp, Mechanism::Xdp, "cil_xdp_entry"));
+    assert_eq!(
+        (a.device.as_str(), a.hook, a.mechanism, a.program.as_str()),
+        ("veth0", Hook::Xdp, Mechanism::Xdp, "cil_xdp_entry")
+    );
     assert_eq!((a.prog_id, a.mode.as_deref()), (prog_id, Some("generic")));
     let (_, bt_xdp) = bpftool_net(&node.0);
     assert_eq!(bt_xdp.len(), 1);
@@ -367,12 +380,20 @@ fn xdp_generic_native_and_detach() {
     assert!(inspect::inspect_netns(&node.0).unwrap().is_empty());
 
     // veth takes native XDP; loopback refuses it with a clear error.
-    attach::execute(&node.0, &ctx, &[Op::AttachXdp { device: "veth0".into(), program: XDP_ENTRY, mode: XdpMode::Native }])
-        .unwrap();
+    attach::execute(
+        &node.0,
+        &ctx,
+        &[Op::AttachXdp { device: "veth0".into(), program: XDP_ENTRY, mode: XdpMode::Native }],
+    )
+    .unwrap();
     let atts = inspect::inspect_netns(&node.0).unwrap();
     assert_eq!(atts[0].mode.as_deref(), Some("native"));
-    let e = attach::execute(&node.0, &ctx, &[Op::AttachXdp { device: "lo".into(), program: XDP_ENTRY, mode: XdpMode::Native }])
-        .unwrap_err();
+    let e = attach::execute(
+        &node.0,
+        &ctx,
+        &[Op::AttachXdp { device: "lo".into(), program: XDP_ENTRY, mode: XdpMode::Native }],
+    )
+    .unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("lo") && msg.contains("native XDP refused"), "{msg}");
     assert_eq!(ctx.compiler.clang_invocations(), 2, "bpf_xdp.c and foreign.c, once each");
@@ -395,10 +416,7 @@ fn missing_link_is_named() {
         assert!(matches!(e, AttachError::NoLink { .. }), "{e}");
         assert!(e.to_string().contains("nope0"), "{e}");
     }
-    assert!(matches!(
-        inspect::inspect_named("hostdp-t0-does-not-exist"),
-        Err(inspect::InspectError::NoNamespace(_))
-    ));
+    assert!(matches!(inspect::inspect_named("hostdp-t0-does-not-exist"), Err(inspect::InspectError::NoNamespace(_))));
 }
 
 /// A private bpffs mount, unmounted on drop.
@@ -447,7 +465,10 @@ fn tcx_attach_pins_and_inspect_sees_it() {
     let atts = inspect::inspect_netns(&node.0).unwrap();
     let ing = on(&atts, "veth0", Hook::Ingress);
     assert_eq!(ing.len(), 2, "{atts:?}");
-    assert_eq!((ing[0].mechanism, ing[0].program.as_str(), ing[0].prog_id), (Mechanism::Tcx, "cil_from_netdev", t.prog_id));
+    assert_eq!(
+        (ing[0].mechanism, ing[0].program.as_str(), ing[0].prog_id),
+        (Mechanism::Tcx, "cil_from_netdev", t.prog_id)
+    );
     assert_eq!(ing[0].filter, None);
     assert_eq!((ing[1].mechanism, ing[1].program.as_str()), (Mechanism::Tc, "foreign_tc"));
     // tc sees only the legacy filter; bpftool's program view agrees on the tcx program.
@@ -465,7 +486,8 @@ fn tcx_attach_pins_and_inspect_sees_it() {
     let t2 = attach::attach_tcx(&node.0, &ctx, "veth0", Hook::Ingress, FROM_NETDEV, &cfg, &pin).unwrap();
     assert!(t2.updated);
     assert_ne!(t2.prog_id, t.prog_id);
-    let ing: Vec<_> = inspect::inspect_netns(&node.0).unwrap().into_iter().filter(|a| a.mechanism == Mechanism::Tcx).collect();
+    let ing: Vec<_> =
+        inspect::inspect_netns(&node.0).unwrap().into_iter().filter(|a| a.mechanism == Mechanism::Tcx).collect();
     assert_eq!(ing.len(), 1);
     assert_eq!(ing[0].prog_id, t2.prog_id);
 
@@ -487,7 +509,8 @@ fn tcx_attach_pins_and_inspect_sees_it() {
 fn map_ids(ns: &Netns, id: u32) -> Vec<u64> {
     let text = run_tool(ns, &["bpftool", "-j", "prog", "show", "id", &id.to_string()]);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut ids: Vec<u64> = v["map_ids"].as_array().map(|a| a.iter().filter_map(|m| m.as_u64()).collect()).unwrap_or_default();
+    let mut ids: Vec<u64> =
+        v["map_ids"].as_array().map(|a| a.iter().filter_map(|m| m.as_u64()).collect()).unwrap_or_default();
     ids.sort_unstable();
     ids
 }
@@ -522,15 +545,18 @@ fn a_devices_programs_share_one_opened_object() {
     assert!(mh.iter().all(|m| !mi.contains(m)), "cilium_host's program shares maps with veth0's: {mh:?} / {mi:?}");
 
     // Re-attaching the egress alone (a later regeneration) opens the object again.
-    let again = attached_ids(&attach::execute(&node.0, &ctx, &[attach_tc("veth0", Hook::Egress, TO_NETDEV, VlanAllow::Ids(vec![]))]).unwrap());
+    let again = attached_ids(
+        &attach::execute(&node.0, &ctx, &[attach_tc("veth0", Hook::Egress, TO_NETDEV, VlanAllow::Ids(vec![]))])
+            .unwrap(),
+    );
     let later = map_ids(&node.0, again[0]);
     assert!(later.iter().all(|m| !mi.contains(m)), "a new batch reused an old object's maps");
 }
 
 #[test]
 fn encap_device_lifecycle_and_overlay_filters() {
-    use hostdp::sys::netlink::{EncapAction};
-use hostdp::model::observed::{EncapKind};
+    use hostdp::model::observed::EncapKind;
+    use hostdp::sys::netlink::EncapAction;
     if skip() {
         return;
     }
@@ -541,7 +567,11 @@ use hostdp::model::observed::{EncapKind};
     let ensure = |port: u16| Op::EnsureEncapDevice { device: dev.into(), kind: EncapKind::Vxlan, port };
     let from = ProgramRef { object: Object::Overlay, symbol: "cil_from_overlay" };
     let to = ProgramRef { object: Object::Overlay, symbol: "cil_to_overlay" };
-    let ops = [ensure(8472), attach_tc(dev, Hook::Ingress, from, VlanAllow::Ids(vec![])), attach_tc(dev, Hook::Egress, to, VlanAllow::Ids(vec![]))];
+    let ops = [
+        ensure(8472),
+        attach_tc(dev, Hook::Ingress, from, VlanAllow::Ids(vec![])),
+        attach_tc(dev, Hook::Egress, to, VlanAllow::Ids(vec![])),
+    ];
     let r = attach::execute(&node.0, &ctx, &ops).unwrap();
     assert_eq!(r.outcomes[0], OpOutcome::EncapDevice { device: dev.into(), action: EncapAction::Created });
     let details = run_tool(&node.0, &["ip", "-d", "link", "show", dev]);
@@ -549,9 +579,10 @@ use hostdp::model::observed::{EncapKind};
     assert!(details.contains(",UP") || details.contains("<UP"), "{details}");
     // The filters as iproute2 and the inspector see them, the programs as bpftool names them.
     let atts = inspect::inspect_netns(&node.0).unwrap();
-    for (hook, name, kernel_name) in
-        [(Hook::Ingress, "cil_from_overlay-cilium_vxlan", "cil_from_overlay"), (Hook::Egress, "cil_to_overlay-cilium_vxlan", "cil_to_overlay")]
-    {
+    for (hook, name, kernel_name) in [
+        (Hook::Ingress, "cil_from_overlay-cilium_vxlan", "cil_from_overlay"),
+        (Hook::Egress, "cil_to_overlay-cilium_vxlan", "cil_to_overlay"),
+    ] {
         let shown = tc_show(&node.0, dev, hook);
         assert_eq!(shown, inspect_tc(&atts, dev, hook));
         assert_eq!(shown.len(), 1);

@@ -53,7 +53,10 @@ fn inside(text: &[u8], line: usize, col: usize) -> bool {
     let yaml = s.replace("\r\n", "\n").replace('\r', "\n");
     [s.to_string(), yaml].iter().any(|t| {
         let lines: Vec<&str> = t.split('\n').collect();
-        line >= 1 && line <= lines.len() + 1 && col >= 1 && (line > lines.len() || col <= lines[line - 1].chars().count() + 2)
+        line >= 1
+            && line <= lines.len() + 1
+            && col >= 1
+            && (line > lines.len() || col <= lines[line - 1].chars().count() + 2)
     })
 }
 
@@ -78,13 +81,21 @@ fn check_policy(path: &Path, text: &str) -> Result<(), TestCaseError> {
         Ok(_) | Err(PolicyError::Empty { .. }) => Ok(()),
         Err(PolicyError::Syntax { line, column, message, .. }) => {
             prop_assert!(!message.is_empty());
-            prop_assert!(inside(text.as_bytes(), line, column), "position {line}:{column} outside the input: {message}");
+            prop_assert!(
+                inside(text.as_bytes(), line, column),
+                "position {line}:{column} outside the input: {message}"
+            );
             Ok(())
         }
         Err(PolicyError::Invalid { diagnostics, .. }) => {
             prop_assert!(!diagnostics.is_empty());
             for d in diagnostics {
-                prop_assert!(inside(text.as_bytes(), d.line, d.column), "position {}:{} outside the input: {d}", d.line, d.column);
+                prop_assert!(
+                    inside(text.as_bytes(), d.line, d.column),
+                    "position {}:{} outside the input: {d}",
+                    d.line,
+                    d.column
+                );
             }
             Ok(())
         }
@@ -104,8 +115,38 @@ enum Edit {
 }
 
 const TOKENS: &[&str] = &[
-    ":", "- ", "  ", "\n", "{", "}", "[", "]", "&a ", "*a", "<<: *a", "---\n", "...", "\"", "'", "#", "!!str ", "!!int ",
-    "? ", "|", ">", "\t", "null", "~", "true", "0x", "-1", "99999999999999999999", "\u{feff}", "é", "\\", "%YAML 1.2\n",
+    ":",
+    "- ",
+    "  ",
+    "\n",
+    "{",
+    "}",
+    "[",
+    "]",
+    "&a ",
+    "*a",
+    "<<: *a",
+    "---\n",
+    "...",
+    "\"",
+    "'",
+    "#",
+    "!!str ",
+    "!!int ",
+    "? ",
+    "|",
+    ">",
+    "\t",
+    "null",
+    "~",
+    "true",
+    "0x",
+    "-1",
+    "99999999999999999999",
+    "\u{feff}",
+    "é",
+    "\\",
+    "%YAML 1.2\n",
 ];
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -258,7 +299,8 @@ fn deep_nesting(levels: usize) {
     });
     let e = e.unwrap_err();
     assert!(e.contains("nesting"), "{levels} levels: {e}");
-    let policy_text = format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: deep\nspec: {deep}\n");
+    let policy_text =
+        format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: deep\nspec: {deep}\n");
     let e = bounded("policy deep nesting", Duration::from_secs(5), move || {
         policy::parse_fixture(Path::new("deep.yaml"), &policy_text, schemas()).map(|_| ()).map_err(|e| e.to_string())
     });

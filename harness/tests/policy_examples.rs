@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use hostdp::model::policy::{
-    load_fixture, policies, policy_entries, select_endpoints, Direction, Endpoint, EndpointRef, PeerId,
-    PolicyDoc, PolicyEntry, PolicyError, PolicyKind,
+    load_fixture, policies, policy_entries, select_endpoints, Direction, Endpoint, EndpointRef, PeerId, PolicyDoc,
+    PolicyEntry, PolicyError, PolicyKind,
 };
 
 fn repo_root() -> PathBuf {
@@ -121,7 +121,10 @@ fn upstream_examples() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    println!("upstream examples: {} files, {n_policies} policies, {n_other} other objects, {n_rejected} files rejected", files.len());
+    println!(
+        "upstream examples: {} files, {n_policies} policies, {n_other} other objects, {n_rejected} files rejected",
+        files.len()
+    );
     assert!(n_policies > 40, "only {n_policies} policies");
     assert!(n_other >= 10, "non-policy objects: {n_other}");
     assert_eq!(n_rejected, UPSTREAM_INVALID.len());
@@ -162,7 +165,10 @@ fn invalid_fixtures_are_rejected_where_announced() {
             Err(PolicyError::Invalid { diagnostics, .. }) => {
                 if !diagnostics.iter().any(|d| d.line == line && d.to_string().contains(want)) {
                     let got: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
-                    problems.push(format!("{name}: nothing at line {line} containing {want:?}; got:\n  {}", got.join("\n  ")));
+                    problems.push(format!(
+                        "{name}: nothing at line {line} containing {want:?}; got:\n  {}",
+                        got.join("\n  ")
+                    ));
                 }
             }
             Err(PolicyError::Syntax { line: l, message, .. }) => {
@@ -180,7 +186,8 @@ fn invalid_fixtures_are_rejected_where_announced() {
 fn error_text_names_file_line_column_and_field() {
     let file = repo_root().join("fixtures/policies/invalid/port-out-of-range.yaml");
     let text = load_fixture(&file).unwrap_err().to_string();
-    let want = format!("{}:18:15: spec.ingress[0].toPorts[0].ports[0].port: unable to parse port \"70000\"", file.display());
+    let want =
+        format!("{}:18:15: spec.ingress[0].toPorts[0].ports[0].port: unable to parse port \"70000\"", file.display());
     assert!(text.contains(&want), "{text}");
 }
 
@@ -200,7 +207,10 @@ fn pod(ns: &str, name: &str, l: &[(&str, &str)]) -> (String, String, BTreeMap<St
 fn seed_policy_selects_the_multitool_pod_only_in_its_namespace() {
     let docs = load_one("l4-rule.yaml");
     let p = policies(&docs).next().unwrap();
-    assert_eq!((p.kind, p.name.as_str(), p.namespace.as_deref()), (PolicyKind::CiliumNetworkPolicy, "l4-rule", Some("default")));
+    assert_eq!(
+        (p.kind, p.name.as_str(), p.namespace.as_deref()),
+        (PolicyKind::CiliumNetworkPolicy, "l4-rule", Some("default"))
+    );
     let pods = [
         pod("default", "network-multitool", &[("app", "network-multitool")]),
         pod("other", "network-multitool", &[("app", "network-multitool")]),
@@ -259,7 +269,11 @@ fn deny_cidr_and_entity_entries() {
     let docs = load_one("deny.yaml");
     let p = policies(&docs).next().unwrap();
     let pods = [pod("default", "a", &[("app", "a")]), pod("kube-system", "b", &[])];
-    assert_eq!(select_endpoints(p, &pods, &BTreeMap::new(), true).len(), 2, "endpointSelector {{}} selects every pod, not the host");
+    assert_eq!(
+        select_endpoints(p, &pods, &BTreeMap::new(), true).len(),
+        2,
+        "endpointSelector {{}} selects every pod, not the host"
+    );
     let entries = policy_entries(p, &Endpoint::pod("default", "a", &pods[0].2));
     let want_deny = PolicyEntry {
         direction: Direction::Ingress,
@@ -270,14 +284,17 @@ fn deny_cidr_and_entity_entries() {
         deny: true,
     };
     assert!(entries.contains(&want_deny), "{entries:?}");
-    assert!(entries.iter().any(|e| e.direction == Direction::Egress && e.deny && e.port == 80 && matches!(e.peer, PeerId::Cidr(_))));
+    assert!(entries
+        .iter()
+        .any(|e| e.direction == Direction::Egress && e.deny && e.port == 80 && matches!(e.peer, PeerId::Cidr(_))));
     assert!(entries.iter().any(|e| e.direction == Direction::Ingress && !e.deny && e.peer == PeerId::Identity(0)));
 
     let cidr = load_one("l3-cidr.yaml");
     let p = policies(&cidr).next().unwrap();
     let entries = policy_entries(p, &Endpoint::pod("default", "m", &labels(&[("app", "network-multitool")])));
     let service: ipnet::IpNet = "10.96.0.0/12".parse().unwrap();
-    let nets: Vec<ipnet::IpNet> = entries.iter().filter_map(|e| if let PeerId::Cidr(n) = e.peer { Some(n) } else { None }).collect();
+    let nets: Vec<ipnet::IpNet> =
+        entries.iter().filter_map(|e| if let PeerId::Cidr(n) = e.peer { Some(n) } else { None }).collect();
     assert!(nets.iter().all(|n| !n.contains(&service.network())), "{nets:?}");
     assert!(nets.contains(&"198.51.100.7/32".parse().unwrap()));
     assert!(nets.len() > 2);
@@ -297,14 +314,18 @@ fn multi_document_fixture() {
     let ps: Vec<_> = policies(&docs).collect();
     // The namespaced policy lives in `web`: only pods there are subjects.
     let pods = [pod("web", "w", &[("app", "web")]), pod("default", "w", &[("app", "web")])];
-    assert_eq!(select_endpoints(ps[0], &pods, &BTreeMap::new(), false), vec![EndpointRef::Pod { namespace: "web".into(), name: "w".into() }]);
+    assert_eq!(
+        select_endpoints(ps[0], &pods, &BTreeMap::new(), false),
+        vec![EndpointRef::Pod { namespace: "web".into(), name: "w".into() }]
+    );
     // The clusterwide one: every pod outside kube-system, and kube-dns.
     let pods = [
         pod("kube-system", "coredns", &[("k8s-app", "kube-dns")]),
         pod("kube-system", "other", &[]),
         pod("default", "x", &[]),
     ];
-    let sel: Vec<String> = select_endpoints(ps[1], &pods, &BTreeMap::new(), true).iter().map(|e| e.to_string()).collect();
+    let sel: Vec<String> =
+        select_endpoints(ps[1], &pods, &BTreeMap::new(), true).iter().map(|e| e.to_string()).collect();
     assert_eq!(sel, ["default/x", "kube-system/coredns"]);
     // Port 53 ANY → TCP and UDP.
     let entries = policy_entries(ps[1], &Endpoint::pod("default", "x", &BTreeMap::new()));

@@ -8,13 +8,13 @@ use std::process::Command;
 use std::sync::Arc;
 
 use hostdp::agent::Agent;
-use hostdp::sys::compile::{default_bpf_dir, Compiler};
-use hostdp::sys::policymap::{self, PolicyKey};
-use hostdp::model::observed::{PolicyMapView};
-use hostdp::model::profile::Profile;
+use hostdp::model::observed::PolicyMapView;
 use hostdp::model::policy::{self, Direction, Endpoint, PeerId};
+use hostdp::model::profile::Profile;
 use hostdp::model::record::{ScenarioRecord, Status};
 use hostdp::runner;
+use hostdp::sys::compile::{default_bpf_dir, Compiler};
+use hostdp::sys::policymap::{self, PolicyKey};
 use hostdp::sys::topology::{Node, RunId};
 
 fn root() -> PathBuf {
@@ -22,7 +22,10 @@ fn root() -> PathBuf {
 }
 
 fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "policy map tests need root (namespaces, bpf): sudo -E cargo test --test policy_maps");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "policy map tests need root (namespaces, bpf): sudo -E cargo test --test policy_maps"
+    );
 }
 
 fn run(file: &str) -> ScenarioRecord {
@@ -108,7 +111,12 @@ fn host_policy_fills_the_one_map_all_host_programs_share() {
     let host = map_of(&rec.steps[1].policy_maps, "host");
     assert!(holds(host, &ssh, "allow"), "{host:#?}");
     let users: Vec<(&str, &str)> = host.programs.iter().map(|u| (u.device.as_str(), u.program.as_str())).collect();
-    for want in [("eth0", "cil_from_netdev"), ("eth0", "cil_to_netdev"), ("cilium_host", "cil_to_host"), ("cilium_net", "cil_to_host")] {
+    for want in [
+        ("eth0", "cil_from_netdev"),
+        ("eth0", "cil_to_netdev"),
+        ("cilium_host", "cil_to_host"),
+        ("cilium_net", "cil_to_host"),
+    ] {
         assert!(users.contains(&want), "{want:?} uses the host map: {users:?}");
     }
     assert_eq!(rec.steps[1].policy_maps.iter().filter(|m| m.endpoint == "host").count(), 1);
@@ -155,7 +163,10 @@ fn inspect_maps_cli_reads_a_live_node() {
         .unwrap();
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains(&format!("endpoint {lxc}")) && text.contains("(no entries)"), "{text}");
-    let missing = Command::new(env!("CARGO_BIN_EXE_hostdp")).args(["inspect", "--maps", "--netns", "hostdp-no-such-ns"]).output().unwrap();
+    let missing = Command::new(env!("CARGO_BIN_EXE_hostdp"))
+        .args(["inspect", "--maps", "--netns", "hostdp-no-such-ns"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
 
@@ -176,7 +187,11 @@ fn host_program_counts_the_entry_a_ping_hits() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let maps = policymap::read_policy_maps(&hostdp::sys::inspect::inspect_netns(node.netns()).unwrap()).unwrap();
     let echo = PolicyKey::new(0, 8, 1, Direction::Ingress);
-    let e = map_of(&maps, "host").entries.iter().find(|e| hostdp::sys::policymap::entry_is(e, &echo)).expect("the ICMP echo entry");
+    let e = map_of(&maps, "host")
+        .entries
+        .iter()
+        .find(|e| hostdp::sys::policymap::entry_is(e, &echo))
+        .expect("the ICMP echo entry");
     assert!(e.packets >= 3 && e.bytes > 0, "{e:?}");
 }
 

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use hostdp::sys::inspect::{self};
-use hostdp::model::observed::{Hook, Mechanism};
 use hostdp::agent::Agent;
+use hostdp::model::datapath::{Object, ProgramRef};
+use hostdp::model::observed::{Hook, Mechanism};
+use hostdp::model::profile::Profile;
 use hostdp::sys::attach::{self, AttachContext, DeviceConfig};
 use hostdp::sys::compile::{default_bpf_dir, Compiler};
-use hostdp::model::datapath::{Object, ProgramRef};
-use hostdp::model::profile::Profile;
+use hostdp::sys::inspect::{self};
 use hostdp::sys::topology::{Node, RunId};
 
 const NODE: &str = "
@@ -53,12 +53,26 @@ fn v1_16_pins_tcx_links_per_device_at_the_tail() {
     let bpffs = node.bpffs().to_path_buf();
 
     // Another tool's tcx program is on eth0.5's ingress first; Cilium's link goes behind it.
-    let ctx = AttachContext { compiler: compiler.clone(), defines: BTreeMap::new(), bpffs: Some(bpffs.clone()), kernel_tcx: true };
+    let ctx = AttachContext {
+        compiler: compiler.clone(),
+        defines: BTreeMap::new(),
+        bpffs: Some(bpffs.clone()),
+        kernel_tcx: true,
+    };
     let foreign = ProgramRef { object: Object::Foreign, symbol: "foreign_tc" };
     let other_pin = bpffs.join("other/foreign_tc");
-    attach::attach_tcx(node.netns(), &ctx, "eth0.5", Hook::Ingress, foreign, &DeviceConfig::default(), &other_pin).unwrap();
+    attach::attach_tcx(node.netns(), &ctx, "eth0.5", Hook::Ingress, foreign, &DeviceConfig::default(), &other_pin)
+        .unwrap();
 
-    let mut agent = Agent::new(Profile::V1_16, sc.agent.clone(), Some("192.168.10.2".parse().unwrap()), BTreeMap::new(), compiler, Some(bpffs.clone()), true);
+    let mut agent = Agent::new(
+        Profile::V1_16,
+        sc.agent.clone(),
+        Some("192.168.10.2".parse().unwrap()),
+        BTreeMap::new(),
+        compiler,
+        Some(bpffs.clone()),
+        true,
+    );
     agent.start(&node, &[]).unwrap();
     for pin in [
         "cilium/devices/eth0-5/links/cil_from_netdev",
@@ -69,18 +83,27 @@ fn v1_16_pins_tcx_links_per_device_at_the_tail() {
     ] {
         assert!(bpffs.join(pin).exists(), "{pin} is not pinned");
     }
-    assert_eq!(ingress_of(&node, "eth0.5"), vec![("foreign_tc".to_string(), Mechanism::Tcx), ("cil_from_netdev".to_string(), Mechanism::Tcx)]);
+    assert_eq!(
+        ingress_of(&node, "eth0.5"),
+        vec![("foreign_tc".to_string(), Mechanism::Tcx), ("cil_from_netdev".to_string(), Mechanism::Tcx)]
+    );
 
     // Downgrade to v1.15: tc filters, and the v1.16 pins are gone (their links detached); the
     // foreign tcx program stays.
     agent.restart(&node, &[], &BTreeMap::new(), Some("v1.15")).unwrap();
     assert!(!bpffs.join("cilium/devices/eth0-5/links/cil_from_netdev").exists());
     assert!(!bpffs.join("cilium/devices/cilium_host/links/cil_to_host").exists());
-    assert_eq!(ingress_of(&node, "eth0.5"), vec![("foreign_tc".to_string(), Mechanism::Tcx), ("cil_from_netdev".to_string(), Mechanism::Tc)]);
+    assert_eq!(
+        ingress_of(&node, "eth0.5"),
+        vec![("foreign_tc".to_string(), Mechanism::Tcx), ("cil_from_netdev".to_string(), Mechanism::Tc)]
+    );
 }
 
 /// `(program, mechanism)` of what is attached on `device`'s ingress, in order.
 fn ingress_of(node: &hostdp::sys::topology::Node, device: &str) -> Vec<(String, Mechanism)> {
     let atts = inspect::inspect_netns(node.netns()).unwrap();
-    atts.iter().filter(|a| a.device == device && a.hook == Hook::Ingress).map(|a| (a.program.clone(), a.mechanism)).collect()
+    atts.iter()
+        .filter(|a| a.device == device && a.hook == Hook::Ingress)
+        .map(|a| (a.program.clone(), a.mechanism))
+        .collect()
 }

@@ -51,7 +51,12 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// The ledger must come back to `before`; prints the difference otherwise.
@@ -219,7 +224,9 @@ fn pass_fail_and_panic_leave_nothing_behind() {
 
     // (b) a failing one: the expectation is wrong on purpose
     let good = std::fs::read_to_string(project().join("scenarios/restart-feature-off.yaml")).unwrap();
-    let bad = good.replacen("devices: [eth0]", "devices: [eth9]", 1).replace("name: restart-feature-off", "name: reliab-failing");
+    let bad = good
+        .replacen("devices: [eth0]", "devices: [eth9]", 1)
+        .replace("name: restart-feature-off", "name: reliab-failing");
     let failing = write(dir.path(), "failing.yaml", &bad);
     let o = run(&["run", failing.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -307,7 +314,11 @@ fn steps_naming_the_machines_links_stay_in_the_node() {
     let _t = turn();
     let links = machine_links();
     // The real NIC: the first non-loopback link that is up (eth0 here; whatever it is named).
-    let nic = links.iter().find(|l| !l.loopback && l.up).or_else(|| links.iter().find(|l| !l.loopback)).map(|l| l.name.clone());
+    let nic = links
+        .iter()
+        .find(|l| !l.loopback && l.up)
+        .or_else(|| links.iter().find(|l| !l.loopback))
+        .map(|l| l.name.clone());
     let nic = nic.unwrap_or_else(|| "eth0".into());
     let before = ledger::snapshot();
     let dir = tempfile::tempdir().unwrap();
@@ -376,16 +387,28 @@ fn library_calls_with_machine_link_names_fail_inside_the_node() {
             hostdp::sys::compile::default_bpf_dir(),
             hostdp::runner::cache_dir(),
         ));
-        let ctx = hostdp::sys::attach::AttachContext { compiler, defines: Default::default(), bpffs: None, kernel_tcx: false };
+        let ctx = hostdp::sys::attach::AttachContext {
+            compiler,
+            defines: Default::default(),
+            bpffs: None,
+            kernel_tcx: false,
+        };
         for n in &names {
-            let e = hostdp::sys::attach::foreign(node.netns(), &ctx, n, hostdp::model::observed::Hook::Ingress, "foreign_tc");
+            let e = hostdp::sys::attach::foreign(
+                node.netns(),
+                &ctx,
+                n,
+                hostdp::model::observed::Hook::Ingress,
+                "foreign_tc",
+            );
             let msg = e.expect_err("a machine-only link is absent from the node").to_string();
             assert!(msg.contains("does not exist in namespace"), "{msg}");
             assert!(node.delete_link(n).is_err(), "delete {n} must fail in the node");
             assert!(node.set_link_up(n, false).is_err(), "set {n} down must fail in the node");
         }
         // lo exists in every namespace: the node's own lo gets it.
-        hostdp::sys::attach::foreign(node.netns(), &ctx, "lo", hostdp::model::observed::Hook::Egress, "foreign_tc").unwrap();
+        hostdp::sys::attach::foreign(node.netns(), &ctx, "lo", hostdp::model::observed::Hook::Egress, "foreign_tc")
+            .unwrap();
         let atts = hostdp::sys::inspect::inspect_netns(node.netns()).unwrap();
         assert!(atts.iter().any(|a| a.device == "lo" && a.program == "foreign_tc"), "{atts:?}");
         assert!(!hostdp::sys::inspect::inspect_current().unwrap().iter().any(|a| a.program == "foreign_tc"));

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use hostdp::sys::netlink::{self};
-use hostdp::model::observed::{LinkInfo};
-use hostdp::sys::netns::{self, Netns};
+use hostdp::model::observed::LinkInfo;
 use hostdp::model::scenario::{LinkKind, LinkSpec, PeerIn, PodSpec, RouteSpec, RouteTable, Scenario, TopologySpec};
+use hostdp::sys::netlink::{self};
+use hostdp::sys::netns::{self, Netns};
 use hostdp::sys::topology::{self, Node, RunId, TopologyError};
 
 fn is_root() -> bool {
@@ -140,7 +140,10 @@ fn veth_bridge_macvlan_vxlan_and_routes() {
     let routes = node.routes().unwrap();
     let has = |dst: &str, gw: Option<&str>, table: u32, oif: u32| {
         routes.iter().any(|r| {
-            r.dst == dst.parse().unwrap() && r.gateway == gw.map(|g| g.parse().unwrap()) && r.table == table && r.oif == Some(oif)
+            r.dst == dst.parse().unwrap()
+                && r.gateway == gw.map(|g| g.parse().unwrap())
+                && r.table == table
+                && r.oif == Some(oif)
         })
     };
     assert!(has("0.0.0.0/0", Some("192.168.50.1"), 254, eth0.index), "{routes:#?}");
@@ -186,7 +189,8 @@ fn veth_bridge_macvlan_vxlan_and_routes() {
     assert_eq!(err.unwrap_err().to_string(), "enslave link eth4 to bond9: no such link bond9");
 
     let pod_ns = {
-        let p2 = node.add_pod(&PodSpec { name: "web".into(), namespace: "prod".into(), labels: BTreeMap::new() }).unwrap();
+        let p2 =
+            node.add_pod(&PodSpec { name: "web".into(), namespace: "prod".into(), labels: BTreeMap::new() }).unwrap();
         assert!(p2.netns.name().ends_with("-pod1"));
         p2.netns.name().to_string()
     };
@@ -297,7 +301,12 @@ fn failed_build_leaves_nothing_behind() {
     assert!(namespaces_of(&s).is_empty(), "{:?}", namespaces_of(&s));
     let prefix = topology::node_prefix(&s, &RunId::for_tests());
     let dirs: Vec<_> = std::fs::read_dir(topology::RUN_ROOT)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&prefix)).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(dirs.is_empty(), "{dirs:?}");
 
@@ -339,7 +348,8 @@ fn stale_cleanup_removes_dead_runs_only() {
     // A dead run's directory with a bpffs mounted in it.
     let dead_dir = Path::new(topology::RUN_ROOT).join(format!("hostdp-t9999999-zz-{me}"));
     std::fs::create_dir_all(dead_dir.join("bpffs")).unwrap();
-    nix::mount::mount(Some("bpf"), &dead_dir.join("bpffs"), Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+    nix::mount::mount(Some("bpf"), &dead_dir.join("bpffs"), Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .unwrap();
 
     let removed = topology::cleanup_stale();
     let all = netns::list_named();
@@ -360,7 +370,8 @@ fn parallel_builds_of_one_scenario_do_not_collide() {
     need_root!();
     let mut eth0 = link("eth0", LinkKind::Veth);
     eth0.addresses = vec!["192.168.80.2/24".into()];
-    let s = scenario("t-parallel", vec![eth0], vec![route("default", Some("192.168.80.1"), "eth0", None)], vec![pod("a")]);
+    let s =
+        scenario("t-parallel", vec![eth0], vec![route("default", Some("192.168.80.1"), "eth0", None)], vec![pod("a")]);
     let run = RunId::for_tests();
     let nodes: Vec<Node> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..2).map(|_| sc.spawn(|| Node::build(&s, &run).unwrap())).collect();
@@ -403,7 +414,8 @@ fn sigterm_removes_everything() {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // libtest may have printed `test signal_child ... ` on the same line.
-    let line = lines.by_ref().map_while(Result::ok).find(|l| l.contains("NAMESPACES ")).expect("child reports its node");
+    let line =
+        lines.by_ref().map_while(Result::ok).find(|l| l.contains("NAMESPACES ")).expect("child reports its node");
     let mut parts = line[line.find("NAMESPACES ").unwrap()..].split_whitespace().skip(1);
     let names: Vec<String> = parts.next().unwrap().split(',').map(str::to_string).collect();
     let bpffs = PathBuf::from(parts.nth(1).unwrap());

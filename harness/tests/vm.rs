@@ -56,8 +56,8 @@ ip -j -n hostdp-vm -d link show
 "#;
 
 fn link_names(json: &str) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(json.trim())
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{json}"));
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{json}"));
     v.as_array()
         .expect("ip -j gives an array")
         .iter()
@@ -97,45 +97,22 @@ fn boots_debian_6_1_loads_modules_and_returns_the_status() {
         marker = marker.display(),
         leak = leak.display()
     );
-    let out = run_in_vm(
-        &kernel,
-        &sh(&script),
-        &[results.path().to_path_buf()],
-        Path::new("/"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let out = run_in_vm(&kernel, &sh(&script), &[results.path().to_path_buf()], Path::new("/"))
+        .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "debian-6.1: whole call {:.1} s, command started {:.1} s after power-on",
         out.boot_and_run.as_secs_f64(),
         out.command_started.map_or(f64::NAN, |d| d.as_secs_f64())
     );
-    assert_ne!(
-        out.status, 0,
-        "a failing command gives a non-zero status\n{}",
-        out.stderr
-    );
+    assert_ne!(out.status, 0, "a failing command gives a non-zero status\n{}", out.stderr);
     let links = link_names(&out.stdout);
     for l in ["bond0", "eth0", "eth1", "bond0.212"] {
-        assert!(
-            links.iter().any(|n| n == l),
-            "{l} missing from {links:?}\nstderr:\n{}",
-            out.stderr
-        );
+        assert!(links.iter().any(|n| n == l), "{l} missing from {links:?}\nstderr:\n{}", out.stderr);
     }
     assert!(out.stderr.contains("clsact"), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("Unknown device type"),
-        "the failing command's message: {}",
-        out.stderr
-    );
-    assert_eq!(
-        std::fs::read_to_string(&marker).unwrap().trim(),
-        kernel.release
-    );
-    assert!(
-        !leak.exists(),
-        "a write outside the rw dirs reached the host"
-    );
+    assert!(out.stderr.contains("Unknown device type"), "the failing command's message: {}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), kernel.release);
+    assert!(!leak.exists(), "a write outside the rw dirs reached the host");
 }
 
 #[test]
@@ -159,25 +136,11 @@ fn a_run_over_its_time_limit_is_killed() {
     let Some(kernel) = vm_available("debian-6.1") else {
         return;
     };
-    let opts = VmOptions {
-        timeout: Duration::from_secs(3),
-        ..VmOptions::default()
-    };
+    let opts = VmOptions { timeout: Duration::from_secs(3), ..VmOptions::default() };
     let t = std::time::Instant::now();
-    let e = run_in_vm_with(
-        &kernel,
-        &["sleep".into(), "600".into()],
-        &[],
-        Path::new("/"),
-        &opts,
-    )
-    .unwrap_err();
+    let e = run_in_vm_with(&kernel, &["sleep".into(), "600".into()], &[], Path::new("/"), &opts).unwrap_err();
     assert!(matches!(e, VmError::Timeout { .. }), "{e:?}");
-    assert!(
-        t.elapsed() < Duration::from_secs(30),
-        "killed promptly: {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(30), "killed promptly: {:?}", t.elapsed());
 }
 
 /// Boots every kernel with the bond/VLAN/clsact command and a bpffs check, and prints timings.
@@ -198,11 +161,7 @@ fn timings_on_every_kernel() {
         let out = run_in_vm(&kernel, &sh(&script), &[] as &[PathBuf], Path::new("/"))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(out.status, 0, "{name}: {}", out.stderr);
-        assert!(
-            out.stderr.contains("hostdp_probe"),
-            "{name}: bpffs pin: {}",
-            out.stderr
-        );
+        assert!(out.stderr.contains("hostdp_probe"), "{name}: bpffs pin: {}", out.stderr);
         let links = link_names(&out.stdout);
         assert!(links.iter().any(|n| n == "bond0.212"), "{name}: {links:?}");
         println!(

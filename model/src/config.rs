@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::Serialize;
 
-
 use crate::profile::{Change, Profile};
-
 
 /// Name of the WireGuard device the agent creates (`wgTypes.IfaceName`).
 pub const WIREGUARD_DEVICE: &str = "cilium_wg0";
@@ -458,11 +456,8 @@ impl AgentConfig {
         devices.sort();
         devices.dedup();
 
-        let vlan_bpf_bypass = get("vlan-bpf-bypass")
-            .unwrap_or("")
-            .split_whitespace()
-            .filter_map(|s| s.parse().ok())
-            .collect();
+        let vlan_bpf_bypass =
+            get("vlan-bpf-bypass").unwrap_or("").split_whitespace().filter_map(|s| s.parse().ok()).collect();
 
         let kube_proxy_replacement_value = get("kube-proxy-replacement").unwrap_or("false").to_string();
         let kube_proxy_replacement = match kube_proxy_replacement_value.as_str() {
@@ -481,13 +476,19 @@ impl AgentConfig {
             "best-effort" => Acceleration::BestEffort,
             _ => Acceleration::Disabled,
         };
-        let node_port_acceleration =
-            aliased(get("bpf-lb-acceleration"), get("node-port-acceleration"), "bpf-lb-acceleration", "node-port-acceleration", "disabled")?;
-        let node_port_mode = match aliased(get("bpf-lb-mode"), get("node-port-mode"), "bpf-lb-mode", "node-port-mode", "snat")? {
-            "dsr" => NodePortMode::Dsr,
-            "hybrid" => NodePortMode::Hybrid,
-            _ => NodePortMode::Snat,
-        };
+        let node_port_acceleration = aliased(
+            get("bpf-lb-acceleration"),
+            get("node-port-acceleration"),
+            "bpf-lb-acceleration",
+            "node-port-acceleration",
+            "disabled",
+        )?;
+        let node_port_mode =
+            match aliased(get("bpf-lb-mode"), get("node-port-mode"), "bpf-lb-mode", "node-port-mode", "snat")? {
+                "dsr" => NodePortMode::Dsr,
+                "hybrid" => NodePortMode::Hybrid,
+                _ => NodePortMode::Snat,
+            };
         let dsr_dispatch = match get("bpf-lb-dsr-dispatch").unwrap_or("opt") {
             "ipip" => DsrDispatch::Ipip,
             "geneve" => DsrDispatch::Geneve,
@@ -553,7 +554,11 @@ impl AgentConfig {
             enable_runtime_device_detection: flag("enable-runtime-device-detection", false),
             enable_tcx: flag("enable-tcx", true),
             force_device_detection: flag("force-device-detection", false),
-            datapath_mode: if get("datapath-mode") == Some("lb-only") { DatapathMode::LbOnly } else { DatapathMode::Veth },
+            datapath_mode: if get("datapath-mode") == Some("lb-only") {
+                DatapathMode::LbOnly
+            } else {
+                DatapathMode::Veth
+            },
             enable_ipv4_egress_gateway: flag("enable-ipv4-egress-gateway", false),
             enable_remote_node_identity: flag("enable-remote-node-identity", true),
             enable_well_known_identities: flag("enable-well-known-identities", true),
@@ -574,9 +579,9 @@ fn aliased<'a>(
     default: &'a str,
 ) -> Result<&'a str, ConfigError> {
     match (new, old) {
-        (Some(n), Some(o)) if n != o => Err(refused(format!(
-            "Both --{new_key} and --{old_key} were set. Only use --{new_key} instead."
-        ))),
+        (Some(n), Some(o)) if n != o => {
+            Err(refused(format!("Both --{new_key} and --{old_key} were set. Only use --{new_key} instead.")))
+        }
         (_, Some(o)) => Ok(o),
         (Some(n), None) => Ok(n),
         (None, None) => Ok(default),
@@ -722,8 +727,7 @@ impl Settings {
 
     /// v1.16.8 `NeedBPFHostOnWireGuardDevice()`: bpf_host on `cilium_wg0` ingress.
     pub fn need_bpf_host_on_wireguard_device(&self) -> bool {
-        self.enable_wireguard
-            && (!self.tunneling_enabled() || (self.enable_node_port && self.encrypt_node))
+        self.enable_wireguard && (!self.tunneling_enabled() || (self.enable_node_port && self.encrypt_node))
     }
 
     /// v1.16 `reinitializeWireguard`'s condition (v1.17 names it `NeedEgressOnWireGuardDevice`):
@@ -917,7 +921,11 @@ impl Settings {
             self.enable_socket_lb = true;
         }
         // CiliumEnvoyConfig L7 LB needs NodePort; v1.16 dropped the auto-enable.
-        if self.profile.has(Change::EnvoyConfigEnablesNodePort) && self.enable_envoy_config && !self.enable_ipsec && !self.enable_node_port {
+        if self.profile.has(Change::EnvoyConfigEnablesNodePort)
+            && self.enable_envoy_config
+            && !self.enable_ipsec
+            && !self.enable_node_port
+        {
             self.enable_node_port = true;
         }
         if self.enable_node_port {
@@ -941,10 +949,7 @@ impl Settings {
             }
             if self.tunneling_enabled() && mode != NodePortMode::Snat {
                 if self.tunnel_protocol == TunnelProtocol::Vxlan {
-                    return Err(format!(
-                        "Node Port {:?} mode cannot be used with vxlan tunneling.",
-                        mode.as_str()
-                    ));
+                    return Err(format!("Node Port {:?} mode cannot be used with vxlan tunneling.", mode.as_str()));
                 }
                 if dispatch != DsrDispatch::Geneve {
                     return Err(format!(
@@ -963,16 +968,12 @@ impl Settings {
                 }
             }
             if self.enable_high_scale_ipcache && (mode != NodePortMode::Dsr || dispatch != DsrDispatch::Geneve) {
-                return Err(
-                    "The high-scale IPcache mode requires Node Port mode \"dsr\" with geneve dispatch".into(),
-                );
+                return Err("The high-scale IPcache mode requires Node Port mode \"dsr\" with geneve dispatch".into());
             }
         }
         Ok(())
     }
-
 }
-
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -54,7 +54,6 @@ pub enum VlanAllow {
     Ids(Vec<u16>),
 }
 
-
 /// One thing the agent does to a link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Op {
@@ -130,8 +129,8 @@ pub struct Plan {
 pub use crate::config::XdpMode;
 use crate::config::{Settings, TunnelProtocol, WIREGUARD_DEVICE};
 use crate::devices::Selection;
-use crate::profile::Change;
 use crate::observed::{EncapKind, LinkInfo};
+use crate::profile::Change;
 
 /// `defaults.HostDevice` / `defaults.SecondHostDevice`.
 pub const HOST_DEVICE: &str = "cilium_host";
@@ -190,7 +189,8 @@ fn encap_device_ops(settings: &Settings) -> Vec<Op> {
         TunnelProtocol::Geneve => EncapKind::Geneve,
     };
     let ensure = Op::EnsureEncapDevice { device: protocol.device().to_string(), kind, port };
-    let others = ENCAP_DEVICES.iter().filter(|p| **p != protocol).map(|p| Op::DeleteLink { device: p.device().to_string() });
+    let others =
+        ENCAP_DEVICES.iter().filter(|p| **p != protocol).map(|p| Op::DeleteLink { device: p.device().to_string() });
     if settings.profile.has(Change::TunnelDeviceInGo) {
         [ensure].into_iter().chain(others).collect()
     } else {
@@ -208,7 +208,9 @@ fn overlay_ops(settings: &Settings) -> Vec<Op> {
     let dev = protocol.device();
     [(Hook::Ingress, CIL_FROM_OVERLAY), (Hook::Egress, CIL_TO_OVERLAY)]
         .into_iter()
-        .map(|(hook, program)| skb_or_tc(settings, dev, hook, program, VlanAllow::Ids(Vec::new()), IDENTITY_WORLD, device_links_dir(dev)))
+        .map(|(hook, program)| {
+            skb_or_tc(settings, dev, hook, program, VlanAllow::Ids(Vec::new()), IDENTITY_WORLD, device_links_dir(dev))
+        })
         .collect()
 }
 
@@ -227,14 +229,24 @@ fn wireguard_ops(settings: &Settings, links: &[LinkInfo]) -> Result<Vec<Op>, Pla
         return Err(PlanError::WireguardLinkNotFound);
     }
     let pin_dir = device_links_dir(WIREGUARD_DEVICE);
-    Ok(vec![skb_or_tc(settings, WIREGUARD_DEVICE, Hook::Egress, CIL_TO_WIREGUARD, VlanAllow::Ids(Vec::new()), IDENTITY_WORLD, pin_dir)])
+    Ok(vec![skb_or_tc(
+        settings,
+        WIREGUARD_DEVICE,
+        Hook::Egress,
+        CIL_TO_WIREGUARD,
+        VlanAllow::Ids(Vec::new()),
+        IDENTITY_WORLD,
+        pin_dir,
+    )])
 }
 
 /// Errors of planning: the node-config header cannot be written (upstream's `Reinitialize`
 /// fails and the agent does not start).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("failed while reinitializing datapath: failed to write node configuration file: link {device}: Link not found")]
+    #[error(
+        "failed while reinitializing datapath: failed to write node configuration file: link {device}: Link not found"
+    )]
     LinkNotFound { device: String },
     #[error(
         "failed while reinitializing datapath: allowed VLAN list is too big - {count} entries, please use \
@@ -309,11 +321,7 @@ fn defines(settings: &Settings, sel: &Selection, links: &[LinkInfo]) -> Result<B
         // Inside the NodePort block: the direct-routing device must exist when required.
         let ifindex = if settings.direct_routing_device_required() {
             let dev = sel.direct_routing_device.clone().unwrap_or_default();
-            links
-                .iter()
-                .find(|l| l.name == dev)
-                .map(|l| l.index)
-                .ok_or(PlanError::LinkNotFound { device: dev })?
+            links.iter().find(|l| l.name == dev).map(|l| l.index).ok_or(PlanError::LinkNotFound { device: dev })?
         } else {
             0
         };
@@ -455,7 +463,12 @@ pub fn endpoint_ops(settings: &Settings, lxc_device: &str) -> Vec<Op> {
         skb_or_tc(settings, lxc_device, hook, program, VlanAllow::Ids(Vec::new()), 0, pin_dir.clone())
     };
     let egress_off = if settings.profile.has(Change::DetachSkbProgram) {
-        Op::DetachSkb { device: lxc_device.to_string(), hook: Hook::Egress, symbol: CIL_TO_CONTAINER.symbol, pin_dir: pin_dir.clone() }
+        Op::DetachSkb {
+            device: lxc_device.to_string(),
+            hook: Hook::Egress,
+            symbol: CIL_TO_CONTAINER.symbol,
+            pin_dir: pin_dir.clone(),
+        }
     } else {
         Op::FlushTc { device: lxc_device.to_string(), hook: Hook::Egress }
     };
@@ -468,7 +481,15 @@ pub fn endpoint_ops(settings: &Settings, lxc_device: &str) -> Vec<Op> {
 
 /// How the profile attaches a tc program: v1.14.4 a plain tc filter ([`Op::AttachTc`]); v1.15
 /// a tc filter that also unpins a newer version's tcx link; v1.16 tcx when `enable-tcx`.
-fn skb_or_tc(settings: &Settings, device: &str, hook: Hook, program: ProgramRef, vlan: VlanAllow, seclabel: u32, pin_dir: String) -> Op {
+fn skb_or_tc(
+    settings: &Settings,
+    device: &str,
+    hook: Hook,
+    program: ProgramRef,
+    vlan: VlanAllow,
+    seclabel: u32,
+    pin_dir: String,
+) -> Op {
     let priority = settings.bpf_filter_priority;
     if !settings.profile.has(Change::SkbProgramHelper) {
         return Op::AttachTc { device: device.to_string(), hook, program, priority, vlan, seclabel };
@@ -495,10 +516,10 @@ pub fn cleanup_ops(links: &[LinkInfo]) -> Vec<Op> {
 mod tests {
     use super::*;
     use crate::config::AgentConfig;
-    use crate::startup::{start, Startup};
     use crate::devices::tu::*;
-    use crate::profile::Profile;
     use crate::observed::RouteInfo;
+    use crate::profile::Profile;
+    use crate::startup::{start, Startup};
 
     fn startup(pairs: &[(&str, &str)], links: &[LinkInfo], routes: &[RouteInfo], ip: &str) -> Startup {
         let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -639,7 +660,11 @@ mod tests {
 
     #[test]
     fn wireguard_device_gets_ingress_only_and_no_xdp() {
-        let links = with_host_devices(vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24"), link(3, "cilium_wg0", "wireguard")]);
+        let links = with_host_devices(vec![
+            lo(),
+            link(2, "eth0", "dummy").addr("10.0.0.2/24"),
+            link(3, "cilium_wg0", "wireguard"),
+        ]);
         let mut routes = kernel_routes(&links);
         routes.push(default_via("10.0.0.1", 2));
         let st = startup(
@@ -746,7 +771,8 @@ mod tests {
     #[test]
     fn vlan_allow_reaches_the_netdev_ops() {
         let links = with_host_devices(vlan_node());
-        let st = startup(&[("devices", "bond0 bond0.212"), ("enable-host-legacy-routing", "true")], &links, &[], "10.0.0.2");
+        let st =
+            startup(&[("devices", "bond0 bond0.212"), ("enable-host-legacy-routing", "true")], &links, &[], "10.0.0.2");
         let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
         let bond = plan.ops.iter().find_map(|o| match o {
             Op::AttachTc { device, vlan, .. } if device == "bond0" => Some(vlan.clone()),
@@ -765,7 +791,8 @@ mod tests {
 
     #[test]
     fn device_state_clsact_removal() {
-        let links = with_host_devices(vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24"), link(3, "eth1", "dummy")]);
+        let links =
+            with_host_devices(vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24"), link(3, "eth1", "dummy")]);
         let routes = kernel_routes(&links);
         // A previous NodePort run recorded eth0; now tunnel mode without NodePort.
         let st = startup(&[], &links, &routes, "10.0.0.2");
@@ -806,12 +833,18 @@ mod tests {
 mod later_profiles {
     use super::*;
     use crate::config::{AgentConfig, ConfigError};
-    use crate::startup::{start, Startup};
     use crate::devices::tu::*;
-    use crate::profile::Profile;
     use crate::observed::RouteInfo;
+    use crate::profile::Profile;
+    use crate::startup::{start, Startup};
 
-    fn run(p: Profile, pairs: &[(&str, &str)], links: &[LinkInfo], routes: &[RouteInfo], ip: &str) -> Result<Startup, ConfigError> {
+    fn run(
+        p: Profile,
+        pairs: &[(&str, &str)],
+        links: &[LinkInfo],
+        routes: &[RouteInfo],
+        ip: &str,
+    ) -> Result<Startup, ConfigError> {
         let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let cfg = AgentConfig::from_map(&m, p)?;
         start(&cfg, p, links, routes, Some(ip.parse().unwrap()))
@@ -821,7 +854,9 @@ mod later_profiles {
         plan.ops
             .iter()
             .filter_map(|o| match o {
-                Op::AttachTc { device, hook, program, .. } | Op::AttachSkb { device, hook, program, .. } if device == dev => {
+                Op::AttachTc { device, hook, program, .. } | Op::AttachSkb { device, hook, program, .. }
+                    if device == dev =>
+                {
                     Some((*hook, program.symbol))
                 }
                 _ => None,
@@ -849,7 +884,10 @@ mod later_profiles {
         assert!(v15.selection.devices.is_empty());
         let plan = super::plan(&v15.settings, &v15.selection, &links).unwrap();
         assert!(netdev_hooks(&plan, "bond0.212").is_empty());
-        assert!(!plan.ops.contains(&Op::FlushTc { device: "cilium_net".into(), hook: Hook::Egress }), "init.sh is gone");
+        assert!(
+            !plan.ops.contains(&Op::FlushTc { device: "cilium_net".into(), hook: Hook::Egress }),
+            "init.sh is gone"
+        );
         // v1.16: partial is refused; with "false" the devices table selects bond0.212 anyway.
         let e = run(Profile::V1_16, &PARTIAL, &links, &routes, ip).unwrap_err();
         assert!(e.to_string().contains("Invalid value for --kube-proxy-replacement: partial"), "{e}");
@@ -864,12 +902,20 @@ mod later_profiles {
             pin_dir: "cilium/devices/bond0-212/links".into()
         }));
         // tcx by default; the pins sit in the device's folder, "." as "-".
-        assert!(plan.ops.iter().any(|o| matches!(o, Op::AttachSkb { device, tcx: true, remove_stale: true, pin_dir, .. }
+        assert!(plan
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::AttachSkb { device, tcx: true, remove_stale: true, pin_dir, .. }
             if device == "cilium_host" && pin_dir == "cilium/devices/cilium_host/links")));
-        let v16 = run(Profile::V1_16, &[("kube-proxy-replacement", "false"), ("enable-tcx", "false")], &links, &routes, ip).unwrap();
+        let v16 =
+            run(Profile::V1_16, &[("kube-proxy-replacement", "false"), ("enable-tcx", "false")], &links, &routes, ip)
+                .unwrap();
         let plan = super::plan(&v16.settings, &v16.selection, &links).unwrap();
         assert!(plan.ops.iter().all(|o| !matches!(o, Op::AttachSkb { tcx: true, .. })));
-        assert!(plan.ops.contains(&Op::RemoveObsoleteNetdev { device: "bond0".into(), device_dir: Some("cilium/devices/bond0".into()) }));
+        assert!(plan.ops.contains(&Op::RemoveObsoleteNetdev {
+            device: "bond0".into(),
+            device_dir: Some("cilium/devices/bond0".into())
+        }));
         // With KPR true v1.15 attaches both directions.
         let v15 = run(Profile::V1_15, &[("kube-proxy-replacement", "true")], &links, &routes, ip).unwrap();
         let plan = super::plan(&v15.settings, &v15.selection, &links).unwrap();
@@ -893,8 +939,14 @@ mod later_profiles {
         assert_eq!(v14.selection.devices, names(&["bond0", "bond0.212", "eth0"]));
         let v15 = run(Profile::V1_15, &pairs, &links, &routes, "10.212.0.10").unwrap();
         assert_eq!(v15.selection.devices, names(&["bond0.212"]), "#35615: bond0 has no address");
-        let e = run(Profile::V1_15, &[("kube-proxy-replacement", "true"), ("devices", "none+")], &links, &routes, "10.212.0.10")
-            .unwrap_err();
+        let e = run(
+            Profile::V1_15,
+            &[("kube-proxy-replacement", "true"), ("devices", "none+")],
+            &links,
+            &routes,
+            "10.212.0.10",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("No device found matching"), "{e}");
     }
 
@@ -914,7 +966,8 @@ mod later_profiles {
 
     #[test]
     fn veth_default_route_must_be_in_main_from_v1_15() {
-        let links = vec![lo(), link(2, "veth0", "veth").addr("192.168.4.1/24"), link(3, "eth0", "dummy").addr("10.0.0.2/24")];
+        let links =
+            vec![lo(), link(2, "veth0", "veth").addr("192.168.4.1/24"), link(3, "eth0", "dummy").addr("10.0.0.2/24")];
         let mut routes = kernel_routes(&links);
         let mut r = default_via("192.168.4.254", 2);
         r.table = 11;
@@ -956,7 +1009,10 @@ mod later_profiles {
             netdev_hooks(&plan, "cilium_wg0"),
             vec![(Hook::Egress, "cil_to_wireguard"), (Hook::Ingress, "cil_from_netdev")]
         );
-        assert!(!plan.ops.iter().any(|o| matches!(o, Op::FlushTc { device, .. } | Op::DetachSkb { device, .. } if device == "cilium_wg0")));
+        assert!(!plan
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::FlushTc { device, .. } | Op::DetachSkb { device, .. } if device == "cilium_wg0")));
         // v1.14.4 without encrypt-node: no bpf_host on cilium_wg0.
         let v14 = run(Profile::V1_14_4, &pairs, &links, &routes, "10.0.0.2").unwrap();
         let plan = super::plan(&v14.settings, &v14.selection, &links).unwrap();
@@ -969,12 +1025,17 @@ mod later_profiles {
 mod overlay {
     use super::*;
     use crate::config::AgentConfig;
-    use crate::startup::start;
     use crate::devices::tu::*;
     use crate::profile::Profile;
+    use crate::startup::start;
 
     fn node(extra: &[&str]) -> Vec<LinkInfo> {
-        let mut links = vec![lo(), link(2, "eth0", "veth").addr("10.0.0.2/24"), link(50, "cilium_net", "veth"), link(51, "cilium_host", "veth")];
+        let mut links = vec![
+            lo(),
+            link(2, "eth0", "veth").addr("10.0.0.2/24"),
+            link(50, "cilium_net", "veth"),
+            link(51, "cilium_host", "veth"),
+        ];
         for (i, name) in extra.iter().enumerate() {
             links.push(link(60 + i as u32, name, name.trim_start_matches("cilium_")));
         }
@@ -1020,8 +1081,22 @@ mod overlay {
         assert_eq!(
             overlay(&p),
             vec![
-                &Op::AttachTc { device: "cilium_vxlan".into(), hook: Hook::Ingress, program: CIL_FROM_OVERLAY, priority: 1, vlan: VlanAllow::Ids(vec![]), seclabel: IDENTITY_WORLD },
-                &Op::AttachTc { device: "cilium_vxlan".into(), hook: Hook::Egress, program: CIL_TO_OVERLAY, priority: 1, vlan: VlanAllow::Ids(vec![]), seclabel: IDENTITY_WORLD },
+                &Op::AttachTc {
+                    device: "cilium_vxlan".into(),
+                    hook: Hook::Ingress,
+                    program: CIL_FROM_OVERLAY,
+                    priority: 1,
+                    vlan: VlanAllow::Ids(vec![]),
+                    seclabel: IDENTITY_WORLD
+                },
+                &Op::AttachTc {
+                    device: "cilium_vxlan".into(),
+                    hook: Hook::Egress,
+                    program: CIL_TO_OVERLAY,
+                    priority: 1,
+                    vlan: VlanAllow::Ids(vec![]),
+                    seclabel: IDENTITY_WORLD
+                },
             ]
         );
         // The overlay is attached after XDP and before the host datapath.
@@ -1039,16 +1114,25 @@ mod overlay {
         // v1.16: tcx (tc where the kernel lacks it), or tc with enable-tcx off.
         let p = plan_for(Profile::V1_16, &[], &links);
         assert!(overlay(&p).iter().all(|o| matches!(o, Op::AttachSkb { tcx: true, remove_stale: true, .. })));
-        assert!(matches!(overlay(&p)[0], Op::AttachSkb { hook: Hook::Ingress, program, seclabel: IDENTITY_WORLD, .. } if *program == CIL_FROM_OVERLAY));
-        assert!(matches!(overlay(&p)[1], Op::AttachSkb { hook: Hook::Egress, program, .. } if *program == CIL_TO_OVERLAY));
+        assert!(
+            matches!(overlay(&p)[0], Op::AttachSkb { hook: Hook::Ingress, program, seclabel: IDENTITY_WORLD, .. } if *program == CIL_FROM_OVERLAY)
+        );
+        assert!(
+            matches!(overlay(&p)[1], Op::AttachSkb { hook: Hook::Egress, program, .. } if *program == CIL_TO_OVERLAY)
+        );
         let p = plan_for(Profile::V1_16, &[("enable-tcx", "false")], &links);
         assert!(overlay(&p).iter().all(|o| matches!(o, Op::AttachSkb { tcx: false, .. })));
         // The encapsulation device is never an obsolete device (excluded prefix).
         let links = node(&["cilium_vxlan"]);
         let p = plan_for(Profile::V1_16, &[], &links);
-        assert!(!p.ops.iter().any(|o| matches!(o, Op::RemoveObsoleteNetdev { device, .. } if device == "cilium_vxlan")));
+        assert!(!p
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::RemoveObsoleteNetdev { device, .. } if device == "cilium_vxlan")));
         let p = plan_for(Profile::V1_14_4, &[], &links);
-        assert!(!p.ops.iter().any(|o| matches!(o, Op::RemoveObsoleteTc { device } | Op::DetachXdp { device } if device == "cilium_vxlan")));
+        assert!(!p.ops.iter().any(
+            |o| matches!(o, Op::RemoveObsoleteTc { device } | Op::DetachXdp { device } if device == "cilium_vxlan")
+        ));
     }
 
     #[test]
@@ -1118,7 +1202,8 @@ mod overlay {
     fn native_routing_features_that_need_a_tunnel() {
         let links = node(&[]);
         // High-scale ipcache (v1.14.4 encapProto; v1.15+ its tunnel enabler) keeps cilium_vxlan.
-        let hs = [NATIVE[0], NATIVE[1], ("enable-high-scale-ipcache", "true"), ("enable-well-known-identities", "true")];
+        let hs =
+            [NATIVE[0], NATIVE[1], ("enable-high-scale-ipcache", "true"), ("enable-well-known-identities", "true")];
         for p in [Profile::V1_14_4, Profile::V1_15, Profile::V1_16] {
             let plan = plan_for(p, &hs, &links);
             assert_eq!(encap(&plan).iter().filter(|o| matches!(o, Op::EnsureEncapDevice { .. })).count(), 1, "{p:?}");
@@ -1132,9 +1217,9 @@ mod overlay {
 mod wireguard_egress {
     use super::*;
     use crate::config::AgentConfig;
-    use crate::startup::{start, Startup};
     use crate::devices::tu::*;
     use crate::profile::Profile;
+    use crate::startup::{start, Startup};
 
     const ON: [(&str, &str); 5] = [
         ("enable-wireguard", "true"),

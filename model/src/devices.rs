@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::profile::Change;
 use crate::observed::{LinkInfo, RouteInfo};
+use crate::profile::Change;
 
 /// Name prefixes auto-detection never selects (`excludedDevicePrefixes`).
 pub const EXCLUDED_PREFIXES: [&str; 5] = ["cilium_", "lo", "lxc", "cni", "docker"];
@@ -286,11 +286,7 @@ fn has_default_route_in_main(link: &LinkInfo, routes: &[RouteInfo]) -> bool {
 }
 
 /// v1.15.7 / v1.16 `isSelectedDevice` (devices_controller.go), in upstream's order.
-pub fn controller_reason(
-    settings: &Settings,
-    link: &LinkInfo,
-    routes: &[RouteInfo],
-) -> Option<&'static str> {
+pub fn controller_reason(settings: &Settings, link: &LinkInfo, routes: &[RouteInfo]) -> Option<&'static str> {
     if link.name.is_empty() {
         return Some("link name not known");
     }
@@ -322,12 +318,12 @@ pub fn controller_reason(
             return Some("veth without default route");
         }
         "bridge" | "openvswitch" => return Some("bridge-like device, use --devices to add"),
-        "ipoib" if settings.profile.has(Change::IpoibExcluded) => return Some("IPoIB device, use --devices to override"),
+        "ipoib" if settings.profile.has(Change::IpoibExcluded) => {
+            return Some("IPoIB device, use --devices to override")
+        }
         _ => {}
     }
-    let global = routes
-        .iter()
-        .any(|r| r.oif == Some(link.index) && !is_default(r) && is_global_unicast(r.dst.addr()));
+    let global = routes.iter().any(|r| r.oif == Some(link.index) && !is_default(r) && is_global_unicast(r.dst.addr()));
     if !global {
         return Some("no global unicast routes");
     }
@@ -353,11 +349,8 @@ pub fn not_selected_reason(
 }
 
 fn controller_selected(settings: &Settings, links: &[LinkInfo], routes: &[RouteInfo]) -> Vec<String> {
-    let mut names: Vec<String> = links
-        .iter()
-        .filter(|l| controller_reason(settings, l, routes).is_none())
-        .map(|l| l.name.clone())
-        .collect();
+    let mut names: Vec<String> =
+        links.iter().filter(|l| controller_reason(settings, l, routes).is_none()).map(|l| l.name.clone()).collect();
     names.sort();
     names
 }
@@ -370,7 +363,10 @@ fn select_controller(
     routes: &[RouteInfo],
     node_ip: Option<IpAddr>,
 ) -> Result<Selection, DeviceError> {
-    if settings.profile.has(Change::DetectOnlyWhenRequired) && settings.devices.is_empty() && !settings.are_devices_required() {
+    if settings.profile.has(Change::DetectOnlyWhenRequired)
+        && settings.devices.is_empty()
+        && !settings.are_devices_required()
+    {
         return Ok(Selection {
             direct_routing_device: settings.direct_routing_device.clone(),
             ipv6_mcast_device: settings.ipv6_mcast_device.clone(),
@@ -386,7 +382,8 @@ fn select_controller(
     let node_link = node_ip_link(&selected, node_ip);
     let mut drd = settings.direct_routing_device.clone();
     if settings.direct_routing_device_required() {
-        let filter: Vec<String> = drd.as_deref().map(|d| d.split(',').map(str::to_string).collect()).unwrap_or_default();
+        let filter: Vec<String> =
+            drd.as_deref().map(|d| d.split(',').map(str::to_string).collect()).unwrap_or_default();
         let mut by_index = selected.clone();
         by_index.sort_by_key(|l| l.index);
         drd = if !filter.is_empty() {
@@ -524,9 +521,9 @@ pub(crate) mod tu {
 #[cfg(test)]
 mod tests {
     use super::tu::*;
-    use crate::profile::Profile;
     use super::*;
     use crate::config::{AgentConfig, Settings};
+    use crate::profile::Profile;
     use std::collections::BTreeMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
@@ -606,7 +603,8 @@ mod tests {
             link(5, "other1", "dummy"),
             link(6, "unmatched", "dummy"),
         ];
-        let got = expand_wildcards(&names(&["dummy+", "missing+", "other0+", "dum+", "other0", "other1"]), &links, "devices");
+        let got =
+            expand_wildcards(&names(&["dummy+", "missing+", "other0+", "dum+", "other0", "other1"]), &links, "devices");
         assert_eq!(got.unwrap(), names(&["dummy0", "dummy1", "other0", "other1"]));
         assert!(expand_wildcards(&names(&["none+"]), &links, "devices").is_err());
         assert_eq!(expand_wildcards(&names(&["dummy+"]), &links, "direct-routing-device").unwrap()[0], "dummy0");
@@ -615,7 +613,8 @@ mod tests {
 
     #[test]
     fn veth_needs_a_default_route_in_any_table() {
-        let links = vec![lo(), link(2, "veth0", "veth").addr("192.168.4.1/24"), link(3, "eth0", "dummy").addr("10.0.0.2/24")];
+        let links =
+            vec![lo(), link(2, "veth0", "veth").addr("192.168.4.1/24"), link(3, "eth0", "dummy").addr("10.0.0.2/24")];
         let mut routes = kernel_routes(&links);
         let s = settings(&NP);
         let sel = select(&s, &links, &routes, ip("10.0.0.2")).unwrap();
@@ -663,11 +662,16 @@ mod tests {
 
     #[test]
     fn route_family_follows_enabled_families() {
-        let links = vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24"), link(3, "eth1", "dummy").addr("2001:db8::2/64")];
+        let links =
+            vec![lo(), link(2, "eth0", "dummy").addr("10.0.0.2/24"), link(3, "eth1", "dummy").addr("2001:db8::2/64")];
         let routes = kernel_routes(&links);
         let sel = select(&settings(&NP), &links, &routes, ip("10.0.0.2")).unwrap();
         assert_eq!(sel.devices, names(&["eth0"]));
-        let s = settings(&[("enable-node-port", "true"), ("enable-ipv6", "true"), ("ipv6-native-routing-cidr", "fd00::/8")]);
+        let s = settings(&[
+            ("enable-node-port", "true"),
+            ("enable-ipv6", "true"),
+            ("ipv6-native-routing-cidr", "fd00::/8"),
+        ]);
         let sel = select(&s, &links, &routes, ip("10.0.0.2")).unwrap();
         assert_eq!(sel.devices, names(&["eth0", "eth1"]));
         // Link-local only: not global unicast.
@@ -681,7 +685,8 @@ mod tests {
     fn ipv6_ndp_multicast_device() {
         let mut links = vec![lo(), link(2, "eth0", "dummy").addr("2001:db8::face/64")];
         let routes = kernel_routes(&links);
-        let s = settings(&[("enable-ipv6", "true"), ("enable-ipv6-ndp", "true"), ("enable-host-legacy-routing", "true")]);
+        let s =
+            settings(&[("enable-ipv6", "true"), ("enable-ipv6-ndp", "true"), ("enable-host-legacy-routing", "true")]);
         let sel = select(&s, &links, &routes, ip("2001:db8::face")).unwrap();
         assert_eq!(sel.devices, names(&["eth0"]));
         assert_eq!(sel.ipv6_mcast_device.as_deref(), Some("eth0"));

@@ -113,7 +113,8 @@ fn encap_features(scenario: &Scenario) -> Vec<&'static str> {
     let mut out = Vec::new();
     for (map, p) in configs {
         let Some(p) = Profile::parse(&p) else { continue };
-        let encap = AgentConfig::from_map(&map, p).ok().and_then(|c| Settings::derive(&c, p).ok()).and_then(|s| s.encap());
+        let encap =
+            AgentConfig::from_map(&map, p).ok().and_then(|c| Settings::derive(&c, p).ok()).and_then(|s| s.encap());
         let f = match encap {
             Some((TunnelProtocol::Vxlan, _)) => "vxlan",
             Some((TunnelProtocol::Geneve, _)) => "geneve",
@@ -214,7 +215,10 @@ mod tests {
                 kernel_max: None,
             },
             node: Default::default(),
-            topology: crate::scenario::TopologySpec { links: vec![link("eth0", LinkKind::Veth), link("bond0", LinkKind::Bond), vlan], routes: vec![] },
+            topology: crate::scenario::TopologySpec {
+                links: vec![link("eth0", LinkKind::Veth), link("bond0", LinkKind::Bond), vlan],
+                routes: vec![],
+            },
             agent: Default::default(),
             agent_ignored: vec![],
             agent_file: None,
@@ -241,7 +245,10 @@ mod tests {
         assert_eq!(caps(&["geneve"], "6.18").missing_for(&s), vec!["kernel lacks geneve"]);
         s.agent.clear();
         s.steps.push(crate::scenario::Step {
-            action: Action::Restart { agent: [("tunnel-protocol".to_string(), Some("geneve".to_string()))].into(), profile: None },
+            action: Action::Restart {
+                agent: [("tunnel-protocol".to_string(), Some("geneve".to_string()))].into(),
+                profile: None,
+            },
             expect: Default::default(),
             line: 2,
         });
@@ -273,6 +280,12 @@ mod tests {
         s2.requires.kernel_max = Some("6.5".into());
         s2.requires.features = vec!["teleport".into()];
         let m = caps(&[], "6.6.1").missing_for(&s2);
-        assert_eq!(m, vec!["kernel lacks teleport (not a feature the probe knows)", "kernel 6.6.1 is newer than 6.5 (requires kernel max)"]);
+        assert_eq!(
+            m,
+            vec![
+                "kernel lacks teleport (not a feature the probe knows)",
+                "kernel 6.6.1 is newer than 6.5 (requires kernel max)"
+            ]
+        );
     }
 }

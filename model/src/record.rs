@@ -161,16 +161,19 @@ impl RunRecord {
                 .filter(|r| matches!(r.status, Status::Fail | Status::Error))
                 .max_by_key(|r| r.status)
                 .copied();
-            let chosen = worst
-                .or_else(|| recs.iter().find(|r| r.status == Status::Pass).copied())
-                .unwrap_or(recs[0]);
+            let chosen = worst.or_else(|| recs.iter().find(|r| r.status == Status::Pass).copied()).unwrap_or(recs[0]);
             let mut rec = chosen.clone();
             if rec.status == Status::Skipped {
                 let reasons: BTreeSet<String> = recs
                     .iter()
-                    .map(|r| format!("{}: {}", r.kernel.clone().unwrap_or_default(), r.reason.clone().unwrap_or_default()))
+                    .map(|r| {
+                        format!("{}: {}", r.kernel.clone().unwrap_or_default(), r.reason.clone().unwrap_or_default())
+                    })
                     .collect();
-                rec.reason = Some(format!("skipped on every kernel tried ({})", reasons.into_iter().collect::<Vec<_>>().join("; ")));
+                rec.reason = Some(format!(
+                    "skipped on every kernel tried ({})",
+                    reasons.into_iter().collect::<Vec<_>>().join("; ")
+                ));
             }
             scenarios.push(rec);
         }
@@ -198,7 +201,14 @@ static NO_ALIASES: BTreeMap<String, String> = BTreeMap::new();
 
 impl Default for Observed<'_> {
     fn default() -> Self {
-        Observed { devices: None, attachments: &[], previous: None, regenerated: &[], error: None, aliases: &NO_ALIASES }
+        Observed {
+            devices: None,
+            attachments: &[],
+            previous: None,
+            regenerated: &[],
+            error: None,
+            aliases: &NO_ALIASES,
+        }
     }
 }
 
@@ -210,7 +220,9 @@ pub fn check(expect: &Expect, obs: &Observed<'_>) -> Vec<Mismatch> {
         (Some(want), Some(got)) if !got.contains(want.as_str()) => {
             out.push(mm("error", format!("an error containing {want:?}"), got.to_string()))
         }
-        (Some(want), None) => out.push(mm("error", format!("an error containing {want:?}"), "the step succeeded".into())),
+        (Some(want), None) => {
+            out.push(mm("error", format!("an error containing {want:?}"), "the step succeeded".into()))
+        }
         (None, Some(got)) => out.push(mm("error", "no error".into(), got.to_string())),
         _ => {}
     }
@@ -219,7 +231,11 @@ pub fn check(expect: &Expect, obs: &Observed<'_>) -> Vec<Mismatch> {
         want.sort();
         let got: Vec<String> = obs.devices.map(|d| d.to_vec()).unwrap_or_default();
         if want != got {
-            out.push(mm("devices", fmt_list(&want), obs.devices.map(fmt_list).unwrap_or_else(|| "no agent running".into())));
+            out.push(mm(
+                "devices",
+                fmt_list(&want),
+                obs.devices.map(fmt_list).unwrap_or_else(|| "no agent running".into()),
+            ));
         }
     }
     if let Some(want) = &expect.attachments {
@@ -272,7 +288,11 @@ fn check_attachments(want: &BTreeMap<String, DeviceExpect>, obs: &Observed<'_>, 
                     let got: Vec<&Attachment> = on_dev.iter().copied().filter(|a| a.hook == hook).collect();
                     let ok = got.len() == list.len() && list.iter().zip(&got).all(|(w, g)| program_matches(w, g));
                     if !ok {
-                        out.push(mm(&format!("attachments.{label}.{}", hook.as_str()), fmt_expects(list), fmt_atts(&got)));
+                        out.push(mm(
+                            &format!("attachments.{label}.{}", hook.as_str()),
+                            fmt_expects(list),
+                            fmt_atts(&got),
+                        ));
                     }
                 }
                 if let Some(x) = &h.xdp {
@@ -329,7 +349,8 @@ pub fn program_matches(w: &ProgramExpect, g: &Attachment) -> bool {
 /// `cil_from_container` is loaded as `cil_from_contai`: a name matches its kernel truncation.
 pub fn same_program(expected: &str, kernel: &str) -> bool {
     const MAX: usize = 15;
-    expected == kernel || (kernel.len() == MAX && expected.len() > MAX && expected.as_bytes()[..MAX] == *kernel.as_bytes())
+    expected == kernel
+        || (kernel.len() == MAX && expected.len() > MAX && expected.as_bytes()[..MAX] == *kernel.as_bytes())
 }
 
 fn mm(key: &str, expected: String, observed: String) -> Mismatch {
@@ -366,7 +387,13 @@ fn fmt_atts(v: &[&Attachment]) -> String {
     }
     let hooks: Vec<String> = v
         .iter()
-        .map(|a| if v.iter().all(|b| b.hook == a.hook) { fmt_att(a) } else { format!("{}: {}", a.hook.as_str(), fmt_att(a)) })
+        .map(|a| {
+            if v.iter().all(|b| b.hook == a.hook) {
+                fmt_att(a)
+            } else {
+                format!("{}: {}", a.hook.as_str(), fmt_att(a))
+            }
+        })
         .collect();
     format!("[{}]", hooks.join(", "))
 }
@@ -409,7 +436,14 @@ pub fn table(rec: &RunRecord) -> String {
     if rec.runs.len() > 1 {
         let _ = writeln!(s, "kernels:");
         for r in &rec.runs {
-            let _ = writeln!(s, "  {:<12} {:<28} {}  ({:.1} s)", r.target, r.kernel, r.summary.line(), r.millis as f64 / 1000.0);
+            let _ = writeln!(
+                s,
+                "  {:<12} {:<28} {}  ({:.1} s)",
+                r.target,
+                r.kernel,
+                r.summary.line(),
+                r.millis as f64 / 1000.0
+            );
         }
         for r in &rec.runs {
             let _ = writeln!(s, "\n== {} ({})", r.target, r.kernel);
@@ -440,12 +474,23 @@ fn scenario_lines(s: &mut String, scenarios: &[ScenarioRecord]) {
             if st.status == Status::Pass {
                 continue;
             }
-            let _ = writeln!(s, "      step {} `{}` (line {}): {}", st_index(sc, st), st.action, st.line, st.status.as_str());
+            let _ = writeln!(
+                s,
+                "      step {} `{}` (line {}): {}",
+                st_index(sc, st),
+                st.action,
+                st.line,
+                st.status.as_str()
+            );
             if let Some(e) = &st.error {
                 let _ = writeln!(s, "        error: {e}");
             }
             for m in &st.mismatches {
-                let _ = writeln!(s, "        {}:\n          expected: {}\n          observed: {}", m.key, m.expected, m.observed);
+                let _ = writeln!(
+                    s,
+                    "        {}:\n          expected: {}\n          observed: {}",
+                    m.key, m.expected, m.observed
+                );
             }
         }
         if matches!(sc.status, Status::Fail | Status::Error) {
@@ -472,7 +517,10 @@ pub fn behaviour_table(rec: &RunRecord, devices: &[&str]) -> String {
     s.push_str("|\n");
     for sc in &rec.scenarios {
         let start = sc.steps.iter().find(|st| st.action == "start");
-        let devs = start.and_then(|st| st.devices.clone()).map(|d| if d.is_empty() { "none".to_string() } else { d.join(", ") });
+        let devs =
+            start
+                .and_then(|st| st.devices.clone())
+                .map(|d| if d.is_empty() { "none".to_string() } else { d.join(", ") });
         let _ = write!(
             s,
             "| `{}` | {} | {} | {} |",
@@ -491,7 +539,11 @@ pub fn behaviour_table(rec: &RunRecord, devices: &[&str]) -> String {
                         .filter(|a| a.device == *d)
                         .map(|a| format!("{}: {}", a.hook.as_str(), a.program))
                         .collect();
-                    if on.is_empty() { "-".into() } else { on.join("<br>") }
+                    if on.is_empty() {
+                        "-".into()
+                    } else {
+                        on.join("<br>")
+                    }
                 }
             };
             let _ = write!(s, " {cell} |");
@@ -587,7 +639,12 @@ pub struct Phases {
 impl Phases {
     /// The phases' sum (what the harness accounts for out of the scenario's wall time).
     pub fn total(&self) -> f64 {
-        self.namespaces_and_links + self.config_and_devices + self.compile + self.load_and_attach + self.readback + self.teardown
+        self.namespaces_and_links
+            + self.config_and_devices
+            + self.compile
+            + self.load_and_attach
+            + self.readback
+            + self.teardown
     }
 
     /// Element-wise sum, for totals over scenarios.
@@ -613,7 +670,6 @@ impl Phases {
         ]
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -644,11 +700,16 @@ mod tests {
 
     #[test]
     fn unlisted_link_with_a_program_is_a_mismatch() {
-        let atts = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev"), att("eth0", Hook::Ingress, "cil_from_netdev")];
+        let atts =
+            vec![att("bond0.212", Hook::Ingress, "cil_from_netdev"), att("eth0", Hook::Ingress, "cil_from_netdev")];
         let mut want = BTreeMap::new();
         want.insert(
             "bond0.212".to_string(),
-            DeviceExpect::Hooks(HookExpect { ingress: Some(names(&["cil_from_netdev"])), egress: Some(vec![]), xdp: None }),
+            DeviceExpect::Hooks(HookExpect {
+                ingress: Some(names(&["cil_from_netdev"])),
+                egress: Some(vec![]),
+                xdp: None,
+            }),
         );
         let aliases = BTreeMap::new();
         let exp = Expect { attachments: Some(want), ..Default::default() };
@@ -680,16 +741,30 @@ mod tests {
     #[test]
     fn unchanged_and_error_and_devices() {
         let prev = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev")];
-        let now = vec![att("bond0.212", Hook::Ingress, "cil_from_netdev"), att("bond0", Hook::Ingress, "cil_from_netdev")];
+        let now =
+            vec![att("bond0.212", Hook::Ingress, "cil_from_netdev"), att("bond0", Hook::Ingress, "cil_from_netdev")];
         let aliases = BTreeMap::new();
         let exp = Expect { unchanged: Some(true), devices: Some(vec!["bond0.212".into()]), ..Default::default() };
         let devs = vec!["bond0".to_string(), "bond0.212".to_string()];
-        let m = check(&exp, &Observed { devices: Some(&devs), attachments: &now, previous: Some(&prev), aliases: &aliases, ..Default::default() });
+        let m = check(
+            &exp,
+            &Observed {
+                devices: Some(&devs),
+                attachments: &now,
+                previous: Some(&prev),
+                aliases: &aliases,
+                ..Default::default()
+            },
+        );
         let keys: Vec<&str> = m.iter().map(|m| m.key.as_str()).collect();
         assert_eq!(keys, vec!["devices", "unchanged"]);
         let exp = Expect { error: Some("requires".into()), ..Default::default() };
         assert_eq!(check(&exp, &Observed { aliases: &aliases, ..Default::default() }).len(), 1);
-        assert!(check(&exp, &Observed { aliases: &aliases, error: Some("BPF masquerade requires NodePort"), ..Default::default() }).is_empty());
+        assert!(check(
+            &exp,
+            &Observed { aliases: &aliases, error: Some("BPF masquerade requires NodePort"), ..Default::default() }
+        )
+        .is_empty());
     }
 
     #[test]
@@ -705,7 +780,13 @@ mod tests {
             phases: None,
             steps: vec![],
         };
-        let run = |s, k: &str| KernelRun { target: k.into(), kernel: k.into(), scenarios: vec![rec(s, k)], summary: Summary::default(), millis: 0 };
+        let run = |s, k: &str| KernelRun {
+            target: k.into(),
+            kernel: k.into(),
+            scenarios: vec![rec(s, k)],
+            summary: Summary::default(),
+            millis: 0,
+        };
         let r = RunRecord::combine(vec![run(Status::Skipped, "6.18"), run(Status::Pass, "6.1")]);
         assert_eq!(r.summary.passed, 1);
         let r = RunRecord::combine(vec![run(Status::Skipped, "6.18"), run(Status::Skipped, "6.1")]);

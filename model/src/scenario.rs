@@ -256,7 +256,10 @@ pub struct Step {
 pub enum Action {
     Start,
     /// Keys to change; `None` removes the key. `profile` optionally switches the profile.
-    Restart { agent: BTreeMap<String, Option<String>>, profile: Option<String> },
+    Restart {
+        agent: BTreeMap<String, Option<String>>,
+        profile: Option<String>,
+    },
     /// A policy fixture; the path is resolved against the scenario file's folder.
     Apply(PathBuf),
     Delete(PathBuf),
@@ -265,8 +268,15 @@ pub enum Action {
     DeletePod(String),
     LinkAdd(LinkSpec),
     LinkDelete(String),
-    LinkSet { name: String, up: bool },
-    Foreign { device: String, direction: ForeignDirection, program: String },
+    LinkSet {
+        name: String,
+        up: bool,
+    },
+    Foreign {
+        device: String,
+        direction: ForeignDirection,
+        program: String,
+    },
     Stop,
     Cleanup,
 }
@@ -468,9 +478,9 @@ pub enum ScenarioError {
 impl ScenarioError {
     pub fn path(&self) -> &Path {
         match self {
-            ScenarioError::Read { path, .. }
-            | ScenarioError::At { path, .. }
-            | ScenarioError::File { path, .. } => path,
+            ScenarioError::Read { path, .. } | ScenarioError::At { path, .. } | ScenarioError::File { path, .. } => {
+                path
+            }
         }
     }
 }
@@ -668,10 +678,7 @@ steps:
         assert_eq!(s.steps.len(), 2);
         assert_eq!((s.steps[0].action.clone(), s.steps[0].line), (Action::Start, 24));
         assert_eq!(s.steps[1].line, 32);
-        assert_eq!(
-            s.steps[1].action,
-            Action::Apply(dir.path().join("scenarios/../fixtures/policies/l4-rule.yaml"))
-        );
+        assert_eq!(s.steps[1].action, Action::Apply(dir.path().join("scenarios/../fixtures/policies/l4-rule.yaml")));
         let att = s.steps[0].expect.attachments.as_ref().unwrap();
         match &att["bond0.212"] {
             DeviceExpect::Hooks(h) => {
@@ -737,7 +744,8 @@ steps:
             bad(&doc(&["{name: eth0, kind: vethx}"], "")),
             "4:26: unknown kind \"vethx\", did you mean \"veth\"?"
         );
-        assert!(bad(&doc(&["{name: eth0, kind: veth}"], "zzz: 1\n")).starts_with("5:1: unknown key \"zzz\"; expected one of: name,"));
+        assert!(bad(&doc(&["{name: eth0, kind: veth}"], "zzz: 1\n"))
+            .starts_with("5:1: unknown key \"zzz\"; expected one of: name,"));
     }
 
     #[test]
@@ -817,7 +825,11 @@ steps:
         );
         assert_eq!(
             bad(&doc(
-                &["{name: eth0, kind: veth}", "{name: v1, kind: vlan, parent: v2, id: 1}", "{name: v2, kind: vlan, parent: v1, id: 2}"],
+                &[
+                    "{name: eth0, kind: veth}",
+                    "{name: v1, kind: vlan, parent: v2, id: 1}",
+                    "{name: v2, kind: vlan, parent: v1, id: 2}"
+                ],
                 ""
             )),
             "5:38: links form a cycle of masters/parents: v1 -> v2 -> v1"
@@ -849,7 +861,10 @@ steps:
             "5:7: link \"v\": a vlan link needs \"id\""
         );
         assert_eq!(
-            bad(&doc(&["{name: eth0, kind: veth}", "{name: v, kind: vlan, parent: eth0, id: 5, protocol: 802.1x}"], "")),
+            bad(&doc(
+                &["{name: eth0, kind: veth}", "{name: v, kind: vlan, parent: eth0, id: 5, protocol: 802.1x}"],
+                ""
+            )),
             "5:60: link \"v\": unknown vlan protocol \"802.1x\", did you mean \"802.1Q\"?"
         );
         assert_eq!(
@@ -895,7 +910,10 @@ steps:
         );
         assert_eq!(
             bad(&doc(
-                &["{name: eth0, kind: veth, addresses: [10.0.0.1/24]}", "{name: eth1, kind: veth, addresses: [fd00::1/64, 10.0.0.1/16]}"],
+                &[
+                    "{name: eth0, kind: veth, addresses: [10.0.0.1/24]}",
+                    "{name: eth1, kind: veth, addresses: [fd00::1/64, 10.0.0.1/16]}"
+                ],
                 ""
             )),
             "5:56: link \"eth1\": address 10.0.0.1 is already on link \"eth0\""
@@ -951,9 +969,18 @@ steps:
 
         std::fs::write(dir.path().join("pod.yaml"), "apiVersion: v1\nkind: Pod\n").unwrap();
         let e = parse(&path, doc(&l, "agent_file: pod.yaml\n").as_bytes()).unwrap_err();
-        assert_eq!(e.to_string(), format!("{}:2:7: agent_file must be a ConfigMap manifest, found kind \"Pod\"", dir.path().join("pod.yaml").display()));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:2:7: agent_file must be a ConfigMap manifest, found kind \"Pod\"",
+                dir.path().join("pod.yaml").display()
+            )
+        );
         let e = parse(&path, doc(&l, "agent_file: missing.yaml\n").as_bytes()).unwrap_err();
-        assert!(e.to_string().starts_with(&format!("{}:5:13: cannot read agent_file \"missing.yaml\"", path.display())), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("{}:5:13: cannot read agent_file \"missing.yaml\"", path.display())),
+            "{e}"
+        );
     }
 
     #[test]
@@ -976,7 +1003,8 @@ steps:
             bad(&doc(&l, "pods:\n  - {name: a}\n  - {name: a, namespace: default}\n")),
             "7:12: pod default/a already exists (defined at line 6)"
         );
-        assert!(bad(&doc(&l, "pods:\n  - {name: Web_1}\n")).starts_with("6:12: pod name \"Web_1\" is not a valid Kubernetes name"));
+        assert!(bad(&doc(&l, "pods:\n  - {name: Web_1}\n"))
+            .starts_with("6:12: pod name \"Web_1\" is not a valid Kubernetes name"));
         assert!(bad(&doc(&l, "pods:\n  - {name: a, namespace: a.b}\n"))
             .starts_with("6:26: pod namespace \"a.b\" is not a valid Kubernetes namespace name"));
     }
@@ -1041,13 +1069,23 @@ steps:
         assert_eq!(
             actions[3],
             Action::Restart {
-                agent: BTreeMap::from([("devices".to_string(), None), ("enable-node-port".to_string(), Some("true".to_string()))]),
+                agent: BTreeMap::from([
+                    ("devices".to_string(), None),
+                    ("enable-node-port".to_string(), Some("true".to_string()))
+                ]),
                 profile: None
             }
         );
         assert!(matches!(&actions[4], Action::LinkAdd(l) if l.name == "eth1"));
         assert_eq!(actions[5], Action::LinkSet { name: "eth1".into(), up: false });
-        assert_eq!(actions[6], Action::Foreign { device: "eth1".into(), direction: ForeignDirection::Ingress, program: "foreign_tc".into() });
+        assert_eq!(
+            actions[6],
+            Action::Foreign {
+                device: "eth1".into(),
+                direction: ForeignDirection::Ingress,
+                program: "foreign_tc".into()
+            }
+        );
         assert_eq!(actions[7], Action::LinkDelete("eth1".into()));
         assert_eq!(s.steps[7].line, 16);
     }
@@ -1056,10 +1094,7 @@ steps:
     fn step_actions_refer_to_the_state_of_their_time() {
         let l = ["{name: eth0, kind: veth}"];
         let st = |steps: &str| doc(&l, &format!("steps:\n{steps}"));
-        assert_eq!(
-            bad(&st("  - link: {delete: eth1}\n")),
-            "6:20: link delete: \"eth1\" is not a link at this step"
-        );
+        assert_eq!(bad(&st("  - link: {delete: eth1}\n")), "6:20: link delete: \"eth1\" is not a link at this step");
         assert_eq!(
             bad(&st("  - link: {add: {name: eth0, kind: dummy}}\n")),
             "6:24: link add: link \"eth0\" already exists at this step"
@@ -1124,7 +1159,11 @@ steps:
         assert_eq!(errors[0].path(), dir.path().join("a.yml"));
         assert_eq!(
             errors[1].to_string(),
-            format!("{}:2:7: scenario name \"b\" is already used by {}", dir.path().join("c.yaml").display(), dir.path().join("b.yaml").display())
+            format!(
+                "{}:2:7: scenario name \"b\" is already used by {}",
+                dir.path().join("c.yaml").display(),
+                dir.path().join("b.yaml").display()
+            )
         );
         assert!(matches!(errors[2], ScenarioError::Read { .. }));
     }

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::config::{refused, AgentConfig, ConfigError, KubeProxyReplacement, Settings, XdpMode, Acceleration, WIREGUARD_DEVICE};
+use crate::config::{
+    refused, Acceleration, AgentConfig, ConfigError, KubeProxyReplacement, Settings, XdpMode, WIREGUARD_DEVICE,
+};
 use crate::devices::{self, Selection};
 use crate::observed::{LinkInfo, RouteInfo};
 use crate::profile::{Change, Profile};
@@ -24,7 +26,11 @@ impl Settings {
             return Ok(());
         }
         // `AppendDevice(cilium_wg0)`; v1.16 decides this in the loader instead.
-        if self.enable_node_port && self.enable_wireguard && self.encrypt_node && self.profile.has(Change::WireguardAppendedToDevices) {
+        if self.enable_node_port
+            && self.enable_wireguard
+            && self.encrypt_node
+            && self.profile.has(Change::WireguardAppendedToDevices)
+        {
             sel.devices.push(WIREGUARD_DEVICE.to_string());
         }
         if !self.enable_host_legacy_routing {
@@ -42,7 +48,8 @@ impl Settings {
             };
             if let Some(r) = reason {
                 self.enable_host_legacy_routing = true;
-                self.warnings.push(format!("{r} Falling back to legacy host routing (enable-host-legacy-routing=true)."));
+                self.warnings
+                    .push(format!("{r} Falling back to legacy host routing (enable-host-legacy-routing=true)."));
             }
         }
         self.xdp_mode = match self.node_port_acceleration {
@@ -199,8 +206,11 @@ mod tests {
         let st = start(&cfg(&[("enable-bpf-masquerade", "true")]), Profile::V1_14_4, &links, &routes, ip).unwrap();
         assert!(!st.settings.enable_bpf_masquerade);
         assert!(st.settings.warnings.iter().any(|w| w.contains("BPF masquerade requires NodePort")));
-        let m = refused_msg(start(&cfg(&[("enable-ipv4-egress-gateway", "true")]), Profile::V1_14_4, &links, &routes, ip));
-        assert!(m.contains("egress gateway requires --enable-ipv4-masquerade=\"true\" and --enable-bpf-masquerade=\"true\""));
+        let m =
+            refused_msg(start(&cfg(&[("enable-ipv4-egress-gateway", "true")]), Profile::V1_14_4, &links, &routes, ip));
+        assert!(m.contains(
+            "egress gateway requires --enable-ipv4-masquerade=\"true\" and --enable-bpf-masquerade=\"true\""
+        ));
         let both = cfg(&[("enable-ipv4-egress-gateway", "true"), ("enable-bpf-masquerade", "true")]);
         assert!(start(&both, Profile::V1_14_4, &links, &routes, ip).is_err(), "BPF masquerade fell back: no NodePort");
         let ok = cfg(&[
@@ -235,7 +245,13 @@ mod tests {
         // The node IP not found on any link, with k8s on.
         let st = start(&cfg(&[]), Profile::V1_14_4, &links, &routes, Some("10.9.9.9".parse().unwrap())).unwrap();
         assert!(st.settings.warnings.iter().any(|w| w.contains("k8s is enabled, but still failed to find node IP")));
-        let m = refused_msg(start(&cfg(&[("enable-node-port", "true")]), Profile::V1_14_4, &links, &routes, Some("10.9.9.9".parse().unwrap())));
+        let m = refused_msg(start(
+            &cfg(&[("enable-node-port", "true")]),
+            Profile::V1_14_4,
+            &links,
+            &routes,
+            Some("10.9.9.9".parse().unwrap()),
+        ));
         assert!(m.contains("failed to detect devices: k8s is enabled, but still failed to find node IP"));
     }
 

@@ -10,11 +10,14 @@ use std::time::Instant;
 use clap::Parser;
 use serde_json::{json, Value};
 
-use hostdp::model::record::RunRecord;
 use hostdp::model::record::Phases;
+use hostdp::model::record::RunRecord;
 
 #[derive(Parser)]
-#[command(name = "hostdp-bench", about = "Times hostdp: one scenario, the flag matrix, a shell equivalent, scaling, RSS, VM")]
+#[command(
+    name = "hostdp-bench",
+    about = "Times hostdp: one scenario, the flag matrix, a shell equivalent, scaling, RSS, VM"
+)]
 struct Args {
     /// The hostdp binary (default: `hostdp` next to this one).
     #[arg(long)]
@@ -52,7 +55,10 @@ fn run_hostdp(exe: &Path, args: &[&str], paths: &[PathBuf], cache: &Path) -> Chi
     let out = tempfile::NamedTempFile::new().expect("temporary file");
     let mut cmd = Command::new(exe);
     cmd.arg("run").args(["--format", "json", "--allow-skips", "--output"]).arg(out.path()).args(args).args(paths);
-    cmd.env("HOSTDP_CACHE_DIR", cache).env("HOSTDP_QUIET", "1").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    cmd.env("HOSTDP_CACHE_DIR", cache)
+        .env("HOSTDP_QUIET", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
     let (wall_ms, status, rss, stderr) = spawn_measured(&mut cmd);
     let record = std::fs::read_to_string(out.path()).ok().and_then(|t| serde_json::from_str::<RunRecord>(&t).ok());
     if record.is_none() {
@@ -82,7 +88,13 @@ fn spawn_measured(cmd: &mut Command) -> (f64, i32, f64, String) {
     // SAFETY: waits for our own child; `status` and `ru` are valid out-parameters.
     let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
     let wall = t.elapsed().as_secs_f64() * 1000.0;
-    let code = if r < 0 { -1 } else if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let code = if r < 0 {
+        -1
+    } else if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
     (wall, code, ru.ru_maxrss as f64 / 1024.0, stderr)
 }
 
@@ -114,7 +126,9 @@ fn median_phases(v: &[Phases]) -> Phases {
 
 fn summary(rec: &Option<RunRecord>) -> Value {
     match rec {
-        Some(r) => json!({"passed": r.summary.passed, "failed": r.summary.failed, "errors": r.summary.errors, "skipped": r.summary.skipped}),
+        Some(r) => {
+            json!({"passed": r.summary.passed, "failed": r.summary.failed, "errors": r.summary.errors, "skipped": r.summary.skipped})
+        }
         None => Value::Null,
     }
 }
@@ -150,7 +164,11 @@ fn single(exe: &Path, runs: usize, table: &mut String) -> Value {
         let mp = median_phases(&phases);
         let wall = median(children.iter().map(|c| c.wall_ms).collect());
         let sc = median(children.iter().filter_map(scenario_ms).collect());
-        let _ = writeln!(table, "single scenario ({mode} cache): process {wall:.1} ms, scenario {sc:.1} ms, clang runs {}", mp.clang_invocations);
+        let _ = writeln!(
+            table,
+            "single scenario ({mode} cache): process {wall:.1} ms, scenario {sc:.1} ms, clang runs {}",
+            mp.clang_invocations
+        );
         for (name, ms) in mp.named() {
             let _ = writeln!(table, "    {name:<22} {ms:>9.2} ms");
         }
@@ -224,7 +242,8 @@ fn matrix(exe: &Path, runs: usize, table: &mut String) -> Value {
             .collect::<Vec<_>>()),
         "wireguard_note": "combinations with enable-wireguard need a wireguard link; on a kernel without one they are counted as skipped and not run"});
     for (label, jobs) in [("serial", 1usize), ("parallel", cpus)] {
-        let v: Vec<Child> = (0..runs.min(3)).map(|_| run_hostdp(exe, &["-j", &jobs.to_string()], &dirs, cache.path())).collect();
+        let v: Vec<Child> =
+            (0..runs.min(3)).map(|_| run_hostdp(exe, &["-j", &jobs.to_string()], &dirs, cache.path())).collect();
         let wall = median(v.iter().map(|c| c.wall_ms).collect());
         let _ = writeln!(table, "flag matrix, warm cache, {label} (-j {jobs}): {wall:.0} ms median of {}", v.len());
         out[format!("{label}_ms")] = json!(wall);
@@ -251,7 +270,9 @@ fn shell_script(obj: &Path, tag: &str) -> String {
     }
     s.push_str("ip -n $N link add br0 type bridge\nip -n $N link set eth2 master br0\n");
     s.push_str("ip -n $N link add mv0 link eth0 type macvlan mode bridge\nip -n $N link add mv1 link eth1 type macvlan mode bridge\n");
-    for (l, a) in [("eth0", "192.168.10.2/24"), ("eth1", "192.168.20.2/24"), ("br0", "192.168.30.2/24"), ("mv0", "10.50.0.2/24")] {
+    for (l, a) in
+        [("eth0", "192.168.10.2/24"), ("eth1", "192.168.20.2/24"), ("br0", "192.168.30.2/24"), ("mv0", "10.50.0.2/24")]
+    {
         let _ = writeln!(s, "ip -n $N addr add {a} dev {l}");
     }
     for l in ["eth0", "eth1", "eth2", "br0", "mv0", "mv1"] {
@@ -286,7 +307,10 @@ fn shell_script(obj: &Path, tag: &str) -> String {
     }
     // cleanup: Cilium's filters removed, host devices deleted, read back, teardown.
     for d in devices.iter().chain(["cilium_host", "cilium_net"].iter()) {
-        let _ = writeln!(s, "ip netns exec $N tc filter del dev {d} ingress; ip netns exec $N tc filter del dev {d} egress");
+        let _ = writeln!(
+            s,
+            "ip netns exec $N tc filter del dev {d} ingress; ip netns exec $N tc filter del dev {d} egress"
+        );
     }
     s.push_str("ip -n $N link del cilium_host\n");
     s.push_str(&readback.replace("dev cilium_host", "dev lo").replace("dev cilium_net", "dev lo"));
@@ -299,9 +323,11 @@ fn script(exe: &Path, runs: usize, table: &mut String) -> Value {
     let cache = tempfile::tempdir().expect("temporary dir");
     let file = bench_scenario();
     run_hostdp(exe, &["-j", "1"], std::slice::from_ref(&file), cache.path());
-    let obj = std::fs::read_dir(cache.path().join("objects"))
-        .ok()
-        .and_then(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("bpf_host-"))));
+    let obj = std::fs::read_dir(cache.path().join("objects")).ok().and_then(|rd| {
+        rd.filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("bpf_host-")))
+    });
     let Some(obj) = obj else {
         let _ = writeln!(table, "shell script: no compiled bpf_host object in the cache");
         return Value::Null;
@@ -316,7 +342,9 @@ fn script(exe: &Path, runs: usize, table: &mut String) -> Value {
         // Each side starts on a settled kernel: namespaces are torn down asynchronously after
         // their last user is gone, and that work would otherwise land in the next measurement.
         settle();
-        let (ms, code, _, err) = spawn_measured(Command::new("bash").arg(&path).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()));
+        let (ms, code, _, err) = spawn_measured(
+            Command::new("bash").arg(&path).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()),
+        );
         if code != 0 {
             failures += 1;
             eprintln!("hostdp-bench: the shell script failed ({code}): {}", tail(&err));
@@ -326,7 +354,12 @@ fn script(exe: &Path, runs: usize, table: &mut String) -> Value {
         hd.push(run_hostdp(exe, &["-j", "1"], std::slice::from_ref(&file), cache.path()).wall_ms);
     }
     let (s, h) = (median(sh), median(hd));
-    let _ = writeln!(table, "shell script {s:.0} ms vs hostdp {h:.1} ms: hostdp/script = {:.3} ({:.1}x faster)", h / s, s / h);
+    let _ = writeln!(
+        table,
+        "shell script {s:.0} ms vs hostdp {h:.1} ms: hostdp/script = {:.3} ({:.1}x faster)",
+        h / s,
+        s / h
+    );
     json!({"script_ms": s, "hostdp_ms": h, "ratio_hostdp_over_script": h / s, "script_failures": failures, "settle_ms": SETTLE_MS,
            "script": path.file_name().map(|n| n.to_string_lossy().into_owned()), "script_text": std::fs::read_to_string(&path).ok()})
 }
@@ -346,7 +379,11 @@ fn rss(exe: &Path, table: &mut String) -> Value {
     // such), the second measures hostdp itself.
     let cache = hostdp::runner::cache_dir();
     let first = run_hostdp(exe, &[], &[root().join("scenarios")], &cache);
-    let clang: u64 = first.record.as_ref().map(|r| r.scenarios.iter().filter_map(|s| s.phases).map(|p| p.clang_invocations).sum()).unwrap_or(0);
+    let clang: u64 = first
+        .record
+        .as_ref()
+        .map(|r| r.scenarios.iter().filter_map(|s| s.phases).map(|p| p.clang_invocations).sum())
+        .unwrap_or(0);
     let c = run_hostdp(exe, &[], &[root().join("scenarios")], &cache);
     let _ = writeln!(
         table,
@@ -367,7 +404,12 @@ fn scaling_file(dir: &Path, n: usize) -> PathBuf {
     for (i, l) in names.iter().enumerate() {
         let _ = writeln!(s, "    - {{name: {l}, kind: veth, addresses: [10.{}.{}.1/24]}}", i / 250, i % 250);
     }
-    let _ = write!(s, "agent:\n  devices: {}\nsteps:\n  - start: {{}}\n    expect:\n      devices: [{}]\n", names.join(" "), names.join(", "));
+    let _ = write!(
+        s,
+        "agent:\n  devices: {}\nsteps:\n  - start: {{}}\n    expect:\n      devices: [{}]\n",
+        names.join(" "),
+        names.join(", ")
+    );
     let p = dir.join(format!("scale-{n}.yaml"));
     std::fs::write(&p, s).expect("write scaling scenario");
     p
@@ -406,7 +448,12 @@ fn vm(exe: &Path, table: &mut String) -> Value {
     let one = run_hostdp(exe, &["--kernel", "debian-6.1"], &[bench_scenario()], &cache);
     let sc = scenario_ms(&one).unwrap_or(0.0);
     let boot = one.wall_ms - sc;
-    let _ = writeln!(table, "VM debian-6.1: one scenario {:.1} s, of it boot and shutdown {:.1} s", one.wall_ms / 1000.0, boot / 1000.0);
+    let _ = writeln!(
+        table,
+        "VM debian-6.1: one scenario {:.1} s, of it boot and shutdown {:.1} s",
+        one.wall_ms / 1000.0,
+        boot / 1000.0
+    );
     let suite = run_hostdp(exe, &["--kernel", "debian-6.1"], &[root().join("scenarios")], &cache);
     let _ = writeln!(table, "VM debian-6.1: whole suite {:.1} s ({})", suite.wall_ms / 1000.0, summary(&suite.record));
     // All 128 combinations, WireGuard included (the guest kernel has it), in one boot. The
@@ -431,7 +478,11 @@ fn vm(exe: &Path, table: &mut String) -> Value {
         phases.insert(name.into(), json!((sum / 10.0).round() / 100.0));
     }
     let clang: u64 = all.iter().map(|p| p.clang_invocations).sum();
-    let _ = writeln!(table, "    in the guest, seconds summed over the runs: {} ; clang runs {clang}", Value::Object(phases.clone()));
+    let _ = writeln!(
+        table,
+        "    in the guest, seconds summed over the runs: {} ; clang runs {clang}",
+        Value::Object(phases.clone())
+    );
     let _ = std::fs::remove_dir_all(&dir);
     json!({"matrix_phases_sum_s": phases, "matrix_clang_invocations": clang, "one_scenario_ms": one.wall_ms, "boot_and_shutdown_ms": boot, "suite_ms": suite.wall_ms, "suite_status": summary(&suite.record),
            "matrix_runs": files.len(), "matrix_ms": m.wall_ms, "matrix_scenario_ms_sum": in_guest, "matrix_status": summary(&m.record)})
@@ -443,9 +494,13 @@ type Part<'a> = (&'static str, &'a dyn Fn(&mut String) -> Value);
 fn main() {
     let args = Args::parse();
     let exe = args.hostdp.clone().unwrap_or_else(|| {
-        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("hostdp"))).unwrap_or_else(|| PathBuf::from("hostdp"))
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("hostdp")))
+            .unwrap_or_else(|| PathBuf::from("hostdp"))
     });
-    let want = |part: &str| if args.only.is_empty() { part != "vm" || args.vm } else { args.only.iter().any(|o| o == part) };
+    let want =
+        |part: &str| if args.only.is_empty() { part != "vm" || args.vm } else { args.only.iter().any(|o| o == part) };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut table = String::new();
     let mut out = json!({

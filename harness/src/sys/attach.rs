@@ -17,12 +17,12 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use aya::Ebpf;
 use serde::Serialize;
 
-use hostdp_model::observed::Hook;
 use crate::sys::compile::{CompileError, Compiler};
-use hostdp_model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
 use crate::sys::netlink::block_on;
 use crate::sys::netns::{Netns, NetnsError};
 use crate::sys::tc::{self, Direction, FilterSpec, TcError, XdpAttachMode};
+use hostdp_model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
+use hostdp_model::observed::Hook;
 
 /// The host device pair Cilium creates.
 pub const CILIUM_HOST: &str = "cilium_host";
@@ -85,23 +85,73 @@ impl Default for DeviceConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OpOutcome {
-    HostDevices { created: bool },
+    HostDevices {
+        created: bool,
+    },
     /// [`Op::EnsureEncapDevice`]: kept, created or created again.
-    EncapDevice { device: String, action: crate::sys::netlink::EncapAction },
+    EncapDevice {
+        device: String,
+        action: crate::sys::netlink::EncapAction,
+    },
     /// [`Op::DeleteLink`]: whether the link was there.
-    LinkDeleted { device: String, existed: bool },
-    TcAttached { device: String, hook: Hook, program: String, filter: String, prog_id: u32 },
-    TcFlushed { device: String, hook: Hook, removed: usize },
-    ObsoleteRemoved { device: String, hooks: Vec<Hook> },
-    XdpAttached { device: String, program: String, mode: String, prog_id: u32 },
-    XdpDetached { device: String, prog_ids: Vec<u32> },
+    LinkDeleted {
+        device: String,
+        existed: bool,
+    },
+    TcAttached {
+        device: String,
+        hook: Hook,
+        program: String,
+        filter: String,
+        prog_id: u32,
+    },
+    TcFlushed {
+        device: String,
+        hook: Hook,
+        removed: usize,
+    },
+    ObsoleteRemoved {
+        device: String,
+        hooks: Vec<Hook>,
+    },
+    XdpAttached {
+        device: String,
+        program: String,
+        mode: String,
+        prog_id: u32,
+    },
+    XdpDetached {
+        device: String,
+        prog_ids: Vec<u32>,
+    },
     /// A tcx link (new or updated in place) and the legacy filters removed in that direction.
-    TcxAttached { device: String, hook: Hook, program: String, pin: PathBuf, prog_id: u32, updated: bool, legacy_removed: usize },
+    TcxAttached {
+        device: String,
+        hook: Hook,
+        program: String,
+        pin: PathBuf,
+        prog_id: u32,
+        updated: bool,
+        legacy_removed: usize,
+    },
     /// A tc attach of [`Op::AttachSkb`]: the filter, stale Cilium filters deleted, whether a
     /// tcx link was unpinned.
-    SkbTcAttached { device: String, hook: Hook, program: String, filter: String, prog_id: u32, stale_removed: usize, unpinned: bool },
+    SkbTcAttached {
+        device: String,
+        hook: Hook,
+        program: String,
+        filter: String,
+        prog_id: u32,
+        stale_removed: usize,
+        unpinned: bool,
+    },
     /// [`Op::DetachSkb`]: whether a pin went, and how many filters.
-    SkbDetached { device: String, hook: Hook, unpinned: bool, removed: usize },
+    SkbDetached {
+        device: String,
+        hook: Hook,
+        unpinned: bool,
+        removed: usize,
+    },
 }
 
 /// The result of [`execute`]: one outcome per op, in order.
@@ -138,12 +188,14 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
         Op::CreateHostDevices => create_host_devices().map(|created| OpOutcome::HostDevices { created }),
         Op::EnsureEncapDevice { device, kind, port } => {
             let op = format!("set up encapsulation device {device} ({} port {port})", kind.as_str());
-            let action = crate::sys::netlink::ensure_encap_device(device, *kind, *port).map_err(|source| AttachError::Netlink { op, source })?;
+            let action = crate::sys::netlink::ensure_encap_device(device, *kind, *port)
+                .map_err(|source| AttachError::Netlink { op, source })?;
             Ok(OpOutcome::EncapDevice { device: device.clone(), action })
         }
         Op::DeleteLink { device } => {
             let op = format!("delete link {device}");
-            let existed = crate::sys::netlink::delete_link_if_present(device).map_err(|source| AttachError::Netlink { op, source })?;
+            let existed = crate::sys::netlink::delete_link_if_present(device)
+                .map_err(|source| AttachError::Netlink { op, source })?;
             Ok(OpOutcome::LinkDeleted { device: device.clone(), existed })
         }
         Op::AttachTc { device, hook, program, priority, vlan, seclabel } => {
@@ -154,7 +206,13 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
             let filter = format!("{}-{device}", program.symbol);
             let spec = FilterSpec { direction, priority: (*priority).max(1), handle: tc::CILIUM_HANDLE, name: &filter };
             let prog_id = attach_tc_filter(ns, ctx, opened, device, *program, &cfg, &spec, &what)?;
-            Ok(OpOutcome::TcAttached { device: device.clone(), hook: *hook, program: program.symbol.into(), filter, prog_id })
+            Ok(OpOutcome::TcAttached {
+                device: device.clone(),
+                hook: *hook,
+                program: program.symbol.into(),
+                filter,
+                prog_id,
+            })
         }
         Op::FlushTc { device, hook } => {
             let what = format!("remove tc filters from {device} {}", hook.as_str());
@@ -181,7 +239,8 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
             for direction in Direction::BOTH {
                 let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
                 for f in filters.iter().filter(|f| f.name.as_deref().is_some_and(is_cilium_filter)) {
-                    tc::delete_filter(device, direction, f.priority, f.handle).map_err(|e| kernel(ns, &what, device, e))?;
+                    tc::delete_filter(device, direction, f.priority, f.handle)
+                        .map_err(|e| kernel(ns, &what, device, e))?;
                     if !hooks.contains(&direction.hook()) {
                         hooks.push(direction.hook());
                     }
@@ -189,8 +248,15 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
             }
             let xdp = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
             let mut prog_ids = Vec::new();
-            if xdp.iter().any(|p| crate::sys::inspect::program_name(p.prog_id).is_some_and(|n| n.contains("cil_xdp_entry"))) {
-                prog_ids = tc::detach_xdp(device).map_err(|e| kernel(ns, &what, device, e))?.iter().map(|p| p.prog_id).collect();
+            if xdp
+                .iter()
+                .any(|p| crate::sys::inspect::program_name(p.prog_id).is_some_and(|n| n.contains("cil_xdp_entry")))
+            {
+                prog_ids = tc::detach_xdp(device)
+                    .map_err(|e| kernel(ns, &what, device, e))?
+                    .iter()
+                    .map(|p| p.prog_id)
+                    .collect();
             }
             if !prog_ids.is_empty() {
                 hooks.push(Hook::Xdp);
@@ -213,7 +279,8 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
         }
         Op::AttachSkb { device, hook, program, priority, vlan, seclabel, pin_dir, tcx, remove_stale } => {
             let cfg = DeviceConfig { vlan: vlan.clone(), seclabel: *seclabel };
-            let skb = SkbAttach { program: *program, priority: *priority, pin_dir, tcx: *tcx, remove_stale: *remove_stale };
+            let skb =
+                SkbAttach { program: *program, priority: *priority, pin_dir, tcx: *tcx, remove_stale: *remove_stale };
             attach_skb(ns, ctx, opened, device, *hook, &cfg, &skb)
         }
         Op::DetachSkb { device, hook, symbol, pin_dir } => {
@@ -311,11 +378,14 @@ fn open_object<'o>(
 ) -> Result<&'o mut Ebpf, AttachError> {
     let link = tc::find_link(device).map_err(|e| kernel(ns, what, device, e))?;
     let loaded = |e: &Ebpf| e.program(symbol).is_some_and(|p| p.fd().is_ok());
-    if let Some(i) = opened.0.iter().position(|(ix, o, c, e)| *ix == link.index && *o == object && c == cfg && !loaded(e)) {
+    if let Some(i) =
+        opened.0.iter().position(|(ix, o, c, e)| *ix == link.index && *o == object && c == cfg && !loaded(e))
+    {
         return Ok(&mut opened.0[i].3);
     }
-    let compiled = crate::sys::timing::time(crate::sys::timing::Phase::Compile, || ctx.compiler.compile(object, &ctx.defines))
-        .map_err(|source| AttachError::Compile { op: what.to_string(), source })?;
+    let compiled =
+        crate::sys::timing::time(crate::sys::timing::Phase::Compile, || ctx.compiler.compile(object, &ctx.defines))
+            .map_err(|source| AttachError::Compile { op: what.to_string(), source })?;
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
     let data = std::fs::read(&compiled.path).map_err(|e| load_err(format!("read {}: {e}", compiled.path.display())))?;
     let (allow_all, ids) = vlan_globals(&cfg.vlan).map_err(|m| AttachError::Invalid(format!("{what}: {m}")))?;
@@ -329,8 +399,9 @@ fn open_object<'o>(
         vlan_allow_all: allow_all,
         vlan_ids: ids,
     };
-    let ebpf = crate::sys::ebpf_load::load(&data, globals, pin.as_deref().map(|p| (crate::sys::policymap::MAP_NAME, p)))
-        .map_err(|e| load_err(format!("open {}: {}", object.source(), chain(&e))))?;
+    let ebpf =
+        crate::sys::ebpf_load::load(&data, globals, pin.as_deref().map(|p| (crate::sys::policymap::MAP_NAME, p)))
+            .map_err(|e| load_err(format!("open {}: {}", object.source(), chain(&e))))?;
     // Plans handle a device's hooks one after the other: what was opened for other devices is
     // done with, and keeping it would hold file descriptors in proportion to the node's links.
     opened.0.retain(|(ix, ..)| *ix == link.index);
@@ -376,7 +447,10 @@ fn load_failure(symbol: &str, e: &aya::programs::ProgramError) -> String {
             if tail.is_empty() {
                 format!("load {symbol}: the kernel refused the program ({io_error}) and the verifier wrote no log")
             } else {
-                format!("load {symbol}: the verifier refused the program ({io_error}); its last lines:\n  {}", tail.join("\n  "))
+                format!(
+                    "load {symbol}: the verifier refused the program ({io_error}); its last lines:\n  {}",
+                    tail.join("\n  ")
+                )
             }
         }
         other => format!("load {symbol}: {}", chain(other)),
@@ -528,7 +602,9 @@ fn tcx_here(
                 drop(prog.take_link(id).map_err(|e| load_err(chain(&e)))?);
                 updated = true;
             }
-            Err(aya::programs::ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(nix::libc::ENOLINK) => {
+            Err(aya::programs::ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(nix::libc::ENOLINK) =>
+            {
                 detach_tcx(pin_path)?;
             }
             Err(e) => return Err(load_err(format!("update link {}: {}", pin_path.display(), chain(&e)))),
@@ -559,7 +635,15 @@ struct SkbAttach<'a> {
 }
 
 /// [`Op::AttachSkb`], inside the namespace.
-fn attach_skb(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, device: &str, hook: Hook, cfg: &DeviceConfig, a: &SkbAttach<'_>) -> Result<OpOutcome, AttachError> {
+fn attach_skb(
+    ns: &Netns,
+    ctx: &AttachContext,
+    opened: &mut Opened,
+    device: &str,
+    hook: Hook,
+    cfg: &DeviceConfig,
+    a: &SkbAttach<'_>,
+) -> Result<OpOutcome, AttachError> {
     let symbol = a.program.symbol;
     let what = format!("attach {symbol} to {device} {}", hook.as_str());
     let (direction, attach_type) = match hook {
@@ -569,7 +653,8 @@ fn attach_skb(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, device: &str
     };
     let pin = ctx.bpffs.as_ref().map(|b| b.join(a.pin_dir).join(symbol));
     if a.tcx && ctx.kernel_tcx {
-        let pin = pin.ok_or_else(|| AttachError::Invalid(format!("{what}: tcx needs a bpffs folder to pin the link in")))?;
+        let pin =
+            pin.ok_or_else(|| AttachError::Invalid(format!("{what}: tcx needs a bpffs folder to pin the link in")))?;
         let t = tcx_here(ns, ctx, opened, device, attach_type, a.program, cfg, &pin, &what)?;
         // tcx runs before legacy tc: every filter left in that direction goes.
         let legacy_removed = tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
@@ -590,7 +675,10 @@ fn attach_skb(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, device: &str
     let mut stale_removed = 0;
     if a.remove_stale {
         let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
-        for f in filters.iter().filter(|f| f.priority != priority && f.name.as_deref().is_some_and(|n| n.starts_with("cil_"))) {
+        for f in filters
+            .iter()
+            .filter(|f| f.priority != priority && f.name.as_deref().is_some_and(|n| n.starts_with("cil_")))
+        {
             tc::delete_filter(device, direction, f.priority, f.handle).map_err(|e| kernel(ns, &what, device, e))?;
             stale_removed += 1;
         }
@@ -599,7 +687,15 @@ fn attach_skb(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, device: &str
         Some(p) => detach_tcx(p)?,
         None => false,
     };
-    Ok(OpOutcome::SkbTcAttached { device: device.to_string(), hook, program: symbol.into(), filter, prog_id, stale_removed, unpinned })
+    Ok(OpOutcome::SkbTcAttached {
+        device: device.to_string(),
+        hook,
+        program: symbol.into(),
+        filter,
+        prog_id,
+        stale_removed,
+        unpinned,
+    })
 }
 
 /// Removes a pinned tcx link: the attachment goes away with the last reference.
@@ -646,7 +742,9 @@ pub fn remove_pins(path: &Path) -> Result<(), AttachError> {
 /// (link id, program id) of the bpf links pinned at `path` (a pin or a folder, recursively).
 fn pinned_links(path: &Path) -> Vec<(u32, u32)> {
     if path.is_dir() {
-        let entries = std::fs::read_dir(path).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_else(|_| Vec::new());
+        let entries = std::fs::read_dir(path)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_else(|_| Vec::new());
         return entries.iter().flat_map(|p: &PathBuf| pinned_links(p)).collect();
     }
     PinnedLink::from_pin(path)
@@ -659,22 +757,31 @@ fn pinned_links(path: &Path) -> Vec<(u32, u32)> {
 /// Another tool's program: `foreign_tc` as a tc filter named `foreign_tc` (priority 100,
 /// handle 1) on ingress or egress, or `foreign_xdp` in generic XDP mode (`direction` xdp).
 /// Returns the program id.
-pub fn foreign(ns: &Netns, ctx: &AttachContext, device: &str, direction: Hook, program: &str) -> Result<u32, AttachError> {
+pub fn foreign(
+    ns: &Netns,
+    ctx: &AttachContext,
+    device: &str,
+    direction: Hook,
+    program: &str,
+) -> Result<u32, AttachError> {
     let what = format!("attach foreign program {program} to {device} {}", direction.as_str());
     let cfg = DeviceConfig::default();
     match (program, Direction::from_hook(direction)) {
         ("foreign_tc", Some(dir)) => {
             let prog = ProgramRef { object: Object::Foreign, symbol: "foreign_tc" };
-            let spec = FilterSpec { direction: dir, priority: FOREIGN_PRIORITY, handle: FOREIGN_HANDLE, name: "foreign_tc" };
+            let spec =
+                FilterSpec { direction: dir, priority: FOREIGN_PRIORITY, handle: FOREIGN_HANDLE, name: "foreign_tc" };
             ns.run(|| attach_tc_filter(ns, ctx, &mut Opened::default(), device, prog, &cfg, &spec, &what))?
         }
         ("foreign_xdp", None) => {
             let prog = ProgramRef { object: Object::Foreign, symbol: "foreign_xdp" };
-            ns.run(|| attach_xdp_prog(ns, ctx, &mut Opened::default(), device, prog, &cfg, XdpAttachMode::Generic, &what))?
+            ns.run(|| {
+                attach_xdp_prog(ns, ctx, &mut Opened::default(), device, prog, &cfg, XdpAttachMode::Generic, &what)
+            })?
         }
-        ("foreign_tc" | "foreign_xdp", _) => Err(AttachError::Invalid(format!(
-            "{what}: foreign_tc goes on ingress or egress, foreign_xdp on xdp"
-        ))),
+        ("foreign_tc" | "foreign_xdp", _) => {
+            Err(AttachError::Invalid(format!("{what}: foreign_tc goes on ingress or egress, foreign_xdp on xdp")))
+        }
         _ => Err(AttachError::Invalid(format!("{what}: unknown foreign program (foreign_tc, foreign_xdp)"))),
     }
 }

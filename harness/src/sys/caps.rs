@@ -119,10 +119,12 @@ fn probe_now() -> Capabilities {
         .map(|f| (f.to_string(), if *f == "bpf" || *f == "tcx" { None } else { modprobe_guard(f, &kernel) }))
         .collect();
     let name = format!("{}-caps", crate::sys::topology::RunId::new());
-    let result = crate::sys::topology::with_scratch_netns(&name, |ns| ns.run(|| crate::sys::netlink::block_on(probe_inside(&guarded))))
-        .and_then(|r| r)
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+    let result = crate::sys::topology::with_scratch_netns(&name, |ns| {
+        ns.run(|| crate::sys::netlink::block_on(probe_inside(&guarded)))
+    })
+    .and_then(|r| r)
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
     match result {
         Ok(found) => features = found,
         Err(e) => {
@@ -156,7 +158,12 @@ async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<S
     let probes: Vec<(&str, &str, NewLink, bool)> = vec![
         ("bonding", "pbond", NewLink::Bond { mode: Some("active-backup".into()), miimon: Some(100) }, false),
         ("vlan", "pv0.7", vlan_on(None), true),
-        ("vlan-802.1ad", "pv0.8", NewLink::Vlan { parent: "pv0".into(), id: 8, protocol: Some("802.1ad".into()) }, true),
+        (
+            "vlan-802.1ad",
+            "pv0.8",
+            NewLink::Vlan { parent: "pv0".into(), id: 8, protocol: Some("802.1ad".into()) },
+            true,
+        ),
         ("bridge", "pbr", NewLink::Bridge, false),
         ("dummy", "pdummy", NewLink::Dummy, false),
         ("ifb", "pifb", NewLink::Ifb, false),
@@ -172,7 +179,11 @@ async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<S
     // geneve as the agent makes cilium_geneve (external, Cilium's default port).
     let geneve = match blocked("geneve") {
         Some(g) => Some(g),
-        None => conn.ensure_encap_device("pgen", hostdp_model::observed::EncapKind::Geneve, 6081).await.err().map(|e| short(&e.to_string())),
+        None => conn
+            .ensure_encap_device("pgen", hostdp_model::observed::EncapKind::Geneve, 6081)
+            .await
+            .err()
+            .map(|e| short(&e.to_string())),
     };
     out.insert("geneve".into(), geneve);
     let index = if veth_ok { conn.index_of("pv0").await.ok() } else { None };
@@ -330,7 +341,6 @@ mod tests {
             .collect();
         Capabilities { kernel: kernel.into(), features }
     }
-
 
     #[test]
     fn probe_is_fast_and_real() {

@@ -60,16 +60,7 @@ impl From<PathBuf> for BpfSources {
 const CACHE_VERSION: &str = "hostdp-compile-v1";
 
 /// Flags besides include paths; part of the cache key.
-const CFLAGS: &[&str] = &[
-    "-O2",
-    "-g",
-    "-target",
-    "bpf",
-    "-mcpu=v2",
-    "-Wall",
-    "-Wextra",
-    "-Wno-unused-parameter",
-];
+const CFLAGS: &[&str] = &["-O2", "-g", "-target", "bpf", "-mcpu=v2", "-Wall", "-Wextra", "-Wno-unused-parameter"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -239,7 +230,9 @@ impl Compiler {
         crate::sys::timing::count_clang();
         let output = match cmd.output() {
             Ok(o) => o,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CompileError::NoClang(self.clang.clone())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CompileError::NoClang(self.clang.clone()))
+            }
             Err(e) => return Err(io(format!("run {}: {e}", self.clang))),
         };
         if !output.status.success() {
@@ -383,7 +376,8 @@ fn cache_key(object: Object, clang_version: &str, sources: &[(PathBuf, Vec<u8>)]
 /// old file or the new one, never half of one (the caches are shared by parallel runs).
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("temporary file in {}: {e}", dir.display()))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("temporary file in {}: {e}", dir.display()))?;
     tmp.write_all(data).map_err(|e| format!("write {}: {e}", path.display()))?;
     tmp.persist(path).map_err(|e| format!("rename into {}: {e}", path.display()))?;
     Ok(())
@@ -458,7 +452,10 @@ mod tests {
 
     #[test]
     fn missing_clang_says_how_to_install_it() {
-        let c = Compiler { clang: "/nonexistent/clang-hostdp".into(), ..Compiler::new(default_bpf_dir(), std::env::temp_dir()) };
+        let c = Compiler {
+            clang: "/nonexistent/clang-hostdp".into(),
+            ..Compiler::new(default_bpf_dir(), std::env::temp_dir())
+        };
         let e = c.compile(Object::Host, &BTreeMap::new()).unwrap_err();
         assert!(matches!(e, CompileError::NoClang(_)));
         assert!(e.to_string().contains("apt-get install clang llvm"), "{e}");
@@ -490,7 +487,8 @@ mod tests {
         let other = c2.compile(Object::Host, &BTreeMap::new()).unwrap();
         assert_ne!(other.hash, first[0].hash);
         assert_eq!(c2.clang_invocations(), 1);
-        let hdr = std::fs::read_to_string(cache.path().join("state").join(&first[0].hash).join("node_config.h")).unwrap();
+        let hdr =
+            std::fs::read_to_string(cache.path().join("state").join(&first[0].hash).join("node_config.h")).unwrap();
         assert!(hdr.contains("#define ENABLE_NODEPORT 1"));
     }
 

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hostdp_model::observed::{Attachment, Hook, Mechanism};
 use crate::sys::netns::Netns;
+use hostdp_model::observed::{Attachment, Hook, Mechanism};
 
 static FORCED: AtomicBool = AtomicBool::new(false);
 
@@ -55,10 +55,26 @@ pub fn compare(ns: &Netns, devices: &[String], atts: &[Attachment]) -> Vec<Strin
         })
         .collect();
     for d in from_tc.difference(&from_inspect) {
-        out.push(format!("tc filter show lists {} {} {} pref {} handle {:#x} id {}, inspect does not", d.0, d.1.as_str(), d.2, d.3, d.4, d.5));
+        out.push(format!(
+            "tc filter show lists {} {} {} pref {} handle {:#x} id {}, inspect does not",
+            d.0,
+            d.1.as_str(),
+            d.2,
+            d.3,
+            d.4,
+            d.5
+        ));
     }
     for d in from_inspect.difference(&from_tc) {
-        out.push(format!("inspect lists {} {} {} pref {} handle {:#x} id {}, tc filter show does not", d.0, d.1.as_str(), d.2, d.3, d.4, d.5));
+        out.push(format!(
+            "inspect lists {} {} {} pref {} handle {:#x} id {}, tc filter show does not",
+            d.0,
+            d.1.as_str(),
+            d.2,
+            d.3,
+            d.4,
+            d.5
+        ));
     }
     // bpftool: tc (clsact) filters by name and id, and XDP programs by id and mode.
     match tool(ns, &["bpftool", "-j", "net", "show"]) {
@@ -105,7 +121,12 @@ pub fn compare(ns: &Netns, devices: &[String], atts: &[Attachment]) -> Vec<Strin
                         ));
                     }
                     Mechanism::Xdp => {
-                        from_inspect.insert(format!("{} xdp {} id {}", a.device, a.mode.clone().unwrap_or_default(), a.prog_id));
+                        from_inspect.insert(format!(
+                            "{} xdp {} id {}",
+                            a.device,
+                            a.mode.clone().unwrap_or_default(),
+                            a.prog_id
+                        ));
                     }
                     Mechanism::Tcx => {}
                 }

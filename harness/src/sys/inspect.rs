@@ -46,7 +46,8 @@ pub fn inspect_named(name: &str) -> Result<Vec<Attachment>, InspectError> {
 
 /// [`inspect_netns`] for the calling thread's namespace.
 pub fn inspect_current() -> Result<Vec<Attachment>, InspectError> {
-    let call = |object: String| move |e: tc::TcError| InspectError::Call { object: object.clone(), message: e.to_string() };
+    let call =
+        |object: String| move |e: tc::TcError| InspectError::Call { object: object.clone(), message: e.to_string() };
     let links = tc::list_links().map_err(call("links".into()))?;
     // (device, hook, order) → attachment; program names filled in afterwards.
     let mut found: Vec<((String, Hook, u64), Attachment)> = Vec::new();
@@ -56,10 +57,16 @@ pub fn inspect_current() -> Result<Vec<Attachment>, InspectError> {
             for (i, prog) in query_tcx(&link.name, direction)?.into_iter().enumerate() {
                 found.push(((link.name.clone(), hook, i as u64), bare(&link.name, hook, Mechanism::Tcx, prog)));
             }
-            let filters = tc::list_filters_by_index(link.index, &link.name, direction)
-                .map_err(call(format!("tc filters of {} {}", link.name, hook.as_str())))?;
+            let filters = tc::list_filters_by_index(link.index, &link.name, direction).map_err(call(format!(
+                "tc filters of {} {}",
+                link.name,
+                hook.as_str()
+            )))?;
             for f in filters {
-                let order = (1u64 << 62) | (u64::from(f.chain.unwrap_or(0)) << 48) | (u64::from(f.priority) << 32) | u64::from(f.handle);
+                let order = (1u64 << 62)
+                    | (u64::from(f.chain.unwrap_or(0)) << 48)
+                    | (u64::from(f.priority) << 32)
+                    | u64::from(f.handle);
                 let mut a = bare(&link.name, hook, Mechanism::Tc, f.prog_id.unwrap_or(0));
                 a.filter = f.name.clone();
                 a.priority = Some(f.priority);
@@ -129,7 +136,9 @@ fn query_tcx(device: &str, direction: Direction) -> Result<Vec<u32>, InspectErro
         {
             Ok(Vec::new())
         }
-        Err(e) => Err(InspectError::Call { object: format!("tcx {device} {}", direction.as_str()), message: e.to_string() }),
+        Err(e) => {
+            Err(InspectError::Call { object: format!("tcx {device} {}", direction.as_str()), message: e.to_string() })
+        }
     }
 }
 
@@ -183,7 +192,14 @@ fn program_info(id: u32) -> Option<(String, String)> {
     };
     // SAFETY: `get` points at `info`, which outlives the call; the kernel writes at most
     // `info_len` bytes; the call returns 0 (no fd) on success.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &mut get as *mut GetInfo, std::mem::size_of::<GetInfo>() as u32) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut get as *mut GetInfo,
+            std::mem::size_of::<GetInfo>() as u32,
+        )
+    };
     if r != 0 || info.id != id {
         return None;
     }

@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use futures::TryStreamExt;
+use hostdp_model::observed::{feature_of_kind, EncapKind, LinkInfo, RouteInfo};
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -26,7 +27,6 @@ use netlink_packet_route::route::{
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 use serde::Serialize;
-use hostdp_model::observed::{feature_of_kind, EncapKind, LinkInfo, RouteInfo};
 
 /// Errors of kernel calls on links, addresses and routes.
 #[derive(Debug, thiserror::Error)]
@@ -48,20 +48,39 @@ pub const TABLE_MAIN: u32 = 254;
 pub enum NewLink {
     /// A veth pair; the peer is created directly inside `peer_netns` (a namespace file such as
     /// `/run/netns/NAME`) when given, else next to the link.
-    Veth { peer: String, peer_netns: Option<PathBuf> },
+    Veth {
+        peer: String,
+        peer_netns: Option<PathBuf>,
+    },
     /// `mode` is the iproute2 name (`802.3ad`, `active-backup`, ... or a number).
-    Bond { mode: Option<String>, miimon: Option<u32> },
+    Bond {
+        mode: Option<String>,
+        miimon: Option<u32>,
+    },
     /// `protocol`: `802.1Q` (default) or `802.1ad`.
-    Vlan { parent: String, id: u16, protocol: Option<String> },
+    Vlan {
+        parent: String,
+        id: u16,
+        protocol: Option<String>,
+    },
     Bridge,
     Dummy,
     Ifb,
     Wireguard,
     /// `mode`: bridge (default), private, vepa, passthru, source.
-    Macvlan { parent: String, mode: Option<String> },
+    Macvlan {
+        parent: String,
+        mode: Option<String>,
+    },
     /// `port` defaults to 4789 (IANA), not the kernel's historical 8472.
-    Vxlan { vni: u32, port: Option<u16>, parent: Option<String> },
-    Vrf { table: u32 },
+    Vxlan {
+        vni: u32,
+        port: Option<u16>,
+        parent: Option<String>,
+    },
+    Vrf {
+        table: u32,
+    },
 }
 
 impl NewLink {
@@ -106,16 +125,41 @@ pub enum EncapAction {
 /// One change of the namespace's links, addresses or routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    AddLink { name: String, link: NewLink },
+    AddLink {
+        name: String,
+        link: NewLink,
+    },
     /// Enslaves `name` to `master`, or releases it with `None`.
-    SetMaster { name: String, master: Option<String> },
-    SetUp { name: String, up: bool },
-    SetMtu { name: String, mtu: u32 },
-    SetMac { name: String, mac: [u8; 6] },
-    AddAddress { name: String, addr: IpNet },
+    SetMaster {
+        name: String,
+        master: Option<String>,
+    },
+    SetUp {
+        name: String,
+        up: bool,
+    },
+    SetMtu {
+        name: String,
+        mtu: u32,
+    },
+    SetMac {
+        name: String,
+        mac: [u8; 6],
+    },
+    AddAddress {
+        name: String,
+        addr: IpNet,
+    },
     /// A unicast route; `dst` `0.0.0.0/0` or `::/0` is a default route.
-    AddRoute { dst: IpNet, via: Option<IpAddr>, dev: String, table: u32 },
-    DeleteLink { name: String },
+    AddRoute {
+        dst: IpNet,
+        via: Option<IpAddr>,
+        dev: String,
+        table: u32,
+    },
+    DeleteLink {
+        name: String,
+    },
 }
 
 impl Change {
@@ -246,10 +290,13 @@ impl Conn {
     /// Every link with its addresses: one link dump and one address dump.
     pub async fn links(&self) -> Result<Vec<LinkInfo>> {
         let call = |op: &'static str| {
-            move |e: rtnetlink::Error| NetlinkError::Call { op, object: "links".into(), message: kernel_message(&e, None) }
+            move |e: rtnetlink::Error| NetlinkError::Call {
+                op,
+                object: "links".into(),
+                message: kernel_message(&e, None),
+            }
         };
-        let msgs: Vec<LinkMessage> =
-            self.handle.link().get().execute().try_collect().await.map_err(call("list"))?;
+        let msgs: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await.map_err(call("list"))?;
         let addrs: Vec<AddressMessage> =
             self.handle.address().get().execute().try_collect().await.map_err(call("list addresses of"))?;
         let mut by_index: HashMap<u32, Vec<IpNet>> = HashMap::new();
@@ -286,23 +333,23 @@ impl Conn {
 
     /// The index of the link named `name`.
     pub async fn index_of(&self, name: &str) -> Result<u32> {
-        let found: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::Call {
-                op: "find link",
-                object: name.to_string(),
-                message: if errno_of(&e) == Some(libc::ENODEV) { "no such link".into() } else { kernel_message(&e, None) },
+        let found: Vec<LinkMessage> =
+            self.handle.link().get().match_name(name.to_string()).execute().try_collect().await.map_err(|e| {
+                NetlinkError::Call {
+                    op: "find link",
+                    object: name.to_string(),
+                    message: if errno_of(&e) == Some(libc::ENODEV) {
+                        "no such link".into()
+                    } else {
+                        kernel_message(&e, None)
+                    },
+                }
             })?;
-        found
-            .first()
-            .map(|m| m.header.index)
-            .ok_or_else(|| NetlinkError::Call { op: "find link", object: name.into(), message: "no such link".into() })
+        found.first().map(|m| m.header.index).ok_or_else(|| NetlinkError::Call {
+            op: "find link",
+            object: name.into(),
+            message: "no such link".into(),
+        })
     }
 
     /// Kind, UDP destination port (vxlan and geneve links) and index of the link named
@@ -313,7 +360,13 @@ impl Conn {
         let msgs = match found {
             Ok(m) => m,
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => return Ok(None),
-            Err(e) => return Err(NetlinkError::Call { op: "find link", object: name.into(), message: kernel_message(&e, None) }),
+            Err(e) => {
+                return Err(NetlinkError::Call {
+                    op: "find link",
+                    object: name.into(),
+                    message: kernel_message(&e, None),
+                })
+            }
         };
         let Some(m) = msgs.first() else { return Ok(None) };
         let mut port = None;
@@ -475,13 +528,19 @@ impl Conn {
             NewLink::Bond { mode, miimon } => {
                 let mut info = Vec::new();
                 if let Some(m) = mode {
-                    info.push(InfoBond::Mode(parse_bond_mode(m).ok_or_else(|| bad(format!("unknown bond mode {m:?}")))?));
+                    info.push(InfoBond::Mode(
+                        parse_bond_mode(m).ok_or_else(|| bad(format!("unknown bond mode {m:?}")))?,
+                    ));
                 }
                 if let Some(ms) = miimon {
                     info.push(InfoBond::MiiMon(*ms));
                 }
                 let b = kinded(InfoKind::Bond);
-                if info.is_empty() { b } else { b.set_info_data(InfoData::Bond(info)) }
+                if info.is_empty() {
+                    b
+                } else {
+                    b.set_info_data(InfoData::Bond(info))
+                }
             }
             NewLink::Vlan { parent, id, protocol } => {
                 let mut info = vec![InfoVlan::Id(*id)];
@@ -710,7 +769,15 @@ mod tests {
     fn route_messages() {
         let m = route_message(&"0.0.0.0/0".parse().unwrap(), Some(&"10.0.0.1".parse().unwrap()), 3, 100).unwrap();
         let r = route_of(&m).unwrap();
-        assert_eq!(r, RouteInfo { dst: "0.0.0.0/0".parse().unwrap(), gateway: Some("10.0.0.1".parse().unwrap()), table: 100, oif: Some(3) });
+        assert_eq!(
+            r,
+            RouteInfo {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gateway: Some("10.0.0.1".parse().unwrap()),
+                table: 100,
+                oif: Some(3)
+            }
+        );
         assert!(route_message(&"::/0".parse().unwrap(), Some(&"10.0.0.1".parse().unwrap()), 3, 254).is_err());
         let m = route_message(&"fd00::/64".parse().unwrap(), None, 2, 1000).unwrap();
         assert_eq!(m.header.table, 0);

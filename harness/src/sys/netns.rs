@@ -172,11 +172,17 @@ mod tests {
         let ns = Netns::create(&name).unwrap();
         assert!(list_named().contains(&name));
         // Inside the namespace only `lo` exists.
-        let links = ns
-            .run(|| std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default())
-            .unwrap();
+        let links = ns.run(|| std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default()).unwrap();
         let _ = links;
-        let names = ns.run(|| nix::net::if_::if_nameindex().unwrap().iter().map(|i| i.name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap();
+        let names = ns
+            .run(|| {
+                nix::net::if_::if_nameindex()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
         assert_eq!(names, vec!["lo".to_string()]);
         ns.delete().unwrap();
         assert!(!list_named().contains(&name));

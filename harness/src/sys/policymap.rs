@@ -21,10 +21,9 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
 use aya::programs::loaded_programs;
 use ipnet::IpNet;
 
-
+use hostdp_model::datapath::Object;
 use hostdp_model::observed::Attachment;
 use hostdp_model::observed::{MapEntry, MapUser, PolicyMapView};
-use hostdp_model::datapath::Object;
 use hostdp_model::policy::{self, Direction, Endpoint, PeerId, Policy, PolicyEntry};
 
 /// The map's name in the objects (and the kernel's map name).
@@ -80,7 +79,12 @@ unsafe impl aya::Pod for PolicyValue {}
 
 impl PolicyKey {
     pub fn new(identity: u32, port: u16, protocol: u8, direction: Direction) -> PolicyKey {
-        PolicyKey { sec_label: identity, dport: port.to_be(), protocol, egress: u8::from(direction == Direction::Egress) }
+        PolicyKey {
+            sec_label: identity,
+            dport: port.to_be(),
+            protocol,
+            egress: u8::from(direction == Direction::Egress),
+        }
     }
 
     /// The destination port in host byte order.
@@ -231,17 +235,17 @@ pub fn remove_all(bpffs: &Path) -> Result<usize, PolicyMapError> {
 
 /// A map entry as the record shows it.
 pub fn decode_entry(k: &PolicyKey, v: &PolicyValue) -> MapEntry {
-        MapEntry {
-            direction: if k.egress != 0 { "egress" } else { "ingress" }.into(),
-            identity: k.sec_label,
-            peer: peer_name(k.sec_label),
-            port: k.port(),
-            protocol: protocol_name(k.protocol),
-            verdict: if v.deny != 0 { "deny" } else { "allow" }.into(),
-            packets: v.packets,
-            bytes: v.bytes,
-        }
+    MapEntry {
+        direction: if k.egress != 0 { "egress" } else { "ingress" }.into(),
+        identity: k.sec_label,
+        peer: peer_name(k.sec_label),
+        port: k.port(),
+        protocol: protocol_name(k.protocol),
+        verdict: if v.deny != 0 { "deny" } else { "allow" }.into(),
+        packets: v.packets,
+        bytes: v.bytes,
     }
+}
 
 /// Whether `e` is the entry of `key` (counters aside).
 pub fn entry_is(e: &MapEntry, key: &PolicyKey) -> bool {
@@ -343,7 +347,8 @@ pub fn render_table(maps: &[PolicyMapView]) -> String {
         s.push_str("no policy maps\n");
     }
     for m in maps {
-        let users: Vec<String> = m.programs.iter().map(|u| format!("{}/{}:{}", u.device, u.hook.as_str(), u.program)).collect();
+        let users: Vec<String> =
+            m.programs.iter().map(|u| format!("{}/{}:{}", u.device, u.hook.as_str(), u.program)).collect();
         let _ = writeln!(s, "endpoint {}  map {} id {}  used by {}", m.endpoint, m.name, m.map_id, users.join(", "));
         if m.entries.is_empty() {
             let _ = writeln!(s, "  (no entries)");
@@ -398,7 +403,10 @@ mod tests {
         let k = key_of(&e).unwrap();
         assert_eq!((k.sec_label, k.port(), k.protocol, k.egress), (2, 443, 6, 1));
         let d = decode_entry(&k, &PolicyValue { deny: 1, ..Default::default() });
-        assert_eq!((d.peer.as_str(), d.protocol.as_str(), d.verdict.as_str(), d.direction.as_str()), ("world", "TCP", "deny", "egress"));
+        assert_eq!(
+            (d.peer.as_str(), d.protocol.as_str(), d.verdict.as_str(), d.direction.as_str()),
+            ("world", "TCP", "deny", "egress")
+        );
         assert!(entry_is(&d, &k));
     }
 

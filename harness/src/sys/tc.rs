@@ -306,11 +306,8 @@ fn extack_message(payload: &[u8], flags: u16) -> Option<String> {
     if flags & NLM_F_ACK_TLVS == 0 || payload.len() < 16 {
         return None;
     }
-    let orig_len = if flags & NLM_F_CAPPED != 0 {
-        16
-    } else {
-        u32::from_ne_bytes(payload[0..4].try_into().ok()?) as usize
-    };
+    let orig_len =
+        if flags & NLM_F_CAPPED != 0 { 16 } else { u32::from_ne_bytes(payload[0..4].try_into().ok()?) as usize };
     let mut off = (orig_len + 3) & !3;
     while off + 4 <= payload.len() {
         let len = u16::from_ne_bytes([payload[off], payload[off + 1]]) as usize;
@@ -416,10 +413,12 @@ fn xdp_progs(attrs: &[LinkXdp]) -> Vec<XdpProg> {
         XdpAttached::Driver => one(XdpAttachMode::Native, prog.or(drv)),
         XdpAttached::SocketBuffer => one(XdpAttachMode::Generic, prog.or(skb)),
         XdpAttached::Hardware => one(XdpAttachMode::Offload, prog.or(hw)),
-        XdpAttached::Multiple => [(XdpAttachMode::Native, drv), (XdpAttachMode::Generic, skb), (XdpAttachMode::Offload, hw)]
-            .into_iter()
-            .filter_map(|(mode, id)| id.map(|prog_id| XdpProg { prog_id, mode }))
-            .collect(),
+        XdpAttached::Multiple => {
+            [(XdpAttachMode::Native, drv), (XdpAttachMode::Generic, skb), (XdpAttachMode::Offload, hw)]
+                .into_iter()
+                .filter_map(|(mode, id)| id.map(|prog_id| XdpProg { prog_id, mode }))
+                .collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -601,9 +600,7 @@ fn set_xdp(device: &str, op: &'static str, index: u32, fd: i32, flags: u32) -> R
     let mut msg = LinkMessage::default();
     msg.header.index = index;
     msg.attributes.push(LinkAttribute::Xdp(vec![LinkXdp::Fd(fd), LinkXdp::Flags(flags)]));
-    Rtnl::shared()?
-        .request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
-        .map_err(call_err(op, device))?;
+    Rtnl::shared()?.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK).map_err(call_err(op, device))?;
     Ok(())
 }
 
@@ -613,11 +610,9 @@ fn set_xdp(device: &str, op: &'static str, index: u32, fd: i32, flags: u32) -> R
 pub fn attach_xdp(device: &str, prog: BorrowedFd<'_>, mode: XdpAttachMode) -> Result<(), TcError> {
     let index = ifindex(device)?;
     set_xdp(device, "attach xdp", index, prog.as_raw_fd(), mode.flag()).map_err(|e| match (e, mode) {
-        (TcError::Call { op, device, message }, XdpAttachMode::Native) => TcError::Call {
-            op,
-            device,
-            message: format!("native XDP refused: {message}"),
-        },
+        (TcError::Call { op, device, message }, XdpAttachMode::Native) => {
+            TcError::Call { op, device, message: format!("native XDP refused: {message}") }
+        }
         (e, _) => e,
     })
 }

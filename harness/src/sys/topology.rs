@@ -17,8 +17,8 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use crate::sys::netlink::{self, Change, NetlinkError, NewLink};
-use hostdp_model::observed::{LinkInfo, RouteInfo};
 use crate::sys::netns::{self, Netns, NetnsError, PREFIX};
+use hostdp_model::observed::{LinkInfo, RouteInfo};
 use hostdp_model::scenario::{LinkKind, LinkSpec, PeerIn, PodSpec, Scenario};
 
 /// Per-run directories (bpffs mounts) live below this.
@@ -244,7 +244,8 @@ fn delete_netns_tracked(name: &str) -> std::result::Result<(), NetnsError> {
 /// Creates `dir/bpffs` and mounts a fresh bpffs instance there.
 fn create_bpffs_tracked(dir: &Path) -> Result<PathBuf> {
     let mut r = registry();
-    let fs_err = |op: &'static str, p: &Path, e: String| TopologyError::Fs { op, path: p.display().to_string(), message: e };
+    let fs_err =
+        |op: &'static str, p: &Path, e: String| TopologyError::Fs { op, path: p.display().to_string(), message: e };
     let mnt = dir.join("bpffs");
     std::fs::create_dir_all(&mnt).map_err(|e| fs_err("create directory", &mnt, e.to_string()))?;
     r.dirs.insert(dir.to_path_buf());
@@ -353,12 +354,13 @@ pub fn lxc_name(pod_key: &str) -> String {
     format!("lxc{}", &hex::encode(digest)[..12])
 }
 
-
 /// The changes creating one link (without addresses and without bringing it up): the link,
 /// mtu, mac, and enslavement (set down first, as bonds require).
 fn link_changes(l: &LinkSpec, wire: &Path) -> Result<Vec<Change>> {
     let bad = |m: String| TopologyError::Spec(format!("link {}: {m}", l.name));
-    let need = |v: &Option<String>, key: &str| v.clone().ok_or_else(|| bad(format!("`{key}` is required for kind {}", l.kind.as_str())));
+    let need = |v: &Option<String>, key: &str| {
+        v.clone().ok_or_else(|| bad(format!("`{key}` is required for kind {}", l.kind.as_str())))
+    };
     let link = match l.kind {
         LinkKind::Veth => NewLink::Veth {
             peer: l.peer_name(),
@@ -407,7 +409,8 @@ fn address_changes(l: &LinkSpec) -> Result<Vec<Change>> {
     l.addresses
         .iter()
         .map(|a| {
-            let addr: IpNet = a.parse().map_err(|_| TopologyError::Spec(format!("link {}: invalid address {a:?}", l.name)))?;
+            let addr: IpNet =
+                a.parse().map_err(|_| TopologyError::Spec(format!("link {}: invalid address {a:?}", l.name)))?;
             Ok(Change::AddAddress { name: l.name.clone(), addr })
         })
         .collect()
@@ -553,7 +556,16 @@ impl Node {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{seq}", node_prefix(scenario, run_id));
         // Dropped on any early return below, taking with it what was created so far.
-        let mut n = Node { id, run: run_id.clone(), node: None, wire: None, pods: Vec::new(), next_pod: 0, dir: None, bpffs: None };
+        let mut n = Node {
+            id,
+            run: run_id.clone(),
+            node: None,
+            wire: None,
+            pods: Vec::new(),
+            next_pod: 0,
+            dir: None,
+            bpffs: None,
+        };
         let node = create_netns_tracked(&format!("{}-node", n.id))?;
         n.node = Some(node);
         let wire = create_netns_tracked(&format!("{}-wire", n.id))?;
@@ -638,13 +650,14 @@ impl Node {
         self.pods.push(pod);
         let pod = self.pods.last().expect("just pushed");
         let node_changes = [
-            Change::AddLink { name: lxc.clone(), link: NewLink::Veth { peer: "eth0".into(), peer_netns: Some(pod.netns.path()) } },
+            Change::AddLink {
+                name: lxc.clone(),
+                link: NewLink::Veth { peer: "eth0".into(), peer_netns: Some(pod.netns.path()) },
+            },
             Change::SetUp { name: lxc, up: true },
         ];
-        let pod_changes = [
-            Change::AddAddress { name: "eth0".into(), addr: ip },
-            Change::SetUp { name: "eth0".into(), up: true },
-        ];
+        let pod_changes =
+            [Change::AddAddress { name: "eth0".into(), addr: ip }, Change::SetUp { name: "eth0".into(), up: true }];
         run_in(self.netns(), || netlink::apply(&node_changes))?;
         run_in(&pod.netns, || netlink::apply(&pod_changes))?;
         Ok(pod)
@@ -822,7 +835,12 @@ mod tests {
         eth0.master = Some("bond0".into());
         let mut bond = link("bond0", LinkKind::Bond);
         bond.addresses = vec!["10.0.0.2/24".into()];
-        let routes = vec![RouteSpec { dst: "default".into(), via: Some("10.0.0.1".into()), dev: "bond0".into(), table: Some(RouteTable::Number(100)) }];
+        let routes = vec![RouteSpec {
+            dst: "default".into(),
+            via: Some("10.0.0.1".into()),
+            dev: "bond0".into(),
+            table: Some(RouteTable::Number(100)),
+        }];
         let (node, wire) = plan(&scenario(vec![eth0, bond], routes), Path::new("/run/netns/w")).unwrap();
         let pos = |c: &Change| node.iter().position(|x| x == c).unwrap();
         let down = pos(&Change::SetUp { name: "eth0".into(), up: false });
@@ -832,7 +850,12 @@ mod tests {
         assert!(wire.contains(&Change::SetUp { name: "eth0-p".into(), up: true }));
         assert_eq!(
             node.last().unwrap(),
-            &Change::AddRoute { dst: "0.0.0.0/0".parse().unwrap(), via: Some("10.0.0.1".parse().unwrap()), dev: "bond0".into(), table: 100 }
+            &Change::AddRoute {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                via: Some("10.0.0.1".parse().unwrap()),
+                dev: "bond0".into(),
+                table: 100
+            }
         );
         let mut v = link("v", LinkKind::Vlan);
         v.parent = Some("bond0".into());

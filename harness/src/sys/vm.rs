@@ -81,17 +81,9 @@ pub enum VmError {
     #[error("start {vng}: {message}")]
     Spawn { vng: PathBuf, message: String },
     #[error("boot of kernel {kernel} failed ({how}); the command did not run. Last console lines:\n{console_tail}")]
-    Boot {
-        kernel: String,
-        how: String,
-        console_tail: String,
-    },
+    Boot { kernel: String, how: String, console_tail: String },
     #[error("vm on kernel {kernel} timed out after {} s (set HOSTDP_VM_TIMEOUT to wait longer). Last console lines:\n{console_tail}", .after.as_secs())]
-    Timeout {
-        kernel: String,
-        after: Duration,
-        console_tail: String,
-    },
+    Timeout { kernel: String, after: Duration, console_tail: String },
 }
 
 /// A kernel to boot: its image, its release string and where its modules are.
@@ -144,11 +136,7 @@ impl KernelRef {
         if KNOWN_KERNELS.contains(&name_or_path) {
             let dir = match kernel_dirs {
                 [] => "ci/.cache/kernels".to_string(),
-                dirs => dirs
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" or "),
+                dirs => dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or "),
             };
             Err(VmError::KernelNotFetched {
                 name: name_or_path.to_string(),
@@ -161,13 +149,8 @@ impl KernelRef {
     }
 
     fn from_image(name: &str, path: &Path) -> Result<KernelRef, VmError> {
-        let err = |message: String| VmError::KernelImage {
-            path: path.to_path_buf(),
-            message,
-        };
-        let image = path
-            .canonicalize()
-            .map_err(|e| err(format!("cannot open: {e}")))?;
+        let err = |message: String| VmError::KernelImage { path: path.to_path_buf(), message };
+        let image = path.canonicalize().map_err(|e| err(format!("cannot open: {e}")))?;
         if !image.is_file() {
             return Err(err("not a file".into()));
         }
@@ -178,16 +161,9 @@ impl KernelRef {
         head.truncate(n);
         let release = bzimage_release(&head)
             .or_else(|| release_from_file_name(&image))
-            .ok_or_else(|| {
-                err("not a bzImage with a version string, nor named vmlinuz-VERSION".into())
-            })?;
+            .ok_or_else(|| err("not a bzImage with a version string, nor named vmlinuz-VERSION".into()))?;
         let modules = modules_dir_for(&image, &release);
-        Ok(KernelRef {
-            name: name.to_string(),
-            image,
-            release,
-            modules,
-        })
+        Ok(KernelRef { name: name.to_string(), image, release, modules })
     }
 }
 
@@ -258,10 +234,7 @@ pub fn find_vng() -> Result<PathBuf, VmError> {
             return Ok(p.clone());
         }
         // An explicit choice that is wrong is an error, not a reason to pick another vng.
-        return Err(VmError::VngMissing {
-            searched: format!("HOSTDP_VNG={}", p.display()),
-            venv,
-        });
+        return Err(VmError::VngMissing { searched: format!("HOSTDP_VNG={}", p.display()), venv });
     }
     for p in paths.vng_candidates() {
         if is_executable(&p) {
@@ -273,22 +246,14 @@ pub fn find_vng() -> Result<PathBuf, VmError> {
         return Ok(p);
     }
     searched.push("vng on PATH".to_string());
-    Err(VmError::VngMissing {
-        searched: searched.join(", "),
-        venv,
-    })
+    Err(VmError::VngMissing { searched: searched.join(", "), venv })
 }
 
 /// Boots `kernel` and runs `command` (an argv, not a shell line: pass `sh -c '...'` for one)
 /// in `cwd` as root, after loading [`DEFAULT_MODULES`] and mounting bpffs. The host root is
 /// read-only in the guest except for `rw_dirs`. A non-zero status of the command is an `Ok`
 /// with that status; `Err` means the command could not run.
-pub fn run_in_vm(
-    kernel: &KernelRef,
-    command: &[String],
-    rw_dirs: &[PathBuf],
-    cwd: &Path,
-) -> Result<VmOutput, VmError> {
+pub fn run_in_vm(kernel: &KernelRef, command: &[String], rw_dirs: &[PathBuf], cwd: &Path) -> Result<VmOutput, VmError> {
     run_in_vm_with(kernel, command, rw_dirs, cwd, &VmOptions::default())
 }
 
@@ -305,15 +270,11 @@ pub fn run_in_vm_with(
         return Err(VmError::InvalidCommand("empty command".into()));
     }
     if let Some(a) = command.iter().find(|a| a.contains('\0')) {
-        return Err(VmError::InvalidCommand(format!(
-            "argument {a:?} contains a NUL byte"
-        )));
+        return Err(VmError::InvalidCommand(format!("argument {a:?} contains a NUL byte")));
     }
     for (k, _) in &opts.env {
         if !is_env_name(k) {
-            return Err(VmError::InvalidCommand(format!(
-                "invalid environment variable name {k:?}"
-            )));
+            return Err(VmError::InvalidCommand(format!("invalid environment variable name {k:?}")));
         }
     }
     if !kernel.image.is_file() {
@@ -325,19 +286,12 @@ pub fn run_in_vm_with(
     which("qemu-system-x86_64").ok_or(VmError::QemuMissing)?;
     let vng = find_vng()?;
 
-    let cwd = cwd
-        .canonicalize()
-        .map_err(|e| VmError::Prepare(format!("working directory {}: {e}", cwd.display())))?;
+    let cwd = cwd.canonicalize().map_err(|e| VmError::Prepare(format!("working directory {}: {e}", cwd.display())))?;
     let mut rw = Vec::new();
     for d in rw_dirs {
-        let c = d
-            .canonicalize()
-            .map_err(|e| VmError::Prepare(format!("rw dir {}: {e}", d.display())))?;
+        let c = d.canonicalize().map_err(|e| VmError::Prepare(format!("rw dir {}: {e}", d.display())))?;
         if !c.is_dir() {
-            return Err(VmError::Prepare(format!(
-                "rw dir {} is not a directory",
-                c.display()
-            )));
+            return Err(VmError::Prepare(format!("rw dir {} is not a directory", c.display())));
         }
         check_vng_path(&c)?;
         rw.push(c);
@@ -346,12 +300,7 @@ pub fn run_in_vm_with(
     let run_dir = tempfile::Builder::new()
         .prefix("hostdp-vm-")
         .tempdir()
-        .map_err(|e| {
-            VmError::Prepare(format!(
-                "create a run folder in {}: {e}",
-                std::env::temp_dir().display()
-            ))
-        })?;
+        .map_err(|e| VmError::Prepare(format!("create a run folder in {}: {e}", std::env::temp_dir().display())))?;
     let run = run_dir
         .path()
         .canonicalize()
@@ -380,22 +329,14 @@ pub fn run_in_vm_with(
         cmd.arg(format!("--rwdir={}", d.display()));
     }
     // The command line travels on the kernel command line (2 KiB at most): keep it short.
-    cmd.arg("--exec").arg(format!(
-        "sh {}",
-        shell_quote(&script_path.to_string_lossy())
-    ));
+    cmd.arg("--exec").arg(format!("sh {}", shell_quote(&script_path.to_string_lossy())));
     // vng runs virtme-run by name: its own folder must be on PATH.
     cmd.env("PATH", path_with(vng.parent()));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // Its own process group, so a timeout takes qemu down with it.
     cmd.process_group(0);
 
-    let child = cmd.spawn().map_err(|e| VmError::Spawn {
-        vng: vng.clone(),
-        message: e.to_string(),
-    })?;
+    let child = cmd.spawn().map_err(|e| VmError::Spawn { vng: vng.clone(), message: e.to_string() })?;
     let mut guard = KillOnDrop(Some(child));
     let child = guard.0.as_mut().expect("child present");
     let out_reader = spawn_reader(child.stdout.take());
@@ -407,10 +348,7 @@ pub fn run_in_vm_with(
             Ok(None) if started.elapsed() >= opts.timeout => break None,
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => {
-                return Err(VmError::Spawn {
-                    vng: vng.clone(),
-                    message: format!("wait: {e}"),
-                });
+                return Err(VmError::Spawn { vng: vng.clone(), message: format!("wait: {e}") });
             }
         }
     };
@@ -436,36 +374,18 @@ pub fn run_in_vm_with(
         });
     };
 
-    let status = std::fs::read_to_string(run.join("status"))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
+    let status = std::fs::read_to_string(run.join("status")).ok().and_then(|s| s.trim().parse::<i32>().ok());
     let Some(status) = status else {
         let how = match exit.code() {
             Some(c) => format!("vng exited with {c} and the guest wrote no exit status"),
             None => format!("vng was killed ({exit}) before the guest wrote an exit status"),
         };
-        return Err(VmError::Boot {
-            kernel: kernel.name.clone(),
-            how,
-            console_tail: console_tail(&console),
-        });
+        return Err(VmError::Boot { kernel: kernel.name.clone(), how, console_tail: console_tail(&console) });
     };
-    let read = |f: &str| {
-        std::fs::read(run.join(f))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    };
-    let command_started = std::fs::read_to_string(run.join("started"))
-        .ok()
-        .and_then(|s| parse_uptime(&s));
-    Ok(VmOutput {
-        status,
-        stdout: read("stdout"),
-        stderr: read("stderr"),
-        boot_and_run,
-        command_started,
-        console,
-    })
+    let read =
+        |f: &str| std::fs::read(run.join(f)).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let command_started = std::fs::read_to_string(run.join("started")).ok().and_then(|s| parse_uptime(&s));
+    Ok(VmOutput { status, stdout: read("stdout"), stderr: read("stderr"), boot_and_run, command_started, console })
 }
 
 /// The script the guest runs: prepare, run the command with its streams in files, record the
@@ -475,32 +395,19 @@ fn guest_script(run: &Path, cwd: &Path, command: &[String], opts: &VmOptions) ->
     let mut s = String::new();
     let _ = writeln!(s, "# written by hostdp::sys::vm for one VM call");
     let _ = writeln!(s, "R={r}");
-    let _ = writeln!(
-        s,
-        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    );
+    let _ = writeln!(s, "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     let _ = writeln!(s, "export HOME=/root");
     for (k, v) in &opts.env {
         let _ = writeln!(s, "export {k}={}", shell_quote(v));
     }
     if !opts.modules.is_empty() {
         let mods: Vec<String> = opts.modules.iter().map(|m| shell_quote(m)).collect();
-        let _ = writeln!(
-            s,
-            "modprobe -a {} >\"$R/modprobe.log\" 2>&1 || true",
-            mods.join(" ")
-        );
+        let _ = writeln!(s, "modprobe -a {} >\"$R/modprobe.log\" 2>&1 || true", mods.join(" "));
     }
     // virtme-ng mounts debugfs and tracefs but not bpffs, where loaders pin.
-    for (fs, dir) in [
-        ("bpf", "/sys/fs/bpf"),
-        ("debugfs", "/sys/kernel/debug"),
-        ("tracefs", "/sys/kernel/tracing"),
-    ] {
-        let _ = writeln!(
-            s,
-            "grep -qs ' {dir} ' /proc/mounts || mount -t {fs} {fs} {dir} 2>>\"$R/modprobe.log\" || true"
-        );
+    for (fs, dir) in [("bpf", "/sys/fs/bpf"), ("debugfs", "/sys/kernel/debug"), ("tracefs", "/sys/kernel/tracing")] {
+        let _ =
+            writeln!(s, "grep -qs ' {dir} ' /proc/mounts || mount -t {fs} {fs} {dir} 2>>\"$R/modprobe.log\" || true");
     }
     let _ = writeln!(s, "ulimit -l unlimited 2>/dev/null || true");
     let _ = writeln!(
@@ -511,25 +418,15 @@ fn guest_script(run: &Path, cwd: &Path, command: &[String], opts: &VmOptions) ->
     );
     let _ = writeln!(s, "cat /proc/uptime >\"$R/started\" 2>/dev/null");
     let argv: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
-    let _ = writeln!(
-        s,
-        "{} </dev/null >\"$R/stdout\" 2>\"$R/stderr\"",
-        argv.join(" ")
-    );
-    let _ = writeln!(
-        s,
-        "echo $? >\"$R/status.tmp\" && mv \"$R/status.tmp\" \"$R/status\""
-    );
+    let _ = writeln!(s, "{} </dev/null >\"$R/stdout\" 2>\"$R/stderr\"", argv.join(" "));
+    let _ = writeln!(s, "echo $? >\"$R/status.tmp\" && mv \"$R/status.tmp\" \"$R/status\"");
     let _ = writeln!(s, "sync");
     s
 }
 
 /// Quotes one word for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
-    {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -563,11 +460,7 @@ fn release_from_file_name(image: &Path) -> Option<String> {
 /// `lib/modules/<release>` in the nearest folder above the image that has one (as virtme-ng
 /// looks for it).
 fn modules_dir_for(image: &Path, release: &str) -> Option<PathBuf> {
-    image
-        .ancestors()
-        .skip(1)
-        .map(|a| a.join("lib/modules").join(release))
-        .find(|p| p.is_dir())
+    image.ancestors().skip(1).map(|a| a.join("lib/modules").join(release)).find(|p| p.is_dir())
 }
 
 fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -586,9 +479,7 @@ fn looks_like_path(s: &str) -> bool {
 }
 
 fn is_valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
 }
 
 fn is_env_name(s: &str) -> bool {
@@ -632,16 +523,12 @@ pub fn kernel_dirs() -> Vec<PathBuf> {
 
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 fn path_with(dir: Option<&Path>) -> OsString {
@@ -649,9 +536,7 @@ fn path_with(dir: Option<&Path>) -> OsString {
     if let Some(p) = std::env::var_os("PATH") {
         parts.extend(std::env::split_paths(&p));
     } else {
-        parts.extend(
-            ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(PathBuf::from),
-        );
+        parts.extend(["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(PathBuf::from));
     }
     std::env::join_paths(parts).unwrap_or_default()
 }
@@ -747,38 +632,19 @@ mod tests {
         std::os::unix::fs::symlink("boot/vmlinuz-9.9.9-test", k.join("vmlinuz")).unwrap();
         let r = KernelRef::resolve_in("debian-x", &[d.path().to_path_buf()]).unwrap();
         assert_eq!(r.release, "9.9.9-test");
-        assert_eq!(
-            r.image,
-            k.join("boot/vmlinuz-9.9.9-test").canonicalize().unwrap()
-        );
-        assert_eq!(
-            r.modules,
-            Some(k.join("lib/modules/9.9.9-test").canonicalize().unwrap())
-        );
+        assert_eq!(r.image, k.join("boot/vmlinuz-9.9.9-test").canonicalize().unwrap());
+        assert_eq!(r.modules, Some(k.join("lib/modules/9.9.9-test").canonicalize().unwrap()));
         assert_eq!(r.name, "debian-x");
     }
 
     #[test]
     fn script_quotes_the_command_and_records_status_last() {
-        let opts = VmOptions {
-            env: vec![("A".into(), "x y".into())],
-            ..VmOptions::default()
-        };
-        let cmd = vec![
-            "sh".to_string(),
-            "-c".to_string(),
-            "echo 'hi'; exit 3".to_string(),
-        ];
+        let opts = VmOptions { env: vec![("A".into(), "x y".into())], ..VmOptions::default() };
+        let cmd = vec!["sh".to_string(), "-c".to_string(), "echo 'hi'; exit 3".to_string()];
         let s = guest_script(Path::new("/tmp/r"), Path::new("/w"), &cmd, &opts);
-        assert!(
-            s.contains("sh -c 'echo '\\''hi'\\''; exit 3' </dev/null >\"$R/stdout\""),
-            "{s}"
-        );
+        assert!(s.contains("sh -c 'echo '\\''hi'\\''; exit 3' </dev/null >\"$R/stdout\""), "{s}");
         assert!(s.contains("export A='x y'"), "{s}");
-        assert!(
-            s.contains("modprobe -a bonding 8021q wireguard dummy sch_ingress cls_bpf"),
-            "{s}"
-        );
+        assert!(s.contains("modprobe -a bonding 8021q wireguard dummy sch_ingress cls_bpf"), "{s}");
         assert!(s.contains("mount -t bpf bpf /sys/fs/bpf"), "{s}");
         let status = s.find("mv \"$R/status.tmp\"").unwrap();
         assert!(status > s.find("$R/stdout").unwrap());

@@ -18,11 +18,13 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
-pub use model::{Entity, Icmp, IpFamily, Operator, Peer, PeerRule, Peers, Port, PortProtocol, Protocol, Requirement, Rule, Selector};
+pub use model::{
+    Entity, Icmp, IpFamily, Operator, Peer, PeerRule, Peers, Port, PortProtocol, Protocol, Requirement, Rule, Selector,
+};
 pub use schema::{SchemaSet, CRD_VERSION};
 pub use select::{
-    policy_entries, select_endpoints, selector_identity, Direction, Endpoint, EndpointRef, PeerId, PolicyEntry,
-    reserved_identity,
+    policy_entries, reserved_identity, select_endpoints, selector_identity, Direction, Endpoint, EndpointRef, PeerId,
+    PolicyEntry,
 };
 
 /// Errors of loading a policy fixture.
@@ -102,7 +104,12 @@ pub enum PolicyDoc {
     Policy(Policy),
     /// Any other Kubernetes object (Pod, Service, a networking.k8s.io NetworkPolicy...): named,
     /// not validated.
-    NotAPolicy { api_version: String, kind: String, name: Option<String>, line: usize },
+    NotAPolicy {
+        api_version: String,
+        kind: String,
+        name: Option<String>,
+        line: usize,
+    },
 }
 
 /// The policy API group and version the CRDs define.
@@ -111,10 +118,23 @@ pub const POLICY_API_VERSION: &str = "cilium.io/v2";
 /// Kinds served under cilium.io by v1.14 (all versions): a typo of one of them is an error,
 /// another cilium.io kind is simply not a policy.
 const CILIUM_KINDS: &[&str] = &[
-    "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "CiliumEndpoint", "CiliumNode", "CiliumIdentity",
-    "CiliumExternalWorkload", "CiliumLocalRedirectPolicy", "CiliumEgressGatewayPolicy", "CiliumEnvoyConfig",
-    "CiliumClusterwideEnvoyConfig", "CiliumNodeConfig", "CiliumBGPPeeringPolicy", "CiliumLoadBalancerIPPool",
-    "CiliumEndpointSlice", "CiliumL2AnnouncementPolicy", "CiliumPodIPPool", "CiliumCIDRGroup",
+    "CiliumNetworkPolicy",
+    "CiliumClusterwideNetworkPolicy",
+    "CiliumEndpoint",
+    "CiliumNode",
+    "CiliumIdentity",
+    "CiliumExternalWorkload",
+    "CiliumLocalRedirectPolicy",
+    "CiliumEgressGatewayPolicy",
+    "CiliumEnvoyConfig",
+    "CiliumClusterwideEnvoyConfig",
+    "CiliumNodeConfig",
+    "CiliumBGPPeeringPolicy",
+    "CiliumLoadBalancerIPPool",
+    "CiliumEndpointSlice",
+    "CiliumL2AnnouncementPolicy",
+    "CiliumPodIPPool",
+    "CiliumCIDRGroup",
 ];
 
 static SCHEMAS: OnceLock<Arc<SchemaSet>> = OnceLock::new();
@@ -139,7 +159,8 @@ pub fn load_fixture(path: impl AsRef<Path>) -> Result<Vec<PolicyDoc>, PolicyErro
 
 /// [`load_fixture`] with explicit schemas (another CRD version, a test).
 pub fn load_fixture_with(path: &Path, schemas: &SchemaSet) -> Result<Vec<PolicyDoc>, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
     parse_fixture(path, &text, schemas)
 }
 
@@ -153,7 +174,10 @@ pub fn parse_fixture(path: &Path, text: &str, schemas: &SchemaSet) -> Result<Vec
             path: path.to_path_buf(),
             line: 1,
             column: 1,
-            message: format!("the fixture is {} bytes, too large for a policy fixture (at most {MAX_FIXTURE_BYTES})", text.len()),
+            message: format!(
+                "the fixture is {} bytes, too large for a policy fixture (at most {MAX_FIXTURE_BYTES})",
+                text.len()
+            ),
         });
     }
     let docs = yaml::parse_documents(text).map_err(|e| PolicyError::Syntax {
@@ -190,13 +214,21 @@ fn classify(
     let line = doc.locate(root, false).line;
     let here = |ptr: &str, key: bool| doc.locate(&format!("{root}{ptr}"), key);
     let Some(obj) = value.as_object() else {
-        diags.push(Diagnostic::at(here("", false), "<document>".into(), "a kubernetes object must be a mapping".into()));
+        diags.push(Diagnostic::at(
+            here("", false),
+            "<document>".into(),
+            "a kubernetes object must be a mapping".into(),
+        ));
         return;
     };
     let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
     let (Some(api_version), Some(kind)) = (text("apiVersion"), text("kind")) else {
         let missing = if text("apiVersion").is_none() { "apiVersion" } else { "kind" };
-        diags.push(Diagnostic::at(here("", false), missing.into(), format!("missing required field {missing:?} (a string)")));
+        diags.push(Diagnostic::at(
+            here("", false),
+            missing.into(),
+            format!("missing required field {missing:?} (a string)"),
+        ));
         return;
     };
     let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).map(str::to_string);
@@ -229,7 +261,11 @@ fn classify(
                 .filter(|(s, _)| *s > 0.8)
                 .map(|(_, k)| format!(" (did you mean {k}?)"))
                 .unwrap_or_default();
-            diags.push(Diagnostic::at(here("/kind", false), "kind".into(), format!("no kind {kind:?} in {api_version}{guess}")));
+            diags.push(Diagnostic::at(
+                here("/kind", false),
+                "kind".into(),
+                format!("no kind {kind:?} in {api_version}{guess}"),
+            ));
         }
         return;
     };
@@ -263,9 +299,21 @@ fn check_metadata(
     diags: &mut Vec<Diagnostic>,
 ) -> (String, Option<String>) {
     const KNOWN: &[&str] = &[
-        "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
-        "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
-        "ownerReferences", "finalizers", "managedFields",
+        "name",
+        "generateName",
+        "namespace",
+        "selfLink",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "labels",
+        "annotations",
+        "ownerReferences",
+        "finalizers",
+        "managedFields",
     ];
     let at = |p: &str, key: bool| doc.locate(&format!("{root}{p}"), key);
     let Some(meta) = value.get("metadata").and_then(Value::as_object) else {
@@ -292,13 +340,21 @@ fn check_metadata(
     let namespace = match meta.get("namespace") {
         Some(Value::String(ns)) => {
             if !model::is_dns_label(ns) {
-                diags.push(Diagnostic::at(at("/metadata/namespace", false), "metadata.namespace".into(), format!("{ns:?} is not a valid namespace name")));
+                diags.push(Diagnostic::at(
+                    at("/metadata/namespace", false),
+                    "metadata.namespace".into(),
+                    format!("{ns:?} is not a valid namespace name"),
+                ));
             }
             Some(ns.clone())
         }
         None | Some(Value::Null) => None,
         Some(other) => {
-            diags.push(Diagnostic::at(at("/metadata/namespace", false), "metadata.namespace".into(), format!("must be a string, not {other}")));
+            diags.push(Diagnostic::at(
+                at("/metadata/namespace", false),
+                "metadata.namespace".into(),
+                format!("must be a string, not {other}"),
+            ));
             None
         }
     };
@@ -314,7 +370,11 @@ fn check_metadata(
                     ));
                 }
             }
-            Some(_) => diags.push(Diagnostic::at(at(&format!("/metadata/{field}"), false), format!("metadata.{field}"), "must be a map of strings".into())),
+            Some(_) => diags.push(Diagnostic::at(
+                at(&format!("/metadata/{field}"), false),
+                format!("metadata.{field}"),
+                "must be a map of strings".into(),
+            )),
         }
     }
     let namespace = match kind {

@@ -85,10 +85,16 @@ pub enum Peers {
 pub enum Peer {
     Endpoints(Selector),
     Entity(Entity),
-    Cidr { cidr: IpNet, except: Vec<IpNet> },
+    Cidr {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
     /// `toServices`, `toFQDNs`, `toGroups`, `cidrGroupRef`: resolved by the agent at run time,
     /// kept as their YAML field name and JSON text.
-    Other { field: String, text: String },
+    Other {
+        field: String,
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -274,7 +280,11 @@ impl Ctx<'_> {
                 let k = e.get("key").and_then(Value::as_str).unwrap_or_default();
                 let key = canonical_key(k);
                 if !is_qualified_name(&extended_key(&key)) {
-                    self.err(&format!("{eptr}/key"), false, format!("invalid label selector: key {k:?} is not a valid label key"));
+                    self.err(
+                        &format!("{eptr}/key"),
+                        false,
+                        format!("invalid label selector: key {k:?} is not a valid label key"),
+                    );
                 }
                 let op = e.get("operator").and_then(Value::as_str).unwrap_or_default();
                 let values: Vec<String> = e
@@ -288,7 +298,11 @@ impl Ctx<'_> {
                     "Exists" => Operator::Exists,
                     "DoesNotExist" => Operator::DoesNotExist,
                     other => {
-                        self.err(&format!("{eptr}/operator"), false, format!("invalid label selector: {other:?} is not a valid selector operator"));
+                        self.err(
+                            &format!("{eptr}/operator"),
+                            false,
+                            format!("invalid label selector: {other:?} is not a valid selector operator"),
+                        );
                         continue;
                     }
                 };
@@ -345,7 +359,11 @@ impl Ctx<'_> {
         };
         let present: Vec<&str> = l3.iter().copied().filter(|k| len(k) > 0).collect();
         if present.len() > 1 {
-            self.err(&format!("{ptr}/{}", present[1]), true, format!("combining {} and {} is not supported yet", present[0], present[1]));
+            self.err(
+                &format!("{ptr}/{}", present[1]),
+                true,
+                format!("combining {} and {} is not supported yet", present[0], present[1]),
+            );
         }
         let to_ports = obj.get("toPorts").and_then(Value::as_array).cloned().unwrap_or_default();
         if dir == Dir::Egress && len("toServices") > 0 && !to_ports.is_empty() {
@@ -353,7 +371,11 @@ impl Ctx<'_> {
         }
         let icmps_v = obj.get("icmps").and_then(Value::as_array).cloned().unwrap_or_default();
         if !icmps_v.is_empty() && !to_ports.is_empty() {
-            self.err(&format!("{ptr}/icmps"), true, "the icmps block may only be present without toPorts: define a separate rule to use toPorts");
+            self.err(
+                &format!("{ptr}/icmps"),
+                true,
+                "the icmps block may only be present without toPorts: define a separate rule to use toPorts",
+            );
         }
 
         let mut ports = Vec::new();
@@ -373,7 +395,11 @@ impl Ctx<'_> {
                 self.err(&format!("{pptr}/rules/dns"), true, "L7 protocol DNS is not supported on ingress yet");
             }
             if rules.and_then(|r| r.get("l7")).is_some() && rules.and_then(|r| r.get("l7proto")).is_none() {
-                self.err(&format!("{pptr}/rules/l7"), true, "'l7' may only be specified when a 'l7proto' is also specified");
+                self.err(
+                    &format!("{pptr}/rules/l7"),
+                    true,
+                    "'l7' may only be specified when a 'l7proto' is also specified",
+                );
             }
             if dir == Dir::Ingress {
                 if let Some(l) = pr.get("listener") {
@@ -451,7 +477,11 @@ impl Ctx<'_> {
                 let et = e.as_str().unwrap_or_default();
                 match et.parse::<IpNet>() {
                     Ok(x) if net.contains(&x.addr()) => except.push(x),
-                    Ok(_) => self.err(&format!("{cptr}/except/{j}"), false, format!("allow CIDR prefix {text} does not contain exclude CIDR prefix {et}")),
+                    Ok(_) => self.err(
+                        &format!("{cptr}/except/{j}"),
+                        false,
+                        format!("allow CIDR prefix {text} does not contain exclude CIDR prefix {et}"),
+                    ),
                     Err(_) => self.err(&format!("{cptr}/except/{j}"), false, format!("unable to parse CIDR {et:?}")),
                 }
             }
@@ -467,7 +497,11 @@ impl Ctx<'_> {
         if dir == Dir::Egress {
             for (i, f) in obj.get("toFQDNs").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 if f.get("matchName").is_some_and(|v| v != "") && f.get("matchPattern").is_some_and(|v| v != "") {
-                    self.err(&format!("{ptr}/toFQDNs/{i}"), true, "only one of matchName or matchPattern is allowed in an FQDN selector");
+                    self.err(
+                        &format!("{ptr}/toFQDNs/{i}"),
+                        true,
+                        "only one of matchName or matchPattern is allowed in an FQDN selector",
+                    );
                 }
             }
             for field in ["toServices", "toFQDNs", "toGroups"] {
@@ -515,7 +549,11 @@ impl Ctx<'_> {
             "SCTP" => Protocol::Sctp,
             "ANY" | "" => Protocol::Any,
             _ => {
-                self.err(&format!("{ptr}/protocol"), false, format!("invalid protocol {proto:?}, must be {{ tcp | udp | sctp | any }}"));
+                self.err(
+                    &format!("{ptr}/protocol"),
+                    false,
+                    format!("invalid protocol {proto:?}, must be {{ tcp | udp | sctp | any }}"),
+                );
                 return None;
             }
         };
@@ -587,7 +625,10 @@ pub fn is_dns_label(s: &str) -> bool {
 
 /// RFC 1123 DNS subdomain.
 pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(|l| !l.is_empty() && l.len() <= 63 && is_dns_label(&l.to_ascii_lowercase()) && l == l.to_ascii_lowercase())
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && is_dns_label(&l.to_ascii_lowercase()) && l == l.to_ascii_lowercase()
+        })
 }
 
 /// IANA service name (RFC 6335 5.1): at most 15 characters, letters, digits and single inner
@@ -618,10 +659,7 @@ fn parse_go_uint16(s: &str) -> Result<u16, &'static str> {
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
         return Err("invalid syntax");
     }
-    u64::from_str_radix(digits, radix)
-        .ok()
-        .and_then(|v| u16::try_from(v).ok())
-        .ok_or("value out of range 0-65535")
+    u64::from_str_radix(digits, radix).ok().and_then(|v| u16::try_from(v).ok()).ok_or("value out of range 0-65535")
 }
 
 /// `fromCIDR` entries: a prefix, or a bare address meaning a host prefix.

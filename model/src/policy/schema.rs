@@ -42,9 +42,31 @@ const EMBEDDED_CCNP: &str = include_str!(concat!(
 
 /// Formats the Kubernetes API server checks (apiextensions' supported formats); others are dropped.
 const K8S_FORMATS: &[&str] = &[
-    "bsonobjectid", "uri", "email", "hostname", "ipv4", "ipv6", "cidr", "mac", "uuid", "uuid3", "uuid4",
-    "uuid5", "isbn", "isbn10", "isbn13", "creditcard", "ssn", "hexcolor", "rgbcolor", "byte", "password",
-    "date", "duration", "datetime", "date-time",
+    "bsonobjectid",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "mac",
+    "uuid",
+    "uuid3",
+    "uuid4",
+    "uuid5",
+    "isbn",
+    "isbn10",
+    "isbn13",
+    "creditcard",
+    "ssn",
+    "hexcolor",
+    "rgbcolor",
+    "byte",
+    "password",
+    "date",
+    "duration",
+    "datetime",
+    "date-time",
 ];
 
 /// Compiled schemas of both policy CRDs.
@@ -137,7 +159,11 @@ impl SchemaSet {
                         if let Some(s) = suggest(key, &known) {
                             message.push_str(&format!(" (did you mean {s:?}?)"));
                         }
-                        out.push(Diagnostic::at(pos, field_path(&value, &format!("{ptr}/{}", escape_pointer(key))), message));
+                        out.push(Diagnostic::at(
+                            pos,
+                            field_path(&value, &format!("{ptr}/{}", escape_pointer(key))),
+                            message,
+                        ));
                     }
                 }
                 ValidationErrorKind::Required { property } => {
@@ -166,7 +192,8 @@ impl SchemaSet {
                         shown.push('…');
                     }
                     // The CRD checks CIDRs by pattern only; say what is meant.
-                    let what = if pattern.contains(r"\/([0-9]|[1-2][0-9]|3[0-2])$") { "is not a CIDR: it " } else { "" };
+                    let what =
+                        if pattern.contains(r"\/([0-9]|[1-2][0-9]|3[0-2])$") { "is not a CIDR: it " } else { "" };
                     out.push(Diagnostic::at(
                         doc.locate(&full, false),
                         field_path(&value, &ptr),
@@ -350,7 +377,8 @@ fn prune_nulls(value: &mut Value, schema: &Value) {
 }
 
 fn is_selector_one_of(schema_path: &str) -> bool {
-    schema_path.ends_with("/oneOf") && (schema_path == "/properties/spec/oneOf" || schema_path.starts_with("/properties/specs/"))
+    schema_path.ends_with("/oneOf")
+        && (schema_path == "/properties/spec/oneOf" || schema_path.starts_with("/properties/specs/"))
 }
 
 /// The value at the schema pointer `schema_path` (the keyword that failed).
@@ -479,7 +507,13 @@ mod tests {
     #[test]
     fn field_paths() {
         let v = json!({"spec": {"ingress": [{"toPorts": [{"ports": [{"port": "1"}]}]}], "endpointSelector": {"matchLabels": {"k8s:a.b": "x"}}}});
-        assert_eq!(field_path(&v, "/spec/ingress/0/toPorts/0/ports/0/port"), "spec.ingress[0].toPorts[0].ports[0].port");
-        assert_eq!(field_path(&v, "/spec/endpointSelector/matchLabels/k8s:a.b"), "spec.endpointSelector.matchLabels[k8s:a.b]");
+        assert_eq!(
+            field_path(&v, "/spec/ingress/0/toPorts/0/ports/0/port"),
+            "spec.ingress[0].toPorts[0].ports[0].port"
+        );
+        assert_eq!(
+            field_path(&v, "/spec/endpointSelector/matchLabels/k8s:a.b"),
+            "spec.endpointSelector.matchLabels[k8s:a.b]"
+        );
     }
 }

@@ -224,10 +224,11 @@ fn entity_peers(e: Entity) -> Vec<PeerId> {
         Entity::All => vec![PeerId::Identity(0)],
         Entity::None => vec![],
         Entity::Cluster => {
-            let mut v: Vec<PeerId> = ["host", "remote-node", "init", "ingress", "health", "unmanaged", "kube-apiserver"]
-                .iter()
-                .map(|n| reserved(n))
-                .collect();
+            let mut v: Vec<PeerId> =
+                ["host", "remote-node", "init", "ingress", "health", "unmanaged", "kube-apiserver"]
+                    .iter()
+                    .map(|n| reserved(n))
+                    .collect();
             let mut pods = Selector::default();
             pods.match_labels.insert(CLUSTER_LABEL.into(), "default".into());
             v.push(PeerId::Identity(selector_identity(&pods)));
@@ -320,7 +321,14 @@ pub fn policy_entries(policy: &Policy, endpoint: &Endpoint) -> Vec<PolicyEntry> 
                 let ports = port_keys(pr);
                 for peer in peer_ids(pr) {
                     for (port, port_name, protocol) in &ports {
-                        out.push(PolicyEntry { direction, peer, port: *port, port_name: port_name.clone(), protocol: *protocol, deny });
+                        out.push(PolicyEntry {
+                            direction,
+                            peer,
+                            port: *port,
+                            port_name: port_name.clone(),
+                            protocol: *protocol,
+                            deny,
+                        });
                     }
                 }
             }
@@ -350,13 +358,19 @@ mod tests {
     #[test]
     fn selector_sources_and_operators() {
         use super::super::model::Requirement;
-        let labels: BTreeMap<String, String> =
-            [("k8s:app", "web"), ("reserved:host", ""), ("tier", "front")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let labels: BTreeMap<String, String> = [("k8s:app", "web"), ("reserved:host", ""), ("tier", "front")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let sel = |ml: &[(&str, &str)], ex: &[(&str, Operator, &[&str])]| Selector {
             match_labels: ml.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             match_expressions: ex
                 .iter()
-                .map(|(k, op, vs)| Requirement { key: k.to_string(), operator: *op, values: vs.iter().map(|v| v.to_string()).collect() })
+                .map(|(k, op, vs)| Requirement {
+                    key: k.to_string(),
+                    operator: *op,
+                    values: vs.iter().map(|v| v.to_string()).collect(),
+                })
                 .collect(),
         };
         assert!(Selector::default().matches(&labels));

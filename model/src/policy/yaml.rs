@@ -160,7 +160,10 @@ impl<'a> Builder<'a> {
         let opens = matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..));
         if opens {
             if self.depth >= MAX_DEPTH {
-                return Err(SyntaxError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels is not a policy") });
+                return Err(SyntaxError {
+                    pos,
+                    message: format!("nesting deeper than {MAX_DEPTH} levels is not a policy"),
+                });
             }
             self.depth += 1;
         }
@@ -187,8 +190,7 @@ impl<'a> Builder<'a> {
     fn node_inner(&mut self, ev: Event<'a>, pos: Pos, ptr: String) -> Result<Value, SyntaxError> {
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
-                let v = resolve_scalar(&text, style, tag.as_deref())
-                    .map_err(|message| SyntaxError { pos, message })?;
+                let v = resolve_scalar(&text, style, tag.as_deref()).map_err(|message| SyntaxError { pos, message })?;
                 if anchor > 0 {
                     self.remember(anchor, &v);
                 }
@@ -198,7 +200,10 @@ impl<'a> Builder<'a> {
                 let unknown = || SyntaxError { pos, message: "alias to an unknown anchor".into() };
                 let (_, weight, height) = *self.anchors.get(&id).ok_or_else(unknown)?;
                 if self.depth + height > MAX_DEPTH {
-                    return Err(SyntaxError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels is not a policy") });
+                    return Err(SyntaxError {
+                        pos,
+                        message: format!("nesting deeper than {MAX_DEPTH} levels is not a policy"),
+                    });
                 }
                 // This alias event already paid for one node.
                 self.spend(weight.saturating_sub(1), pos)?;
@@ -240,9 +245,7 @@ impl<'a> Builder<'a> {
                                 other => other.to_string(),
                             }
                         }
-                        _ => {
-                            return Err(SyntaxError { pos: kpos, message: "mapping keys must be scalars".into() })
-                        }
+                        _ => return Err(SyntaxError { pos: kpos, message: "mapping keys must be scalars".into() }),
                     };
                     let (vev, vspan) = self.next()?;
                     if is_merge {
@@ -253,7 +256,9 @@ impl<'a> Builder<'a> {
                                 .into_iter()
                                 .filter_map(|x| if let Value::Object(m) = x { Some(m) } else { None })
                                 .collect(),
-                            _ => return Err(SyntaxError { pos: kpos, message: "merge key `<<` needs a mapping".into() }),
+                            _ => {
+                                return Err(SyntaxError { pos: kpos, message: "merge key `<<` needs a mapping".into() })
+                            }
                         };
                         merged.extend(sources.into_iter().map(|m| (m, kpos)));
                         continue;
@@ -299,7 +304,9 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>) -> Result<V
                 "bool" => resolve_bool(text).map(Value::Bool).ok_or(format!("{text:?} is not a !!bool")),
                 "int" => resolve_int(text).ok_or(format!("{text:?} is not an !!int")),
                 "float" => resolve_float(text)
-                    .or_else(|| resolve_int(text).and_then(|v| v.as_f64()).and_then(Number::from_f64).map(Value::Number))
+                    .or_else(|| {
+                        resolve_int(text).and_then(|v| v.as_f64()).and_then(Number::from_f64).map(Value::Number)
+                    })
                     .ok_or(format!("{text:?} is not a !!float")),
                 other => Err(format!("unsupported yaml tag !!{other}")),
             };
@@ -408,7 +415,10 @@ mod tests {
         let text = "a: 1\nb:\n  - x\n  - 'yes'\n  - yes\nc: {d: 0x10, e: \"80\", f: 1.5, g: ~}\n---\n---\nz: 017\n";
         let docs = parse_documents(text).unwrap();
         assert_eq!(docs.len(), 2);
-        assert_eq!(docs[0].value, json!({"a": 1, "b": ["x", "yes", true], "c": {"d": 16, "e": "80", "f": 1.5, "g": null}}));
+        assert_eq!(
+            docs[0].value,
+            json!({"a": 1, "b": ["x", "yes", true], "c": {"d": 16, "e": "80", "f": 1.5, "g": null}})
+        );
         assert_eq!(docs[0].locate("/b/1", false), Pos { line: 4, column: 5 });
         assert_eq!(docs[0].locate("/c/e", true), Pos { line: 6, column: 14 });
         assert_eq!(docs[0].locate("/c/e", false), Pos { line: 6, column: 17 });
