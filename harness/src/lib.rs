@@ -13,4 +13,5 @@ pub mod sys;
 pub mod agent;
 pub mod diff;
 pub mod explain;
+pub mod paths;
 pub mod runner;

@@ -29,6 +29,11 @@ enum Format {
 enum Cmd {
     /// Validate scenario files and the fixtures they name, without privileges.
     Check {
+        /// Validate policies against this CRD manifest (`kubectl get crd
+        /// ciliumnetworkpolicies.cilium.io -o yaml`) instead of the embedded v1.14.4 schema of its
+        /// kind; give it twice for both policy kinds.
+        #[arg(long = "crd", value_name = "FILE")]
+        crds: Vec<PathBuf>,
         /// Files or folders (default: scenarios/).
         paths: Vec<PathBuf>,
     },
@@ -57,6 +62,10 @@ enum Cmd {
         /// behaviour table; expectations written for another profile may fail).
         #[arg(long)]
         profile: Option<String>,
+        /// Validate policies against this CRD manifest instead of the embedded v1.14.4 schema of
+        /// its kind (as for `check`).
+        #[arg(long = "crd", value_name = "FILE")]
+        crds: Vec<PathBuf>,
         paths: Vec<PathBuf>,
     },
     /// List every tc, tcx and XDP attachment on every link of a namespace (read-only).
@@ -133,9 +142,18 @@ enum LedgerCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The environment is read here, once: where the cache is, which checkout (if any) this runs from.
+    hostdp::paths::install(hostdp::paths::Paths::from_env());
+    let crds = match &cli.cmd {
+        Cmd::Check { crds, .. } | Cmd::Run { crds, .. } => crds.as_slice(),
+        _ => &[],
+    };
+    if let Err(code) = runner::use_crds(crds) {
+        return ExitCode::from(code as u8);
+    }
     let code = match cli.cmd {
-        Cmd::Check { paths } => runner::cli_check(&default_paths(paths)),
-        Cmd::Run { format, kernels, allow_skips, keep, jobs, output, profile, paths } => {
+        Cmd::Check { paths, .. } => runner::cli_check(&default_paths(paths)),
+        Cmd::Run { format, kernels, allow_skips, keep, jobs, output, profile, paths, .. } => {
             runner::cli_run(&runner::RunArgs {
                 json: format == Format::Json,
                 kernels,

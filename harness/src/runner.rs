@@ -35,23 +35,42 @@ pub struct RunArgs {
     pub paths: Vec<PathBuf>,
 }
 
-/// The project's root: where `bpf/` and `scenarios/` are. Known at build time; overridable
-/// with `HOSTDP_ROOT` for an installed binary.
+/// The project's checkout: the one this process runs from ([`crate::paths`]), else the one the
+/// binary was built from (which may not exist: nothing at run time needs it).
 pub fn project_root() -> PathBuf {
-    if let Ok(r) = std::env::var("HOSTDP_ROOT") {
-        return PathBuf::from(r);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    crate::paths::get().checkout.clone().unwrap_or_else(crate::paths::build_checkout)
 }
 
 /// Where compiled templates are cached across runs (must be writable; inside a VM the harness
-/// passes a writable folder).
+/// passes a writable folder). See [`crate::paths`].
 pub fn cache_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("HOSTDP_CACHE_DIR") {
-        return PathBuf::from(d);
+    crate::paths::get().cache.clone()
+}
+
+static CRD_FILES: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// `--crd`: validates policies against these CRD manifests (exported from a cluster) instead of
+/// the embedded v1.14.4 schemas, here and in the VMs this process starts. Invalid input is
+/// printed (naming the file) and gives exit status 2.
+pub fn use_crds(files: &[PathBuf]) -> Result<(), i32> {
+    if files.is_empty() {
+        return Ok(());
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| project_root().join("target"));
-    target.join("hostdp-cache")
+    match hostdp_model::policy::SchemaSet::with_crds(files) {
+        Ok(set) => {
+            hostdp_model::policy::use_schemas(set);
+            let _ = CRD_FILES.set(files.to_vec());
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("hostdp: --crd: {e}");
+            Err(exit::INVALID)
+        }
+    }
+}
+
+fn crd_files() -> &'static [PathBuf] {
+    CRD_FILES.get().map(Vec::as_slice).unwrap_or(&[])
 }
 
 fn compiler() -> std::sync::Arc<Compiler> {
@@ -74,10 +93,13 @@ pub fn valid_files_as_root(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>,
         eprintln!("hostdp {cmd}: no scenario files in {}", given.join(", "));
         return Err(exit::INVALID);
     }
-    // Invalid input is exit 2 before anything runs.
-    let (_, errors) = scenario::check(&files);
-    if !errors.is_empty() {
-        for e in &errors {
+    // Invalid input is exit 2 before anything runs; warnings are said and the run goes on.
+    let checked = scenario::check_all(&files);
+    for w in &checked.warnings {
+        eprintln!("{w}");
+    }
+    if !checked.errors.is_empty() {
+        for e in &checked.errors {
             eprintln!("{e}");
         }
         return Err(exit::INVALID);
@@ -456,6 +478,15 @@ pub fn run_target_as(
         cmd.push("--profile".into());
         cmd.push(p.as_str().into());
     }
+    // `--crd` files reach the guest through the folder it shares read-write (the host's /tmp,
+    // say, is not the guest's).
+    for (i, crd) in crd_files().iter().enumerate() {
+        let name = crd.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let copy = results.path().join(format!("crd-{i}-{name}"));
+        std::fs::copy(crd, &copy).map_err(|e| TargetError::Io(format!("copy {} for the guest: {e}", crd.display())))?;
+        cmd.push("--crd".into());
+        cmd.push(copy.display().to_string());
+    }
     let cwd = std::env::current_dir().unwrap_or_else(|_| project_root());
     for f in files {
         let abs = if f.is_absolute() { f.clone() } else { cwd.join(f) };
@@ -470,12 +501,6 @@ pub fn run_target_as(
     opts.env.push(("HOSTDP_ALLOW_MODPROBE".into(), "1".into()));
     if crate::sys::crosscheck::enabled() {
         opts.env.push(("HOSTDP_CROSSCHECK".into(), "1".into()));
-    }
-    if let Ok(d) = hostdp_model::policy::crd_dir() {
-        // The guest does not inherit the environment: name the shared folder explicitly.
-        if let Some(shared) = d.parent().and_then(Path::parent) {
-            opts.env.push(("HOSTDP_SHARED_DIR".into(), shared.display().to_string()));
-        }
     }
     let out = vm::run_in_vm_with(&kernel, &cmd, &[results.path().to_path_buf(), cache], &cwd, &opts)?;
     let text = std::fs::read_to_string(&out_file).map_err(|_| TargetError::NoResult {
@@ -531,8 +556,12 @@ pub fn cli_check(paths: &[PathBuf]) -> i32 {
     for e in &expand_errors {
         eprintln!("{e}");
     }
-    let (scenarios_ok, errors) = if scenarios.is_empty() { (0, Vec::new()) } else { scenario::check(&scenarios) };
+    let checked = if scenarios.is_empty() { scenario::Checked::default() } else { scenario::check_all(&scenarios) };
+    let (scenarios_ok, errors) = (checked.ok, checked.errors);
     let mut policies_ok = 0;
+    for w in &checked.warnings {
+        eprintln!("{w}");
+    }
     for e in &errors {
         eprintln!("{e}");
     }

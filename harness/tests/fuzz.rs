@@ -42,7 +42,7 @@ fn policies() -> &'static [(PathBuf, Vec<u8>)] {
 
 fn schemas() -> &'static SchemaSet {
     static S: OnceLock<SchemaSet> = OnceLock::new();
-    S.get_or_init(|| SchemaSet::load(&policy::crd_dir().expect("the CRD folder")).expect("the CRD schemas"))
+    S.get_or_init(SchemaSet::embedded)
 }
 
 /// Whether a 1-based position falls inside the text (or one past its end, where "unexpected

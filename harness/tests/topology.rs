@@ -47,6 +47,7 @@ fn scenario(name: &str, links: Vec<LinkSpec>, routes: Vec<RouteSpec>, pods: Vec<
         agent_file: None,
         pods,
         steps: vec![],
+        warnings: vec![],
     }
 }
 

@@ -93,6 +93,8 @@ enum Kind {
     VlanIds,
     Cidr,
     OneOf(&'static [&'static str]),
+    /// Any string: the agent reads it as one and decides at start-up ([`start_refusal`]).
+    Text,
 }
 
 fn kind_of(key: &str) -> Option<Kind> {
@@ -103,7 +105,8 @@ fn kind_of(key: &str) -> Option<Kind> {
         "tunnel-port" => Kind::Port,
         "vlan-bpf-bypass" => Kind::VlanIds,
         "ipv4-native-routing-cidr" | "ipv6-native-routing-cidr" => Kind::Cidr,
-        "kube-proxy-replacement" => Kind::OneOf(&["strict", "partial", "disabled", "true", "false"]),
+        // Which values the agent takes depends on the profile: a refusal at start-up, not a type.
+        "kube-proxy-replacement" => Kind::Text,
         "node-port-acceleration" | "bpf-lb-acceleration" => {
             Kind::OneOf(&["disabled", "native", "best-effort", "testing-only"])
         }
@@ -142,12 +145,19 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         Kind::VlanIds => v.split_whitespace().all(|s| matches!(s.parse::<u16>(), Ok(0..=4094))),
         Kind::Cidr => v.is_empty() || v.parse::<IpNet>().is_ok(),
         Kind::OneOf(values) => values.contains(&v),
+        Kind::Text => true,
     };
     if ok {
         return Ok(());
     }
     Err(match kind {
-        Kind::Bool => format!("invalid value {value:?} for {key}: expected \"true\" or \"false\""),
+        // Upstream reads a bad boolean as false, silently: invalid input, with the likely intent.
+        Kind::Bool => match did_you_mean(v, &["true", "false"]) {
+            Some(s) => {
+                format!("invalid value {value:?} for {key}: expected \"true\" or \"false\", did you mean \"{s}\"?")
+            }
+            None => format!("invalid value {value:?} for {key}: expected \"true\" or \"false\""),
+        },
         Kind::Names => format!(
             "invalid value {value:?} for {key}: expected interface names (at most 15 bytes, \
              '+' as a trailing wildcard) separated by spaces (v1.16 also takes commas)"
@@ -165,6 +175,53 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         Kind::OneOf(values) => {
             format!("invalid value {value:?} for {key}: expected one of {}", values.join(", "))
         }
+        Kind::Text => unreachable!("any text is accepted"),
+    })
+}
+
+/// The closest of `candidates` to `word`, when it looks like a typo of it.
+fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    crate::scenario::suggest(word, candidates.iter().copied())
+}
+
+/// The values of `kube-proxy-replacement` the profile's agent starts with: v1.14.4 and v1.15
+/// take `strict`, `partial` and `disabled` (deprecated) besides `true` and `false`; v1.16 only
+/// `true` and `false`. Compared as upstream compares them: exactly (`True` is refused).
+pub fn kube_proxy_replacement_values(profile: Profile) -> &'static [&'static str] {
+    if profile.has(Change::KprOnlyTrueFalse) {
+        &["true", "false"]
+    } else {
+        &["strict", "partial", "disabled", "true", "false"]
+    }
+}
+
+/// Why the profile's agent refuses to start with `value` for `key`, in upstream's words: a value
+/// that is well-formed ConfigMap input (so not invalid input) but that the agent rejects at
+/// start-up, making the `start` step (or a `restart` that brings it) fail. `None`: it starts.
+pub fn start_refusal(key: &str, value: &str, profile: Profile) -> Option<String> {
+    match key {
+        "kube-proxy-replacement" => {
+            let v = value.trim();
+            (!kube_proxy_replacement_values(profile).contains(&v)).then(|| {
+                format!(
+                    "unable to initialize kube-proxy replacement options: \
+                     Invalid value for --kube-proxy-replacement: {v}"
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `start_refusal`'s message with a hint for a likely typo (for `hostdp check`'s warning).
+pub fn start_refusal_hint(key: &str, value: &str, profile: Profile) -> Option<String> {
+    let m = start_refusal(key, value, profile)?;
+    Some(match key {
+        "kube-proxy-replacement" => match did_you_mean(value.trim(), kube_proxy_replacement_values(profile)) {
+            Some(s) => format!("{m} (did you mean \"{s}\"?)"),
+            None => format!("{m} ({} takes {})", profile.as_str(), kube_proxy_replacement_values(profile).join(", ")),
+        },
+        _ => m,
     })
 }
 
@@ -332,6 +389,9 @@ pub enum DatapathMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AgentConfig {
     pub kube_proxy_replacement: KubeProxyReplacement,
+    /// `kube-proxy-replacement` as written (`false` when absent): a value the profile does not
+    /// take is refused at start-up ([`start_refusal`]).
+    pub kube_proxy_replacement_value: String,
     pub enable_node_port: bool,
     pub enable_host_firewall: bool,
     pub enable_bandwidth_manager: bool,
@@ -399,7 +459,8 @@ impl AgentConfig {
         let vlan_bpf_bypass =
             get("vlan-bpf-bypass").unwrap_or("").split_whitespace().filter_map(|s| s.parse().ok()).collect();
 
-        let kube_proxy_replacement = match get("kube-proxy-replacement").unwrap_or("false") {
+        let kube_proxy_replacement_value = get("kube-proxy-replacement").unwrap_or("false").to_string();
+        let kube_proxy_replacement = match kube_proxy_replacement_value.as_str() {
             "strict" => KubeProxyReplacement::Strict,
             "partial" => KubeProxyReplacement::Partial,
             "disabled" => KubeProxyReplacement::Disabled,
@@ -460,6 +521,7 @@ impl AgentConfig {
         let cidr = |k: &str| get(k).filter(|v| !v.is_empty()).and_then(|v| v.parse().ok());
         Ok(AgentConfig {
             kube_proxy_replacement,
+            kube_proxy_replacement_value,
             enable_node_port: flag("enable-node-port", false),
             enable_host_firewall: flag("enable-host-firewall", false),
             enable_bandwidth_manager: flag("enable-bandwidth-manager", false),
@@ -632,6 +694,9 @@ impl Settings {
         };
         s.init_env()?;
         s.validate(cfg)?;
+        if let Some(m) = start_refusal("kube-proxy-replacement", &cfg.kube_proxy_replacement_value, profile) {
+            return Err(refused(m));
+        }
         s.init_kpr_options()
             .map_err(|e| refused(format!("unable to initialize kube-proxy replacement options: {e}")))?;
         Ok(s)
@@ -970,7 +1035,6 @@ pub(crate) mod tests {
             ("enable-node-port", "yes"),
             ("bpf-filter-priority", "0"),
             ("bpf-filter-priority", "65536"),
-            ("kube-proxy-replacement", "probe"),
             ("node-port-acceleration", "fast"),
             ("routing-mode", "direct"),
             ("tunnel", "ipip"),
@@ -984,6 +1048,30 @@ pub(crate) mod tests {
         }
         let e = AgentConfig::from_map(&map(&[("enable-ipv6", "maybe")]), Profile::V1_14_4).unwrap_err();
         assert!(matches!(e, ConfigError::Value(_)), "{e}");
+        let e = check_value("enable-node-port", "ture").unwrap_err();
+        assert!(e.ends_with("did you mean \"true\"?"), "{e}");
+    }
+
+    /// A kube-proxy-replacement value the profile does not take is well-formed input that the
+    /// agent refuses at start-up, with upstream's message.
+    #[test]
+    fn kube_proxy_replacement_values_are_refused_at_start_up() {
+        assert_eq!(check_value("kube-proxy-replacement", "maybe"), Ok(()));
+        let at = |v: &str, p: Profile| {
+            Settings::derive(&AgentConfig::from_map(&map(&[("kube-proxy-replacement", v)]), p).unwrap(), p)
+        };
+        let m = refused_msg(at("maybe", Profile::V1_14_4));
+        let want = "Invalid value for --kube-proxy-replacement: maybe";
+        assert_eq!(m, format!("unable to initialize kube-proxy replacement options: {want}"));
+        assert!(refused_msg(at("True", Profile::V1_15)).ends_with("--kube-proxy-replacement: True"));
+        assert!(refused_msg(at("partial", Profile::V1_16)).ends_with("--kube-proxy-replacement: partial"));
+        assert!(at("partial", Profile::V1_15).is_ok());
+        assert!(at("false", Profile::V1_16).is_ok());
+        let hint = start_refusal_hint("kube-proxy-replacement", "ture", Profile::V1_16).unwrap();
+        assert!(hint.ends_with("(did you mean \"true\"?)"), "{hint}");
+        let hint = start_refusal_hint("kube-proxy-replacement", "maybe", Profile::V1_14_4).unwrap();
+        assert!(hint.ends_with("(v1.14.4 takes strict, partial, disabled, true, false)"), "{hint}");
+        assert_eq!(start_refusal("kube-proxy-replacement", "strict", Profile::V1_14_4), None);
     }
 
     #[test]

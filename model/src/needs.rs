@@ -228,6 +228,7 @@ mod tests {
                 expect: Default::default(),
                 line: 1,
             }],
+            warnings: vec![],
         }
     }
 

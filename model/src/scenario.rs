@@ -1,4 +1,4 @@
-//! Scenario files (format version 1, `../shared/design/scenario-format.md`): parse and validate.
+//! Scenario files (format version 1, `docs/scenario-format.md`): parse and validate.
 //!
 //! The raw serde structs mirror the file one to one (`deny_unknown_fields` everywhere) so that
 //! serde_yaml reports unknown keys and wrong types with the line and column of the offending key.
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 mod locate;
 mod validate;
 
-pub use validate::{check_ifname, load_config_map, ACTION_KEYS, KNOWN_FEATURES};
+pub use validate::{check_ifname, load_config_map, suggest, ACTION_KEYS, KNOWN_FEATURES};
 
 /// A parsed, validated scenario.
 ///
@@ -39,6 +39,9 @@ pub struct Scenario {
     pub agent_file: Option<PathBuf>,
     pub pods: Vec<PodSpec>,
     pub steps: Vec<Step>,
+    /// `path:line:col: warning: ...`: what is valid but likely not meant (a value the agent
+    /// refuses at start-up, with no step expecting an error). `hostdp check` prints them.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -496,25 +499,41 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<Scenario, ScenarioError> {
 }
 
 /// Validates scenario files; folders stand for their `*.yaml`/`*.yml` files (not recursive),
-/// sorted. Returns how many files are valid and the error of each invalid one (backs
-/// `hostdp check`). Scenario names must also be unique among the files checked together.
+/// sorted. Returns how many files are valid and the error of each invalid one. Scenario names
+/// must also be unique among the files checked together.
 pub fn check(paths: &[PathBuf]) -> (usize, Vec<ScenarioError>) {
-    let mut ok = 0;
-    let mut errors = Vec::new();
+    let c = check_all(paths);
+    (c.ok, c.errors)
+}
+
+/// What [`check_all`] found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// How many files are valid.
+    pub ok: usize,
+    pub errors: Vec<ScenarioError>,
+    /// The valid files' warnings (`path:line:col: warning: ...`).
+    pub warnings: Vec<String>,
+}
+
+/// [`check`] with the warnings of the valid files (backs `hostdp check`).
+pub fn check_all(paths: &[PathBuf]) -> Checked {
+    let mut c = Checked::default();
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for file in expand(paths, &mut errors) {
+    for file in expand(paths, &mut c.errors) {
         match load(&file) {
             Ok(s) => match names.get(&s.name) {
-                Some(first) => errors.push(validate::name_taken(&s, first)),
+                Some(first) => c.errors.push(validate::name_taken(&s, first)),
                 None => {
+                    c.warnings.extend(s.warnings.iter().cloned());
                     names.insert(s.name, file);
-                    ok += 1;
+                    c.ok += 1;
                 }
             },
-            Err(e) => errors.push(e),
+            Err(e) => c.errors.push(e),
         }
     }
-    (ok, errors)
+    c
 }
 
 /// The scenario files `paths` stand for: files as given, folders as their sorted YAML files.
@@ -1147,5 +1166,27 @@ steps:
             )
         );
         assert!(matches!(errors[2], ScenarioError::Read { .. }));
+    }
+    /// A value the agent refuses at start-up is valid input: the step fails at run time, and
+    /// `check` warns at the value unless some step expects an error.
+    #[test]
+    fn start_refusals_are_warnings_unless_expected() {
+        let agent = "agent:\n  kube-proxy-replacement: maybe\n";
+        let s = ok(&doc(&["{name: eth0, kind: veth}"], agent));
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        let w = &s.warnings[0];
+        assert!(w.starts_with("dir/s.yaml:6:27: warning: unable to initialize kube-proxy"), "{w}");
+        assert!(s.warnings[0].contains("Invalid value for --kube-proxy-replacement: maybe"), "{}", s.warnings[0]);
+        let expected = format!("{agent}steps:\n  - start: {{}}\n    expect: {{error: Invalid value}}\n");
+        assert!(ok(&doc(&["{name: eth0, kind: veth}"], &expected)).warnings.is_empty());
+        // v1.15 takes partial; v1.16 does not, and a restart that upgrades says so at its profile.
+        let up = "agent:\n  kube-proxy-replacement: partial\nsteps:\n  - start: {}\n  - restart: {profile: v1.16}\n";
+        let s = ok(&doc(&["{name: eth0, kind: veth}"], up));
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        let w = &s.warnings[0];
+        assert!(w.starts_with("dir/s.yaml:9:24: warning: ") && w.contains("step 2 (restart)"), "{w}");
+        // A misread boolean stays invalid input.
+        let e = bad(&doc(&["{name: eth0, kind: veth}"], "agent:\n  enable-node-port: ture\n"));
+        assert!(e.starts_with("6:21:") && e.ends_with("did you mean \"true\"?"), "{e}");
     }
 }

@@ -4,6 +4,11 @@
 //! Objects are cached by a hash of everything that shapes them (source files, defines, clang
 //! version, flags): in memory per [`Compiler`] and on disk in the cache dir, written through a
 //! rename so parallel test processes sharing a cache dir never see half-written files.
+//!
+//! The C sources of `bpf/` are compiled into the binary ([`EMBEDDED_SOURCES`]), so an installed
+//! `hostdp` needs no checkout: before its first compile, a compiler writes them to
+//! `<cache>/sources/<hash of the sources>/` (once; the folder is reused by every later run with
+//! the same sources) and points clang there. `HOSTDP_BPF_DIR` (tests) names a folder instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -19,8 +24,37 @@ use hostdp_model::datapath::Object;
 /// Environment variable naming the clang binary; `clang` on PATH otherwise.
 pub const CLANG_ENV: &str = "HOSTDP_CLANG";
 
-/// Environment variable overriding the folder of the C sources (default: `bpf/` of the repo).
+/// Environment variable overriding the C sources compiled into the binary (read by
+/// [`crate::paths`]).
 pub const BPF_DIR_ENV: &str = "HOSTDP_BPF_DIR";
+
+/// Every file of `bpf/` that a compile may read (`.c` and `.h`), as compiled into the binary.
+/// `embedded_sources_are_the_whole_bpf_folder` checks that this list and the folder agree.
+pub const EMBEDDED_SOURCES: &[(&str, &str)] = &[
+    ("bpf_host.c", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/bpf_host.c"))),
+    ("bpf_lxc.c", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/bpf_lxc.c"))),
+    ("bpf_overlay.c", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/bpf_overlay.c"))),
+    ("bpf_wireguard.c", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/bpf_wireguard.c"))),
+    ("bpf_xdp.c", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/bpf_xdp.c"))),
+    ("foreign.c", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/foreign.c"))),
+    ("include/hostdp.h", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/include/hostdp.h"))),
+    ("include/policy.h", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/include/policy.h"))),
+];
+
+/// Where a compiler's C sources come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BpfSources {
+    /// [`EMBEDDED_SOURCES`], written into the cache before the first compile.
+    Embedded,
+    /// A folder laid out as `bpf/` (a test's broken sources, `HOSTDP_BPF_DIR`).
+    Dir(PathBuf),
+}
+
+impl From<PathBuf> for BpfSources {
+    fn from(d: PathBuf) -> BpfSources {
+        BpfSources::Dir(d)
+    }
+}
 
 /// Bumped when the flags or the layout of the cache change, so old entries are not reused.
 const CACHE_VERSION: &str = "hostdp-compile-v1";
@@ -51,13 +85,14 @@ pub struct CompiledObject {
     pub hash: String,
 }
 
-/// Every source file under the bpf folder with its bytes, read once per compiler.
-type Sources = Vec<(PathBuf, Vec<u8>)>;
+/// The folder clang compiles from, and every source file under it with its bytes, read once
+/// per compiler.
+type Sources = (PathBuf, Vec<(PathBuf, Vec<u8>)>);
 
 /// Compiles objects with caching. Shareable between threads (`&Compiler` is `Sync`).
 #[derive(Debug)]
 pub struct Compiler {
-    bpf_dir: PathBuf,
+    bpf: BpfSources,
     cache_dir: PathBuf,
     clang: String,
     /// `clang --version`, asked once; part of the cache key.
@@ -70,19 +105,19 @@ pub struct Compiler {
     sources: OnceLock<Result<Sources, String>>,
 }
 
-/// The repository's `bpf/` folder, or `$HOSTDP_BPF_DIR`.
-pub fn default_bpf_dir() -> PathBuf {
-    match std::env::var_os(BPF_DIR_ENV) {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("bpf"),
+/// The sources compiled into the binary, or `$HOSTDP_BPF_DIR`'s folder.
+pub fn default_bpf_dir() -> BpfSources {
+    match &crate::paths::get().bpf_dir {
+        Some(d) => BpfSources::Dir(d.clone()),
+        None => BpfSources::Embedded,
     }
 }
 
 impl Compiler {
-    pub fn new(bpf_dir: PathBuf, cache_dir: PathBuf) -> Compiler {
+    pub fn new(bpf: impl Into<BpfSources>, cache_dir: PathBuf) -> Compiler {
         let clang = std::env::var(CLANG_ENV).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "clang".into());
         Compiler {
-            bpf_dir,
+            bpf: bpf.into(),
             cache_dir,
             clang,
             version: OnceLock::new(),
@@ -92,8 +127,21 @@ impl Compiler {
         }
     }
 
-    pub fn bpf_dir(&self) -> &Path {
-        &self.bpf_dir
+    /// Where the sources are: `None` for embedded sources not yet written into the cache.
+    pub fn bpf_dir(&self) -> Option<&Path> {
+        match &self.bpf {
+            BpfSources::Dir(d) => Some(d),
+            BpfSources::Embedded => self.sources.get().and_then(|s| s.as_ref().ok()).map(|(d, _)| d.as_path()),
+        }
+    }
+
+    /// The sources and the folder clang reads them from (embedded ones written out first).
+    fn sources(&self) -> Result<&Sources, String> {
+        let s = self.sources.get_or_init(|| match &self.bpf {
+            BpfSources::Dir(d) => source_files(d).map(|files| (d.clone(), files)),
+            BpfSources::Embedded => materialize(&self.cache_dir),
+        });
+        s.as_ref().map_err(Clone::clone)
     }
 
     pub fn cache_dir(&self) -> &Path {
@@ -135,9 +183,9 @@ impl Compiler {
         let header = node_config(defines)?;
         let version = self.clang_version()?;
         let io = |message: String| CompileError::Io { object: object.source().to_string(), message };
-        let sources = self.sources.get_or_init(|| source_files(&self.bpf_dir)).as_ref().map_err(|e| io(e.clone()))?;
+        let (dir, sources) = self.sources().map_err(io)?;
         if !sources.iter().any(|(rel, _)| rel == Path::new(object.source())) {
-            return Err(io(format!("source {} not found", self.bpf_dir.join(object.source()).display())));
+            return Err(io(format!("source {} not found", dir.join(object.source()).display())));
         }
         let hash = cache_key(object, &version, sources, &header);
 
@@ -155,7 +203,7 @@ impl Compiler {
             std::fs::create_dir_all(&state).map_err(|e| io(format!("create {}: {e}", state.display())))?;
             write_atomic(&state.join("node_config.h"), header.as_bytes()).map_err(&io)?;
             std::fs::create_dir_all(&objects).map_err(|e| io(format!("create {}: {e}", objects.display())))?;
-            self.run_clang(object, &state, &path)?;
+            self.run_clang(object, dir, &state, &path)?;
         }
         let compiled = CompiledObject { path, hash: hash.clone() };
         memory.insert(hash, compiled.clone());
@@ -163,7 +211,7 @@ impl Compiler {
     }
 
     /// Runs clang into a temporary file next to `out`, then renames it into place.
-    fn run_clang(&self, object: Object, state: &Path, out: &Path) -> Result<(), CompileError> {
+    fn run_clang(&self, object: Object, bpf_dir: &Path, state: &Path, out: &Path) -> Result<(), CompileError> {
         let name = object.source().to_string();
         let io = |message: String| CompileError::Io { object: name.clone(), message };
         let dir = out.parent().unwrap_or(Path::new("."));
@@ -174,10 +222,10 @@ impl Compiler {
         let tmp_out = tmp.path().join("out.o");
         let mut cmd = Command::new(&self.clang);
         cmd.args(CFLAGS);
-        for inc in include_dirs(&self.bpf_dir, state) {
+        for inc in include_dirs(bpf_dir, state) {
             cmd.arg("-I").arg(inc);
         }
-        cmd.arg("-c").arg(self.bpf_dir.join(object.source())).arg("-o").arg(&tmp_out);
+        cmd.arg("-c").arg(bpf_dir.join(object.source())).arg("-o").arg(&tmp_out);
         self.invocations.fetch_add(1, Ordering::SeqCst);
         crate::sys::timing::count_clang();
         let output = match cmd.output() {
@@ -264,6 +312,48 @@ fn source_files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
     Ok(out)
 }
 
+/// Writes [`EMBEDDED_SOURCES`] to `<cache>/sources/<hash>/` unless a complete copy is there
+/// (written into a temporary sibling and renamed, so parallel runs never see half of one).
+fn materialize(cache: &Path) -> Result<Sources, String> {
+    let files: Vec<(PathBuf, Vec<u8>)> =
+        EMBEDDED_SOURCES.iter().map(|(rel, text)| (PathBuf::from(rel), text.as_bytes().to_vec())).collect();
+    let mut h = Sha256::new();
+    for (rel, data) in &files {
+        for b in [rel.to_string_lossy().as_bytes(), data.as_slice()] {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        }
+    }
+    let parent = cache.join("sources");
+    let dir = parent.join(&hex::encode(h.finalize())[..16]);
+    if dir.join(".complete").is_file() {
+        return Ok((dir, files));
+    }
+    std::fs::create_dir_all(&parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".sources-")
+        .tempdir_in(&parent)
+        .map_err(|e| format!("temporary dir in {}: {e}", parent.display()))?;
+    for (rel, data) in &files {
+        let f = tmp.path().join(rel);
+        if let Some(d) = f.parent() {
+            std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+        }
+        std::fs::write(&f, data).map_err(|e| format!("write {}: {e}", f.display()))?;
+    }
+    std::fs::write(tmp.path().join(".complete"), b"").map_err(|e| format!("write in {}: {e}", tmp.path().display()))?;
+    match std::fs::rename(tmp.path(), &dir) {
+        Ok(()) => {
+            // The folder now lives under its final name; nothing is left to delete.
+            let _ = tmp.keep();
+        }
+        // Another run put the same sources there first.
+        Err(_) if dir.join(".complete").is_file() => {}
+        Err(e) => return Err(format!("rename into {}: {e}", dir.display())),
+    }
+    Ok((dir, files))
+}
+
 fn cache_key(object: Object, clang_version: &str, sources: &[(PathBuf, Vec<u8>)], header: &str) -> String {
     let mut h = Sha256::new();
     let mut field = |b: &[u8]| {
@@ -307,6 +397,31 @@ mod tests {
             eprintln!("skipping: no clang");
         }
         missing
+    }
+
+    #[test]
+    fn embedded_sources_are_the_whole_bpf_folder() {
+        let dir = crate::paths::build_checkout().join("bpf");
+        let on_disk = source_files(&dir).unwrap();
+        let embedded: Vec<(PathBuf, Vec<u8>)> =
+            EMBEDDED_SOURCES.iter().map(|(r, t)| (PathBuf::from(r), t.as_bytes().to_vec())).collect();
+        let names = |v: &[(PathBuf, Vec<u8>)]| v.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&embedded), names(&on_disk), "EMBEDDED_SOURCES must list every .c and .h of bpf/");
+        assert!(embedded == on_disk, "an embedded source differs from bpf/ (rebuild)");
+    }
+
+    #[test]
+    fn embedded_sources_are_written_once_and_keyed_like_the_folder() {
+        let cache = tempfile::tempdir().unwrap();
+        let (dir, files) = materialize(cache.path()).unwrap();
+        assert!(dir.join("include/hostdp.h").is_file() && dir.join("bpf_host.c").is_file());
+        assert_eq!(source_files(&dir).unwrap(), files);
+        let again = materialize(cache.path()).unwrap();
+        assert_eq!(again.0, dir);
+        assert_eq!(std::fs::read_dir(cache.path().join("sources")).unwrap().count(), 1);
+        let from_dir = source_files(&crate::paths::build_checkout().join("bpf")).unwrap();
+        let hdr = "#define A 1\n";
+        assert_eq!(cache_key(Object::Host, "clang", &files, hdr), cache_key(Object::Host, "clang", &from_dir, hdr));
     }
 
     #[test]

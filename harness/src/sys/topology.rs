@@ -769,6 +769,7 @@ mod tests {
             agent_file: None,
             pods: vec![],
             steps: vec![],
+            warnings: vec![],
         }
     }
 

@@ -55,10 +55,18 @@ const CONSOLE_TAIL_LINES: usize = 25;
 pub enum VmError {
     #[error("qemu-system-x86_64 not found: run ci/setup or apt-get install qemu-system-x86")]
     QemuMissing,
-    #[error("vng (virtme-ng) not found (looked at {searched}): run ci/setup, or set HOSTDP_VNG")]
-    VngMissing { searched: String },
-    #[error("kernel {name} is not in {dir}: run ci/kernels {name}")]
-    KernelNotFetched { name: String, dir: String },
+    #[error(
+        "vng (virtme-ng) not found (looked at {searched}): in a checkout run ci/setup; elsewhere install \
+         it with `python3 -m venv {venv} && {venv}/bin/pip install virtme-ng` (or put vng on PATH, \
+         or set HOSTDP_VNG)"
+    )]
+    VngMissing { searched: String, venv: String },
+    #[error(
+        "kernel {name} is not in {dir}: in a checkout run ci/kernels {name}; elsewhere put its image \
+         at {cache_kernels}/{name}/vmlinuz (with lib/modules/<release>/ beside boot/), or give \
+         --kernel PATH to a vmlinuz"
+    )]
+    KernelNotFetched { name: String, dir: String, cache_kernels: String },
     #[error(
         "unknown kernel {0:?}: give one of {known} (fetched by ci/kernels) or a path to a vmlinuz",
         known = KNOWN_KERNELS.join(", ")
@@ -92,8 +100,8 @@ pub struct KernelRef {
 }
 
 impl KernelRef {
-    /// Resolves a kernel name (a folder under `$HOSTDP_KERNEL_DIR` or `<repo>/ci/.cache/kernels`,
-    /// as laid out by `ci/kernels`) or a path to a kernel image.
+    /// Resolves a kernel name (a folder under one of [`kernel_dirs`], as laid out by
+    /// `ci/kernels`) or a path to a kernel image.
     pub fn resolve(name_or_path: &str) -> Result<KernelRef, VmError> {
         KernelRef::resolve_in(name_or_path, &kernel_dirs())
     }
@@ -130,7 +138,11 @@ impl KernelRef {
                 [] => "ci/.cache/kernels".to_string(),
                 dirs => dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or "),
             };
-            Err(VmError::KernelNotFetched { name: name_or_path.to_string(), dir })
+            Err(VmError::KernelNotFetched {
+                name: name_or_path.to_string(),
+                dir,
+                cache_kernels: crate::paths::get().cache.join("kernels").display().to_string(),
+            })
         } else {
             Err(VmError::UnknownKernel(name_or_path.to_string()))
         }
@@ -211,20 +223,20 @@ impl Default for VmOptions {
     }
 }
 
-/// Finds virtme-ng's `vng`: `$HOSTDP_VNG`, then `<repo>/ci/.cache/venv/bin/vng` (ci/setup's
-/// venv), then `vng` on PATH.
+/// Finds virtme-ng's `vng`: `$HOSTDP_VNG`, then the checkout's `ci/.cache/venv/bin/vng`
+/// (ci/setup's venv), then `<cache>/venv/bin/vng`, then `vng` on PATH.
 pub fn find_vng() -> Result<PathBuf, VmError> {
+    let paths = crate::paths::get();
+    let venv = paths.cache.join("venv").display().to_string();
     let mut searched = Vec::new();
-    if let Some(v) = std::env::var_os("HOSTDP_VNG").filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(v);
-        if is_executable(&p) {
-            return Ok(p);
+    if let Some(p) = &paths.vng {
+        if is_executable(p) {
+            return Ok(p.clone());
         }
         // An explicit choice that is wrong is an error, not a reason to pick another vng.
-        return Err(VmError::VngMissing { searched: format!("HOSTDP_VNG={}", p.display()) });
+        return Err(VmError::VngMissing { searched: format!("HOSTDP_VNG={}", p.display()), venv });
     }
-    if let Some(root) = repo_root() {
-        let p = root.join("ci/.cache/venv/bin/vng");
+    for p in paths.vng_candidates() {
         if is_executable(&p) {
             return Ok(p);
         }
@@ -234,7 +246,7 @@ pub fn find_vng() -> Result<PathBuf, VmError> {
         return Ok(p);
     }
     searched.push("vng on PATH".to_string());
-    Err(VmError::VngMissing { searched: searched.join(", ") })
+    Err(VmError::VngMissing { searched: searched.join(", "), venv })
 }
 
 /// Boots `kernel` and runs `command` (an argv, not a shell line: pass `sh -c '...'` for one)
@@ -503,29 +515,10 @@ fn console_tail(console: &str) -> String {
     lines[from..].join("\n")
 }
 
-/// Folders that hold named kernels: `$HOSTDP_KERNEL_DIR`, then `<repo>/ci/.cache/kernels`.
+/// Folders that hold named kernels: `$HOSTDP_KERNEL_DIR`, the checkout's `ci/.cache/kernels`,
+/// `<cache>/kernels` (see [`crate::paths`]).
 pub fn kernel_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("HOSTDP_KERNEL_DIR").filter(|d| !d.is_empty()) {
-        dirs.push(PathBuf::from(d));
-    }
-    if let Some(root) = repo_root() {
-        dirs.push(root.join("ci/.cache/kernels"));
-    }
-    dirs
-}
-
-/// The project's checkout: the nearest folder above the working directory with `ci/kernels`
-/// and `harness/Cargo.toml`, else the one this crate was built from.
-pub fn repo_root() -> Option<PathBuf> {
-    let is_root = |p: &Path| p.join("ci/kernels").is_file() && p.join("harness/Cargo.toml").is_file();
-    if let Ok(cwd) = std::env::current_dir() {
-        if let Some(r) = cwd.ancestors().find(|p| is_root(p)) {
-            return Some(r.to_path_buf());
-        }
-    }
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
-    is_root(built).then(|| built.to_path_buf())
+    crate::paths::get().kernel_dirs()
 }
 
 fn which(name: &str) -> Option<PathBuf> {

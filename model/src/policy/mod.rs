@@ -3,8 +3,8 @@
 //! v1.14.4 agent does when it parses them (`Rule.Sanitize`), turned into a small typed model that
 //! tells which endpoints a policy selects and which policy-map entries it implies.
 //!
-//! Pure logic: no kernel, no cluster. The CRD schemas are read from the shared folder at run time
-//! (see [`schema`]).
+//! Pure logic: no kernel, no cluster. The CRD schemas are compiled into the binary; `--crd`
+//! replaces them with a cluster's own (see [`schema`] and [`use_schemas`]).
 
 mod model;
 pub mod schema;
@@ -21,7 +21,7 @@ use serde_json::Value;
 pub use model::{
     Entity, Icmp, IpFamily, Operator, Peer, PeerRule, Peers, Port, PortProtocol, Protocol, Requirement, Rule, Selector,
 };
-pub use schema::{crd_dir, SchemaSet, CRD_VERSION};
+pub use schema::{SchemaSet, CRD_VERSION};
 pub use select::{
     policy_entries, reserved_identity, select_endpoints, selector_identity, Direction, Endpoint, EndpointRef, PeerId,
     PolicyEntry,
@@ -36,7 +36,7 @@ pub enum PolicyError {
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
     #[error("policy fixture {path} holds no yaml document")]
     Empty { path: PathBuf },
-    #[error("load policy schema {path}: {message}")]
+    #[error("CRD {path}: {message}")]
     Schema { path: PathBuf, message: String },
     #[error("invalid policy fixture {path}:\n{}", render(path, diagnostics))]
     Invalid { path: PathBuf, diagnostics: Vec<Diagnostic> },
@@ -137,23 +137,24 @@ const CILIUM_KINDS: &[&str] = &[
     "CiliumCIDRGroup",
 ];
 
-fn shared_schemas() -> Result<Arc<SchemaSet>, PolicyError> {
-    static SCHEMAS: OnceLock<Result<Arc<SchemaSet>, (PathBuf, String)>> = OnceLock::new();
-    let r = SCHEMAS.get_or_init(|| {
-        crd_dir().and_then(|d| SchemaSet::load(&d)).map(Arc::new).map_err(|e| match e {
-            PolicyError::Schema { path, message } => (path, message),
-            other => (PathBuf::new(), other.to_string()),
-        })
-    });
-    r.clone().map_err(|(path, message)| PolicyError::Schema { path, message })
+static SCHEMAS: OnceLock<Arc<SchemaSet>> = OnceLock::new();
+
+/// Makes `schemas` the ones [`load_fixture`] validates against for the rest of the process
+/// (`--crd`); must come before the first validation. Returns false when it came too late.
+pub fn use_schemas(schemas: SchemaSet) -> bool {
+    SCHEMAS.set(Arc::new(schemas)).is_ok()
 }
 
-/// Reads a fixture (one or more YAML documents) and validates it against the v1.14.4 CRDs found
-/// in the shared folder. Any invalid document makes the whole file invalid, with every problem
-/// listed.
+/// The schemas in use: those of [`use_schemas`], else the embedded ones.
+pub fn schemas() -> Arc<SchemaSet> {
+    SCHEMAS.get_or_init(|| Arc::new(SchemaSet::embedded())).clone()
+}
+
+/// Reads a fixture (one or more YAML documents) and validates it against the schemas in use
+/// ([`schemas`]: v1.14.4's CRDs unless `--crd` gave others). Any invalid document makes the
+/// whole file invalid, with every problem listed.
 pub fn load_fixture(path: impl AsRef<Path>) -> Result<Vec<PolicyDoc>, PolicyError> {
-    let schemas = shared_schemas()?;
-    load_fixture_with(path.as_ref(), &schemas)
+    load_fixture_with(path.as_ref(), &schemas())
 }
 
 /// [`load_fixture`] with explicit schemas (another CRD version, a test).
@@ -398,10 +399,6 @@ pub type Labels = BTreeMap<String, String>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn schemas() -> Arc<SchemaSet> {
-        shared_schemas().expect("shared CRDs (set HOSTDP_SHARED_DIR)")
-    }
 
     fn parse(text: &str) -> Result<Vec<PolicyDoc>, PolicyError> {
         parse_fixture(Path::new("t.yaml"), text, &schemas())

@@ -1,12 +1,11 @@
 //! Validation of a policy document against the CRD's OpenAPI v3 schema, the way the API server
 //! does it for `kubectl apply` (Kubernetes >= 1.25: strict server-side field validation).
 //!
-//! The CRD manifests are read at run time from the shared folder (never copied into the
-//! repository, never embedded): `$HOSTDP_SHARED_DIR/upstream/crds-<version>/`, or else the first
-//! `shared/upstream/crds-<version>/` found walking up from the current directory and then from
-//! this crate's source directory (the repository's root has `shared` one level up). A binary run
-//! where neither exists (a VM, an installed copy) must be given `HOSTDP_SHARED_DIR`; the error says
-//! so.
+//! The schemas of v1.14.4's CRDs are compiled into the binary: `schemas/cilium-v1.14.4/*.json`
+//! at the repository's root, derived from upstream's CRD manifests by `ci/derive-schemas` (see
+//! `schemas/README.md`). A CRD manifest exported from a cluster (`kubectl get crd
+//! ciliumnetworkpolicies.cilium.io -o yaml`, given with `--crd`) replaces the embedded schema of
+//! its kind ([`SchemaSet::with_crds`]).
 //!
 //! The OpenAPI schema is turned into a JSON Schema (draft 4, which OpenAPI v3.0 follows) with the
 //! API server's own readings of it:
@@ -30,8 +29,16 @@ use serde_json::{Map, Value};
 use super::yaml::{escape_pointer, YamlDoc};
 use super::{Diagnostic, PolicyError, PolicyKind};
 
-/// The upstream release whose CRDs are used.
+/// The upstream release whose CRDs are compiled in.
 pub const CRD_VERSION: &str = "v1.14.4";
+
+/// The embedded structural schemas (`openAPIV3Schema` of the `v2` version, descriptions dropped).
+const EMBEDDED_CNP: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/cilium-v1.14.4/ciliumnetworkpolicies.json"));
+const EMBEDDED_CCNP: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../schemas/cilium-v1.14.4/ciliumclusterwidenetworkpolicies.json"
+));
 
 /// Formats the Kubernetes API server checks (apiextensions' supported formats); others are dropped.
 const K8S_FORMATS: &[&str] = &[
@@ -66,59 +73,60 @@ const K8S_FORMATS: &[&str] = &[
 pub struct SchemaSet {
     cnp: Compiled,
     ccnp: Compiled,
-    /// Where the CRDs were read from, for messages.
-    pub dir: PathBuf,
 }
 
 struct Compiled {
     /// The transformed schema, kept to look up property names for suggestions.
     schema: Value,
     validator: Validator,
-}
-
-/// The shared folder's `upstream/crds-<CRD_VERSION>` directory, found as described in the module
-/// documentation.
-pub fn crd_dir() -> Result<PathBuf, PolicyError> {
-    let leaf = Path::new("upstream").join(format!("crds-{CRD_VERSION}"));
-    if let Some(dir) = std::env::var_os("HOSTDP_SHARED_DIR") {
-        let d = PathBuf::from(dir).join(&leaf);
-        return if d.is_dir() {
-            Ok(d)
-        } else {
-            Err(PolicyError::Schema { path: d, message: "HOSTDP_SHARED_DIR has no such directory".into() })
-        };
-    }
-    let mut starts = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        starts.push(cwd);
-    }
-    starts.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    for start in &starts {
-        for anc in start.ancestors() {
-            let d = anc.join("shared").join(&leaf);
-            if d.is_dir() {
-                return Ok(d);
-            }
-        }
-    }
-    Err(PolicyError::Schema {
-        path: PathBuf::from("shared").join(leaf),
-        message: format!(
-            "not found above {} nor {}; set HOSTDP_SHARED_DIR to the shared folder",
-            starts[0].display(),
-            env!("CARGO_MANIFEST_DIR")
-        ),
-    })
+    /// Where it came from: `embedded (cilium v1.14.4)` or the CRD file's path.
+    origin: String,
 }
 
 impl SchemaSet {
-    /// Reads and compiles both CRDs from `dir` (a `crds-<version>` directory).
-    pub fn load(dir: &Path) -> Result<SchemaSet, PolicyError> {
-        Ok(SchemaSet {
-            cnp: Compiled::load(&dir.join("ciliumnetworkpolicies.yaml"))?,
-            ccnp: Compiled::load(&dir.join("ciliumclusterwidenetworkpolicies.yaml"))?,
-            dir: dir.to_path_buf(),
-        })
+    /// The schemas compiled into the binary (upstream v1.14.4's).
+    pub fn embedded() -> SchemaSet {
+        let origin = format!("embedded (cilium {CRD_VERSION})");
+        let compile = |text: &str, file: &str| {
+            let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("embedded schema {file}: {e}"));
+            Compiled::new(&v, origin.clone()).unwrap_or_else(|e| panic!("embedded schema {file}: {e}"))
+        };
+        SchemaSet {
+            cnp: compile(EMBEDDED_CNP, "ciliumnetworkpolicies.json"),
+            ccnp: compile(EMBEDDED_CCNP, "ciliumclusterwidenetworkpolicies.json"),
+        }
+    }
+
+    /// The embedded schemas, each kind replaced by the CRD manifest given for it. A file may
+    /// hold one CRD, several documents, or a `kind: List` of them (`kubectl get crd A B -o
+    /// yaml`); the policy CRDs are told apart by `spec.names.kind`.
+    pub fn with_crds(files: &[PathBuf]) -> Result<SchemaSet, PolicyError> {
+        let mut set = SchemaSet::embedded();
+        let mut given: Vec<(PolicyKind, &Path)> = Vec::new();
+        for file in files {
+            for (kind, compiled) in load_crd_file(file)? {
+                if let Some((_, first)) = given.iter().find(|(k, _)| *k == kind) {
+                    return Err(PolicyError::Schema {
+                        path: file.clone(),
+                        message: format!("a second {} CRD (the first is in {})", kind.as_str(), first.display()),
+                    });
+                }
+                given.push((kind, file));
+                match kind {
+                    PolicyKind::CiliumNetworkPolicy => set.cnp = compiled,
+                    PolicyKind::CiliumClusterwideNetworkPolicy => set.ccnp = compiled,
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Where the schema of `kind` came from.
+    pub fn origin(&self, kind: PolicyKind) -> &str {
+        match kind {
+            PolicyKind::CiliumNetworkPolicy => &self.cnp.origin,
+            PolicyKind::CiliumClusterwideNetworkPolicy => &self.ccnp.origin,
+        }
     }
 
     /// Prunes nulls (as the API server does) and validates `doc.value` under `root` (a JSON
@@ -221,26 +229,64 @@ impl SchemaSet {
 }
 
 impl Compiled {
-    fn load(path: &Path) -> Result<Compiled, PolicyError> {
-        let schema_err = |message: String| PolicyError::Schema { path: path.to_path_buf(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| schema_err(format!("read: {e}")))?;
-        let docs = super::yaml::parse_documents(&text)
-            .map_err(|e| schema_err(format!("parse at line {}: {}", e.pos.line, e.message)))?;
-        let crd = docs.into_iter().next().ok_or_else(|| schema_err("no document".into()))?.value;
-        let versions = crd.pointer("/spec/versions").and_then(Value::as_array);
-        let schema = versions
-            .and_then(|vs| vs.iter().find(|v| v.get("name").and_then(Value::as_str) == Some("v2")))
-            .and_then(|v| v.pointer("/schema/openAPIV3Schema"))
-            .ok_or_else(|| schema_err("no openAPIV3Schema for version v2".into()))?;
-        let schema = to_json_schema(schema);
+    /// Compiles an `openAPIV3Schema`.
+    fn new(openapi: &Value, origin: String) -> Result<Compiled, String> {
+        let schema = to_json_schema(openapi);
         let validator = jsonschema::options()
             .with_draft(Draft::Draft4)
             .should_validate_formats(true)
             .with_format("cidr", is_cidr)
             .build(&schema)
-            .map_err(|e| schema_err(format!("compile schema: {e}")))?;
-        Ok(Compiled { schema, validator })
+            .map_err(|e| format!("compile schema: {e}"))?;
+        Ok(Compiled { schema, validator, origin })
     }
+}
+
+/// The policy CRDs of one manifest file, each compiled.
+fn load_crd_file(path: &Path) -> Result<Vec<(PolicyKind, Compiled)>, PolicyError> {
+    let err = |message: String| PolicyError::Schema { path: path.to_path_buf(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("read: {e}")))?;
+    let docs = super::yaml::parse_documents(&text)
+        .map_err(|e| err(format!("not YAML: line {}: {}", e.pos.line, e.message)))?;
+    let mut crds = Vec::new();
+    for doc in docs {
+        match doc.value.get("kind").and_then(Value::as_str) {
+            Some("List") => {
+                crds.extend(doc.value.get("items").and_then(Value::as_array).into_iter().flatten().cloned())
+            }
+            _ => crds.push(doc.value),
+        }
+    }
+    let mut out = Vec::new();
+    for crd in crds {
+        if crd.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition") {
+            let found = crd.get("kind").map_or("no kind".to_string(), |k| format!("kind {k}"));
+            return Err(err(format!(
+                "not a CustomResourceDefinition ({found}); export one with `kubectl get crd \
+                 ciliumnetworkpolicies.cilium.io -o yaml`"
+            )));
+        }
+        let kind = match crd.pointer("/spec/names/kind").and_then(Value::as_str) {
+            Some("CiliumNetworkPolicy") => PolicyKind::CiliumNetworkPolicy,
+            Some("CiliumClusterwideNetworkPolicy") => PolicyKind::CiliumClusterwideNetworkPolicy,
+            other => {
+                return Err(err(format!(
+                    "the CRD of {}, not of CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy",
+                    other.unwrap_or("no kind (spec.names.kind is missing)")
+                )))
+            }
+        };
+        let versions = crd.pointer("/spec/versions").and_then(Value::as_array);
+        let schema = versions
+            .and_then(|vs| vs.iter().find(|v| v.get("name").and_then(Value::as_str) == Some("v2")))
+            .and_then(|v| v.pointer("/schema/openAPIV3Schema"))
+            .ok_or_else(|| err(format!("the {} CRD has no openAPIV3Schema for version v2", kind.as_str())))?;
+        out.push((kind, Compiled::new(schema, path.display().to_string()).map_err(err)?));
+    }
+    if out.is_empty() {
+        return Err(err("holds no CustomResourceDefinition".into()));
+    }
+    Ok(out)
 }
 
 /// Go's `net.ParseCIDR`: an address, a slash and a prefix length that fits the family.
@@ -429,6 +475,33 @@ mod tests {
         assert!(!v.is_valid(&json!({"c": "10.0.0.0/33"})));
         assert!(!v.is_valid(&json!({"c": "10.0.0.0"})));
         assert!(!v.is_valid(&json!({"unknown": 1})));
+    }
+
+    /// What the embedded JSON holds is what `to_json_schema` reads from a CRD manifest.
+    #[test]
+    fn a_crd_file_replaces_the_embedded_schema_of_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let cnp: Value = serde_json::from_str(EMBEDDED_CNP).unwrap();
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "ciliumnetworkpolicies.cilium.io"},
+            "spec": {"names": {"kind": "CiliumNetworkPolicy"},
+                     "versions": [{"name": "v2", "schema": {"openAPIV3Schema": cnp}}]}});
+        let f = dir.path().join("cnp.yaml");
+        std::fs::write(&f, serde_json::to_string(&crd).unwrap()).unwrap();
+        let set = SchemaSet::with_crds(std::slice::from_ref(&f)).unwrap();
+        assert_eq!(set.origin(PolicyKind::CiliumNetworkPolicy), f.display().to_string());
+        assert!(set.origin(PolicyKind::CiliumClusterwideNetworkPolicy).starts_with("embedded"));
+        assert_eq!(set.cnp.schema, SchemaSet::embedded().cnp.schema);
+        let e = SchemaSet::with_crds(&[f.clone(), f.clone()]).err().unwrap().to_string();
+        assert!(e.contains("a second CiliumNetworkPolicy CRD"), "{e}");
+        let bad = dir.path().join("pod.yaml");
+        std::fs::write(&bad, "apiVersion: v1\nkind: Pod\n").unwrap();
+        let e = SchemaSet::with_crds(&[bad]).err().unwrap().to_string();
+        assert!(e.contains("pod.yaml") && e.contains("not a CustomResourceDefinition"), "{e}");
+        let other = dir.path().join("other.yaml");
+        std::fs::write(&other, "kind: CustomResourceDefinition\nspec: {names: {kind: CiliumNode}}\n").unwrap();
+        let e = SchemaSet::with_crds(&[other]).err().unwrap().to_string();
+        assert!(e.contains("the CRD of CiliumNode"), "{e}");
     }
 
     #[test]

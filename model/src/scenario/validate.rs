@@ -487,9 +487,14 @@ fn build(cx: &Ctx, raw: RawScenario) -> Result<Scenario, ScenarioError> {
     let mut links = check_topology(cx, &raw.topology)?;
 
     let base = cx.path.parent().unwrap_or(Path::new(""));
+    // Where each agent value was written, for warnings: the ConfigMap file or this file.
+    let mut origin: BTreeMap<String, (PathBuf, usize, usize)> = BTreeMap::new();
     let (mut agent, agent_ignored, agent_file) = match &raw.agent_file {
         Some(f) => {
-            let AgentFile { agent, ignored, path } = load_agent_file(cx, base, f)?;
+            let AgentFile { agent, ignored, path, positions } = load_agent_file(cx, base, f)?;
+            for (k, (line, col)) in positions {
+                origin.insert(k, (path.clone(), line, col));
+            }
             (agent, ignored, Some(path))
         }
         None => (BTreeMap::new(), Vec::new(), None),
@@ -501,6 +506,8 @@ fn build(cx: &Ctx, raw: RawScenario) -> Result<Scenario, ScenarioError> {
             return Err(cx.key_at(&at, format!("agent key \"{key}\" has no value; quote it or remove the key")));
         };
         config::check_value(&key, &value).map_err(|m| cx.at(&at, format!("agent key \"{key}\": {m}")))?;
+        let p = cx.loc.at(&at);
+        origin.insert(key.clone(), (cx.path.to_path_buf(), p.line, p.col));
         agent.insert(key, value);
     }
 
@@ -517,6 +524,8 @@ fn build(cx: &Ctx, raw: RawScenario) -> Result<Scenario, ScenarioError> {
     for (i, step) in raw.steps.into_iter().enumerate() {
         steps.push(check_step(cx, i, step, base, &mut links, &mut pods)?);
     }
+
+    let warnings = refusal_warnings(cx, &raw.profile, &agent, &origin, &steps);
 
     let name = match raw.name {
         Some(n) if n.trim().is_empty() => return Err(cx.at(&[K("name")], "name must not be empty")),
@@ -536,7 +545,69 @@ fn build(cx: &Ctx, raw: RawScenario) -> Result<Scenario, ScenarioError> {
         agent_file,
         pods: raw.pods,
         steps,
+        warnings,
     })
+}
+
+/// Values the agent refuses at start-up ([`config::start_refusal`]) are agent behaviour: the
+/// `start` step (or the `restart` that brings one, by a key or a profile change) fails with
+/// upstream's message. When no step of the scenario expects an error, that is most likely not
+/// what the author meant: a warning at the value (`path:line:col: warning: ...`).
+fn refusal_warnings(
+    cx: &Ctx,
+    profile: &str,
+    agent: &BTreeMap<String, String>,
+    origin: &BTreeMap<String, (PathBuf, usize, usize)>,
+    steps: &[Step],
+) -> Vec<String> {
+    if steps.iter().any(|s| s.expect.error.is_some()) {
+        return Vec::new();
+    }
+    let Some(mut profile) = Profile::parse(profile) else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut warn = |path: &Path, line: usize, col: usize, hint: String, step: &str| {
+        out.push(format!(
+            "{}:{line}:{col}: warning: {hint}; {step} will fail (expect that with `error:`)",
+            path.display()
+        ));
+    };
+    let refused = |map: &BTreeMap<String, String>, p: Profile| -> BTreeMap<String, String> {
+        map.iter().filter_map(|(k, v)| config::start_refusal_hint(k, v, p).map(|h| (k.clone(), h))).collect()
+    };
+    let mut before = refused(agent, profile);
+    for (k, hint) in &before {
+        if let Some((path, line, col)) = origin.get(k) {
+            warn(path, *line, *col, hint.clone(), "the start step");
+        }
+    }
+    let mut current = agent.clone();
+    for (i, step) in steps.iter().enumerate() {
+        let Action::Restart { agent: changes, profile: new_profile } = &step.action else { continue };
+        for (k, v) in changes {
+            match v {
+                Some(v) => current.insert(k.clone(), v.clone()),
+                None => current.remove(k),
+            };
+        }
+        if let Some(p) = new_profile.as_deref().and_then(Profile::parse) {
+            profile = p;
+        }
+        let now = refused(&current, profile);
+        for (k, hint) in &now {
+            if before.get(k) == Some(hint) {
+                continue;
+            }
+            let at = if changes.contains_key(k) {
+                vec![K("steps"), I(i), K("restart"), K("agent"), K(k)]
+            } else {
+                vec![K("steps"), I(i), K("restart"), K("profile")]
+            };
+            let p = cx.loc.at(&at);
+            warn(cx.path, p.line, p.col, hint.clone(), &format!("step {} (restart)", i + 1));
+        }
+        before = now;
+    }
+    out
 }
 
 fn check_requires(cx: &Ctx, r: &Requires) -> Result<(), ScenarioError> {
@@ -568,6 +639,8 @@ struct AgentFile {
     agent: BTreeMap<String, String>,
     ignored: Vec<String>,
     path: PathBuf,
+    /// Line and column of each modelled key's value in the file.
+    positions: BTreeMap<String, (usize, usize)>,
 }
 
 /// Reads `agent_file` (relative to the scenario's folder): a ConfigMap manifest whose `data`
@@ -577,18 +650,21 @@ fn load_agent_file(cx: &Ctx, base: &Path, file: &str) -> Result<AgentFile, Scena
     let bytes = std::fs::read(&resolved).map_err(|e| {
         cx.at(&[K("agent_file")], format!("cannot read agent_file \"{file}\" ({}): {e}", resolved.display()))
     })?;
-    let (agent, ignored) = parse_config_map(&resolved, &bytes)?;
-    Ok(AgentFile { agent, ignored, path: resolved })
+    let (agent, ignored, positions) = parse_config_map(&resolved, &bytes)?;
+    Ok(AgentFile { agent, ignored, path: resolved, positions })
 }
 
 /// Reads a `cilium-config` ConfigMap manifest: the `data` keys the profiles model (values
 /// checked), and the names of the others, which are ignored rather than rejected.
 pub fn load_config_map(path: &Path) -> Result<(BTreeMap<String, String>, Vec<String>), ScenarioError> {
     let bytes = std::fs::read(path).map_err(|source| ScenarioError::Read { path: path.to_path_buf(), source })?;
-    parse_config_map(path, &bytes)
+    parse_config_map(path, &bytes).map(|(agent, ignored, _)| (agent, ignored))
 }
 
-fn parse_config_map(resolved: &Path, bytes: &[u8]) -> Result<(BTreeMap<String, String>, Vec<String>), ScenarioError> {
+/// The modelled keys of a ConfigMap, the names of the others, and where each modelled value is.
+type ConfigMapKeys = (BTreeMap<String, String>, Vec<String>, BTreeMap<String, (usize, usize)>);
+
+fn parse_config_map(resolved: &Path, bytes: &[u8]) -> Result<ConfigMapKeys, ScenarioError> {
     let resolved = resolved.to_path_buf();
     let at_file =
         |line: usize, col: usize, message: String| ScenarioError::At { path: resolved.clone(), line, col, message };
@@ -605,8 +681,10 @@ fn parse_config_map(resolved: &Path, bytes: &[u8]) -> Result<(BTreeMap<String, S
     }
     let mut agent = BTreeMap::new();
     let mut ignored = Vec::new();
+    let mut positions = BTreeMap::new();
     for (key, value) in cm.data {
         let p = loc.at(&[K("data"), K(&key)]);
+        positions.insert(key.clone(), (p.line, p.col));
         if !config::known_keys().contains(&key.as_str()) {
             ignored.push(key);
             continue;
@@ -618,7 +696,7 @@ fn parse_config_map(resolved: &Path, bytes: &[u8]) -> Result<(BTreeMap<String, S
             .map_err(|m| at_file(p.line, p.col, format!("ConfigMap key \"{key}\": {m}")))?;
         agent.insert(key, value);
     }
-    Ok((agent, ignored))
+    Ok((agent, ignored, positions))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -894,12 +972,11 @@ fn pod_key(name: &str) -> String {
     }
 }
 
-/// A policy fixture as the agent will load it; the message carries the fixture's
-/// `path:line:col` of each problem. Without the CRD schemas (no shared folder) it cannot be
-/// checked here and is left to the run.
+/// A policy fixture as the agent will load it (against the schemas in use: the embedded ones or
+/// `--crd`'s); the message carries the fixture's `path:line:col` of each problem.
 fn check_policy_fixture(path: &Path) -> Result<(), String> {
     match crate::policy::load_fixture(path) {
-        Ok(_) | Err(crate::policy::PolicyError::Schema { .. }) => Ok(()),
+        Ok(_) => Ok(()),
         Err(e) => Err(e.to_string().replace('\n', "\n  ")),
     }
 }
