@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use crate::runner;
 use crate::sys::topology::RunId;
-use hostdp_model::exit;
 use hostdp_model::observed::{Attachment, Hook, Mechanism};
 use hostdp_model::profile::Profile;
 use hostdp_model::record::{ScenarioRecord, Status};
@@ -206,7 +205,7 @@ pub fn run(args: &DiffArgs) -> Result<Vec<ScenarioDiff>, DiffError> {
             // The guest runs files: one copy per profile beside the original, so that relative
             // fixture paths still resolve; the guard removes them whatever happens.
             let copies = Copies::write(&scenarios, &profiles)?;
-            let run = runner::run_target(target, &copies.paths, 1)
+            let run = crate::target::run_target(target, &copies.paths, 1)
                 .map_err(|e| DiffError::Run { target: target.clone(), message: e.to_string() })?;
             for (i, sc) in scenarios.iter().enumerate() {
                 let recs: Vec<ScenarioRecord> = (0..profiles.len())
@@ -313,38 +312,6 @@ pub fn table(diffs: &[ScenarioDiff]) -> String {
     }
     let _ = writeln!(out, "{differing} of {} scenario(s) differ between profiles", diffs.len());
     out
-}
-
-/// `hostdp diff`: 0 no differences, 1 some, 2 invalid input, 4 environment.
-pub fn cli(args: &DiffArgs) -> i32 {
-    if let Err(code) = runner::valid_files_as_root("diff", &args.paths) {
-        return code;
-    }
-    crate::sys::topology::install_signal_cleanup();
-    let diffs = match run(args) {
-        Ok(d) => d,
-        Err(e @ (DiffError::Profile(_) | DiffError::TooFew(_) | DiffError::Scenario(_))) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::ENVIRONMENT;
-        }
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "scenarios": diffs })).expect("serialise the diff")
-        );
-    } else {
-        print!("{}", table(&diffs));
-    }
-    if diffs.iter().any(ScenarioDiff::differs) {
-        exit::FAILED
-    } else {
-        exit::OK
-    }
 }
 
 #[cfg(test)]

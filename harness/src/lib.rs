@@ -10,8 +10,12 @@ pub use hostdp_model as model;
 
 pub mod sys;
 
+pub mod paths;
+
 pub mod agent;
+pub mod cli;
 pub mod diff;
 pub mod explain;
-pub mod paths;
 pub mod runner;
+pub mod target;
+pub mod testing;

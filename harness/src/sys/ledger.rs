@@ -344,62 +344,6 @@ pub fn summary(s: &Snapshot) -> String {
     format!("{} item(s): {} ({} of other live runs)", s.items.len(), parts.join(", "), s.foreign.len())
 }
 
-/// `hostdp ledger save FILE`: exit 0, or 4 when the file cannot be written.
-pub fn cli_save(path: &Path) -> i32 {
-    let s = snapshot();
-    match save(path, &s) {
-        Ok(()) => {
-            println!("hostdp ledger: saved {} to {}", summary(&s), path.display());
-            hostdp_model::exit::OK
-        }
-        Err(e) => {
-            eprintln!("hostdp {e}");
-            hostdp_model::exit::ENVIRONMENT
-        }
-    }
-}
-
-/// `hostdp ledger diff FILE`: exit 0 when nothing differs (after waiting up to `wait` for the
-/// kernel to free programs), 1 when something was left behind or removed, 2 for a bad file.
-pub fn cli_diff(path: &Path, wait: Duration) -> i32 {
-    let before = match load(path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("hostdp {e}");
-            return hostdp_model::exit::INVALID;
-        }
-    };
-    let d = diff_settled(&before, wait);
-    if d.is_empty() {
-        println!("hostdp ledger: no difference from {} ({} item(s))", path.display(), before.items.len());
-        print!("{d}");
-        hostdp_model::exit::OK
-    } else {
-        println!(
-            "hostdp ledger: {} item(s) left behind, {} removed, compared with {}:",
-            d.added.len(),
-            d.removed.len(),
-            path.display()
-        );
-        print!("{d}");
-        hostdp_model::exit::FAILED
-    }
-}
-
-/// `hostdp ledger show`: prints the machine's snapshot.
-pub fn cli_show() -> i32 {
-    let s = snapshot();
-    for i in &s.items {
-        let mark = if s.foreign.contains(i) { "  (other live run)" } else { "" };
-        println!("{i}{mark}");
-    }
-    for n in &s.notes {
-        println!("# {n}");
-    }
-    println!("# {}", summary(&s));
-    hostdp_model::exit::OK
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

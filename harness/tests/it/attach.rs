@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::support::NsGuard;
 use hostdp::model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
 use hostdp::model::observed::{Attachment, Hook, Mechanism};
 use hostdp::sys::attach::{self, AttachContext, AttachError, DeviceConfig, OpOutcome};
@@ -24,26 +25,17 @@ const FROM_HOST: ProgramRef = ProgramRef { object: Object::Host, symbol: "cil_fr
 const XDP_ENTRY: ProgramRef = ProgramRef { object: Object::Xdp, symbol: "cil_xdp_entry" };
 
 /// Deletes the namespace on drop, even when the test panics.
-struct NsGuard(Netns);
-
-impl Drop for NsGuard {
-    fn drop(&mut self) {
-        let _ = self.0.delete();
-    }
-}
-
 fn skip() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root");
-        return true;
-    }
-    false
+    !crate::support::root_or_skip()
 }
 
 fn ns(name: &str) -> NsGuard {
     let full = format!("hostdp-t{}-{name}", std::process::id());
     let _ = hostdp::sys::netns::delete_named(&full);
-    NsGuard(Netns::create(&full).expect("create namespace"))
+    {
+        Netns::create(&full).expect("create namespace");
+        NsGuard(full)
+    }
 }
 
 /// `veth0` in `a` paired with `veth1` in `b`, both up.
@@ -100,7 +92,7 @@ fn bench(name: &str) -> Option<Bench> {
     }
     let node = ns(name);
     let wire = ns(&format!("{name}w"));
-    veth_pair(&node.0, &wire.0);
+    veth_pair(&node.ns(), &wire.ns());
     let cache = tempfile::tempdir().unwrap();
     let ctx = context(cache.path());
     Some(Bench { node, wire, ctx, _cache: cache })
@@ -224,15 +216,15 @@ fn plan_attaches_filters_that_tools_see_and_that_run() {
         attach_tc("cilium_host", Hook::Egress, FROM_HOST, VlanAllow::Ids(vec![])),
         attach_tc("cilium_net", Hook::Ingress, TO_HOST, VlanAllow::Ids(vec![])),
     ];
-    let report = attach::execute(&node.0, &ctx, &ops).unwrap();
+    let report = attach::execute(&node.ns(), &ctx, &ops).unwrap();
     assert_eq!(report.outcomes[0], OpOutcome::HostDevices { created: true });
     // One object, four programs from it: clang ran once.
     assert_eq!(ctx.compiler.clang_invocations(), 1);
-    attach::foreign(&node.0, &ctx, "veth0", Hook::Egress, "foreign_tc").unwrap();
+    attach::foreign(&node.ns(), &ctx, "veth0", Hook::Egress, "foreign_tc").unwrap();
     assert_eq!(ctx.compiler.clang_invocations(), 2);
 
     // Every aya handle is gone by now: what follows sees only what the kernel keeps.
-    let atts = inspect::inspect_netns(&node.0).unwrap();
+    let atts = inspect::inspect_netns(&node.ns()).unwrap();
     let summary: Vec<_> = atts
         .iter()
         .map(|a| (a.device.as_str(), a.hook, a.program.as_str(), a.filter.as_deref(), a.priority, a.handle))
@@ -257,9 +249,9 @@ fn plan_attaches_filters_that_tools_see_and_that_run() {
         ("cilium_host", Hook::Ingress),
         ("cilium_net", Hook::Ingress),
     ] {
-        assert_eq!(tc_show(&node.0, dev, hook), inspect_tc(&atts, dev, hook), "{dev} {hook:?}");
+        assert_eq!(tc_show(&node.ns(), dev, hook), inspect_tc(&atts, dev, hook), "{dev} {hook:?}");
     }
-    let (bt_tc, bt_xdp) = bpftool_net(&node.0);
+    let (bt_tc, bt_xdp) = bpftool_net(&node.ns());
     let mut from_bpftool: Vec<(String, String, String, u64)> = bt_tc
         .iter()
         .map(|e| {
@@ -280,7 +272,7 @@ fn plan_attaches_filters_that_tools_see_and_that_run() {
     assert_eq!(from_bpftool, from_inspect);
     assert!(bt_xdp.is_empty());
     for a in &atts {
-        assert_eq!(program_name(&node.0, a.prog_id), a.program);
+        assert_eq!(program_name(&node.ns(), a.prog_id), a.program);
     }
 
     // Traffic: the attached programs run, and cil_from_netdev applies the VLAN filter.
@@ -288,27 +280,27 @@ fn plan_attaches_filters_that_tools_see_and_that_run() {
     let egress = on(&atts, "veth0", Hook::Egress)[0].prog_id;
     let foreign = on(&atts, "veth0", Hook::Egress)[1].prog_id;
     let before = inspect::counters(ingress).unwrap();
-    wire.0.run(|| send_frames("veth1", None, 3)).unwrap();
+    wire.ns().run(|| send_frames("veth1", None, 3)).unwrap();
     let after_plain = inspect::counters(ingress).unwrap();
     assert!(after_plain.seen >= before.seen + 3, "{before:?} → {after_plain:?}");
     assert_eq!(after_plain.dropped, before.dropped);
-    wire.0.run(|| send_frames("veth1", Some(100), 2)).unwrap();
+    wire.ns().run(|| send_frames("veth1", Some(100), 2)).unwrap();
     let after_100 = inspect::counters(ingress).unwrap();
     assert_eq!(after_100.dropped, before.dropped + 2, "VLAN 100 is not allowed on veth0");
-    wire.0.run(|| send_frames("veth1", Some(212), 2)).unwrap();
+    wire.ns().run(|| send_frames("veth1", Some(212), 2)).unwrap();
     let after_212 = inspect::counters(ingress).unwrap();
     assert_eq!(after_212.dropped, after_100.dropped, "VLAN 212 is allowed on veth0");
     assert!(after_212.seen >= after_100.seen + 2);
     let (e0, f0) = (inspect::counters(egress).unwrap(), inspect::counters(foreign).unwrap());
-    node.0.run(|| send_frames("veth0", None, 2)).unwrap();
+    node.ns().run(|| send_frames("veth0", None, 2)).unwrap();
     assert!(inspect::counters(egress).unwrap().seen >= e0.seen + 2);
     // Direct action: cil_to_netdev's TC_ACT_OK ends the chain, the filter at priority 100
     // never sees these frames.
     assert_eq!(inspect::counters(foreign).unwrap().seen, f0.seen);
 
     // Re-attaching replaces in place (same name, priority, handle), with a new program.
-    attach::execute(&node.0, &ctx, &[attach_tc("veth0", Hook::Ingress, FROM_NETDEV, VlanAllow::All)]).unwrap();
-    let again = inspect::inspect_netns(&node.0).unwrap();
+    attach::execute(&node.ns(), &ctx, &[attach_tc("veth0", Hook::Ingress, FROM_NETDEV, VlanAllow::All)]).unwrap();
+    let again = inspect::inspect_netns(&node.ns()).unwrap();
     let now = on(&again, "veth0", Hook::Ingress);
     assert_eq!(now.len(), 1);
     assert_ne!(now[0].prog_id, ingress);
@@ -316,24 +308,24 @@ fn plan_attaches_filters_that_tools_see_and_that_run() {
 
     // FlushTc removes every egress filter, foreign too; RemoveObsoleteTc clears ingress.
     let r = attach::execute(
-        &node.0,
+        &node.ns(),
         &ctx,
         &[Op::FlushTc { device: "veth0".into(), hook: Hook::Egress }, Op::RemoveObsoleteTc { device: "veth0".into() }],
     )
     .unwrap();
     assert_eq!(r.outcomes[0], OpOutcome::TcFlushed { device: "veth0".into(), hook: Hook::Egress, removed: 2 });
     assert_eq!(r.outcomes[1], OpOutcome::ObsoleteRemoved { device: "veth0".into(), hooks: vec![Hook::Ingress] });
-    let left = inspect::inspect_netns(&node.0).unwrap();
+    let left = inspect::inspect_netns(&node.ns()).unwrap();
     assert!(left.iter().all(|a| a.device != "veth0"), "{left:?}");
     assert_eq!(left.len(), 3);
-    assert!(tc_show(&node.0, "veth0", Hook::Ingress).is_empty());
-    assert!(tc_show(&node.0, "veth0", Hook::Egress).is_empty());
+    assert!(tc_show(&node.ns(), "veth0", Hook::Ingress).is_empty());
+    assert!(tc_show(&node.ns(), "veth0", Hook::Egress).is_empty());
     // Obsolete clean-up leaves foreign filters alone.
-    attach::foreign(&node.0, &ctx, "veth0", Hook::Ingress, "foreign_tc").unwrap();
-    attach::execute(&node.0, &ctx, &[Op::RemoveObsoleteTc { device: "veth0".into() }]).unwrap();
-    assert_eq!(tc_show(&node.0, "veth0", Hook::Ingress).len(), 1);
+    attach::foreign(&node.ns(), &ctx, "veth0", Hook::Ingress, "foreign_tc").unwrap();
+    attach::execute(&node.ns(), &ctx, &[Op::RemoveObsoleteTc { device: "veth0".into() }]).unwrap();
+    assert_eq!(tc_show(&node.ns(), "veth0", Hook::Ingress).len(), 1);
     // Host devices exist already: not created twice.
-    let r = attach::execute(&node.0, &ctx, &[Op::CreateHostDevices]).unwrap();
+    let r = attach::execute(&node.ns(), &ctx, &[Op::CreateHostDevices]).unwrap();
     assert_eq!(r.outcomes[0], OpOutcome::HostDevices { created: false });
 }
 
@@ -341,14 +333,14 @@ fn plan_attaches_filters_that_tools_see_and_that_run() {
 fn xdp_generic_native_and_detach() {
     let Some(Bench { node, wire, ctx, _cache }) = bench("xdp") else { return };
     let r = attach::execute(
-        &node.0,
+        &node.ns(),
         &ctx,
         &[Op::AttachXdp { device: "veth0".into(), program: XDP_ENTRY, mode: XdpMode::Generic }],
     )
     .unwrap();
     let OpOutcome::XdpAttached { prog_id, ref mode, .. } = r.outcomes[0] else { panic!("{r:?}") };
     assert_eq!(mode, "generic");
-    let atts = inspect::inspect_netns(&node.0).unwrap();
+    let atts = inspect::inspect_netns(&node.ns()).unwrap();
     assert_eq!(atts.len(), 1);
     let a = &atts[0];
     assert_eq!(
@@ -356,40 +348,40 @@ fn xdp_generic_native_and_detach() {
         ("veth0", Hook::Xdp, Mechanism::Xdp, "cil_xdp_entry")
     );
     assert_eq!((a.prog_id, a.mode.as_deref()), (prog_id, Some("generic")));
-    let (_, bt_xdp) = bpftool_net(&node.0);
+    let (_, bt_xdp) = bpftool_net(&node.ns());
     assert_eq!(bt_xdp.len(), 1);
     assert_eq!(bt_xdp[0]["devname"], "veth0");
     assert_eq!(bt_xdp[0]["mode"], "generic");
     assert_eq!(bt_xdp[0]["id"].as_u64(), Some(prog_id as u64));
-    let ip = run_tool(&node.0, &["ip", "link", "show", "dev", "veth0"]);
+    let ip = run_tool(&node.ns(), &["ip", "link", "show", "dev", "veth0"]);
     assert!(ip.contains(" xdpgeneric ") && ip.contains(&format!("prog/xdp id {prog_id} ")), "{ip}");
 
     // It runs: frames arriving on veth0 go through it.
     let c0 = inspect::counters(prog_id).unwrap();
-    wire.0.run(|| send_frames("veth1", None, 2)).unwrap();
+    wire.ns().run(|| send_frames("veth1", None, 2)).unwrap();
     assert!(inspect::counters(prog_id).unwrap().seen >= c0.seen + 2);
 
     // A foreign XDP program replaces it in the same (generic) mode.
-    let foreign = attach::foreign(&node.0, &ctx, "veth0", Hook::Xdp, "foreign_xdp").unwrap();
-    let atts = inspect::inspect_netns(&node.0).unwrap();
+    let foreign = attach::foreign(&node.ns(), &ctx, "veth0", Hook::Xdp, "foreign_xdp").unwrap();
+    let atts = inspect::inspect_netns(&node.ns()).unwrap();
     assert_eq!((atts[0].program.as_str(), atts[0].prog_id), ("foreign_xdp", foreign));
-    assert!(attach::foreign(&node.0, &ctx, "veth0", Hook::Ingress, "foreign_xdp").is_err());
+    assert!(attach::foreign(&node.ns(), &ctx, "veth0", Hook::Ingress, "foreign_xdp").is_err());
 
-    let r = attach::execute(&node.0, &ctx, &[Op::DetachXdp { device: "veth0".into() }]).unwrap();
+    let r = attach::execute(&node.ns(), &ctx, &[Op::DetachXdp { device: "veth0".into() }]).unwrap();
     assert_eq!(r.outcomes[0], OpOutcome::XdpDetached { device: "veth0".into(), prog_ids: vec![foreign] });
-    assert!(inspect::inspect_netns(&node.0).unwrap().is_empty());
+    assert!(inspect::inspect_netns(&node.ns()).unwrap().is_empty());
 
     // veth takes native XDP; loopback refuses it with a clear error.
     attach::execute(
-        &node.0,
+        &node.ns(),
         &ctx,
         &[Op::AttachXdp { device: "veth0".into(), program: XDP_ENTRY, mode: XdpMode::Native }],
     )
     .unwrap();
-    let atts = inspect::inspect_netns(&node.0).unwrap();
+    let atts = inspect::inspect_netns(&node.ns()).unwrap();
     assert_eq!(atts[0].mode.as_deref(), Some("native"));
     let e = attach::execute(
-        &node.0,
+        &node.ns(),
         &ctx,
         &[Op::AttachXdp { device: "lo".into(), program: XDP_ENTRY, mode: XdpMode::Native }],
     )
@@ -412,7 +404,7 @@ fn missing_link_is_named() {
         Op::FlushTc { device: "nope0".into(), hook: Hook::Egress },
         Op::DetachXdp { device: "nope0".into() },
     ] {
-        let e = attach::execute(&node.0, &ctx, &[op]).unwrap_err();
+        let e = attach::execute(&node.ns(), &ctx, &[op]).unwrap_err();
         assert!(matches!(e, AttachError::NoLink { .. }), "{e}");
         assert!(e.to_string().contains("nope0"), "{e}");
     }
@@ -458,11 +450,11 @@ fn tcx_attach_pins_and_inspect_sees_it() {
     let pin = fs.path().join("devices/veth0/links/cil_from_netdev");
     let cfg = DeviceConfig::default();
     // A legacy filter on the same hook too: tcx runs first, so the inspector lists it first.
-    attach::foreign(&node.0, &ctx, "veth0", Hook::Ingress, "foreign_tc").unwrap();
-    let t = attach::attach_tcx(&node.0, &ctx, "veth0", Hook::Ingress, FROM_NETDEV, &cfg, &pin).unwrap();
+    attach::foreign(&node.ns(), &ctx, "veth0", Hook::Ingress, "foreign_tc").unwrap();
+    let t = attach::attach_tcx(&node.ns(), &ctx, "veth0", Hook::Ingress, FROM_NETDEV, &cfg, &pin).unwrap();
     assert!(!t.updated && pin.exists());
 
-    let atts = inspect::inspect_netns(&node.0).unwrap();
+    let atts = inspect::inspect_netns(&node.ns()).unwrap();
     let ing = on(&atts, "veth0", Hook::Ingress);
     assert_eq!(ing.len(), 2, "{atts:?}");
     assert_eq!(
@@ -472,22 +464,22 @@ fn tcx_attach_pins_and_inspect_sees_it() {
     assert_eq!(ing[0].filter, None);
     assert_eq!((ing[1].mechanism, ing[1].program.as_str()), (Mechanism::Tc, "foreign_tc"));
     // tc sees only the legacy filter; bpftool's program view agrees on the tcx program.
-    let shown = tc_show(&node.0, "veth0", Hook::Ingress);
+    let shown = tc_show(&node.ns(), "veth0", Hook::Ingress);
     assert_eq!(shown.len(), 1);
     assert_eq!(shown[0].0, "foreign_tc");
-    assert_eq!(program_name(&node.0, t.prog_id), "cil_from_netdev");
+    assert_eq!(program_name(&node.ns(), t.prog_id), "cil_from_netdev");
 
     // It runs.
     let c0 = inspect::counters(t.prog_id).unwrap();
-    wire.0.run(|| send_frames("veth1", None, 2)).unwrap();
+    wire.ns().run(|| send_frames("veth1", None, 2)).unwrap();
     assert!(inspect::counters(t.prog_id).unwrap().seen >= c0.seen + 2);
 
     // Attaching again through the pin updates the same link in place.
-    let t2 = attach::attach_tcx(&node.0, &ctx, "veth0", Hook::Ingress, FROM_NETDEV, &cfg, &pin).unwrap();
+    let t2 = attach::attach_tcx(&node.ns(), &ctx, "veth0", Hook::Ingress, FROM_NETDEV, &cfg, &pin).unwrap();
     assert!(t2.updated);
     assert_ne!(t2.prog_id, t.prog_id);
     let ing: Vec<_> =
-        inspect::inspect_netns(&node.0).unwrap().into_iter().filter(|a| a.mechanism == Mechanism::Tcx).collect();
+        inspect::inspect_netns(&node.ns()).unwrap().into_iter().filter(|a| a.mechanism == Mechanism::Tcx).collect();
     assert_eq!(ing.len(), 1);
     assert_eq!(ing[0].prog_id, t2.prog_id);
 
@@ -495,7 +487,7 @@ fn tcx_attach_pins_and_inspect_sees_it() {
     assert!(attach::detach_tcx(&pin).unwrap());
     let mut gone = false;
     for _ in 0..50 {
-        if inspect::inspect_netns(&node.0).unwrap().iter().all(|a| a.mechanism != Mechanism::Tcx) {
+        if inspect::inspect_netns(&node.ns()).unwrap().iter().all(|a| a.mechanism != Mechanism::Tcx) {
             gone = true;
             break;
         }
@@ -537,19 +529,19 @@ fn a_devices_programs_share_one_opened_object() {
         attach_tc("veth0", Hook::Egress, TO_NETDEV, VlanAllow::Ids(vec![])),
         attach_tc("cilium_host", Hook::Ingress, TO_HOST, VlanAllow::Ids(vec![])),
     ];
-    let ids = attached_ids(&attach::execute(&node.0, &ctx, &ops).unwrap());
+    let ids = attached_ids(&attach::execute(&node.ns(), &ctx, &ops).unwrap());
     let [ingress, egress, host] = ids[..] else { panic!("three attachments expected, got {ids:?}") };
-    let (mi, me, mh) = (map_ids(&node.0, ingress), map_ids(&node.0, egress), map_ids(&node.0, host));
+    let (mi, me, mh) = (map_ids(&node.ns(), ingress), map_ids(&node.ns(), egress), map_ids(&node.ns(), host));
     assert!(!mi.is_empty(), "bpftool shows no maps for program {ingress}");
     assert_eq!(mi, me, "veth0's ingress and egress programs should share their object's maps");
     assert!(mh.iter().all(|m| !mi.contains(m)), "cilium_host's program shares maps with veth0's: {mh:?} / {mi:?}");
 
     // Re-attaching the egress alone (a later regeneration) opens the object again.
     let again = attached_ids(
-        &attach::execute(&node.0, &ctx, &[attach_tc("veth0", Hook::Egress, TO_NETDEV, VlanAllow::Ids(vec![]))])
+        &attach::execute(&node.ns(), &ctx, &[attach_tc("veth0", Hook::Egress, TO_NETDEV, VlanAllow::Ids(vec![]))])
             .unwrap(),
     );
-    let later = map_ids(&node.0, again[0]);
+    let later = map_ids(&node.ns(), again[0]);
     assert!(later.iter().all(|m| !mi.contains(m)), "a new batch reused an old object's maps");
 }
 
@@ -572,41 +564,41 @@ fn encap_device_lifecycle_and_overlay_filters() {
         attach_tc(dev, Hook::Ingress, from, VlanAllow::Ids(vec![])),
         attach_tc(dev, Hook::Egress, to, VlanAllow::Ids(vec![])),
     ];
-    let r = attach::execute(&node.0, &ctx, &ops).unwrap();
+    let r = attach::execute(&node.ns(), &ctx, &ops).unwrap();
     assert_eq!(r.outcomes[0], OpOutcome::EncapDevice { device: dev.into(), action: EncapAction::Created });
-    let details = run_tool(&node.0, &["ip", "-d", "link", "show", dev]);
+    let details = run_tool(&node.ns(), &["ip", "-d", "link", "show", dev]);
     assert!(details.contains("vxlan external") && details.contains("dstport 8472"), "{details}");
     assert!(details.contains(",UP") || details.contains("<UP"), "{details}");
     // The filters as iproute2 and the inspector see them, the programs as bpftool names them.
-    let atts = inspect::inspect_netns(&node.0).unwrap();
+    let atts = inspect::inspect_netns(&node.ns()).unwrap();
     for (hook, name, kernel_name) in [
         (Hook::Ingress, "cil_from_overlay-cilium_vxlan", "cil_from_overlay"),
         (Hook::Egress, "cil_to_overlay-cilium_vxlan", "cil_to_overlay"),
     ] {
-        let shown = tc_show(&node.0, dev, hook);
+        let shown = tc_show(&node.ns(), dev, hook);
         assert_eq!(shown, inspect_tc(&atts, dev, hook));
         assert_eq!(shown.len(), 1);
         assert_eq!((shown[0].0.as_str(), shown[0].1, shown[0].2, shown[0].5), (name, 1, 1, true));
-        assert_eq!(program_name(&node.0, shown[0].3), kernel_name);
+        assert_eq!(program_name(&node.ns(), shown[0].3), kernel_name);
     }
     // Frames sent out of the device run cil_to_overlay (its counter slot is read back).
     let egress = on(&atts, dev, Hook::Egress)[0].prog_id;
-    node.0.run(|| send_frames(dev, None, 2)).unwrap();
+    node.ns().run(|| send_frames(dev, None, 2)).unwrap();
     let c = inspect::counters(egress).unwrap();
     assert!(c.seen >= 2 && c.dropped == 0, "{c:?}");
     // Same kind and port: kept, with its filters.
-    let r = attach::execute(&node.0, &ctx, &[ensure(8472)]).unwrap();
+    let r = attach::execute(&node.ns(), &ctx, &[ensure(8472)]).unwrap();
     assert_eq!(r.outcomes[0], OpOutcome::EncapDevice { device: dev.into(), action: EncapAction::Kept });
-    assert_eq!(tc_show(&node.0, dev, Hook::Ingress).len(), 1);
+    assert_eq!(tc_show(&node.ns(), dev, Hook::Ingress).len(), 1);
     // Another port: the device is made again, and the old one's filters went with it.
-    let r = attach::execute(&node.0, &ctx, &[ensure(4789)]).unwrap();
+    let r = attach::execute(&node.ns(), &ctx, &[ensure(4789)]).unwrap();
     assert_eq!(r.outcomes[0], OpOutcome::EncapDevice { device: dev.into(), action: EncapAction::Recreated });
-    assert!(run_tool(&node.0, &["ip", "-d", "link", "show", dev]).contains("dstport 4789"));
-    assert!(tc_show(&node.0, dev, Hook::Ingress).is_empty());
+    assert!(run_tool(&node.ns(), &["ip", "-d", "link", "show", dev]).contains("dstport 4789"));
+    assert!(tc_show(&node.ns(), dev, Hook::Ingress).is_empty());
     // Deleted if present; absent is fine.
     let del = [Op::DeleteLink { device: dev.into() }];
-    let r = attach::execute(&node.0, &ctx, &del).unwrap();
+    let r = attach::execute(&node.ns(), &ctx, &del).unwrap();
     assert_eq!(r.outcomes[0], OpOutcome::LinkDeleted { device: dev.into(), existed: true });
-    let r = attach::execute(&node.0, &ctx, &del).unwrap();
+    let r = attach::execute(&node.ns(), &ctx, &del).unwrap();
     assert_eq!(r.outcomes[0], OpOutcome::LinkDeleted { device: dev.into(), existed: false });
 }

@@ -12,14 +12,9 @@ use hostdp::sys::netlink::{self};
 use hostdp::sys::netns::{self, Netns};
 use hostdp::sys::topology::{self, Node, RunId, TopologyError};
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 macro_rules! need_root {
     () => {
-        if !is_root() {
-            eprintln!("skipping: needs root");
+        if !crate::support::root_or_skip() {
             return;
         }
     };
@@ -321,12 +316,7 @@ fn failed_build_leaves_nothing_behind() {
 }
 
 /// Deletes a namespace at the end of a test even when an assertion failed.
-struct NsGuard(String);
-impl Drop for NsGuard {
-    fn drop(&mut self) {
-        let _ = netns::delete_named(&self.0);
-    }
-}
+use crate::support::NsGuard;
 
 #[test]
 fn stale_cleanup_removes_dead_runs_only() {
@@ -406,7 +396,7 @@ fn signal_child() {
 fn sigterm_removes_everything() {
     need_root!();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "signal_child", "--nocapture", "--test-threads=1"])
+        .args(["--exact", "topology::signal_child", "--nocapture", "--test-threads=1"])
         .env("HOSTDP_SIGNAL_CHILD", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -24,7 +24,7 @@ fn root() -> PathBuf {
 fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "policy map tests need root (namespaces, bpf): sudo -E cargo test --test policy_maps"
+        "policy map tests need root (namespaces, bpf): sudo -E cargo test --test it -- policy_maps::"
     );
 }
 

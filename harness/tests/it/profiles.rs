@@ -31,8 +31,7 @@ steps:
 ";
 
 fn runnable() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root");
+    if !crate::support::root_or_skip() {
         return false;
     }
     if !hostdp::sys::caps::probe(&hostdp::runner::cache_dir()).has("tcx") {

@@ -1,0 +1,72 @@
+//! `hostdp check`: validates scenario files and the fixtures they name, without privileges.
+
+use std::path::{Path, PathBuf};
+
+use crate::model::exit;
+use crate::model::scenario;
+
+/// Arguments of `hostdp check`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Validate policies against this CRD manifest (`kubectl get crd
+    /// ciliumnetworkpolicies.cilium.io -o yaml`) instead of the embedded v1.14.4 schema of its
+    /// kind; give it twice for both policy kinds.
+    #[arg(long = "crd", value_name = "FILE")]
+    pub crds: Vec<PathBuf>,
+    /// Files or folders (default: scenarios/).
+    pub paths: Vec<PathBuf>,
+}
+
+/// `hostdp check`.
+pub fn exec(args: Args) -> i32 {
+    let paths = &super::default_paths(args.paths);
+    // Files that are policy fixtures are validated as such (against the CRD schema); the rest
+    // are scenario files, which also get the fixtures they name validated.
+    let mut expand_errors = Vec::new();
+    let files = scenario::expand(paths, &mut expand_errors);
+    let (policies, scenarios): (Vec<PathBuf>, Vec<PathBuf>) = files.into_iter().partition(|f| is_policy_fixture(f));
+    let mut bad = expand_errors.len();
+    for e in &expand_errors {
+        eprintln!("{e}");
+    }
+    let checked = if scenarios.is_empty() { scenario::Checked::default() } else { scenario::check_all(&scenarios) };
+    let (scenarios_ok, errors) = (checked.ok, checked.errors);
+    let mut policies_ok = 0;
+    for w in &checked.warnings {
+        eprintln!("{w}");
+    }
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    bad += errors.len();
+    for f in &policies {
+        match hostdp_model::policy::load_fixture(f) {
+            Ok(docs) => {
+                policies_ok += 1;
+                for d in &docs {
+                    if let hostdp_model::policy::PolicyDoc::NotAPolicy { kind, line, .. } = d {
+                        eprintln!("{}:{line}: note: a {kind}, not a policy; ignored", f.display());
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad == 0 {
+        println!("{scenarios_ok} scenario file(s) and {policies_ok} policy fixture(s) valid");
+        exit::OK
+    } else {
+        eprintln!("{bad} invalid file(s) of {} checked", scenarios_ok + policies_ok + bad);
+        exit::INVALID
+    }
+}
+
+/// A YAML file whose documents are Cilium policies (a top-level `apiVersion: cilium.io/...`).
+fn is_policy_fixture(f: &Path) -> bool {
+    std::fs::read_to_string(f)
+        .map(|t| t.lines().any(|l| l.starts_with("apiVersion:") && l.contains("cilium.io/")))
+        .unwrap_or(false)
+}
