@@ -24,15 +24,20 @@ use hostdp_model::scenario::PodSpec;
 /// are), or the harness could not do its part (a kernel call failed).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// Upstream's agent refuses: its message, as a scenario's `error:` expects it.
     #[error("{0}")]
     Refused(String),
+    /// A kernel or file-system call of the harness failed; the cause is kept.
+    #[error(transparent)]
+    Harness(Box<dyn std::error::Error + Send + Sync>),
+    /// The harness cannot do what a step asks (no such pod, no settings yet).
     #[error("{0}")]
-    Harness(String),
+    Step(String),
 }
 
 impl AgentError {
-    fn harness(e: impl std::fmt::Display) -> AgentError {
-        AgentError::Harness(e.to_string())
+    pub(crate) fn harness(e: impl std::error::Error + Send + Sync + 'static) -> AgentError {
+        AgentError::Harness(Box::new(e))
     }
     fn refused(e: impl std::fmt::Display) -> AgentError {
         AgentError::Refused(e.to_string())
@@ -145,7 +150,7 @@ impl Agent {
         sel: &hostdp_model::devices::Selection,
         links: &[hostdp_model::observed::LinkInfo],
     ) -> Result<(), AgentError> {
-        let settings = self.settings.as_ref().ok_or_else(|| AgentError::Harness("agent has no settings".into()))?;
+        let settings = self.settings.as_ref().ok_or_else(|| AgentError::Step("agent has no settings".into()))?;
         let plan = datapath::plan_with_state(settings, sel, links, self.device_state.as_deref())
             .map_err(AgentError::refused)?;
         let ctx = AttachContext {
@@ -184,7 +189,7 @@ impl Agent {
     }
 
     fn regenerate_pod(&mut self, node: &Node, pod: &PodSpec) -> Result<(), AgentError> {
-        let settings = self.settings.as_ref().ok_or_else(|| AgentError::Harness("agent has no settings".into()))?;
+        let settings = self.settings.as_ref().ok_or_else(|| AgentError::Step("agent has no settings".into()))?;
         let lxc = node.lxc_name(&pod.key());
         let identity = endpoint_identity(pod);
         let mut ops: Vec<Op> = datapath::endpoint_ops(settings, &lxc);
@@ -368,6 +373,6 @@ fn classify_attach(e: attach::AttachError) -> AgentError {
     if e.to_string().contains("native XDP refused") {
         AgentError::Refused(e.to_string())
     } else {
-        AgentError::Harness(e.to_string())
+        AgentError::harness(e)
     }
 }

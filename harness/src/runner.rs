@@ -147,7 +147,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         let (regenerated, error, harness) = match result {
             Ok(o) => (o.regenerated, None, None),
             Err(AgentError::Refused(m)) => (Vec::new(), Some(m), None),
-            Err(AgentError::Harness(m)) => (Vec::new(), None, Some(m)),
+            Err(e @ (AgentError::Harness(_) | AgentError::Step(_))) => (Vec::new(), None, Some(e.to_string())),
         };
         let mut aliases = BTreeMap::new();
         for p in &pods {
@@ -273,7 +273,7 @@ fn run_step(
     action: &Action,
 ) -> Result<crate::agent::StepOutcome, AgentError> {
     use crate::agent::StepOutcome;
-    let h = |e: topology::TopologyError| AgentError::Harness(e.to_string());
+    let h = |e: topology::TopologyError| AgentError::harness(e);
     // Topology changes inside a step count as topology work, not as the agent's.
     let topo = |f: &mut dyn FnMut() -> Result<(), topology::TopologyError>| timing::time(Phase::StepTopology, f);
     match action {
@@ -290,7 +290,7 @@ fn run_step(
         }
         Action::DeletePod(name) => {
             let Some(i) = pods.iter().position(|p| &p.name == name || &p.key() == name) else {
-                return Err(AgentError::Harness(format!("delete-pod: no pod {name}")));
+                return Err(AgentError::Step(format!("delete-pod: no pod {name}")));
             };
             let p = pods.remove(i);
             topo(&mut || node.delete_pod(&p.key())).map_err(h)?;
@@ -323,7 +323,7 @@ fn run_step(
             };
             let dev = if let Some(key) = device.strip_prefix("pod:") { node.lxc_name(key) } else { device.clone() };
             timing::time(Phase::Execute, || crate::sys::attach::foreign(node.netns(), &ctx, &dev, hook, program))
-                .map_err(|e| AgentError::Harness(e.to_string()))?;
+                .map_err(AgentError::harness)?;
             Ok(StepOutcome::default())
         }
     }

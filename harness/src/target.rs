@@ -20,10 +20,20 @@ thread_local! {
 pub enum TargetError {
     #[error(transparent)]
     Vm(#[from] vm::VmError),
-    #[error("{0}")]
-    Io(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parse the guest's record: {0}")]
+    Record(#[source] serde_json::Error),
     #[error("the guest wrote no result record (exit status {status}); its last output:\n{tail}")]
     NoResult { status: i32, tail: String },
+}
+
+fn io(what: String, source: std::io::Error) -> TargetError {
+    TargetError::Io { what, source }
 }
 
 impl TargetError {
@@ -71,15 +81,15 @@ pub fn run_target_as(
     let results = tempfile::Builder::new()
         .prefix("hostdp-vm-")
         .tempdir_in(vm_scratch_dir())
-        .map_err(|e| TargetError::Io(e.to_string()))?;
+        .map_err(|e| io("make a scratch folder for the guest".into(), e))?;
     let out_file = results.path().join("record.json");
     let built = match VM_EXE.with(|c| c.borrow().clone()) {
         Some(e) => e,
-        None => std::env::current_exe().map_err(|e| TargetError::Io(e.to_string()))?,
+        None => std::env::current_exe().map_err(|e| io("find this executable".into(), e))?,
     };
     // The guest runs a copy: a rebuild of the binary while the VM boots must not pull it away.
     let exe = results.path().join("hostdp");
-    std::fs::copy(&built, &exe).map_err(|e| TargetError::Io(format!("copy {} for the guest: {e}", built.display())))?;
+    std::fs::copy(&built, &exe).map_err(|e| io(format!("copy {} for the guest", built.display()), e))?;
     let mut cmd: Vec<String> = vec![
         exe.display().to_string(),
         "run".into(),
@@ -98,7 +108,7 @@ pub fn run_target_as(
     for (i, crd) in crd_files().iter().enumerate() {
         let name = crd.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let copy = results.path().join(format!("crd-{i}-{name}"));
-        std::fs::copy(crd, &copy).map_err(|e| TargetError::Io(format!("copy {} for the guest: {e}", crd.display())))?;
+        std::fs::copy(crd, &copy).map_err(|e| io(format!("copy {} for the guest", crd.display()), e))?;
         cmd.push("--crd".into());
         cmd.push(copy.display().to_string());
     }
@@ -122,8 +132,7 @@ pub fn run_target_as(
         status: out.status,
         tail: tail(&format!("{}\n{}\n{}", out.stdout, out.stderr, out.console), 30),
     })?;
-    let rec: RunRecord =
-        serde_json::from_str(&text).map_err(|e| TargetError::Io(format!("parse the guest's record: {e}")))?;
+    let rec: RunRecord = serde_json::from_str(&text).map_err(TargetError::Record)?;
     let mut scenarios = rec.scenarios;
     for s in &mut scenarios {
         // Paths as the user gave them, not the absolute ones passed into the guest.

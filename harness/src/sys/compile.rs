@@ -15,7 +15,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 
@@ -71,10 +71,30 @@ pub enum CompileError {
     NoClang(String),
     #[error("compile {object}: clang exited with {status}:\n{stderr}")]
     Clang { object: String, status: String, stderr: String },
-    #[error("compile {object}: {message}")]
-    Io { object: String, message: String },
+    #[error("compile {object}: {source}")]
+    Io {
+        object: String,
+        #[source]
+        source: Arc<FsError>,
+    },
+    #[error("compile {object}: source {path} not found")]
+    MissingSource { object: String, path: String },
     #[error("compile: invalid define {name:?}: {message}")]
     BadDefine { name: String, message: String },
+}
+
+/// A failed file-system call: what was done to which path, and the kernel's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct FsError {
+    pub what: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// `what` failed with `source`.
+fn fs(what: String) -> impl FnOnce(std::io::Error) -> FsError {
+    move |source| FsError { what, source }
 }
 
 /// A compiled object on disk, and the cache key it was built under.
@@ -102,7 +122,7 @@ pub struct Compiler {
     invocations: AtomicUsize,
     /// The sources, read once per compiler: every attach asks for its object, and reading and
     /// hashing the whole folder each time was a measurable share of a warm run.
-    sources: OnceLock<Result<Sources, String>>,
+    sources: OnceLock<Result<Sources, Arc<FsError>>>,
 }
 
 /// The sources compiled into the binary, or `$HOSTDP_BPF_DIR`'s folder.
@@ -136,10 +156,10 @@ impl Compiler {
     }
 
     /// The sources and the folder clang reads them from (embedded ones written out first).
-    fn sources(&self) -> Result<&Sources, String> {
+    fn sources(&self) -> Result<&Sources, Arc<FsError>> {
         let s = self.sources.get_or_init(|| match &self.bpf {
-            BpfSources::Dir(d) => source_files(d).map(|files| (d.clone(), files)),
-            BpfSources::Embedded => materialize(&self.cache_dir),
+            BpfSources::Dir(d) => source_files(d).map(|files| (d.clone(), files)).map_err(Arc::new),
+            BpfSources::Embedded => materialize(&self.cache_dir).map_err(Arc::new),
         });
         s.as_ref().map_err(Clone::clone)
     }
@@ -182,10 +202,12 @@ impl Compiler {
     pub fn compile(&self, object: Object, defines: &BTreeMap<String, String>) -> Result<CompiledObject, CompileError> {
         let header = node_config(defines)?;
         let version = self.clang_version()?;
-        let io = |message: String| CompileError::Io { object: object.source().to_string(), message };
-        let (dir, sources) = self.sources().map_err(io)?;
+        let io = |e: FsError| CompileError::Io { object: object.source().to_string(), source: Arc::new(e) };
+        let (dir, sources) =
+            self.sources().map_err(|e| CompileError::Io { object: object.source().into(), source: e })?;
         if !sources.iter().any(|(rel, _)| rel == Path::new(object.source())) {
-            return Err(io(format!("source {} not found", dir.join(object.source()).display())));
+            let path = dir.join(object.source()).display().to_string();
+            return Err(CompileError::MissingSource { object: object.source().into(), path });
         }
         let hash = cache_key(object, &version, sources, &header);
 
@@ -200,9 +222,9 @@ impl Compiler {
         let path = objects.join(format!("{stem}-{hash}.o"));
         if !path.exists() {
             let state = self.cache_dir.join("state").join(&hash);
-            std::fs::create_dir_all(&state).map_err(|e| io(format!("create {}: {e}", state.display())))?;
-            write_atomic(&state.join("node_config.h"), header.as_bytes()).map_err(&io)?;
-            std::fs::create_dir_all(&objects).map_err(|e| io(format!("create {}: {e}", objects.display())))?;
+            std::fs::create_dir_all(&state).map_err(fs(format!("create {}", state.display()))).map_err(io)?;
+            write_atomic(&state.join("node_config.h"), header.as_bytes()).map_err(io)?;
+            std::fs::create_dir_all(&objects).map_err(fs(format!("create {}", objects.display()))).map_err(io)?;
             self.run_clang(object, dir, &state, &path)?;
         }
         let compiled = CompiledObject { path, hash: hash.clone() };
@@ -213,12 +235,13 @@ impl Compiler {
     /// Runs clang into a temporary file next to `out`, then renames it into place.
     fn run_clang(&self, object: Object, bpf_dir: &Path, state: &Path, out: &Path) -> Result<(), CompileError> {
         let name = object.source().to_string();
-        let io = |message: String| CompileError::Io { object: name.clone(), message };
+        let io = |e: FsError| CompileError::Io { object: name.clone(), source: Arc::new(e) };
         let dir = out.parent().unwrap_or(Path::new("."));
         let tmp = tempfile::Builder::new()
             .prefix(".compile-")
             .tempdir_in(dir)
-            .map_err(|e| io(format!("temporary dir in {}: {e}", dir.display())))?;
+            .map_err(fs(format!("temporary dir in {}", dir.display())))
+            .map_err(io)?;
         let tmp_out = tmp.path().join("out.o");
         let mut cmd = Command::new(&self.clang);
         cmd.args(CFLAGS);
@@ -233,7 +256,7 @@ impl Compiler {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(CompileError::NoClang(self.clang.clone()))
             }
-            Err(e) => return Err(io(format!("run {}: {e}", self.clang))),
+            Err(e) => return Err(io(fs(format!("run {}", self.clang))(e))),
         };
         if !output.status.success() {
             return Err(CompileError::Clang {
@@ -242,7 +265,7 @@ impl Compiler {
                 stderr: String::from_utf8_lossy(&output.stderr).trim_end().to_string(),
             });
         }
-        std::fs::rename(&tmp_out, out).map_err(|e| io(format!("rename into {}: {e}", out.display())))
+        std::fs::rename(&tmp_out, out).map_err(fs(format!("rename into {}", out.display()))).map_err(io)
     }
 }
 
@@ -292,15 +315,15 @@ pub fn node_config(defines: &BTreeMap<String, String>) -> Result<String, Compile
 
 /// Every `.c` and `.h` file under `dir` (relative path, contents), sorted: any of them may be
 /// included, so all of them are part of the key.
-fn source_files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> Result<(), String> {
-        let rd = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+fn source_files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, FsError> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> Result<(), FsError> {
+        let rd = std::fs::read_dir(dir).map_err(fs(format!("read {}", dir.display())))?;
         for entry in rd {
-            let path = entry.map_err(|e| format!("read {}: {e}", dir.display()))?.path();
+            let path = entry.map_err(fs(format!("read {}", dir.display())))?.path();
             if path.is_dir() {
                 walk(root, &path, out)?;
             } else if matches!(path.extension().and_then(|e| e.to_str()), Some("c" | "h")) {
-                let data = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+                let data = std::fs::read(&path).map_err(fs(format!("read {}", path.display())))?;
                 out.push((path.strip_prefix(root).unwrap_or(&path).to_path_buf(), data));
             }
         }
@@ -314,7 +337,7 @@ fn source_files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
 
 /// Writes [`EMBEDDED_SOURCES`] to `<cache>/sources/<hash>/` unless a complete copy is there
 /// (written into a temporary sibling and renamed, so parallel runs never see half of one).
-fn materialize(cache: &Path) -> Result<Sources, String> {
+fn materialize(cache: &Path) -> Result<Sources, FsError> {
     let files: Vec<(PathBuf, Vec<u8>)> =
         EMBEDDED_SOURCES.iter().map(|(rel, text)| (PathBuf::from(rel), text.as_bytes().to_vec())).collect();
     let mut h = Sha256::new();
@@ -329,19 +352,19 @@ fn materialize(cache: &Path) -> Result<Sources, String> {
     if dir.join(".complete").is_file() {
         return Ok((dir, files));
     }
-    std::fs::create_dir_all(&parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    std::fs::create_dir_all(&parent).map_err(fs(format!("create {}", parent.display())))?;
     let tmp = tempfile::Builder::new()
         .prefix(".sources-")
         .tempdir_in(&parent)
-        .map_err(|e| format!("temporary dir in {}: {e}", parent.display()))?;
+        .map_err(fs(format!("temporary dir in {}", parent.display())))?;
     for (rel, data) in &files {
         let f = tmp.path().join(rel);
         if let Some(d) = f.parent() {
-            std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(fs(format!("create {}", d.display())))?;
         }
-        std::fs::write(&f, data).map_err(|e| format!("write {}: {e}", f.display()))?;
+        std::fs::write(&f, data).map_err(fs(format!("write {}", f.display())))?;
     }
-    std::fs::write(tmp.path().join(".complete"), b"").map_err(|e| format!("write in {}: {e}", tmp.path().display()))?;
+    std::fs::write(tmp.path().join(".complete"), b"").map_err(fs(format!("write in {}", tmp.path().display())))?;
     match std::fs::rename(tmp.path(), &dir) {
         Ok(()) => {
             // The folder now lives under its final name; nothing is left to delete.
@@ -349,7 +372,7 @@ fn materialize(cache: &Path) -> Result<Sources, String> {
         }
         // Another run put the same sources there first.
         Err(_) if dir.join(".complete").is_file() => {}
-        Err(e) => return Err(format!("rename into {}: {e}", dir.display())),
+        Err(e) => return Err(fs(format!("rename into {}", dir.display()))(e)),
     }
     Ok((dir, files))
 }
@@ -374,12 +397,11 @@ fn cache_key(object: Object, clang_version: &str, sources: &[(PathBuf, Vec<u8>)]
 
 /// Writes a file through a temporary sibling and a rename, so a concurrent reader sees the
 /// old file or the new one, never half of one (the caches are shared by parallel runs).
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), FsError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("temporary file in {}: {e}", dir.display()))?;
-    tmp.write_all(data).map_err(|e| format!("write {}: {e}", path.display()))?;
-    tmp.persist(path).map_err(|e| format!("rename into {}: {e}", path.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fs(format!("temporary file in {}", dir.display())))?;
+    tmp.write_all(data).map_err(fs(format!("write {}", path.display())))?;
+    tmp.persist(path).map_err(|e| fs(format!("rename into {}", path.display()))(e.error))?;
     Ok(())
 }
 
