@@ -1,6 +1,7 @@
-//! Where hostdp finds and keeps things: the checkout it runs from (if any), the cache folder,
-//! and the overrides of the environment. The environment is read once, here, into [`Paths`];
-//! the rest of the crate asks [`get`] (the binary installs the value it built at start-up).
+//! Where hostdp finds and keeps things, and every setting the environment gives it: the
+//! checkout it runs from (if any), the cache folder, and the `HOSTDP_*` overrides. The
+//! environment is read once, here, into [`Paths`]; the rest of the crate asks [`get`] (the
+//! binary installs the value it built at start-up) and no other module reads a variable.
 //!
 //! - **checkout**: a folder with `harness/Cargo.toml` and `ci/kernels`, found above the working
 //!   directory, or else the one this binary was built from when the binary still lives in its
@@ -29,6 +30,23 @@ pub struct Paths {
     pub kernel_dir: Option<PathBuf>,
     /// `HOSTDP_VNG`: the virtme-ng `vng` to use.
     pub vng: Option<PathBuf>,
+    /// `HOSTDP_CLANG`: the clang binary (default `clang` on PATH).
+    pub clang: Option<String>,
+    /// `HOSTDP_VM_TIMEOUT`: seconds one VM call may take.
+    pub vm_timeout_secs: Option<u64>,
+    /// `HOSTDP_ALLOW_MODPROBE=1`: the capability probe may make the kernel load modules (set
+    /// inside the throwaway VMs).
+    pub allow_modprobe: bool,
+    /// `HOSTDP_CROSSCHECK=1`: every read-back is compared with `tc` and `bpftool`.
+    pub crosscheck: bool,
+    /// `HOSTDP_QUIET` (any value): no progress lines.
+    pub quiet: bool,
+    /// `HOSTDP_FAULT`: test-only fault injection (`panic-after-step:N`, `sleep-after-each-step:MS`).
+    pub fault: Option<String>,
+    /// `HOSTDP_TEST_KERNELS`: the VM kernels the scenario tests use, comma-separated.
+    pub test_kernels: Option<String>,
+    /// `PATH`, where tools (clang, vng, qemu) are looked up.
+    pub exe_path: Option<OsString>,
 }
 
 /// The checkout this crate was built from (known at build time; it may not exist any more).
@@ -69,12 +87,21 @@ impl Paths {
         } else {
             std::env::temp_dir().join("hostdp-cache")
         };
+        let text = |k: &str| var(k).map(|p| p.to_string_lossy().into_owned());
         Paths {
             checkout,
             cache,
             bpf_dir: var("HOSTDP_BPF_DIR"),
             kernel_dir: var("HOSTDP_KERNEL_DIR"),
             vng: var("HOSTDP_VNG"),
+            clang: text("HOSTDP_CLANG"),
+            vm_timeout_secs: text("HOSTDP_VM_TIMEOUT").and_then(|s| s.trim().parse().ok()).filter(|&s| s > 0),
+            allow_modprobe: text("HOSTDP_ALLOW_MODPROBE").is_some_and(|v| v == "1"),
+            crosscheck: text("HOSTDP_CROSSCHECK").is_some_and(|v| v == "1"),
+            quiet: var("HOSTDP_QUIET").is_some(),
+            fault: text("HOSTDP_FAULT"),
+            test_kernels: text("HOSTDP_TEST_KERNELS"),
+            exe_path: var("PATH").map(PathBuf::into_os_string),
         }
     }
 

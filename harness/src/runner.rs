@@ -233,7 +233,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
 /// Test-only fault injection: `HOSTDP_FAULT=panic-after-step:N` panics right after step N
 /// acted (before its read-back), to prove a panic mid-scenario still tears the node down.
 fn inject_fault(step: usize) {
-    if let Ok(f) = std::env::var("HOSTDP_FAULT") {
+    if let Some(f) = &crate::paths::get().fault {
         if f.strip_prefix("panic-after-step:").and_then(|n| n.parse::<usize>().ok()) == Some(step) {
             panic!("HOSTDP_FAULT: injected panic after step {step}");
         }
@@ -367,7 +367,7 @@ pub fn run_local_as(files: &[PathBuf], jobs: usize, profile: Option<Profile>) ->
 }
 
 pub(crate) fn quiet() -> bool {
-    std::env::var_os("HOSTDP_QUIET").is_some()
+    crate::paths::get().quiet
 }
 
 fn invalid_record(f: &Path, msg: &str) -> ScenarioRecord {

@@ -126,8 +126,10 @@ pub fn snapshot_view(rec: &ScenarioRecord) -> serde_json::Value {
 }
 
 fn test_kernels() -> Vec<String> {
-    std::env::var("HOSTDP_TEST_KERNELS")
-        .unwrap_or_else(|_| "debian-6.1,debian-6.12".into())
+    crate::paths::get()
+        .test_kernels
+        .clone()
+        .unwrap_or_else(|| "debian-6.1,debian-6.12".into())
         .split(',')
         .map(str::trim)
         .filter(|k| !k.is_empty())

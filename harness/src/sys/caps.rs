@@ -44,7 +44,7 @@ fn module_of(feature: &str) -> &str {
 
 /// `None` if trying `feature` cannot make the kernel call modprobe, else why it is not tried.
 fn modprobe_guard(feature: &str, release: &str) -> Option<String> {
-    if !Path::new("/proc/modules").exists() || std::env::var_os("HOSTDP_ALLOW_MODPROBE").is_some_and(|v| v == "1") {
+    if !Path::new("/proc/modules").exists() || crate::paths::get().allow_modprobe {
         return None; // no module support: nothing can be loaded behind our back
     }
     let m = module_of(feature);
@@ -73,7 +73,7 @@ fn probe_key() -> Option<String> {
         features.join(","),
         uname_release(),
         boot.trim(),
-        std::env::var("HOSTDP_ALLOW_MODPROBE").unwrap_or_default(),
+        if crate::paths::get().allow_modprobe { "1" } else { "" },
         names.join(",")
     ))
 }

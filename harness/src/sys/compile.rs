@@ -135,7 +135,7 @@ pub fn default_bpf_dir() -> BpfSources {
 
 impl Compiler {
     pub fn new(bpf: impl Into<BpfSources>, cache_dir: PathBuf) -> Compiler {
-        let clang = std::env::var(CLANG_ENV).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "clang".into());
+        let clang = crate::paths::get().clang.clone().unwrap_or_else(|| "clang".into());
         Compiler {
             bpf: bpf.into(),
             cache_dir,
@@ -274,7 +274,7 @@ fn clang_stamp(clang: &str) -> Option<String> {
     let path = if clang.contains('/') {
         PathBuf::from(clang)
     } else {
-        std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(clang)).find(|p| p.is_file())?
+        std::env::split_paths(crate::paths::get().exe_path.as_ref()?).map(|d| d.join(clang)).find(|p| p.is_file())?
     };
     let real = std::fs::canonicalize(&path).ok()?;
     let meta = std::fs::metadata(&real).ok()?;

@@ -19,7 +19,7 @@ pub fn enable() {
 
 /// Whether steps are cross-checked: [`enable`]d, or `HOSTDP_CROSSCHECK=1`.
 pub fn enabled() -> bool {
-    FORCED.load(Ordering::Relaxed) || std::env::var_os("HOSTDP_CROSSCHECK").is_some_and(|v| v == "1")
+    FORCED.load(Ordering::Relaxed) || crate::paths::get().crosscheck
 }
 
 /// One filter as both sides describe it: device, hook, filter name, priority, handle, prog id.

@@ -207,12 +207,7 @@ pub struct VmOptions {
 
 impl Default for VmOptions {
     fn default() -> Self {
-        let timeout = std::env::var("HOSTDP_VM_TIMEOUT")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .filter(|&s| s > 0)
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = crate::paths::get().vm_timeout_secs.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
         VmOptions {
             cpus: 2,
             memory: "2G".to_string(),
@@ -522,8 +517,8 @@ pub fn kernel_dirs() -> Vec<PathBuf> {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+    let path = crate::paths::get().exe_path.as_ref()?;
+    std::env::split_paths(path).map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -533,8 +528,8 @@ fn is_executable(p: &Path) -> bool {
 
 fn path_with(dir: Option<&Path>) -> OsString {
     let mut parts: Vec<PathBuf> = dir.map(|d| vec![d.to_path_buf()]).unwrap_or_default();
-    if let Some(p) = std::env::var_os("PATH") {
-        parts.extend(std::env::split_paths(&p));
+    if let Some(p) = &crate::paths::get().exe_path {
+        parts.extend(std::env::split_paths(p));
     } else {
         parts.extend(["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(PathBuf::from));
     }
