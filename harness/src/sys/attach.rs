@@ -268,11 +268,11 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
                 .iter()
                 .any(|p| crate::sys::inspect::program_name(p.prog_id).is_some_and(|n| n.contains("cil_xdp_entry")))
             {
-                prog_ids = tc::detach_xdp(device)
-                    .map_err(|e| kernel(ns, &what, device, e))?
-                    .iter()
-                    .map(|p| p.prog_id)
-                    .collect();
+                // A v1.15+ bpf_link refuses the netlink detach; its pin goes with the bpffs
+                // folder (v1.16) or stays (not modelled further).
+                tc::detach_xdp_both_modes(device);
+                let after = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
+                prog_ids = xdp.iter().map(|p| p.prog_id).filter(|id| !after.iter().any(|a| a.prog_id == *id)).collect();
             }
             if !prog_ids.is_empty() {
                 hooks.push(Hook::Xdp);
