@@ -62,6 +62,8 @@ pub struct Agent {
     running: bool,
     settings: Option<Settings>,
     devices: Option<Vec<String>>,
+    /// The selection of the last host-datapath reload (v1.14.4's `Listen` starts from it).
+    selection: Option<hostdp_model::devices::Selection>,
     /// init.sh's `$RUNDIR/device.state` from the previous start.
     device_state: Option<String>,
     applied: BTreeMap<PathBuf, Applied>,
@@ -94,6 +96,7 @@ impl Agent {
             running: false,
             settings: None,
             devices: None,
+            selection: None,
             device_state: None,
             applied: BTreeMap::new(),
         }
@@ -118,6 +121,8 @@ impl Agent {
         }
         self.detect_and_reload(node, &cfg)?;
         self.running = true;
+        // v1.14.4: `Listen` starts right after, with the routes that exist (`ListExisting`).
+        self.listen(node)?;
         let mut out = StepOutcome { regenerated: vec!["host".to_string()] };
         for pod in pods {
             self.regenerate_pod(node, pod)?;
@@ -164,6 +169,7 @@ impl Agent {
         let mut devices = sel.devices.clone();
         devices.sort();
         self.devices = Some(devices);
+        self.selection = Some(sel.clone());
         self.device_state = plan.device_state.clone();
         if plan.defines.contains_key("ENABLE_HOST_FIREWALL") {
             self.write_policy_map(&policy::Endpoint::host(&self.node_labels), policymap::HOST_ENDPOINT)?;
@@ -271,6 +277,7 @@ impl Agent {
             attach::remove_pins(&b.join("cilium")).map_err(AgentError::harness)?;
         }
         self.devices = None;
+        self.selection = None;
         Ok(StepOutcome::default())
     }
 
@@ -283,15 +290,47 @@ impl Agent {
         Ok(StepOutcome { regenerated: vec![pod.key()] })
     }
 
-    /// A topology change while the agent runs. v1.14.4 and v1.15 react only with runtime device
-    /// detection on and devices required; v1.16's device reloader always runs (the flag is
-    /// deprecated and ignored). Then the host datapath is reloaded.
+    /// Whether the running agent watches the node's links and routes: v1.14.4 and v1.15 only
+    /// with runtime device detection on and devices required; v1.16's device reloader always
+    /// runs (the flag is deprecated and ignored).
+    fn watches_devices(&self) -> bool {
+        let Some(settings) = &self.settings else { return false };
+        self.running
+            && (settings.profile.has(profile::Change::DeviceReloaderAlwaysOn)
+                || (settings.enable_runtime_device_detection && settings.are_devices_required()))
+    }
+
+    /// v1.14.4 `(*DeviceManager).Listen` then `ReloadOnDeviceChange`: the device list is
+    /// updated from the routes and link deletions ([`hostdp_model::devices::listen_update`]);
+    /// only a changed list reloads the datapath. Returns whether it did.
+    fn listen(&mut self, node: &Node) -> Result<bool, AgentError> {
+        let (Some(settings), Some(sel)) = (&self.settings, &self.selection) else { return Ok(false) };
+        if !settings.profile.has(profile::Change::ListenRuntimeDevices) || !self.watches_devices() {
+            return Ok(false);
+        }
+        let links = node.links().map_err(AgentError::harness)?;
+        let routes = node.routes().map_err(AgentError::harness)?;
+        let devices = hostdp_model::devices::listen_update(settings, &sel.devices, &links, &routes);
+        let mut before = sel.devices.clone();
+        before.sort();
+        if devices == before {
+            return Ok(false);
+        }
+        let sel = hostdp_model::devices::Selection { devices, ..sel.clone() };
+        self.reload_host(node, &sel, &links)?;
+        Ok(true)
+    }
+
+    /// A change of the node's links or routes while the agent runs. v1.14.4 follows `Listen`;
+    /// later profiles detect the devices again and reload the host datapath.
     pub fn link_changed(&mut self, node: &Node) -> Result<StepOutcome, AgentError> {
-        let Some(settings) = &self.settings else { return Ok(StepOutcome::default()) };
-        let reloads = settings.profile.has(profile::Change::DeviceReloaderAlwaysOn)
-            || (settings.enable_runtime_device_detection && settings.are_devices_required());
-        if !self.running || !reloads {
+        if !self.watches_devices() {
             return Ok(StepOutcome::default());
+        }
+        let listens = self.settings.as_ref().is_some_and(|s| s.profile.has(profile::Change::ListenRuntimeDevices));
+        if listens {
+            let reloaded = self.listen(node)?;
+            return Ok(StepOutcome { regenerated: if reloaded { vec!["host".into()] } else { Vec::new() } });
         }
         self.regenerate_host(node)?;
         Ok(StepOutcome { regenerated: vec!["host".into()] })
@@ -368,11 +407,11 @@ pub fn endpoint_identity(pod: &PodSpec) -> u32 {
     256 + (u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % 65000)
 }
 
-/// A device that refuses native XDP is fatal for upstream's agent: an expectable refusal.
+/// A device that refuses `cil_xdp_entry` is fatal for upstream's agent (`Reinitialize`:
+/// `log.Fatal("Failed to compile XDP program")`): an expectable refusal.
 fn classify_attach(e: attach::AttachError) -> AgentError {
-    if e.to_string().contains("native XDP refused") {
-        AgentError::Refused(e.to_string())
-    } else {
-        AgentError::harness(e)
+    match e {
+        attach::AttachError::XdpRefused { .. } => AgentError::Refused(format!("Failed to compile XDP program: {e}")),
+        e => AgentError::harness(e),
     }
 }

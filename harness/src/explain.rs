@@ -123,8 +123,16 @@ fn describe(op: &datapath::Op) -> String {
         Op::FlushTc { device, hook } => format!("remove every {} filter of {device}", hook.as_str()),
         Op::RemoveObsoleteTc { device } => format!("remove Cilium's old filters from {device} (no longer a device)"),
         Op::RemoveCiliumFilters { device } => format!("remove Cilium's filters from {device}"),
-        Op::AttachXdp { device, program, mode } => format!("attach {} on {device} xdp ({mode:?})", program.symbol),
-        Op::DetachXdp { device } => format!("detach any XDP program from {device}"),
+        Op::AttachXdp { device, program, mode, link_dir, best_effort } => format!(
+            "attach {} on {device} xdp ({mode:?}{}{})",
+            program.symbol,
+            if link_dir.is_some() { ", pinned bpf_link" } else { ", netlink" },
+            if *best_effort { ", best-effort" } else { "" }
+        ),
+        Op::DetachXdp { device, keep: Some(m), .. } => {
+            format!("detach any XDP program from {device} unless it runs in {m:?} mode")
+        }
+        Op::DetachXdp { device, keep: None, .. } => format!("detach any XDP program from {device}"),
         Op::AttachSkb { device, hook, program, priority, pin_dir, tcx, .. } => {
             let s = program.symbol;
             let tc = format!("tc filter {s}-{device}, pref {priority}, handle 1");

@@ -308,7 +308,12 @@ fn run_step(
             topo(&mut || node.set_link_up(name, *up)).map_err(h)?;
             agent.link_changed(node)
         }
-        Action::Foreign { device, direction, program } => {
+        Action::RouteAdd(r) | Action::RouteDelete(r) => {
+            let add = matches!(action, Action::RouteAdd(_));
+            topo(&mut || node.change_route(r, add)).map_err(h)?;
+            agent.link_changed(node)
+        }
+        Action::Foreign { device, direction, program, mode } => {
             let ctx = crate::sys::attach::AttachContext {
                 compiler: compiler(),
                 defines: BTreeMap::new(),
@@ -322,7 +327,11 @@ fn run_step(
                 scenario::ForeignDirection::Xdp => hostdp_model::observed::Hook::Xdp,
             };
             let dev = if let Some(key) = device.strip_prefix("pod:") { node.lxc_name(key) } else { device.clone() };
-            timing::time(Phase::Execute, || crate::sys::attach::foreign(node.netns(), &ctx, &dev, hook, program))
+            let mode = mode.map(|m| match m {
+                scenario::ForeignXdpMode::Native => hostdp_model::datapath::XdpMode::Native,
+                scenario::ForeignXdpMode::Generic => hostdp_model::datapath::XdpMode::Generic,
+            });
+            timing::time(Phase::Execute, || crate::sys::attach::foreign(node.netns(), &ctx, &dev, hook, program, mode))
                 .map_err(AgentError::harness)?;
             Ok(StepOutcome::default())
         }

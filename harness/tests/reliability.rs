@@ -400,6 +400,7 @@ fn library_calls_with_machine_link_names_fail_inside_the_node() {
                 n,
                 hostdp::model::observed::Hook::Ingress,
                 "foreign_tc",
+                None,
             );
             let msg = e.expect_err("a machine-only link is absent from the node").to_string();
             assert!(msg.contains("does not exist in namespace"), "{msg}");
@@ -407,8 +408,15 @@ fn library_calls_with_machine_link_names_fail_inside_the_node() {
             assert!(node.set_link_up(n, false).is_err(), "set {n} down must fail in the node");
         }
         // lo exists in every namespace: the node's own lo gets it.
-        hostdp::sys::attach::foreign(node.netns(), &ctx, "lo", hostdp::model::observed::Hook::Egress, "foreign_tc")
-            .unwrap();
+        hostdp::sys::attach::foreign(
+            node.netns(),
+            &ctx,
+            "lo",
+            hostdp::model::observed::Hook::Egress,
+            "foreign_tc",
+            None,
+        )
+        .unwrap();
         let atts = hostdp::sys::inspect::inspect_netns(node.netns()).unwrap();
         assert!(atts.iter().any(|a| a.device == "lo" && a.program == "foreign_tc"), "{atts:?}");
         assert!(!hostdp::sys::inspect::inspect_current().unwrap().iter().any(|a| a.program == "foreign_tc"));

@@ -856,7 +856,8 @@ impl Settings {
             if !self.enable_ipv6 {
                 return Err(invalid("IPv6NDP cannot be enabled when IPv6 is not enabled".into()));
             }
-            if self.ipv6_mcast_device.is_none() && !self.might_auto_detect_devices() {
+            let auto_detected = !self.profile.has(Change::NdpNeedsMcastDevice) && self.might_auto_detect_devices();
+            if self.ipv6_mcast_device.is_none() && !auto_detected {
                 return Err(invalid("IPv6NDP cannot be enabled without ipv6-mcast-device".into()));
             }
         }

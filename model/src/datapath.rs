@@ -79,10 +79,14 @@ pub enum Op {
     /// filters starting with `cil_from_netdev`, egress ones with `cil_to_netdev`; the harness
     /// attaches no other Cilium-named filters, so one op serves both.)
     RemoveObsoleteTc { device: String },
-    /// `cil_xdp_entry` attached through netlink in the given mode.
-    AttachXdp { device: String, program: ProgramRef, mode: XdpMode },
-    /// Detach any XDP program (`maybeUnloadObsoleteXDPPrograms`).
-    DetachXdp { device: String },
+    /// `cil_xdp_entry` attached in the given mode: as a bpf_link pinned in `link_dir` (relative
+    /// to the bpffs root; netlink when the kernel refuses the link with EBUSY), or through
+    /// netlink when `None`. `best_effort`: a device that refuses it is skipped, not fatal.
+    AttachXdp { device: String, program: ProgramRef, mode: XdpMode, link_dir: Option<String>, best_effort: bool },
+    /// `maybeUnloadObsoleteXDPPrograms` on one link: an attached XDP program goes unless it
+    /// runs in mode `keep`; with `link_dir`, a link pinned there is unpinned instead of the
+    /// netlink detach of both modes (whose refusals are ignored, as upstream ignores them).
+    DetachXdp { device: String, keep: Option<XdpMode>, link_dir: Option<String> },
     /// v1.15+ `attachSKBProgram` (`attachTCProgram` in v1.15): with `tcx`, a bpf_link at the
     /// tail of the hook, pinned at `<bpffs>/<pin_dir>/<symbol>` (an existing pin is updated in
     /// place), after which every legacy filter in that direction is removed; where the kernel
@@ -330,6 +334,30 @@ fn defines(settings: &Settings, sel: &Selection, links: &[LinkInfo]) -> Result<B
     Ok(d)
 }
 
+/// `reinitializeXDPLocked`: `maybeUnloadObsoleteXDPPrograms` on every link whose name lacks
+/// "cilium" (a program stays only on a device, in the configured mode, from v1.15), then
+/// `cil_xdp_entry` on every device but `cilium_wg0`.
+pub fn xdp_ops(settings: &Settings, devices: &[String], links: &[LinkInfo]) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let as_link = settings.profile.has(Change::XdpBpfLink);
+    for l in links.iter().filter(|l| !l.name.contains("cilium")) {
+        let keep = settings
+            .xdp_mode
+            .filter(|_| devices.contains(&l.name) && settings.profile.has(Change::XdpKeepsMatchingMode));
+        let link_dir = as_link.then(|| device_links_dir(&l.name));
+        ops.push(Op::DetachXdp { device: l.name.clone(), keep, link_dir });
+    }
+    if let Some(mode) = settings.xdp_mode {
+        let best_effort = settings.node_port_acceleration == crate::config::Acceleration::BestEffort
+            && settings.profile.has(Change::BestEffortSkipsDevice);
+        for dev in devices.iter().filter(|d| *d != WIREGUARD_DEVICE) {
+            let link_dir = as_link.then(|| device_links_dir(dev));
+            ops.push(Op::AttachXdp { device: dev.clone(), program: CIL_XDP_ENTRY, mode, link_dir, best_effort });
+        }
+    }
+    ops
+}
+
 /// [`plan_with_state`] with no `device.state` left by a previous run.
 pub fn plan(settings: &Settings, sel: &Selection, links: &[LinkInfo]) -> Result<Plan, PlanError> {
     plan_with_state(settings, sel, links, None)
@@ -381,20 +409,7 @@ pub fn plan_with_state(
         device_state = None;
     }
 
-    // XDP (`reinitializeXDPLocked`): unload from links not using it in the current mode.
-    for l in links {
-        if l.name.contains("cilium") {
-            continue;
-        }
-        if settings.xdp_mode.is_none() || !devices.contains(&l.name) {
-            ops.push(Op::DetachXdp { device: l.name.clone() });
-        }
-    }
-    if let Some(mode) = settings.xdp_mode {
-        for dev in devices.iter().filter(|d| *d != WIREGUARD_DEVICE) {
-            ops.push(Op::AttachXdp { device: dev.clone(), program: CIL_XDP_ENTRY, mode });
-        }
-    }
+    ops.extend(xdp_ops(settings, devices, links));
 
     // reinitializeOverlay, near the end of Reinitialize before the host endpoint regenerates.
     ops.extend(overlay_ops(settings));
@@ -687,7 +702,10 @@ mod tests {
         assert!(!a.contains(&t("cilium_wg0", Hook::Egress, "cil_to_netdev")));
         assert!(flushed(&plan).contains(&("cilium_wg0".to_string(), Hook::Egress)));
         let xdp: Vec<&Op> = plan.ops.iter().filter(|o| matches!(o, Op::AttachXdp { .. })).collect();
-        assert_eq!(xdp, vec![&Op::AttachXdp { device: "eth0".into(), program: CIL_XDP_ENTRY, mode: XdpMode::Native }]);
+        assert!(
+            matches!(xdp[..], [Op::AttachXdp { device, mode: XdpMode::Native, .. }] if device == "eth0"),
+            "{xdp:?}"
+        );
     }
 
     #[test]
@@ -715,11 +733,29 @@ mod tests {
             .ops
             .iter()
             .filter_map(|o| match o {
-                Op::DetachXdp { device } => Some(device.as_str()),
+                Op::DetachXdp { device, keep: None, .. } => Some(device.as_str()),
                 _ => None,
             })
             .collect();
-        assert_eq!(detached, vec!["lo", "veth9"]);
+        // v1.14.4 tests IFLA_XDP_FLAGS, never in a link dump: nothing is kept, devices included.
+        assert_eq!(detached, vec!["lo", "eth0", "eth1", "veth9"]);
+        let plan15 = {
+            let mut s15 = st.settings.clone();
+            s15.profile = crate::profile::Profile::V1_15;
+            super::plan(&s15, &st.selection, &links).unwrap()
+        };
+        let kept: Vec<(&str, Option<XdpMode>)> = plan15
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::DetachXdp { device, keep, .. } => Some((device.as_str(), *keep)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            vec![("lo", None), ("eth0", Some(XdpMode::Generic)), ("eth1", Some(XdpMode::Generic)), ("veth9", None)]
+        );
         let attached_xdp: Vec<(&str, XdpMode)> = plan
             .ops
             .iter()
@@ -733,7 +769,7 @@ mod tests {
         // Acceleration disabled: XDP is unloaded from every non-cilium link, devices included.
         let st = startup(&[("kube-proxy-replacement", "true")], &links, &routes, "10.0.0.2");
         let plan = super::plan(&st.settings, &st.selection, &links).unwrap();
-        assert!(plan.ops.contains(&Op::DetachXdp { device: "eth0".into() }));
+        assert!(plan.ops.contains(&Op::DetachXdp { device: "eth0".into(), keep: None, link_dir: None }));
         assert!(!plan.ops.iter().any(|o| matches!(o, Op::AttachXdp { .. })));
     }
 
@@ -1131,7 +1167,7 @@ mod overlay {
             .any(|o| matches!(o, Op::RemoveObsoleteNetdev { device, .. } if device == "cilium_vxlan")));
         let p = plan_for(Profile::V1_14_4, &[], &links);
         assert!(!p.ops.iter().any(
-            |o| matches!(o, Op::RemoveObsoleteTc { device } | Op::DetachXdp { device } if device == "cilium_vxlan")
+            |o| matches!(o, Op::RemoveObsoleteTc { device } | Op::DetachXdp { device, .. } if device == "cilium_vxlan")
         ));
     }
 

@@ -161,6 +161,30 @@ fn devices_from_routes(settings: &Settings, links: &[LinkInfo], routes: &[RouteI
         .collect()
 }
 
+/// v1.14.4 `(*DeviceManager).Listen` after a change of the node's links or routes: `current`
+/// keeps every device whose link still exists (only `RTM_DELLINK` removes one; a link that goes
+/// down keeps its place), and gains every link that a route of any family and any table makes
+/// viable (`updateDevicesFromRoutes` per route: only a default route counts as one for a veth),
+/// filtered by `--devices`. Sorted.
+pub fn listen_update(settings: &Settings, current: &[String], links: &[LinkInfo], routes: &[RouteInfo]) -> Vec<String> {
+    let mut out: BTreeSet<String> = current.iter().filter(|d| links.iter().any(|l| &l.name == *d)).cloned().collect();
+    let l3_dev_ok = true;
+    for r in routes {
+        let Some(link) = r.oif.and_then(|i| by_index(links, i)) else { continue };
+        let default = is_default(r);
+        if !default && !is_global_unicast(r.dst.addr()) {
+            continue;
+        }
+        if out.contains(&link.name) || !filter_match(&settings.devices, &link.name) {
+            continue;
+        }
+        if is_viable_device(l3_dev_ok, default, link, links) {
+            out.insert(link.name.clone());
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// `findK8SNodeIPLink`: the first link (by ifindex) holding the node IP, skipping cilium_host.
 fn node_ip_link(links: &[LinkInfo], node_ip: Option<IpAddr>) -> Option<&LinkInfo> {
     let ip = node_ip?;
@@ -536,6 +560,23 @@ mod tests {
     }
 
     const NP: [(&str, &str); 1] = [("enable-node-port", "true")];
+
+    #[test]
+    fn listen_adds_on_routes_and_removes_on_delete_only() {
+        use crate::config::tests::derive;
+        let s = derive(&[("kube-proxy-replacement", "true")]).unwrap();
+        let mut links = vec![lo(), link(2, "eth0", "veth"), link(3, "eth1", "veth"), link(4, "dummy0", "dummy")];
+        let mut routes = vec![default_via("10.0.0.1", 2), route("10.20.0.0/24", 254, 3), route("fd00:30::/64", 254, 4)];
+        // eth1: a veth without a default route stays out; dummy0's IPv6 route brings it in.
+        assert_eq!(listen_update(&s, &names(&["eth0"]), &links, &routes), names(&["dummy0", "eth0"]));
+        routes.push(route("0.0.0.0/0", 100, 3));
+        assert_eq!(listen_update(&s, &names(&["eth0"]), &links, &routes), names(&["dummy0", "eth0", "eth1"]));
+        // A device whose routes went (link down) stays; a deleted link goes.
+        routes.retain(|r| r.oif != Some(4));
+        assert_eq!(listen_update(&s, &names(&["dummy0", "eth0"]), &links, &routes), names(&["dummy0", "eth0", "eth1"]));
+        links.retain(|l| l.name != "dummy0");
+        assert_eq!(listen_update(&s, &names(&["dummy0", "eth0"]), &links, &routes), names(&["eth0", "eth1"]));
+    }
 
     #[test]
     fn seed_topology_selects_the_node_ip_vlan() {

@@ -87,7 +87,7 @@ impl Capabilities {
     }
 }
 
-/// The link kinds of the encapsulation devices the scenario's agent creates: its
+/// The link kinds of the devices the scenario's agent creates (encapsulation, cilium_wg0): its
 /// configuration at the start and after each `restart` (profile changes included). A
 /// configuration the agent refuses creates nothing.
 fn encap_features(scenario: &Scenario) -> Vec<&'static str> {
@@ -113,15 +113,20 @@ fn encap_features(scenario: &Scenario) -> Vec<&'static str> {
     let mut out = Vec::new();
     for (map, p) in configs {
         let Some(p) = Profile::parse(&p) else { continue };
-        let encap =
-            AgentConfig::from_map(&map, p).ok().and_then(|c| Settings::derive(&c, p).ok()).and_then(|s| s.encap());
-        let f = match encap {
-            Some((TunnelProtocol::Vxlan, _)) => "vxlan",
-            Some((TunnelProtocol::Geneve, _)) => "geneve",
-            None => continue,
+        let Some(settings) = AgentConfig::from_map(&map, p).ok().and_then(|c| Settings::derive(&c, p).ok()) else {
+            continue;
         };
-        if !out.contains(&f) {
-            out.push(f);
+        let encap = match settings.encap() {
+            Some((TunnelProtocol::Vxlan, _)) => Some("vxlan"),
+            Some((TunnelProtocol::Geneve, _)) => Some("geneve"),
+            None => None,
+        };
+        // The agent makes cilium_wg0 itself when the topology has none.
+        let wireguard = settings.enable_wireguard.then_some("wireguard");
+        for f in encap.into_iter().chain(wireguard) {
+            if !out.contains(&f) {
+                out.push(f);
+            }
         }
     }
     out
@@ -258,6 +263,9 @@ mod tests {
         s.agent.insert("routing-mode".into(), "native".into());
         s.agent.insert("ipv4-native-routing-cidr".into(), "10.0.0.0/8".into());
         assert!(caps(&["vxlan", "geneve"], "6.18").missing_for(&s).is_empty());
+        // WireGuard on: the agent makes cilium_wg0 when the topology has none.
+        s.agent.insert("enable-wireguard".into(), "true".into());
+        assert_eq!(caps(&["wireguard"], "6.18").missing_for(&s), vec!["kernel lacks wireguard"]);
     }
 
     #[test]

@@ -152,6 +152,29 @@ pub enum Change {
     CleanupRemovesBpffs,
     /// The device reloader always runs: runtime device detection is on whatever the flag says.
     DeviceReloaderAlwaysOn,
+    /// `maybeUnloadObsoleteXDPPrograms` keeps a device's XDP program when its attach mode is the
+    /// configured one (v1.14.4 tests `IFLA_XDP_FLAGS`, which a link dump never carries, so it
+    /// detaches every XDP program on a link whose name lacks "cilium").
+    XdpKeepsMatchingMode,
+    /// `cil_xdp_entry` is attached as a bpf_link pinned at `cilium/devices/<dev>/links/`
+    /// (netlink only when the kernel refuses the link with EBUSY); the obsolete sweep unpins it.
+    XdpBpfLink,
+    /// `best-effort` acceleration: a device whose XDP attach fails is skipped with a log line.
+    BestEffortSkipsDevice,
+    /// `DeviceManager.Listen`: at run time a device is only added by a new route that makes it
+    /// viable (any family, any table) and only removed when its link is deleted.
+    ListenRuntimeDevices,
+    /// BPF masquerade without its prerequisites refuses start-up instead of falling back to
+    /// iptables masquerading.
+    BpfMasqueradeChecksFatal,
+    /// BPF masquerade's remote-node-identity and socket-LB prerequisites are gone (NodePort
+    /// and masquerade interfaces remain).
+    BpfMasqueradeOnlyNeedsNodePort,
+    /// `enable-ipv6-ndp` needs `ipv6-mcast-device`: no auto-detection escape.
+    NdpNeedsMcastDevice,
+    /// `finishKubeProxyReplacementInit` returns early whenever NodePort is off (WireGuard alone no
+    /// longer reaches the XDP mode and the host-routing checks).
+    KprInitNeedsNodePort,
 }
 
 /// One row of the change table.
@@ -255,6 +278,41 @@ pub const CHANGES: &[ChangeRow] = &[
         "b55ca78259 \"datapath/linux: select devices only if required\" (#27276); 5d1521bdf3 removed the gate",
     ),
     row(
+        Change::ListenRuntimeDevices,
+        "runtime devices from routes (Listen)",
+        BEFORE,
+        Some(V1_15),
+        "v1.14.4 pkg/datapath/linux/devices.go (*DeviceManager).Listen L322-419, updateDevicesFromRoutes L279-318",
+    ),
+    row(
+        Change::XdpKeepsMatchingMode,
+        "obsolete XDP sweep keeps the matching mode",
+        V1_15,
+        None,
+        "v1.15.7 pkg/datapath/loader/xdp.go maybeUnloadObsoleteXDPPrograms L80-94 (AttachMode); v1.14.4 xdp.go L34-67 tests Flags",
+    ),
+    row(
+        Change::XdpBpfLink,
+        "XDP as a pinned bpf_link",
+        V1_15,
+        None,
+        "v1.15.7 pkg/datapath/loader/xdp.go attachXDPProgram L184-263, DetachXDP L269-291",
+    ),
+    row(
+        Change::BestEffortSkipsDevice,
+        "best-effort skips a device refusing XDP",
+        V1_15,
+        None,
+        "v1.15.7 pkg/datapath/loader/base.go reinitializeXDPLocked L326-331",
+    ),
+    row(
+        Change::BpfMasqueradeChecksFatal,
+        "BPF masquerade prerequisites fatal",
+        V1_15,
+        None,
+        "v1.15.7 daemon/cmd/daemon.go newDaemon L746-766; v1.14.4 falls back to iptables",
+    ),
+    row(
         Change::BestEffortAcceleration,
         "best-effort XDP acceleration",
         V1_15,
@@ -309,6 +367,27 @@ pub const CHANGES: &[ChangeRow] = &[
         V1_16,
         None,
         "v1.16 pkg/datapath/linux/devices_controller.go isSelectedDevice",
+    ),
+    row(
+        Change::BpfMasqueradeOnlyNeedsNodePort,
+        "BPF masquerade needs only NodePort",
+        V1_16,
+        None,
+        "v1.16.8 daemon/cmd/daemon.go newDaemon L680-695",
+    ),
+    row(
+        Change::NdpNeedsMcastDevice,
+        "IPv6 NDP needs ipv6-mcast-device",
+        V1_16,
+        None,
+        "v1.16.8 pkg/option/config.go (*DaemonConfig).Validate L2837-2839",
+    ),
+    row(
+        Change::KprInitNeedsNodePort,
+        "KPR init returns early without NodePort",
+        V1_16,
+        None,
+        "7897ab9334; v1.16.8 daemon/cmd/kube_proxy_replacement.go finishKubeProxyReplacementInit L347-351",
     ),
     row(Change::Tcx, "tcx attachment", V1_16, None, "v1.16 pkg/datapath/loader/tcx.go attachSKBProgram (enable-tcx)"),
     row(Change::ForceDeviceDetection, "--force-device-detection", V1_16, None, "ce59386785 (fixes #32721)"),

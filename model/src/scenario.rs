@@ -276,7 +276,13 @@ pub enum Action {
         device: String,
         direction: ForeignDirection,
         program: String,
+        /// `foreign_xdp`'s attach mode (extension): generic when not given.
+        mode: Option<ForeignXdpMode>,
     },
+    /// `route: {add: ROUTE}` (extension): a route appears while the agent runs.
+    RouteAdd(RouteSpec),
+    /// `route: {delete: ROUTE}` (extension): a route goes away while the agent runs.
+    RouteDelete(RouteSpec),
     Stop,
     Cleanup,
 }
@@ -293,6 +299,7 @@ impl Action {
             Action::DeletePod(_) => "delete-pod",
             Action::LinkAdd(_) | Action::LinkDelete(_) | Action::LinkSet { .. } => "link",
             Action::Foreign { .. } => "foreign",
+            Action::RouteAdd(_) | Action::RouteDelete(_) => "route",
             Action::Stop => "stop",
             Action::Cleanup => "cleanup",
         }
@@ -305,6 +312,14 @@ pub enum ForeignDirection {
     Ingress,
     Egress,
     Xdp,
+}
+
+/// The netlink XDP mode of a `foreign_xdp` program (extension; generic by default).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ForeignXdpMode {
+    Native,
+    Generic,
 }
 
 /// What must hold after a step. Every key is optional; each one given is checked.
@@ -1019,7 +1034,7 @@ steps:
         );
         assert_eq!(
             bad(&st("  - start: {}\n  - expect: {unchanged: true}\n")),
-            "7:5: step 2 has no action; give exactly one of: start, restart, apply, delete, add-pod, delete-pod, link, foreign, stop, cleanup"
+            "7:5: step 2 has no action; give exactly one of: start, restart, apply, delete, add-pod, delete-pod, link, foreign, route, stop, cleanup"
         );
         assert_eq!(bad(&format!("{HEAD}topology: {{}}\nsteps: []\n")), "3:8: a scenario needs at least one step");
         assert_eq!(
@@ -1083,7 +1098,8 @@ steps:
             Action::Foreign {
                 device: "eth1".into(),
                 direction: ForeignDirection::Ingress,
-                program: "foreign_tc".into()
+                program: "foreign_tc".into(),
+                mode: None
             }
         );
         assert_eq!(actions[7], Action::LinkDelete("eth1".into()));
@@ -1115,6 +1131,35 @@ steps:
             bad(&st("  - foreign: {device: eth0, direction: xdp, program: foreign_tc}\n")),
             "6:40: foreign: foreign_tc goes with direction ingress or egress, foreign_xdp with direction xdp"
         );
+        assert_eq!(
+            bad(&st("  - foreign: {device: eth0, direction: ingress, program: foreign_tc, mode: native}\n")),
+            "6:76: foreign: mode (native or generic) is for foreign_xdp only"
+        );
+        assert_eq!(
+            bad(&st("  - foreign: {device: eth0, direction: xdp, program: foreign_xdp, mode: driver}\n")),
+            "6:73: unknown mode \"driver\"; expected one of: native, generic"
+        );
+        assert_eq!(
+            bad(&st("  - route: {add: {dst: default, dev: eth9}}\n")),
+            "6:38: route to default: dev \"eth9\" is not a link of this scenario"
+        );
+        assert_eq!(
+            bad(&st("  - route: {delete: {dst: 10.0.0.0/33, dev: eth0}}\n")),
+            "6:27: route dst \"10.0.0.0/33\" is neither `default` nor a CIDR"
+        );
+        assert_eq!(
+            bad(&st("  - route: {add: {dst: default, dev: eth0}, delete: {dst: default, dev: eth0}}\n")),
+            "6:12: route needs exactly one of `add: ROUTE`, `delete: ROUTE`"
+        );
+        let s = ok(&st(concat!(
+            "  - foreign: {device: eth0, direction: xdp, program: foreign_xdp, mode: native}\n",
+            "  - route: {add: {dst: default, via: 10.0.0.1, dev: eth0, table: 100}}\n",
+            "  - route: {delete: {dst: default, via: 10.0.0.1, dev: eth0, table: 100}}\n",
+        )));
+        assert!(matches!(&s.steps[0].action, Action::Foreign { mode: Some(ForeignXdpMode::Native), .. }));
+        assert!(matches!(&s.steps[1].action, Action::RouteAdd(r) if r.dev == "eth0" && r.dst == "default"));
+        assert!(matches!(&s.steps[2].action, Action::RouteDelete(r) if r.via.as_deref() == Some("10.0.0.1")));
+        assert_eq!(s.steps[2].action.key(), "route");
         assert_eq!(
             bad(&st("  - restart: {agent: {enable-nodeport: true}}\n")),
             "6:23: unknown key \"enable-nodeport\", did you mean \"enable-node-port\"?"

@@ -21,7 +21,8 @@ impl Settings {
     /// every device must exist.
     pub fn finish_kpr_init(&mut self, sel: &mut Selection, links: &[LinkInfo]) -> Result<(), ConfigError> {
         let wrap = |m: String| refused(format!("failed to finalise LB initialization: {m}"));
-        if !(self.enable_node_port || self.enable_wireguard) {
+        let wireguard_goes_on = self.enable_wireguard && !self.profile.has(Change::KprInitNeedsNodePort);
+        if !(self.enable_node_port || wireguard_goes_on) {
             self.disable_node_port();
             return Ok(());
         }
@@ -130,14 +131,20 @@ impl Settings {
         if self.masquerading_enabled() && self.enable_bpf_masquerade {
             let err = if !self.enable_node_port {
                 Some("BPF masquerade requires NodePort (--enable-node-port=\"true\")")
-            } else if !self.enable_remote_node_identity {
+            } else if !self.profile.has(Change::BpfMasqueradeOnlyNeedsNodePort) && !self.enable_remote_node_identity {
                 Some("BPF masquerade requires remote node identities (--enable-remote-node-identity=\"true\")")
-            } else if self.tunneling_enabled() && !self.enable_socket_lb {
+            } else if !self.profile.has(Change::BpfMasqueradeOnlyNeedsNodePort)
+                && self.tunneling_enabled()
+                && !self.enable_socket_lb
+            {
                 Some("BPF masquerade requires socket-LB (--bpf-lb-sock=\"false\")")
             } else {
                 None
             };
             if let Some(e) = err {
+                if self.profile.has(Change::BpfMasqueradeChecksFatal) {
+                    return Err(refused(format!("unable to initialize BPF masquerade support: {e}")));
+                }
                 self.enable_bpf_masquerade = false;
                 self.warnings.push(format!("{e}: Falling back to iptables-based masquerading."));
                 self.enable_host_legacy_routing = true;

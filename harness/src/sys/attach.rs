@@ -51,6 +51,9 @@ pub enum AttachError {
     Invalid(String),
     #[error("{op}: {source}")]
     Netlink { op: String, source: crate::sys::netlink::NetlinkError },
+    /// The kernel refused `cil_xdp_entry` on a device (upstream's agent dies of it).
+    #[error("attaching XDP program to interface {device}: {message}")]
+    XdpRefused { device: String, message: String },
 }
 
 /// What executing a plan needs besides the ops.
@@ -114,15 +117,28 @@ pub enum OpOutcome {
         device: String,
         hooks: Vec<Hook>,
     },
+    /// `via`: `link` (a pinned bpf_link, new or updated) or `netlink`.
     XdpAttached {
         device: String,
         program: String,
         mode: String,
         prog_id: u32,
+        via: String,
     },
+    /// Best-effort acceleration: the kernel refused XDP on this device, which is skipped.
+    XdpSkipped {
+        device: String,
+        reason: String,
+    },
+    /// [`Op::DetachXdp`]: the programs that went (a pinned link unpinned, or netlink).
     XdpDetached {
         device: String,
         prog_ids: Vec<u32>,
+    },
+    /// [`Op::DetachXdp`] left the device's program in place: it runs in the configured mode.
+    XdpKept {
+        device: String,
+        prog_id: u32,
     },
     /// A tcx link (new or updated in place) and the legacy filters removed in that direction.
     TcxAttached {
@@ -252,30 +268,56 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
                 .iter()
                 .any(|p| crate::sys::inspect::program_name(p.prog_id).is_some_and(|n| n.contains("cil_xdp_entry")))
             {
-                prog_ids = tc::detach_xdp(device)
-                    .map_err(|e| kernel(ns, &what, device, e))?
-                    .iter()
-                    .map(|p| p.prog_id)
-                    .collect();
+                // A v1.15+ bpf_link refuses the netlink detach; its pin goes with the bpffs
+                // folder (v1.16) or stays (not modelled further).
+                tc::detach_xdp_both_modes(device);
+                let after = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
+                prog_ids = xdp.iter().map(|p| p.prog_id).filter(|id| !after.iter().any(|a| a.prog_id == *id)).collect();
             }
             if !prog_ids.is_empty() {
                 hooks.push(Hook::Xdp);
             }
             Ok(OpOutcome::ObsoleteRemoved { device: device.clone(), hooks })
         }
-        Op::AttachXdp { device, program, mode } => {
+        Op::AttachXdp { device, program, mode, link_dir, best_effort } => {
             let what = format!("attach {} to {device} xdp", program.symbol);
             let mode = match mode {
                 XdpMode::Native => XdpAttachMode::Native,
                 XdpMode::Generic => XdpAttachMode::Generic,
             };
-            let prog_id = attach_xdp_prog(ns, ctx, opened, device, *program, &DeviceConfig::default(), mode, &what)?;
-            Ok(OpOutcome::XdpAttached {
-                device: device.clone(),
-                program: program.symbol.into(),
-                mode: mode.as_str().into(),
-                prog_id,
-            })
+            let pin = match (link_dir, &ctx.bpffs) {
+                (Some(d), Some(b)) => Some(b.join(d).join(program.symbol)),
+                (Some(_), None) => {
+                    return Err(AttachError::Invalid(format!("{what}: a bpf_link needs a bpffs folder to pin it in")))
+                }
+                (None, _) => None,
+            };
+            let cfg = DeviceConfig::default();
+            let res = match &pin {
+                Some(pin) => attach_xdp_link(ns, ctx, opened, device, *program, &cfg, mode, pin, &what),
+                None => attach_xdp_prog(ns, ctx, opened, device, *program, &cfg, mode, &what)
+                    .map(|id| (id, "netlink"))
+                    .map_err(|e| match e {
+                        AttachError::Kernel { source: TcError::Call { message, .. }, .. } => {
+                            AttachError::XdpRefused { device: device.clone(), message }
+                        }
+                        e => e,
+                    }),
+            };
+            match res {
+                Ok((prog_id, via)) => Ok(OpOutcome::XdpAttached {
+                    device: device.clone(),
+                    program: program.symbol.into(),
+                    mode: mode.as_str().into(),
+                    prog_id,
+                    via: via.into(),
+                }),
+                // "Failed to attach XDP program, ignoring due to best-effort mode".
+                Err(AttachError::XdpRefused { device, message }) if *best_effort => {
+                    Ok(OpOutcome::XdpSkipped { device, reason: message })
+                }
+                Err(e) => Err(e),
+            }
         }
         Op::AttachSkb { device, hook, program, priority, vlan, seclabel, pin_dir, tcx, remove_stale } => {
             let cfg = DeviceConfig { vlan: vlan.clone(), seclabel: *seclabel };
@@ -309,10 +351,32 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
             }
             Ok(OpOutcome::ObsoleteRemoved { device: device.clone(), hooks })
         }
-        Op::DetachXdp { device } => {
+        Op::DetachXdp { device, keep, link_dir } => {
             let what = format!("detach xdp from {device}");
-            let was = tc::detach_xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
-            Ok(OpOutcome::XdpDetached { device: device.clone(), prog_ids: was.iter().map(|p| p.prog_id).collect() })
+            let before = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
+            let kept = match (keep, before.as_slice()) {
+                (Some(XdpMode::Native), [p]) if p.mode == XdpAttachMode::Native => Some(p.prog_id),
+                (Some(XdpMode::Generic), [p]) if p.mode == XdpAttachMode::Generic => Some(p.prog_id),
+                _ => None,
+            };
+            if let Some(prog_id) = kept {
+                return Ok(OpOutcome::XdpKept { device: device.clone(), prog_id });
+            }
+            if before.is_empty() {
+                return Ok(OpOutcome::XdpDetached { device: device.clone(), prog_ids: Vec::new() });
+            }
+            // `DetachXDP`: the pinned link if there is one, else netlink in both modes.
+            let pin = match (link_dir, &ctx.bpffs) {
+                (Some(d), Some(b)) => Some(b.join(d).join(hostdp_model::datapath::CIL_XDP_ENTRY.symbol)),
+                _ => None,
+            };
+            if !pin.as_deref().is_some_and(|p| detach_tcx(p).unwrap_or(false)) {
+                tc::detach_xdp_both_modes(device);
+            }
+            let after = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
+            let prog_ids =
+                before.iter().map(|p| p.prog_id).filter(|id| !after.iter().any(|a| a.prog_id == *id)).collect();
+            Ok(OpOutcome::XdpDetached { device: device.clone(), prog_ids })
         }
     }
 }
@@ -513,6 +577,89 @@ fn attach_xdp_prog(
     tc::attach_xdp(device, fd.as_fd(), mode).map_err(|e| kernel(ns, what, device, e))?;
     let id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
     Ok(id)
+}
+
+/// v1.15 `attachXDPProgram`: update the link pinned at `pin` (a defunct one is unpinned),
+/// else create a bpf_link and pin it; when the kernel refuses the link with EBUSY (a program
+/// attached through netlink is there) attach through netlink instead, which replaces it.
+/// Returns the program id and how it went on (`link` or `netlink`).
+#[allow(clippy::too_many_arguments)]
+fn attach_xdp_link(
+    ns: &Netns,
+    ctx: &AttachContext,
+    opened: &mut Opened,
+    device: &str,
+    program: ProgramRef,
+    cfg: &DeviceConfig,
+    mode: XdpAttachMode,
+    pin: &Path,
+    what: &str,
+) -> Result<(u32, &'static str), AttachError> {
+    use aya::programs::xdp::{XdpLink, XdpMode as AyaMode};
+    let ebpf = open_object(ns, ctx, opened, device, program.object, cfg, program.symbol, what)?;
+    let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
+    let refused = |message: String| AttachError::XdpRefused { device: device.to_string(), message };
+    let symbol = program.symbol;
+    let prog: &mut Xdp = ebpf
+        .program_mut(symbol)
+        .ok_or_else(|| load_err(format!("the object has no program {symbol}")))?
+        .try_into()
+        .map_err(|e| load_err(format!("{symbol} is not an XDP program: {}", chain(&e))))?;
+    prog.load().map_err(|e| load_err(load_failure(symbol, &e)))?;
+    let prog_id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
+    if pin.exists() {
+        let pinned = PinnedLink::from_pin(pin)
+            .map_err(|e| load_err(format!("open pinned link {}: {}", pin.display(), chain(&e))))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| load_err(format!("pinned link {} is not an XDP link: {}", pin.display(), chain(&e))))?;
+        match prog.attach_to_link(link) {
+            Ok(id) => {
+                drop(prog.take_link(id).map_err(|e| load_err(chain(&e)))?);
+                return Ok((prog_id, "link"));
+            }
+            Err(e) if errno(&e) == Some(nix::libc::ENOLINK) => {
+                detach_tcx(pin)?;
+            }
+            Err(e) => {
+                return Err(refused(format!("updating link {} for program {symbol}: {}", pin.display(), chain(&e))))
+            }
+        }
+    }
+    let aya_mode = match mode {
+        XdpAttachMode::Native => AyaMode::Driver,
+        XdpAttachMode::Generic => AyaMode::Skb,
+        XdpAttachMode::Offload => AyaMode::Hardware,
+    };
+    match prog.attach(device, aya_mode) {
+        Ok(id) => {
+            let link = prog.take_link(id).map_err(|e| load_err(chain(&e)))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| load_err(chain(&e)))?;
+            if let Some(dir) = pin.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| load_err(format!("create {}: {e}", dir.display())))?;
+            }
+            fd_link.pin(pin).map_err(|e| load_err(format!("pin at {}: {}", pin.display(), chain(&e))))?;
+            Ok((prog_id, "link"))
+        }
+        Err(e) if errno(&e) == Some(nix::libc::EBUSY) => {
+            let fd = prog.fd().map_err(|e| load_err(chain(&e)))?;
+            tc::attach_xdp(device, fd.as_fd(), mode).map_err(|e| match e {
+                TcError::Call { message, .. } => {
+                    refused(format!("attaching XDP program {symbol} to interface {device} using netlink: {message}"))
+                }
+                e => kernel(ns, what, device, e),
+            })?;
+            Ok((prog_id, "netlink"))
+        }
+        Err(e) => Err(refused(format!("attaching program {symbol} using bpf_link: {}", chain(&e)))),
+    }
+}
+
+/// The errno of a failed bpf syscall, if that is what failed.
+fn errno(e: &aya::programs::ProgramError) -> Option<i32> {
+    match e {
+        aya::programs::ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    }
 }
 
 /// Creates the `cilium_host` / `cilium_net` veth pair unless `cilium_host` exists, and sets
@@ -755,14 +902,15 @@ fn pinned_links(path: &Path) -> Vec<(u32, u32)> {
 }
 
 /// Another tool's program: `foreign_tc` as a tc filter named `foreign_tc` (priority 100,
-/// handle 1) on ingress or egress, or `foreign_xdp` in generic XDP mode (`direction` xdp).
-/// Returns the program id.
+/// handle 1) on ingress or egress, or `foreign_xdp` through netlink in `xdp_mode` (`direction`
+/// xdp; generic when `None`). Returns the program id.
 pub fn foreign(
     ns: &Netns,
     ctx: &AttachContext,
     device: &str,
     direction: Hook,
     program: &str,
+    xdp_mode: Option<XdpMode>,
 ) -> Result<u32, AttachError> {
     let what = format!("attach foreign program {program} to {device} {}", direction.as_str());
     let cfg = DeviceConfig::default();
@@ -776,7 +924,11 @@ pub fn foreign(
         ("foreign_xdp", None) => {
             let prog = ProgramRef { object: Object::Foreign, symbol: "foreign_xdp" };
             ns.run(|| {
-                attach_xdp_prog(ns, ctx, &mut Opened::default(), device, prog, &cfg, XdpAttachMode::Generic, &what)
+                let mode = match xdp_mode {
+                    Some(XdpMode::Native) => XdpAttachMode::Native,
+                    Some(XdpMode::Generic) | None => XdpAttachMode::Generic,
+                };
+                attach_xdp_prog(ns, ctx, &mut Opened::default(), device, prog, &cfg, mode, &what)
             })?
         }
         ("foreign_tc" | "foreign_xdp", _) => {

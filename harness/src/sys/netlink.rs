@@ -157,6 +157,13 @@ pub enum Change {
         dev: String,
         table: u32,
     },
+    /// The route `AddRoute` with the same keys made.
+    DeleteRoute {
+        dst: IpNet,
+        via: Option<IpAddr>,
+        dev: String,
+        table: u32,
+    },
     DeleteLink {
         name: String,
     },
@@ -177,6 +184,10 @@ impl Change {
             Change::AddRoute { dst, via, dev, table } => {
                 let via = via.map(|v| format!(" via {v}")).unwrap_or_default();
                 ("add route", format!("{dst}{via} dev {dev} table {table}"))
+            }
+            Change::DeleteRoute { dst, via, dev, table } => {
+                let via = via.map(|v| format!(" via {v}")).unwrap_or_default();
+                ("delete route", format!("{dst}{via} dev {dev} table {table}"))
             }
             Change::DeleteLink { name } => ("delete link", name.clone()),
         }
@@ -504,6 +515,11 @@ impl Conn {
                 let oif = self.index_of(dev).await?;
                 let msg = route_message(dst, via.as_ref(), oif, *table).map_err(fail)?;
                 self.handle.route().add(msg).execute().await.map_err(kernel)
+            }
+            Change::DeleteRoute { dst, via, dev, table } => {
+                let oif = self.index_of(dev).await?;
+                let msg = route_message(dst, via.as_ref(), oif, *table).map_err(fail)?;
+                self.handle.route().del(msg).execute().await.map_err(kernel)
             }
             Change::DeleteLink { name } => {
                 let idx = self.index_of(name).await?;

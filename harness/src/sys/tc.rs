@@ -626,6 +626,15 @@ pub fn detach_xdp(device: &str) -> Result<Vec<XdpProg>, TcError> {
     Ok(link.xdp)
 }
 
+/// `LinkSetXdpFdWithFlags(link, -1, …)` for the generic, then the driver mode, each refusal
+/// ignored (a bpf_link the kernel will not let netlink replace, say), as upstream does.
+pub fn detach_xdp_both_modes(device: &str) {
+    let Ok(index) = ifindex(device) else { return };
+    for mode in [XdpAttachMode::Generic, XdpAttachMode::Native] {
+        let _ = set_xdp(device, "detach xdp", index, -1, mode.flag());
+    }
+}
+
 /// The XDP programs of `device`.
 pub fn xdp(device: &str) -> Result<Vec<XdpProg>, TcError> {
     Ok(find_link(device)?.xdp)

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::sys::netlink::{self, Change, NetlinkError, NewLink};
 use crate::sys::netns::{self, Netns, NetnsError, PREFIX};
 use hostdp_model::observed::{LinkInfo, RouteInfo};
-use hostdp_model::scenario::{LinkKind, LinkSpec, PeerIn, PodSpec, Scenario};
+use hostdp_model::scenario::{LinkKind, LinkSpec, PeerIn, PodSpec, RouteSpec, Scenario};
 
 /// Per-run directories (bpffs mounts) live below this.
 pub const RUN_ROOT: &str = "/run/hostdp";
@@ -485,26 +485,33 @@ pub fn plan(scenario: &Scenario, wire: &Path) -> Result<(Vec<Change>, Vec<Change
         }
     }
     for r in &scenario.topology.routes {
-        let bad = |m: String| TopologyError::Spec(format!("route {} dev {}: {m}", r.dst, r.dev));
-        let via: Option<IpAddr> = match &r.via {
-            Some(v) => Some(v.parse().map_err(|_| bad(format!("invalid gateway {v:?}")))?),
-            None => None,
-        };
-        let dst: IpNet = if r.dst == "default" {
-            match via {
-                Some(IpAddr::V6(_)) => "::/0".parse().unwrap_or_default(),
-                _ => IpNet::default(),
-            }
-        } else {
-            r.dst.parse().map_err(|_| bad(format!("invalid destination {:?}", r.dst)))?
-        };
-        let table = match &r.table {
-            None => netlink::TABLE_MAIN,
-            Some(t) => t.id().ok_or_else(|| bad(format!("unknown table {t:?}")))?,
-        };
+        let (dst, via, table) = route_parts(r)?;
         node.push(Change::AddRoute { dst, via, dev: r.dev.clone(), table });
     }
     Ok((node, wire_changes))
+}
+
+/// A route of the format as (destination, gateway, table id): `default` is `0.0.0.0/0`, or
+/// `::/0` with an IPv6 gateway.
+fn route_parts(r: &RouteSpec) -> Result<(IpNet, Option<IpAddr>, u32)> {
+    let bad = |m: String| TopologyError::Spec(format!("route {} dev {}: {m}", r.dst, r.dev));
+    let via: Option<IpAddr> = match &r.via {
+        Some(v) => Some(v.parse().map_err(|_| bad(format!("invalid gateway {v:?}")))?),
+        None => None,
+    };
+    let dst: IpNet = if r.dst == "default" {
+        match via {
+            Some(IpAddr::V6(_)) => "::/0".parse().unwrap_or_default(),
+            _ => IpNet::default(),
+        }
+    } else {
+        r.dst.parse().map_err(|_| bad(format!("invalid destination {:?}", r.dst)))?
+    };
+    let table = match &r.table {
+        None => netlink::TABLE_MAIN,
+        Some(t) => t.id().ok_or_else(|| bad(format!("unknown table {t:?}")))?,
+    };
+    Ok((dst, via, table))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -704,6 +711,17 @@ impl Node {
         run_in(self.netns(), || netlink::apply(&c))
     }
 
+    /// Adds (`add`) or deletes a route of the node namespace (the `route` step).
+    pub fn change_route(&mut self, r: &RouteSpec, add: bool) -> Result<()> {
+        let (dst, via, table) = route_parts(r)?;
+        let c = if add {
+            Change::AddRoute { dst, via, dev: r.dev.clone(), table }
+        } else {
+            Change::DeleteRoute { dst, via, dev: r.dev.clone(), table }
+        };
+        run_in(self.netns(), || netlink::apply(&[c]))
+    }
+
     /// Links of the node namespace.
     pub fn links(&self) -> Result<Vec<LinkInfo>> {
         run_in(self.netns(), netlink::list_links)
@@ -749,7 +767,7 @@ impl Drop for Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hostdp_model::scenario::{RouteSpec, RouteTable, TopologySpec};
+    use hostdp_model::scenario::{RouteTable, TopologySpec};
 
     fn link(name: &str, kind: LinkKind) -> LinkSpec {
         LinkSpec::bare(name, kind)

@@ -220,7 +220,7 @@ fn plan_attaches_filters_that_tools_see_and_that_run() {
     assert_eq!(report.outcomes[0], OpOutcome::HostDevices { created: true });
     // One object, four programs from it: clang ran once.
     assert_eq!(ctx.compiler.clang_invocations(), 1);
-    attach::foreign(&node.ns(), &ctx, "veth0", Hook::Egress, "foreign_tc").unwrap();
+    attach::foreign(&node.ns(), &ctx, "veth0", Hook::Egress, "foreign_tc", None).unwrap();
     assert_eq!(ctx.compiler.clang_invocations(), 2);
 
     // Every aya handle is gone by now: what follows sees only what the kernel keeps.
@@ -321,7 +321,7 @@ fn plan_attaches_filters_that_tools_see_and_that_run() {
     assert!(tc_show(&node.ns(), "veth0", Hook::Ingress).is_empty());
     assert!(tc_show(&node.ns(), "veth0", Hook::Egress).is_empty());
     // Obsolete clean-up leaves foreign filters alone.
-    attach::foreign(&node.ns(), &ctx, "veth0", Hook::Ingress, "foreign_tc").unwrap();
+    attach::foreign(&node.ns(), &ctx, "veth0", Hook::Ingress, "foreign_tc", None).unwrap();
     attach::execute(&node.ns(), &ctx, &[Op::RemoveObsoleteTc { device: "veth0".into() }]).unwrap();
     assert_eq!(tc_show(&node.ns(), "veth0", Hook::Ingress).len(), 1);
     // Host devices exist already: not created twice.
@@ -335,7 +335,13 @@ fn xdp_generic_native_and_detach() {
     let r = attach::execute(
         &node.ns(),
         &ctx,
-        &[Op::AttachXdp { device: "veth0".into(), program: XDP_ENTRY, mode: XdpMode::Generic }],
+        &[Op::AttachXdp {
+            device: "veth0".into(),
+            program: XDP_ENTRY,
+            mode: XdpMode::Generic,
+            link_dir: None,
+            best_effort: false,
+        }],
     )
     .unwrap();
     let OpOutcome::XdpAttached { prog_id, ref mode, .. } = r.outcomes[0] else { panic!("{r:?}") };
@@ -362,12 +368,13 @@ fn xdp_generic_native_and_detach() {
     assert!(inspect::counters(prog_id).unwrap().seen >= c0.seen + 2);
 
     // A foreign XDP program replaces it in the same (generic) mode.
-    let foreign = attach::foreign(&node.ns(), &ctx, "veth0", Hook::Xdp, "foreign_xdp").unwrap();
+    let foreign = attach::foreign(&node.ns(), &ctx, "veth0", Hook::Xdp, "foreign_xdp", None).unwrap();
     let atts = inspect::inspect_netns(&node.ns()).unwrap();
     assert_eq!((atts[0].program.as_str(), atts[0].prog_id), ("foreign_xdp", foreign));
-    assert!(attach::foreign(&node.ns(), &ctx, "veth0", Hook::Ingress, "foreign_xdp").is_err());
+    assert!(attach::foreign(&node.ns(), &ctx, "veth0", Hook::Ingress, "foreign_xdp", None).is_err());
 
-    let r = attach::execute(&node.ns(), &ctx, &[Op::DetachXdp { device: "veth0".into() }]).unwrap();
+    let r = attach::execute(&node.ns(), &ctx, &[Op::DetachXdp { device: "veth0".into(), keep: None, link_dir: None }])
+        .unwrap();
     assert_eq!(r.outcomes[0], OpOutcome::XdpDetached { device: "veth0".into(), prog_ids: vec![foreign] });
     assert!(inspect::inspect_netns(&node.ns()).unwrap().is_empty());
 
@@ -375,7 +382,13 @@ fn xdp_generic_native_and_detach() {
     attach::execute(
         &node.ns(),
         &ctx,
-        &[Op::AttachXdp { device: "veth0".into(), program: XDP_ENTRY, mode: XdpMode::Native }],
+        &[Op::AttachXdp {
+            device: "veth0".into(),
+            program: XDP_ENTRY,
+            mode: XdpMode::Native,
+            link_dir: None,
+            best_effort: false,
+        }],
     )
     .unwrap();
     let atts = inspect::inspect_netns(&node.ns()).unwrap();
@@ -383,11 +396,17 @@ fn xdp_generic_native_and_detach() {
     let e = attach::execute(
         &node.ns(),
         &ctx,
-        &[Op::AttachXdp { device: "lo".into(), program: XDP_ENTRY, mode: XdpMode::Native }],
+        &[Op::AttachXdp {
+            device: "lo".into(),
+            program: XDP_ENTRY,
+            mode: XdpMode::Native,
+            link_dir: None,
+            best_effort: false,
+        }],
     )
     .unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("lo") && msg.contains("native XDP refused"), "{msg}");
+    assert!(msg.contains("lo") && msg.contains("attaching XDP program to interface lo"), "{msg}");
     assert_eq!(ctx.compiler.clang_invocations(), 2, "bpf_xdp.c and foreign.c, once each");
 }
 
@@ -402,7 +421,7 @@ fn missing_link_is_named() {
     for op in [
         attach_tc("nope0", Hook::Ingress, FROM_NETDEV, VlanAllow::All),
         Op::FlushTc { device: "nope0".into(), hook: Hook::Egress },
-        Op::DetachXdp { device: "nope0".into() },
+        Op::DetachXdp { device: "nope0".into(), keep: None, link_dir: None },
     ] {
         let e = attach::execute(&node.ns(), &ctx, &[op]).unwrap_err();
         assert!(matches!(e, AttachError::NoLink { .. }), "{e}");
@@ -450,7 +469,7 @@ fn tcx_attach_pins_and_inspect_sees_it() {
     let pin = fs.path().join("devices/veth0/links/cil_from_netdev");
     let cfg = DeviceConfig::default();
     // A legacy filter on the same hook too: tcx runs first, so the inspector lists it first.
-    attach::foreign(&node.ns(), &ctx, "veth0", Hook::Ingress, "foreign_tc").unwrap();
+    attach::foreign(&node.ns(), &ctx, "veth0", Hook::Ingress, "foreign_tc", None).unwrap();
     let t = attach::attach_tcx(&node.ns(), &ctx, "veth0", Hook::Ingress, FROM_NETDEV, &cfg, &pin).unwrap();
     assert!(!t.updated && pin.exists());
 

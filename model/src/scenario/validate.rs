@@ -34,7 +34,7 @@ pub const KNOWN_FEATURES: &[&str] = &[
 
 /// Action keys of a step, as written in files.
 pub const ACTION_KEYS: &[&str] =
-    &["start", "restart", "apply", "delete", "add-pod", "delete-pod", "link", "foreign", "stop", "cleanup"];
+    &["start", "restart", "apply", "delete", "add-pod", "delete-pod", "link", "foreign", "route", "stop", "cleanup"];
 
 const BOND_MODES: &[&str] =
     &["balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "balance-tlb", "balance-alb"];
@@ -205,6 +205,8 @@ struct RawStep {
     #[serde(default)]
     foreign: Option<RawForeign>,
     #[serde(default)]
+    route: Option<RawRouteAction>,
+    #[serde(default)]
     stop: Option<Empty>,
     #[serde(default)]
     cleanup: Option<Empty>,
@@ -250,6 +252,17 @@ struct RawForeign {
     device: String,
     direction: ForeignDirection,
     program: String,
+    #[serde(default)]
+    mode: Option<ForeignXdpMode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouteAction {
+    #[serde(default)]
+    add: Option<RouteSpec>,
+    #[serde(default)]
+    delete: Option<RouteSpec>,
 }
 
 /// The parts of a ConfigMap manifest `agent_file` reads; other keys (apiVersion, metadata) are
@@ -1094,7 +1107,28 @@ fn check_step(
                     "foreign: foreign_tc goes with direction ingress or egress, foreign_xdp with direction xdp",
                 ));
             }
-            Action::Foreign { device: f.device, direction: f.direction, program: f.program }
+            if f.mode.is_some() && f.program != "foreign_xdp" {
+                return Err(cx.at(&a(&[K("mode")]), "foreign: mode (native or generic) is for foreign_xdp only"));
+            }
+            Action::Foreign { device: f.device, direction: f.direction, program: f.program, mode: f.mode }
+        }
+        "route" => {
+            let keys = cx.loc.keys(&a(&[]));
+            let r = match raw.route {
+                Some(r) if keys.len() == 1 => r,
+                _ => return Err(cx.at(&a(&[]), "route needs exactly one of `add: ROUTE`, `delete: ROUTE`")),
+            };
+            match (r.add, r.delete) {
+                (Some(route), None) => {
+                    check_route(cx, &a(&[K("add")]), &route, links)?;
+                    Action::RouteAdd(route)
+                }
+                (None, Some(route)) => {
+                    check_route(cx, &a(&[K("delete")]), &route, links)?;
+                    Action::RouteDelete(route)
+                }
+                _ => return Err(cx.at(&a(&[]), "route needs exactly one of `add: ROUTE`, `delete: ROUTE`")),
+            }
         }
         _ => unreachable!("action keys are listed in ACTION_KEYS"),
     };
