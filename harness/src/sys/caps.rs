@@ -228,12 +228,7 @@ mod tests {
     use super::*;
 
     fn caps(missing: &[&str], kernel: &str) -> Capabilities {
-        let features = LINK_FEATURES
-            .iter()
-            .chain(EXTRA_FEATURES)
-            .map(|f| (f.to_string(), missing.contains(f).then(|| "Operation not supported".to_string())))
-            .collect();
-        Capabilities { kernel: kernel.into(), features }
+        Capabilities::all_but(missing, kernel)
     }
 
     #[test]
