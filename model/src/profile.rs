@@ -22,6 +22,15 @@ pub enum Profile {
     V1_15,
     /// Cilium v1.16.x (read at v1.16.0 and v1.16.8).
     V1_16,
+    /// Cilium v1.17.3 and later (read at v1.17.3 and v1.17.10). v1.17.0-v1.17.2 differ: their
+    /// `AreDevicesRequired` has `EnableIPSecEncryptedOverlay` instead of `EnableIPSec`, and their
+    /// WireGuard reload returns early as v1.16's does (no detach of `cil_to_wireguard` or of
+    /// `cil_from_netdev` on `cilium_wg0`). Neither is modelled separately.
+    V1_17,
+    /// Cilium v1.18.x (read at v1.18.10).
+    V1_18,
+    /// Cilium v1.19.x (read at v1.19.4).
+    V1_19,
 }
 
 /// One profile's facts: its name in scenario files, the release it stands for, and the patch
@@ -33,15 +42,19 @@ struct ProfileInfo {
     read_at: &'static str,
 }
 
-const PROFILES: [ProfileInfo; 3] = [
+const PROFILES: [ProfileInfo; 6] = [
     ProfileInfo { profile: Profile::V1_14_4, name: "v1.14.4", release: V1_14_4, read_at: "v1.14.4" },
     ProfileInfo { profile: Profile::V1_15, name: "v1.15", release: V1_15, read_at: "v1.15.7" },
     ProfileInfo { profile: Profile::V1_16, name: "v1.16", release: V1_16, read_at: "v1.16.0, v1.16.8" },
+    ProfileInfo { profile: Profile::V1_17, name: "v1.17", release: V1_17_3, read_at: "v1.17.3, v1.17.10" },
+    ProfileInfo { profile: Profile::V1_18, name: "v1.18", release: V1_18, read_at: "v1.18.10" },
+    ProfileInfo { profile: Profile::V1_19, name: "v1.19", release: V1_19, read_at: "v1.19.4" },
 ];
 
 impl Profile {
     /// Every profile, oldest first.
-    pub const ALL: [Profile; 3] = [Profile::V1_14_4, Profile::V1_15, Profile::V1_16];
+    pub const ALL: [Profile; 6] =
+        [Profile::V1_14_4, Profile::V1_15, Profile::V1_16, Profile::V1_17, Profile::V1_18, Profile::V1_19];
 
     fn info(self) -> &'static ProfileInfo {
         PROFILES.iter().find(|p| p.profile == self).expect("every profile has a row")
@@ -52,7 +65,7 @@ impl Profile {
         PROFILES.iter().find(|p| p.name == s).map(|p| p.profile)
     }
 
-    /// The name scenario files use (`v1.14.4`, `v1.15`, `v1.16`).
+    /// The name scenario files use (`v1.14.4`, `v1.15`, ..., `v1.19`).
     pub fn as_str(self) -> &'static str {
         self.info().name
     }
@@ -192,6 +205,10 @@ pub struct ChangeRow {
 const V1_14_4: Release = Release(1, 14, 4);
 const V1_15: Release = Release(1, 15, 0);
 const V1_16: Release = Release(1, 16, 0);
+/// v1.17.3: the v1.17 profile (IPsec requires devices, the WireGuard detaches).
+const V1_17_3: Release = Release(1, 17, 3);
+const V1_18: Release = Release(1, 18, 0);
+const V1_19: Release = Release(1, 19, 0);
 /// Older than every profile: a behaviour every profile starts with.
 const BEFORE: Release = Release(1, 0, 0);
 
