@@ -188,6 +188,28 @@ pub enum Change {
     /// `finishKubeProxyReplacementInit` returns early whenever NodePort is off (WireGuard alone no
     /// longer reaches the XDP mode and the host-routing checks).
     KprInitNeedsNodePort,
+    /// The XDP cell sets the XDP mode straight from `bpf-lb-acceleration`, NodePort or not.
+    XdpModeFromAcceleration,
+    /// `AreDevicesRequired` includes `EnableIPSec` (v1.17.3; v1.17.0-v1.17.2 have
+    /// `EnableIPSecEncryptedOverlay` as v1.16 does).
+    IpsecRequiresDevices,
+    /// High-scale ipcache is gone: `enable-high-scale-ipcache` left in a ConfigMap is ignored.
+    HighScaleIpcacheRemoved,
+    /// The kpr cell refuses any `kube-proxy-replacement` but `true`/`false` with its own message.
+    KprCellMessage,
+    /// `kube-proxy-replacement` is a Go bool flag (`strconv.ParseBool`).
+    KprGoBool,
+    /// `enable-node-port` is gone (ignored when left in a ConfigMap): NodePort follows
+    /// kube-proxy-replacement.
+    NodePortKeyRemoved,
+    /// `AreDevicesRequired` includes `EnableBPFMasquerade`.
+    BpfMasqueradeRequiresDevices,
+    /// The `--devices` filter is checked first: a listed device is selected without an address
+    /// and while down; `!name` entries exclude.
+    UserDevicesFirst,
+    /// BPF masquerade no longer needs NodePort; it refuses to start with both masquerade
+    /// families off instead.
+    BpfMasqueradeWithoutNodePort,
 }
 
 /// One row of the change table.
@@ -206,6 +228,7 @@ const V1_14_4: Release = Release(1, 14, 4);
 const V1_15: Release = Release(1, 15, 0);
 const V1_16: Release = Release(1, 16, 0);
 /// v1.17.3: the v1.17 profile (IPsec requires devices, the WireGuard detaches).
+const V1_17: Release = Release(1, 17, 0);
 const V1_17_3: Release = Release(1, 17, 3);
 const V1_18: Release = Release(1, 18, 0);
 const V1_19: Release = Release(1, 19, 0);
@@ -405,6 +428,69 @@ pub const CHANGES: &[ChangeRow] = &[
         V1_16,
         None,
         "7897ab9334; v1.16.8 daemon/cmd/kube_proxy_replacement.go finishKubeProxyReplacementInit L347-351",
+    ),
+    row(
+        Change::XdpModeFromAcceleration,
+        "XDP mode from bpf-lb-acceleration without NodePort",
+        V1_17,
+        None,
+        "df8d59691f; v1.17.10 pkg/datapath/xdp/cell.go L36-49",
+    ),
+    row(
+        Change::IpsecRequiresDevices,
+        "IPsec requires devices",
+        V1_17_3,
+        None,
+        "3000c80e48 / a8c19d8d7c \"ipsec,config: require devices when IPsec is enabled\"; v1.17.10 pkg/option/config.go AreDevicesRequired L2383-2387",
+    ),
+    row(
+        Change::HighScaleIpcacheRemoved,
+        "high-scale ipcache removed",
+        V1_18,
+        None,
+        "0addb32f4b \"Remove deprecated high-scale ipcache code\"; v1.18.10 pkg/option/config.go validateConfigMap skips unknown keys",
+    ),
+    row(
+        Change::KprCellMessage,
+        "kpr cell refuses kube-proxy-replacement values",
+        V1_18,
+        Some(V1_19),
+        "v1.18.10 pkg/kpr/kpr.go NewKPRConfig L73-76",
+    ),
+    row(
+        Change::KprGoBool,
+        "kube-proxy-replacement is a Go bool",
+        V1_19,
+        None,
+        "v1.19.4 pkg/kpr/kpr.go Flags L29-33; pkg/option/config.go validateConfigMapFlag L3408-3412",
+    ),
+    row(
+        Change::NodePortKeyRemoved,
+        "enable-node-port removed",
+        V1_19,
+        None,
+        "31eecce183 \"agent: Remove deprecated EnableNodePort\"; v1.19.4 pkg/option/config.go AreDevicesRequired L1961-1964",
+    ),
+    row(
+        Change::BpfMasqueradeRequiresDevices,
+        "BPF masquerade requires devices",
+        V1_19,
+        None,
+        "v1.19.4 pkg/option/config.go AreDevicesRequired L1961-1964",
+    ),
+    row(
+        Change::UserDevicesFirst,
+        "user-listed devices first, exclusions",
+        V1_19,
+        None,
+        "6d5900a0d7, 31748fcda0; v1.19.4 pkg/datapath/linux/devices_controller.go isSelectedDevice L625-633",
+    ),
+    row(
+        Change::BpfMasqueradeWithoutNodePort,
+        "BPF masquerade without NodePort",
+        V1_19,
+        None,
+        "v1.19.4 daemon/cmd/daemon.go L113-133 (masquerade interfaces, route source, both families off)",
     ),
     row(Change::Tcx, "tcx attachment", V1_16, None, "v1.16 pkg/datapath/loader/tcx.go attachSKBProgram (enable-tcx)"),
     row(Change::ForceDeviceDetection, "--force-device-detection", V1_16, None, "ce59386785 (fixes #32721)"),
