@@ -27,6 +27,17 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// Every known feature but `missing` (refused with "Operation not supported"), on
+    /// `kernel`: a made-up answer, for tests of what depends on the probe.
+    pub fn all_but(missing: &[&str], kernel: &str) -> Capabilities {
+        let features = LINK_FEATURES
+            .iter()
+            .chain(EXTRA_FEATURES)
+            .map(|f| (f.to_string(), missing.contains(f).then(|| "Operation not supported".to_string())))
+            .collect();
+        Capabilities { kernel: kernel.into(), features }
+    }
+
     pub fn has(&self, feature: &str) -> bool {
         matches!(self.features.get(feature), Some(None))
     }
@@ -197,12 +208,7 @@ mod tests {
     }
 
     fn caps(missing: &[&str], kernel: &str) -> Capabilities {
-        let features = LINK_FEATURES
-            .iter()
-            .chain(EXTRA_FEATURES)
-            .map(|f| (f.to_string(), missing.contains(f).then(|| "Operation not supported".to_string())))
-            .collect();
-        Capabilities { kernel: kernel.into(), features }
+        Capabilities::all_but(missing, kernel)
     }
 
     fn scenario() -> Scenario {

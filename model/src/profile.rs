@@ -389,7 +389,7 @@ pub const CHANGES: &[ChangeRow] = &[
     ),
     row(
         Change::KprOnlyTrueFalse,
-        "kube-proxy-replacement true|false only",
+        "kube-proxy-replacement true or false only",
         V1_16,
         None,
         "v1.16 daemon/cmd/kube_proxy_replacement.go initKubeProxyReplacementOptions",

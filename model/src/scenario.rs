@@ -1234,4 +1234,19 @@ steps:
         let e = bad(&doc(&["{name: eth0, kind: veth}"], "agent:\n  enable-node-port: ture\n"));
         assert!(e.starts_with("6:21:") && e.ends_with("did you mean \"true\"?"), "{e}");
     }
+
+    /// A configuration whose upstream behaviour is not modelled is said at the step that needs
+    /// it: cleanup after XDP as a pinned bpf_link (v1.15 and later), not before.
+    #[test]
+    fn unmodelled_cleanup_after_an_xdp_link_is_a_warning() {
+        let steps = |restart: &str| {
+            format!("agent:\n  bpf-lb-acceleration: native\nsteps:\n  - start: {{}}\n{restart}  - cleanup: {{}}\n")
+        };
+        let s = ok(&doc(&["{name: eth0, kind: veth}"], &steps("")));
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let s = ok(&doc(&["{name: eth0, kind: veth}"], &steps("  - restart: {profile: v1.15}\n")));
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("warning: not modelled: `cilium cleanup` after XDP"), "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("(v1.15 and later)"), "{:?}", s.warnings);
+    }
 }

@@ -564,6 +564,24 @@ fn attach_xdp_prog(
     mode: XdpAttachMode,
     what: &str,
 ) -> Result<u32, AttachError> {
+    let prog = load_xdp(ns, ctx, opened, device, program, cfg, what)?;
+    let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
+    let fd = prog.fd().map_err(|e| load_err(chain(&e)))?;
+    tc::attach_xdp(device, fd.as_fd(), mode).map_err(|e| kernel(ns, what, device, e))?;
+    let id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
+    Ok(id)
+}
+
+/// Opens the device's object (once per batch) and loads its XDP program `program`.
+fn load_xdp<'o>(
+    ns: &Netns,
+    ctx: &AttachContext,
+    opened: &'o mut Opened,
+    device: &str,
+    program: ProgramRef,
+    cfg: &DeviceConfig,
+    what: &str,
+) -> Result<&'o mut Xdp, AttachError> {
     let ebpf = open_object(ns, ctx, opened, device, program.object, cfg, program.symbol, what)?;
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
     let symbol = program.symbol;
@@ -573,10 +591,7 @@ fn attach_xdp_prog(
         .try_into()
         .map_err(|e| load_err(format!("{symbol} is not an XDP program: {}", chain(&e))))?;
     prog.load().map_err(|e| load_err(load_failure(symbol, &e)))?;
-    let fd = prog.fd().map_err(|e| load_err(chain(&e)))?;
-    tc::attach_xdp(device, fd.as_fd(), mode).map_err(|e| kernel(ns, what, device, e))?;
-    let id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
-    Ok(id)
+    Ok(prog)
 }
 
 /// v1.15 `attachXDPProgram`: update the link pinned at `pin` (a defunct one is unpinned),
@@ -596,16 +611,10 @@ fn attach_xdp_link(
     what: &str,
 ) -> Result<(u32, &'static str), AttachError> {
     use aya::programs::xdp::{XdpLink, XdpMode as AyaMode};
-    let ebpf = open_object(ns, ctx, opened, device, program.object, cfg, program.symbol, what)?;
+    let prog = load_xdp(ns, ctx, opened, device, program, cfg, what)?;
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
     let refused = |message: String| AttachError::XdpRefused { device: device.to_string(), message };
     let symbol = program.symbol;
-    let prog: &mut Xdp = ebpf
-        .program_mut(symbol)
-        .ok_or_else(|| load_err(format!("the object has no program {symbol}")))?
-        .try_into()
-        .map_err(|e| load_err(format!("{symbol} is not an XDP program: {}", chain(&e))))?;
-    prog.load().map_err(|e| load_err(load_failure(symbol, &e)))?;
     let prog_id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
     if pin.exists() {
         let pinned = PinnedLink::from_pin(pin)

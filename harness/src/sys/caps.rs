@@ -7,18 +7,14 @@
 //! in (set `HOSTDP_ALLOW_MODPROBE=1`, e.g. inside a throwaway VM, to let the kernel load it).
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use futures::StreamExt;
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
-use netlink_packet_route::tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
-use netlink_packet_route::RouteNetlinkMessage;
 use serde::{Deserialize, Serialize};
 
-use crate::sys::bpf;
 use crate::sys::netlink::{Change, Conn, NewLink};
+use crate::sys::{bpf, tc};
 use hostdp_model::needs::{Capabilities, EXTRA_FEATURES, LINK_FEATURES};
 
 /// Probes once per boot of the kernel and set of loaded modules (about 50 ms, and the
@@ -192,7 +188,8 @@ async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<S
     let clsact = match (blocked("clsact"), index) {
         (Some(g), _) => Some(g),
         (None, None) => Some("needs a veth to attach to, and veth is unavailable".into()),
-        (None, Some(i)) => add_clsact(&conn, i).await.err(),
+        // The same tc calls the attach path makes (sys::tc), on the probe's veth.
+        (None, Some(_)) => tc::ensure_clsact("pv0").err().map(|e| short(&e.to_string())),
     };
     let clsact_ok = clsact.is_none();
     out.insert("clsact".into(), clsact);
@@ -205,7 +202,11 @@ async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<S
         (Some(g), ..) => Some(g),
         (None, Err(e), ..) => Some(format!("cannot load a sched_cls program: {e}")),
         (None, Ok(_), None, _) | (None, Ok(_), _, false) => Some("needs a clsact qdisc on a veth".into()),
-        (None, Ok(fd), Some(i), true) => add_bpf_filter(&conn, i, fd).await.err(),
+        (None, Ok(fd), Some(_), true) => {
+            let spec =
+                tc::FilterSpec { direction: tc::Direction::Ingress, priority: 1, handle: 1, name: "hostdp_probe" };
+            tc::replace_filter("pv0", &spec, fd.as_fd()).err().map(|e| short(&e.to_string()))
+        }
     };
     out.insert("cls_bpf".into(), cls_bpf);
     let tcx = match (&sched_cls, index) {
@@ -222,54 +223,12 @@ fn short(message: &str) -> String {
     message.split_once(": ").map(|(_, m)| m).unwrap_or(message).to_string()
 }
 
-async fn request_ack(conn: &Conn, msg: RouteNetlinkMessage) -> Result<(), String> {
-    let mut req = NetlinkMessage::from(msg);
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-    let mut resp = conn.handle().clone().request(req).map_err(|e| e.to_string())?;
-    while let Some(m) = resp.next().await {
-        if let NetlinkPayload::Error(e) = m.payload {
-            if e.raw_code() != 0 {
-                return Err(crate::sys::netlink::errno_text(-e.raw_code()));
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn add_clsact(conn: &Conn, index: u32) -> Result<(), String> {
-    let mut m = TcMessage::with_index(index as i32);
-    m.header.parent = TcHandle::CLSACT;
-    m.header.handle = TcHandle { major: 0xffff, minor: 0 };
-    m.attributes.push(TcAttribute::Kind("clsact".into()));
-    request_ack(conn, RouteNetlinkMessage::NewQueueDiscipline(m)).await
-}
-
-async fn add_bpf_filter(conn: &Conn, index: u32, prog: &OwnedFd) -> Result<(), String> {
-    let mut m = TcMessage::with_index(index as i32);
-    m.header.parent = TcHandle { major: 0xffff, minor: TcHandle::MIN_INGRESS };
-    m.header.handle = TcHandle { major: 0, minor: 1 };
-    // priority 1, protocol ETH_P_ALL in network byte order
-    m.header.info = (1 << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
-    m.attributes.push(TcAttribute::Kind("bpf".into()));
-    m.attributes.push(TcAttribute::Options(vec![
-        TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
-        TcOption::Bpf(TcFilterBpfOption::ProgName("hostdp_probe".into())),
-        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-    ]));
-    request_ack(conn, RouteNetlinkMessage::NewTrafficFilter(m)).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn caps(missing: &[&str], kernel: &str) -> Capabilities {
-        let features = LINK_FEATURES
-            .iter()
-            .chain(EXTRA_FEATURES)
-            .map(|f| (f.to_string(), missing.contains(f).then(|| "Operation not supported".to_string())))
-            .collect();
-        Capabilities { kernel: kernel.into(), features }
+        Capabilities::all_but(missing, kernel)
     }
 
     #[test]
