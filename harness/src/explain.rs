@@ -13,7 +13,7 @@ use hostdp_model::{datapath, devices};
 pub enum ExplainError {
     #[error(transparent)]
     Config(#[from] hostdp_model::scenario::ScenarioError),
-    #[error("unknown profile {0:?}: give v1.14.4, v1.15 or v1.16")]
+    #[error("unknown profile {0:?}: give v1.14.4, v1.15, v1.16, v1.17, v1.18 or v1.19")]
     Profile(String),
     #[error("configuration: {0}")]
     Agent(#[from] ConfigError),

@@ -188,7 +188,9 @@ fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
 /// take `strict`, `partial` and `disabled` (deprecated) besides `true` and `false`; v1.16 only
 /// `true` and `false`. Compared as upstream compares them: exactly (`True` is refused).
 pub fn kube_proxy_replacement_values(profile: Profile) -> &'static [&'static str] {
-    if profile.has(Change::KprOnlyTrueFalse) {
+    if profile.has(Change::KprGoBool) {
+        &["true", "false", "1", "t", "T", "TRUE", "True", "0", "f", "F", "FALSE", "False"]
+    } else if profile.has(Change::KprOnlyTrueFalse) {
         &["true", "false"]
     } else {
         &["strict", "partial", "disabled", "true", "false"]
@@ -202,6 +204,19 @@ pub fn start_refusal(key: &str, value: &str, profile: Profile) -> Option<String>
     match key {
         "kube-proxy-replacement" => {
             let v = value.trim();
+            if profile.has(Change::KprGoBool) {
+                // v1.19 InitConfig: validateConfigMap's cast.ToBoolE, fatal before anything starts.
+                return parse_bool(v).is_none().then(|| {
+                    format!(
+                        "Incorrect config-map flag value: option kube-proxy-replacement: \
+                         strconv.ParseBool: parsing {v:?}: invalid syntax"
+                    )
+                });
+            }
+            if profile.has(Change::KprCellMessage) {
+                return (!kube_proxy_replacement_values(profile).contains(&v))
+                    .then(|| "invalid value for kube-proxy-replacement".to_string());
+            }
             (!kube_proxy_replacement_values(profile).contains(&v)).then(|| {
                 format!(
                     "unable to initialize kube-proxy replacement options: \
@@ -461,6 +476,13 @@ impl AgentConfig {
 
         let kube_proxy_replacement_value = get("kube-proxy-replacement").unwrap_or("false").to_string();
         let kube_proxy_replacement = match kube_proxy_replacement_value.as_str() {
+            v if profile.has(Change::KprGoBool) => {
+                if parse_bool(v) == Some(true) {
+                    KubeProxyReplacement::True
+                } else {
+                    KubeProxyReplacement::False
+                }
+            }
             "strict" => KubeProxyReplacement::Strict,
             "partial" => KubeProxyReplacement::Partial,
             "disabled" => KubeProxyReplacement::Disabled,
@@ -522,11 +544,14 @@ impl AgentConfig {
         Ok(AgentConfig {
             kube_proxy_replacement,
             kube_proxy_replacement_value,
-            enable_node_port: flag("enable-node-port", false),
+            // v1.19 dropped the flag: a left-over key is ignored (validateConfigMap skips it).
+            enable_node_port: flag("enable-node-port", false) && !profile.has(Change::NodePortKeyRemoved),
             enable_host_firewall: flag("enable-host-firewall", false),
             enable_bandwidth_manager: flag("enable-bandwidth-manager", false),
             enable_wireguard: flag("enable-wireguard", false),
-            enable_high_scale_ipcache: flag("enable-high-scale-ipcache", false),
+            // v1.18 dropped the flag: a left-over key is ignored.
+            enable_high_scale_ipcache: flag("enable-high-scale-ipcache", false)
+                && !profile.has(Change::HighScaleIpcacheRemoved),
             enable_l2_announcements: flag("enable-l2-announcements", false),
             devices,
             direct_routing_device: name("direct-routing-device"),
@@ -704,13 +729,20 @@ impl Settings {
 
     /// `AreDevicesRequired()` (pkg/option/config.go) of the profile.
     pub fn are_devices_required(&self) -> bool {
-        let common = self.enable_node_port
+        let node_port = if self.profile.has(Change::NodePortKeyRemoved) {
+            self.kube_proxy_replacement == KubeProxyReplacement::True
+        } else {
+            self.enable_node_port
+        };
+        let common = node_port
             || self.enable_host_firewall
             || self.enable_wireguard
             || self.enable_high_scale_ipcache
             || self.enable_l2_announcements;
         // v1.16.x also has `|| EnableIPSecEncryptedOverlay` (not modelled: no such key here).
         common
+            || (self.profile.has(Change::IpsecRequiresDevices) && self.enable_ipsec)
+            || (self.profile.has(Change::BpfMasqueradeRequiresDevices) && self.enable_bpf_masquerade)
             || (self.profile.has(Change::BandwidthManagerRequiresDevices) && self.enable_bandwidth_manager)
             || (self.profile.has(Change::ForceDeviceRequired) && self.force_device_required)
     }

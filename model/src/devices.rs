@@ -305,6 +305,22 @@ fn filter_match(filter: &[String], name: &str) -> bool {
         })
 }
 
+/// v1.19 `DeviceFilter.Match`: the first entry matching `name` (`+` by prefix, `!` reversing),
+/// as whether it excludes; `None` when no entry matches.
+fn filter_entry_match(filter: &[String], name: &str) -> Option<bool> {
+    filter.iter().find_map(|e| {
+        let (reverse, e) = match e.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, e.as_str()),
+        };
+        let matched = match e.strip_suffix('+') {
+            Some(prefix) => name.starts_with(prefix),
+            None => e == name,
+        };
+        matched.then_some(reverse)
+    })
+}
+
 fn has_default_route_in_main(link: &LinkInfo, routes: &[RouteInfo]) -> bool {
     routes.iter().any(|r| r.oif == Some(link.index) && r.table == 254 && is_default(r))
 }
@@ -314,13 +330,22 @@ pub fn controller_reason(settings: &Settings, link: &LinkInfo, routes: &[RouteIn
     if link.name.is_empty() {
         return Some("link name not known");
     }
+    if settings.profile.has(Change::UserDevicesFirst) && !settings.devices.is_empty() {
+        // v1.19: the user's choice first (no address or UP needed); `!name` excludes.
+        if let Some(exclude) = filter_entry_match(&settings.devices, &link.name) {
+            return exclude.then_some("excluded by user filter");
+        }
+        if !settings.force_device_detection {
+            return Some("not matching user filter");
+        }
+    }
     if link.addresses.is_empty() {
         return Some("device has no addresses");
     }
     if !link.up {
         return Some("device is down");
     }
-    if !settings.devices.is_empty() {
+    if !settings.devices.is_empty() && !settings.profile.has(Change::UserDevicesFirst) {
         if filter_match(&settings.devices, &link.name) {
             return None;
         }

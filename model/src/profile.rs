@@ -22,6 +22,15 @@ pub enum Profile {
     V1_15,
     /// Cilium v1.16.x (read at v1.16.0 and v1.16.8).
     V1_16,
+    /// Cilium v1.17.3 and later (read at v1.17.3 and v1.17.10). v1.17.0-v1.17.2 differ: their
+    /// `AreDevicesRequired` has `EnableIPSecEncryptedOverlay` instead of `EnableIPSec`, and their
+    /// WireGuard reload returns early as v1.16's does (no detach of `cil_to_wireguard` or of
+    /// `cil_from_netdev` on `cilium_wg0`). Neither is modelled separately.
+    V1_17,
+    /// Cilium v1.18.x (read at v1.18.10).
+    V1_18,
+    /// Cilium v1.19.x (read at v1.19.4).
+    V1_19,
 }
 
 /// One profile's facts: its name in scenario files, the release it stands for, and the patch
@@ -33,15 +42,19 @@ struct ProfileInfo {
     read_at: &'static str,
 }
 
-const PROFILES: [ProfileInfo; 3] = [
+const PROFILES: [ProfileInfo; 6] = [
     ProfileInfo { profile: Profile::V1_14_4, name: "v1.14.4", release: V1_14_4, read_at: "v1.14.4" },
     ProfileInfo { profile: Profile::V1_15, name: "v1.15", release: V1_15, read_at: "v1.15.7" },
     ProfileInfo { profile: Profile::V1_16, name: "v1.16", release: V1_16, read_at: "v1.16.0, v1.16.8" },
+    ProfileInfo { profile: Profile::V1_17, name: "v1.17", release: V1_17_3, read_at: "v1.17.3, v1.17.10" },
+    ProfileInfo { profile: Profile::V1_18, name: "v1.18", release: V1_18, read_at: "v1.18.10" },
+    ProfileInfo { profile: Profile::V1_19, name: "v1.19", release: V1_19, read_at: "v1.19.4" },
 ];
 
 impl Profile {
     /// Every profile, oldest first.
-    pub const ALL: [Profile; 3] = [Profile::V1_14_4, Profile::V1_15, Profile::V1_16];
+    pub const ALL: [Profile; 6] =
+        [Profile::V1_14_4, Profile::V1_15, Profile::V1_16, Profile::V1_17, Profile::V1_18, Profile::V1_19];
 
     fn info(self) -> &'static ProfileInfo {
         PROFILES.iter().find(|p| p.profile == self).expect("every profile has a row")
@@ -52,7 +65,7 @@ impl Profile {
         PROFILES.iter().find(|p| p.name == s).map(|p| p.profile)
     }
 
-    /// The name scenario files use (`v1.14.4`, `v1.15`, `v1.16`).
+    /// The name scenario files use (`v1.14.4`, `v1.15`, ..., `v1.19`).
     pub fn as_str(self) -> &'static str {
         self.info().name
     }
@@ -175,6 +188,28 @@ pub enum Change {
     /// `finishKubeProxyReplacementInit` returns early whenever NodePort is off (WireGuard alone no
     /// longer reaches the XDP mode and the host-routing checks).
     KprInitNeedsNodePort,
+    /// The XDP cell sets the XDP mode straight from `bpf-lb-acceleration`, NodePort or not.
+    XdpModeFromAcceleration,
+    /// `AreDevicesRequired` includes `EnableIPSec` (v1.17.3; v1.17.0-v1.17.2 have
+    /// `EnableIPSecEncryptedOverlay` as v1.16 does).
+    IpsecRequiresDevices,
+    /// High-scale ipcache is gone: `enable-high-scale-ipcache` left in a ConfigMap is ignored.
+    HighScaleIpcacheRemoved,
+    /// The kpr cell refuses any `kube-proxy-replacement` but `true`/`false` with its own message.
+    KprCellMessage,
+    /// `kube-proxy-replacement` is a Go bool flag (`strconv.ParseBool`).
+    KprGoBool,
+    /// `enable-node-port` is gone (ignored when left in a ConfigMap): NodePort follows
+    /// kube-proxy-replacement.
+    NodePortKeyRemoved,
+    /// `AreDevicesRequired` includes `EnableBPFMasquerade`.
+    BpfMasqueradeRequiresDevices,
+    /// The `--devices` filter is checked first: a listed device is selected without an address
+    /// and while down; `!name` entries exclude.
+    UserDevicesFirst,
+    /// BPF masquerade no longer needs NodePort; it refuses to start with both masquerade
+    /// families off instead.
+    BpfMasqueradeWithoutNodePort,
 }
 
 /// One row of the change table.
@@ -192,6 +227,11 @@ pub struct ChangeRow {
 const V1_14_4: Release = Release(1, 14, 4);
 const V1_15: Release = Release(1, 15, 0);
 const V1_16: Release = Release(1, 16, 0);
+/// v1.17.3: the v1.17 profile (IPsec requires devices, the WireGuard detaches).
+const V1_17: Release = Release(1, 17, 0);
+const V1_17_3: Release = Release(1, 17, 3);
+const V1_18: Release = Release(1, 18, 0);
+const V1_19: Release = Release(1, 19, 0);
 /// Older than every profile: a behaviour every profile starts with.
 const BEFORE: Release = Release(1, 0, 0);
 
@@ -388,6 +428,69 @@ pub const CHANGES: &[ChangeRow] = &[
         V1_16,
         None,
         "7897ab9334; v1.16.8 daemon/cmd/kube_proxy_replacement.go finishKubeProxyReplacementInit L347-351",
+    ),
+    row(
+        Change::XdpModeFromAcceleration,
+        "XDP mode from bpf-lb-acceleration without NodePort",
+        V1_17,
+        None,
+        "df8d59691f; v1.17.10 pkg/datapath/xdp/cell.go L36-49",
+    ),
+    row(
+        Change::IpsecRequiresDevices,
+        "IPsec requires devices",
+        V1_17_3,
+        None,
+        "3000c80e48 / a8c19d8d7c \"ipsec,config: require devices when IPsec is enabled\"; v1.17.10 pkg/option/config.go AreDevicesRequired L2383-2387",
+    ),
+    row(
+        Change::HighScaleIpcacheRemoved,
+        "high-scale ipcache removed",
+        V1_18,
+        None,
+        "0addb32f4b \"Remove deprecated high-scale ipcache code\"; v1.18.10 pkg/option/config.go validateConfigMap skips unknown keys",
+    ),
+    row(
+        Change::KprCellMessage,
+        "kpr cell refuses kube-proxy-replacement values",
+        V1_18,
+        Some(V1_19),
+        "v1.18.10 pkg/kpr/kpr.go NewKPRConfig L73-76",
+    ),
+    row(
+        Change::KprGoBool,
+        "kube-proxy-replacement is a Go bool",
+        V1_19,
+        None,
+        "v1.19.4 pkg/kpr/kpr.go Flags L29-33; pkg/option/config.go validateConfigMapFlag L3408-3412",
+    ),
+    row(
+        Change::NodePortKeyRemoved,
+        "enable-node-port removed",
+        V1_19,
+        None,
+        "31eecce183 \"agent: Remove deprecated EnableNodePort\"; v1.19.4 pkg/option/config.go AreDevicesRequired L1961-1964",
+    ),
+    row(
+        Change::BpfMasqueradeRequiresDevices,
+        "BPF masquerade requires devices",
+        V1_19,
+        None,
+        "v1.19.4 pkg/option/config.go AreDevicesRequired L1961-1964",
+    ),
+    row(
+        Change::UserDevicesFirst,
+        "user-listed devices first, exclusions",
+        V1_19,
+        None,
+        "6d5900a0d7, 31748fcda0; v1.19.4 pkg/datapath/linux/devices_controller.go isSelectedDevice L625-633",
+    ),
+    row(
+        Change::BpfMasqueradeWithoutNodePort,
+        "BPF masquerade without NodePort",
+        V1_19,
+        None,
+        "v1.19.4 daemon/cmd/daemon.go L113-133 (masquerade interfaces, route source, both families off)",
     ),
     row(Change::Tcx, "tcx attachment", V1_16, None, "v1.16 pkg/datapath/loader/tcx.go attachSKBProgram (enable-tcx)"),
     row(Change::ForceDeviceDetection, "--force-device-detection", V1_16, None, "ce59386785 (fixes #32721)"),

@@ -787,11 +787,11 @@ steps:
         assert!(parse(Path::new("x.yaml"), d("v1.16").as_bytes()).is_ok());
         assert_eq!(
             bad(&d("v1.14")),
-            "1:10: unknown profile \"v1.14\", did you mean \"v1.14.4\"? (implemented: v1.14.4, v1.15, v1.16)"
+            "1:10: unknown profile \"v1.14\", did you mean \"v1.14.4\"? (implemented: v1.14.4, v1.15, v1.16, v1.17, v1.18, v1.19)"
         );
         assert_eq!(
             bad(&d("nope")),
-            "1:10: unknown profile \"nope\"; expected one of: v1.14.4, v1.15, v1.16 (implemented: v1.14.4, v1.15, v1.16)"
+            "1:10: unknown profile \"nope\"; expected one of: v1.14.4, v1.15, v1.16, v1.17, v1.18, v1.19 (implemented: v1.14.4, v1.15, v1.16, v1.17, v1.18, v1.19)"
         );
     }
 
@@ -1165,8 +1165,8 @@ steps:
             "6:23: unknown key \"enable-nodeport\", did you mean \"enable-node-port\"?"
         );
         assert_eq!(
-            bad(&st("  - restart: {profile: v1.17}\n")),
-            "6:24: unknown profile \"v1.17\", did you mean \"v1.16\"? (implemented: v1.14.4, v1.15, v1.16)"
+            bad(&st("  - restart: {profile: v1.20}\n")),
+            "6:24: unknown profile \"v1.20\", did you mean \"v1.19\"? (implemented: v1.14.4, v1.15, v1.16, v1.17, v1.18, v1.19)"
         );
     }
 

@@ -24,6 +24,9 @@ impl Settings {
         let wireguard_goes_on = self.enable_wireguard && !self.profile.has(Change::KprInitNeedsNodePort);
         if !(self.enable_node_port || wireguard_goes_on) {
             self.disable_node_port();
+            if self.profile.has(Change::XdpModeFromAcceleration) {
+                self.xdp_mode = self.xdp_mode_of_acceleration();
+            }
             return Ok(());
         }
         // `AppendDevice(cilium_wg0)`; v1.16 decides this in the loader instead.
@@ -53,11 +56,7 @@ impl Settings {
                     .push(format!("{r} Falling back to legacy host routing (enable-host-legacy-routing=true)."));
             }
         }
-        self.xdp_mode = match self.node_port_acceleration {
-            Acceleration::Disabled => None,
-            Acceleration::Native | Acceleration::BestEffort => Some(XdpMode::Native),
-            Acceleration::Generic => Some(XdpMode::Generic),
-        };
+        self.xdp_mode = self.xdp_mode_of_acceleration();
         for dev in &sel.devices {
             if !links.iter().any(|l| &l.name == dev) {
                 return Err(wrap(format!("Cannot retrieve {dev} link: Link not found")));
@@ -67,6 +66,15 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The XDP mode the acceleration asks for.
+    fn xdp_mode_of_acceleration(&self) -> Option<XdpMode> {
+        match self.node_port_acceleration {
+            Acceleration::Disabled => None,
+            Acceleration::Native | Acceleration::BestEffort => Some(XdpMode::Native),
+            Acceleration::Generic => Some(XdpMode::Generic),
+        }
     }
 }
 
@@ -128,7 +136,14 @@ impl Settings {
     /// newDaemon after `finishKubeProxyReplacementInit`: BPF masquerade falls back to iptables
     /// when its prerequisites are missing; the egress gateway refuses to start without it.
     fn masquerade_checks(&mut self) -> Result<(), ConfigError> {
-        if self.masquerading_enabled() && self.enable_bpf_masquerade {
+        if self.profile.has(Change::BpfMasqueradeWithoutNodePort) {
+            if self.enable_bpf_masquerade && !self.masquerading_enabled() {
+                return Err(refused(
+                    "BPF masquerade requires (--enable-ipv4-masquerade=\"true\" or \
+                     --enable-ipv6-masquerade=\"true\")",
+                ));
+            }
+        } else if self.masquerading_enabled() && self.enable_bpf_masquerade {
             let err = if !self.enable_node_port {
                 Some("BPF masquerade requires NodePort (--enable-node-port=\"true\")")
             } else if !self.profile.has(Change::BpfMasqueradeOnlyNeedsNodePort) && !self.enable_remote_node_identity {

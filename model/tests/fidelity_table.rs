@@ -1,6 +1,6 @@
 //! `docs/fidelity.md` cannot drift: every scenario a row names exists in `scenarios/`, every row
-//! names at least one scenario or says "not modelled", and every `f13-` scenario (written from
-//! upstream source alone) is pinned by some row.
+//! names at least one scenario or says "not modelled", and every `f13-` and `r14-` scenario
+//! (written from upstream source alone) is pinned by some row.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -59,7 +59,7 @@ fn the_fidelity_table_names_existing_scenarios_and_leaves_no_gap() {
     }
     for e in std::fs::read_dir(root().join("scenarios")).expect("scenarios/") {
         let name = e.expect("an entry").file_name().to_string_lossy().into_owned();
-        if name.starts_with("f13-") && name.ends_with(".yaml") {
+        if (name.starts_with("f13-") || name.starts_with("r14-")) && name.ends_with(".yaml") {
             assert!(named.contains(&name), "docs/fidelity.md: no row pins {name}");
         }
     }

@@ -10,8 +10,8 @@ use crate::runner;
 /// Arguments of `hostdp diff`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Profiles to compare, comma-separated (v1.14.4,v1.15,v1.16).
-    #[arg(long, value_delimiter = ',', default_value = "v1.14.4,v1.15,v1.16")]
+    /// Profiles to compare, comma-separated (default: every profile).
+    #[arg(long, value_delimiter = ',', default_value = "v1.14.4,v1.15,v1.16,v1.17,v1.18,v1.19")]
     pub profiles: Vec<String>,
     /// Compare the mechanism (tc, tcx, xdp mode) too, not only the programs.
     #[arg(long)]

@@ -56,7 +56,7 @@ pub fn exec(mut args: Args) -> i32 {
         None => None,
         Some((_, Some(p))) => Some(p),
         Some((p, None)) => {
-            eprintln!("hostdp run: unknown profile {p:?}: give v1.14.4, v1.15 or v1.16");
+            eprintln!("hostdp run: unknown profile {p:?}: give v1.14.4, v1.15, v1.16, v1.17, v1.18 or v1.19");
             return exit::INVALID;
         }
     };
