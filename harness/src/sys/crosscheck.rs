@@ -54,27 +54,12 @@ pub fn compare(ns: &Netns, devices: &[String], atts: &[Attachment]) -> Vec<Strin
             )
         })
         .collect();
+    let filter = |d: &TcKey| format!("{} {} {} pref {} handle {:#x} id {}", d.0, d.1.as_str(), d.2, d.3, d.4, d.5);
     for d in from_tc.difference(&from_inspect) {
-        out.push(format!(
-            "tc filter show lists {} {} {} pref {} handle {:#x} id {}, inspect does not",
-            d.0,
-            d.1.as_str(),
-            d.2,
-            d.3,
-            d.4,
-            d.5
-        ));
+        out.push(format!("tc filter show lists {}, inspect does not", filter(d)));
     }
     for d in from_inspect.difference(&from_tc) {
-        out.push(format!(
-            "inspect lists {} {} {} pref {} handle {:#x} id {}, tc filter show does not",
-            d.0,
-            d.1.as_str(),
-            d.2,
-            d.3,
-            d.4,
-            d.5
-        ));
+        out.push(format!("inspect lists {}, tc filter show does not", filter(d)));
     }
     // bpftool: tc (clsact) filters by name and id, and XDP programs by id and mode.
     match tool(ns, &["bpftool", "-j", "net", "show"]) {
