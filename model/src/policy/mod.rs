@@ -7,6 +7,7 @@
 //! replaces them with a cluster's own (see [`schema`] and [`use_schemas`]).
 
 mod model;
+pub mod openapi;
 pub mod schema;
 mod select;
 pub mod yaml;

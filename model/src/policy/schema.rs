@@ -22,9 +22,9 @@
 
 use std::path::{Path, PathBuf};
 
-use jsonschema::error::ValidationErrorKind;
-use jsonschema::{Draft, Validator};
 use serde_json::{Map, Value};
+
+use super::openapi::{ErrorKind as ValidationErrorKind, Validator};
 
 use super::yaml::{escape_pointer, YamlDoc};
 use super::{Diagnostic, PolicyError, PolicyKind};
@@ -146,10 +146,10 @@ impl SchemaSet {
         let mut value = value.clone();
         prune_nulls(&mut value, &c.schema);
         for err in c.validator.iter_errors(&value) {
-            let ptr = err.instance_path().as_str().to_string();
-            let schema_path = err.schema_path().as_str().to_string();
+            let ptr = err.instance_path.clone();
+            let schema_path = err.schema_path.clone();
             let full = format!("{root}{ptr}");
-            match err.kind() {
+            match &err.kind {
                 ValidationErrorKind::AdditionalProperties { unexpected } => {
                     let known = known_properties(&c.schema, &schema_path);
                     for key in unexpected {
@@ -167,17 +167,17 @@ impl SchemaSet {
                     }
                 }
                 ValidationErrorKind::Required { property } => {
-                    let name = property.as_str().unwrap_or_default();
+                    let name = property.as_str();
                     out.push(Diagnostic::at(
                         doc.locate(&full, true),
                         field_path(&value, &ptr),
                         format!("missing required field {name:?}"),
                     ));
                 }
-                ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::OneOfMultipleValid { .. }
+                ValidationErrorKind::OneOfNotValid | ValidationErrorKind::OneOfMultipleValid
                     if is_selector_one_of(&schema_path) =>
                 {
-                    let obj = err.instance();
+                    let obj = err.instance;
                     let both = obj.get("endpointSelector").is_some() && obj.get("nodeSelector").is_some();
                     let message = if both {
                         "rule cannot have both endpointSelector and nodeSelector"
@@ -197,7 +197,7 @@ impl SchemaSet {
                     out.push(Diagnostic::at(
                         doc.locate(&full, false),
                         field_path(&value, &ptr),
-                        format!("{} {what}does not match the pattern {shown}", err.instance()),
+                        format!("{} {what}does not match the pattern {shown}", err.instance),
                     ));
                 }
                 ValidationErrorKind::Enum { options } => {
@@ -208,7 +208,7 @@ impl SchemaSet {
                     out.push(Diagnostic::at(
                         doc.locate(&full, false),
                         field_path(&value, &ptr),
-                        format!("unsupported value {}: supported values: {list}", err.instance()),
+                        format!("unsupported value {}: supported values: {list}", err.instance),
                     ));
                 }
                 ValidationErrorKind::Type { .. } => {
@@ -218,7 +218,7 @@ impl SchemaSet {
                     out.push(Diagnostic::at(
                         doc.locate(&full, false),
                         field_path(&value, &ptr),
-                        format!("must be of type {}, not {}", expected.trim_matches('"'), json_type(err.instance())),
+                        format!("must be of type {}, not {}", expected.trim_matches('"'), json_type(err.instance)),
                     ));
                 }
                 _ => out.push(Diagnostic::at(doc.locate(&full, false), field_path(&value, &ptr), err.to_string())),
@@ -232,12 +232,10 @@ impl Compiled {
     /// Compiles an `openAPIV3Schema`.
     fn new(openapi: &Value, origin: String) -> Result<Compiled, String> {
         let schema = to_json_schema(openapi);
-        let validator = jsonschema::options()
-            .with_draft(Draft::Draft4)
-            .should_validate_formats(true)
-            .with_format("cidr", is_cidr)
-            .build(&schema)
-            .map_err(|e| format!("compile schema: {e}"))?;
+        let validator = Validator::new(&schema).map_err(|e| {
+            let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+            format!("compile schema: {e}{cause}")
+        })?;
         Ok(Compiled { schema, validator, origin })
     }
 }
@@ -464,12 +462,7 @@ mod tests {
             "i": {"x-kubernetes-int-or-string": true, "type": "string"},
         }});
         let schema = to_json_schema(&raw);
-        let v = jsonschema::options()
-            .with_draft(Draft::Draft4)
-            .should_validate_formats(true)
-            .with_format("cidr", is_cidr)
-            .build(&schema)
-            .unwrap();
+        let v = Validator::new(&schema).unwrap();
         assert!(v.is_valid(&json!({"c": "10.0.0.0/8", "h": "%%%", "m": {"x": "y"}, "p": {"z": 1}, "i": 3})));
         assert!(v.is_valid(&json!({"c": "fd00::/64", "i": "x"})));
         assert!(!v.is_valid(&json!({"c": "10.0.0.0/33"})));
