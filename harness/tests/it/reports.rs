@@ -123,3 +123,43 @@ fn junit_and_markdown_of_a_partitioned_run() {
     assert!(summary.starts_with("earlier summary\n### hostdp: 0 passed, 1 failed, 0 errors, 1 skipped"), "{summary}");
     assert!(summary.contains("| `bridge-node-ip` | v1.16 | ❌ **fail** |"), "{summary}");
 }
+
+/// Shards of runs under two profiles: `hostdp table` merges each run's shards (one row per
+/// file, one column per profile), and `hostdp diff` compares the profiles from the records.
+#[test]
+fn table_and_diff_merge_the_shards_of_a_run() {
+    if !root_or_skip() {
+        return;
+    }
+    let files = ["scenarios/veth-node-port-auto.yaml", "scenarios/bridge-node-ip.yaml"];
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = Vec::new();
+    for profile in ["v1.14.4", "v1.16"] {
+        for part in ["1/2", "2/2"] {
+            let out = dir.path().join(format!("{profile}-{}.json", &part[..1])).display().to_string();
+            let args = ["run", "--allow-skips", "--profile", profile, "--partition", part, "--json", &out];
+            let run = hostdp(&[&args[..], &files].concat());
+            assert!(run.status.code().is_some_and(|c| c <= 1), "{}", String::from_utf8_lossy(&run.stderr));
+            records.push(out);
+        }
+    }
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    // One run's shards: one record, the behaviour table of both files.
+    let table = lines(&hostdp(&[&["table", "--devices", "eth0,br0"][..], &records[..2]].concat()));
+    assert_eq!(table.len(), 4, "header, rule, two files: {table:#?}");
+    assert!(table[2].starts_with("| `bridge-node-ip` |") && table[3].starts_with("| `veth-node-port-auto` |"));
+    // Two runs: a column per profile.
+    let table = lines(&hostdp(&[&["table", "--devices", "eth0,br0"][..], &records[..]].concat()));
+    assert!(table[0].starts_with("| configuration | v1.14.4 (") && table[0].contains("| v1.16 ("), "{table:#?}");
+    assert_eq!(table.len(), 4, "{table:#?}");
+    // diff from the records: v1.16 attaches through tcx and refuses the bridge-only node.
+    let out = hostdp(&[&["diff", "--format", "json"][..], &records[..]].concat());
+    assert_eq!(out.status.code(), Some(1), "the profiles differ: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let diffs = v["scenarios"].as_array().unwrap();
+    assert_eq!(diffs.len(), 2);
+    assert_eq!(diffs[0]["profiles"], serde_json::json!(["v1.14.4", "v1.16"]));
+    // One profile only: nothing to compare.
+    let out = hostdp(&[&["diff"][..], &records[..2]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
