@@ -222,13 +222,18 @@ pub fn run(args: &DiffArgs) -> Result<Vec<ScenarioDiff>, DiffError> {
 }
 
 fn missing(file: &str) -> ScenarioRecord {
+    not_in_record(file, "the run produced no record for it")
+}
+
+/// The stand-in for a scenario a profile's run has no record of (an error, with `why`).
+pub fn not_in_record(file: &str, why: &str) -> ScenarioRecord {
     ScenarioRecord {
         phases: None,
         file: file.to_string(),
         name: String::new(),
         profile: String::new(),
         status: Status::Error,
-        reason: Some("the run produced no record for it".into()),
+        reason: Some(why.into()),
         kernel: None,
         millis: 0,
         steps: Vec::new(),

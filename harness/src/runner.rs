@@ -71,6 +71,16 @@ pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
 /// The common start of `run` and `diff`: the files of `paths`, all valid, and root. On a
 /// problem, it is printed and the exit status returned.
 pub fn valid_files_as_root(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, i32> {
+    let files = valid_files(cmd, paths)?;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("hostdp {cmd}: needs root (network namespaces, bpf); run it with sudo");
+        return Err(exit::ENVIRONMENT);
+    }
+    Ok(files)
+}
+
+/// The files of `paths`, all valid (warnings are printed and allowed); no privileges needed.
+pub fn valid_files(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, i32> {
     let files = expand(paths);
     if files.is_empty() {
         let given: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
@@ -87,10 +97,6 @@ pub fn valid_files_as_root(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>,
             eprintln!("{e}");
         }
         return Err(exit::INVALID);
-    }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("hostdp {cmd}: needs root (network namespaces, bpf); run it with sudo");
-        return Err(exit::ENVIRONMENT);
     }
     Ok(files)
 }

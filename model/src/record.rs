@@ -140,6 +140,21 @@ impl RunRecord {
         RunRecord { kernel, scenarios, summary, runs: Vec::new() }
     }
 
+    /// The per-kernel runs of this record: `runs`, or the record itself as one kernel's run
+    /// (named by its kernel release, the only name a single-kernel record keeps).
+    pub fn kernel_runs(&self) -> Vec<KernelRun> {
+        if !self.runs.is_empty() {
+            return self.runs.clone();
+        }
+        vec![KernelRun {
+            target: self.kernel.clone(),
+            kernel: self.kernel.clone(),
+            scenarios: self.scenarios.clone(),
+            summary: self.summary,
+            millis: self.scenarios.iter().map(|s| s.millis).sum(),
+        }]
+    }
+
     /// Combines per-kernel runs: a scenario passes when it passed on at least one kernel and
     /// failed or errored on none; it is skipped only when skipped on every kernel.
     pub fn combine(runs: Vec<KernelRun>) -> RunRecord {
@@ -180,6 +195,71 @@ impl RunRecord {
         let kernel = runs.first().map(|r| r.kernel.clone()).unwrap_or_default();
         let summary = Summary::of(&scenarios);
         RunRecord { kernel, scenarios, summary, runs }
+    }
+}
+
+/// The records of several runs grouped into one record per run: shards of one run
+/// (`hostdp run --partition K/N`, or one kernel each) are merged, the rest kept apart. Two
+/// records are shards of the same run when no (file, kernel) pair is in both and they do not
+/// run under two different single profiles (as `run --profile` runs do). A merged record has
+/// one kernel run per kernel release (scenarios sorted by file, times added up) and, with
+/// several kernels, the combined scenarios of [`RunRecord::combine`].
+pub fn merge_shards(recs: Vec<RunRecord>) -> Vec<RunRecord> {
+    let mut groups: Vec<Vec<KernelRun>> = Vec::new();
+    for rec in recs {
+        let runs = rec.kernel_runs();
+        let cells: BTreeSet<(String, String)> = cells_of(&runs);
+        let profile = single_profile(&runs);
+        let home = groups.iter_mut().find(|g| {
+            let other = single_profile(g);
+            cells_of(g).is_disjoint(&cells) && (profile.is_none() || other.is_none() || profile == other)
+        });
+        match home {
+            Some(g) => g.extend(runs),
+            None => groups.push(runs),
+        }
+    }
+    groups.into_iter().map(merge_runs).collect()
+}
+
+fn cells_of(runs: &[KernelRun]) -> BTreeSet<(String, String)> {
+    runs.iter().flat_map(|r| r.scenarios.iter().map(|s| (s.file.clone(), r.kernel.clone()))).collect()
+}
+
+/// The one profile every scenario of `runs` ran under, if there is one.
+fn single_profile(runs: &[KernelRun]) -> Option<String> {
+    let p: BTreeSet<&str> = runs.iter().flat_map(|r| r.scenarios.iter().map(|s| s.profile.as_str())).collect();
+    if p.len() == 1 {
+        p.into_iter().next().map(str::to_string)
+    } else {
+        None
+    }
+}
+
+fn merge_runs(runs: Vec<KernelRun>) -> RunRecord {
+    let mut by_kernel: Vec<KernelRun> = Vec::new();
+    for r in runs {
+        match by_kernel.iter_mut().find(|k| k.kernel == r.kernel) {
+            Some(k) => {
+                // A single-kernel record names its run by the release; keep a real target.
+                if k.target == k.kernel {
+                    k.target = r.target;
+                }
+                k.scenarios.extend(r.scenarios);
+                k.millis += r.millis;
+            }
+            None => by_kernel.push(r),
+        }
+    }
+    for k in &mut by_kernel {
+        k.scenarios.sort_by(|a, b| a.file.cmp(&b.file));
+        k.summary = Summary::of(&k.scenarios);
+    }
+    if by_kernel.len() == 1 {
+        let k = by_kernel.remove(0);
+        RunRecord::single(k.kernel, k.scenarios)
+    } else {
+        RunRecord::combine(by_kernel)
     }
 }
 
@@ -765,6 +845,49 @@ mod tests {
             &Observed { aliases: &aliases, error: Some("BPF masquerade requires NodePort"), ..Default::default() }
         )
         .is_empty());
+    }
+
+    #[test]
+    fn shards_merge_and_profile_runs_stay_apart() {
+        let rec = |files: &[&str], profile: &str, kernel: &str| {
+            let scenarios = files
+                .iter()
+                .map(|f| ScenarioRecord {
+                    file: f.to_string(),
+                    name: f.to_string(),
+                    profile: profile.into(),
+                    status: Status::Pass,
+                    reason: None,
+                    kernel: Some(kernel.into()),
+                    millis: 10,
+                    phases: None,
+                    steps: vec![],
+                })
+                .collect();
+            RunRecord::single(kernel.into(), scenarios)
+        };
+        // Three shards of one run on one kernel: one record, sorted by file.
+        let m = merge_shards(vec![
+            rec(&["c", "a"], "v1.16", "6.1"),
+            rec(&["b"], "v1.16", "6.1"),
+            rec(&["d"], "v1.16", "6.1"),
+        ]);
+        assert_eq!(m.len(), 1);
+        let files: Vec<&str> = m[0].scenarios.iter().map(|s| s.file.as_str()).collect();
+        assert_eq!(files, ["a", "b", "c", "d"]);
+        assert_eq!(m[0].summary.passed, 4);
+        assert!(m[0].runs.is_empty());
+        // The same files on two kernels: one record with a run per kernel.
+        let m = merge_shards(vec![rec(&["a"], "v1.16", "6.1"), rec(&["a"], "v1.16", "6.12")]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].runs.len(), 2);
+        assert_eq!(m[0].scenarios.len(), 1);
+        // Runs of the same files under two profiles (`run --profile`): a record each.
+        let m = merge_shards(vec![rec(&["a", "b"], "v1.14.4", "6.1"), rec(&["a", "b"], "v1.16", "6.1")]);
+        assert_eq!(m.len(), 2);
+        // Disjoint files but two different `--profile`s: apart too.
+        let m = merge_shards(vec![rec(&["a"], "v1.14.4", "6.1"), rec(&["b"], "v1.16", "6.1")]);
+        assert_eq!(m.len(), 2);
     }
 
     #[test]

@@ -2,9 +2,13 @@
 
 use std::path::PathBuf;
 
+use std::collections::BTreeSet;
+
 use super::Format;
-use crate::diff::{run, table, DiffArgs, DiffError, ScenarioDiff};
+use crate::diff::{compare, not_in_record, run, table, DiffArgs, DiffError, ScenarioDiff};
 use crate::model::exit;
+use crate::model::profile::Profile;
+use crate::model::record::{self, RunRecord, ScenarioRecord};
 use crate::runner;
 
 /// Arguments of `hostdp diff`.
@@ -21,6 +25,8 @@ pub struct Args {
     pub kernel: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// Scenario files or folders to run; or result records (`*.json`, from `hostdp run
+    /// --profile P --json FILE`, shards merged) to compare without running anything.
     pub paths: Vec<PathBuf>,
 }
 
@@ -38,19 +44,16 @@ pub fn exec(args: Args) -> i32 {
 
 /// `hostdp diff`: 0 no differences, 1 some, 2 invalid input, 4 environment.
 fn cli(args: &DiffArgs) -> i32 {
-    if let Err(code) = runner::valid_files_as_root("diff", &args.paths) {
-        return code;
-    }
-    crate::sys::topology::install_signal_cleanup();
-    let diffs = match run(args) {
-        Ok(d) => d,
-        Err(e @ (DiffError::Profile(_) | DiffError::TooFew(_) | DiffError::Scenario(_))) => {
-            eprintln!("{e}");
-            return exit::INVALID;
+    let records = !args.paths.is_empty() && args.paths.iter().all(|p| p.extension().is_some_and(|e| e == "json"));
+    let diffs = if records {
+        match super::table::read_records("diff", &args.paths).and_then(|r| from_records(r, args.mechanism)) {
+            Ok(d) => d,
+            Err(code) => return code,
         }
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::ENVIRONMENT;
+    } else {
+        match run_scenarios(args) {
+            Ok(d) => d,
+            Err(code) => return code,
         }
     };
     if args.json {
@@ -65,5 +68,71 @@ fn cli(args: &DiffArgs) -> i32 {
         exit::FAILED
     } else {
         exit::OK
+    }
+}
+
+/// Records of runs under single profiles (shards merged first): per file, the profiles compared.
+fn from_records(recs: Vec<RunRecord>, mechanism: bool) -> Result<Vec<ScenarioDiff>, i32> {
+    let mut by_profile: Vec<(Profile, RunRecord)> = Vec::new();
+    for rec in record::merge_shards(recs) {
+        let names: BTreeSet<&str> = rec.scenarios.iter().map(|s| s.profile.as_str()).collect();
+        let profile = match names.iter().collect::<Vec<_>>().as_slice() {
+            [one] => Profile::parse(one),
+            _ => None,
+        };
+        let Some(p) = profile.filter(|p| !by_profile.iter().any(|(q, _)| q == p)) else {
+            eprintln!(
+                "hostdp diff: give one record (or its shards) per profile, each run under one profile with `hostdp run \
+                 --profile P`; found a record with profiles {names:?}"
+            );
+            return Err(exit::INVALID);
+        };
+        by_profile.push((p, rec));
+    }
+    if by_profile.len() < 2 {
+        eprintln!("{}", DiffError::TooFew(by_profile.len()));
+        return Err(exit::INVALID);
+    }
+    by_profile.sort_by_key(|(p, _)| Profile::ALL.iter().position(|q| q == p));
+    let profiles: Vec<Profile> = by_profile.iter().map(|(p, _)| *p).collect();
+    let mut files: Vec<(String, String)> = Vec::new();
+    for (_, r) in &by_profile {
+        for s in &r.scenarios {
+            if !files.iter().any(|(f, _)| f == &s.file) {
+                files.push((s.file.clone(), s.name.clone()));
+            }
+        }
+    }
+    files.sort();
+    Ok(files
+        .iter()
+        .map(|(file, name)| {
+            let recs: Vec<ScenarioRecord> = by_profile
+                .iter()
+                .map(|(p, r)| {
+                    r.scenarios.iter().find(|s| &s.file == file).cloned().unwrap_or_else(|| {
+                        not_in_record(file, &format!("not in the records of profile {}", p.as_str()))
+                    })
+                })
+                .collect();
+            compare(file, name, &profiles, &recs, mechanism)
+        })
+        .collect())
+}
+
+/// Runs the scenarios under each profile (as root).
+fn run_scenarios(args: &DiffArgs) -> Result<Vec<ScenarioDiff>, i32> {
+    runner::valid_files_as_root("diff", &args.paths)?;
+    crate::sys::topology::install_signal_cleanup();
+    match run(args) {
+        Ok(d) => Ok(d),
+        Err(e @ (DiffError::Profile(_) | DiffError::TooFew(_) | DiffError::Scenario(_))) => {
+            eprintln!("{e}");
+            Err(exit::INVALID)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Err(exit::ENVIRONMENT)
+        }
     }
 }

@@ -1,20 +1,40 @@
-//! `hostdp run`: runs scenarios on this kernel or in VMs and prints the record.
+//! `hostdp run`: runs scenarios on this kernel or in VMs and prints the record, or a report of
+//! it for CI systems (JUnit, markdown); `--partition K/N` runs one part of the matrix.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
-use super::Format;
+use clap::ValueEnum;
+
 use crate::model::exit;
+use crate::model::partition::{Cell, Partition};
 use crate::model::profile::Profile;
-use crate::model::record::{self, RunRecord};
-use crate::runner::{cache_dir, quiet, run_local_as, valid_files_as_root};
+use crate::model::record::{self, KernelRun, RunRecord};
+use crate::model::report;
+use crate::model::scenario;
+use crate::runner::{cache_dir, quiet, run_local_as, valid_files, valid_files_as_root};
 use crate::sys::topology;
 use crate::target::run_target_as;
+
+/// What `hostdp run` prints.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RunFormat {
+    /// Each scenario's status and, for a failure, expected beside observed.
+    Table,
+    /// The JSON result record.
+    Json,
+    /// JUnit XML: a test suite per kernel, a test case per scenario.
+    Junit,
+    /// A markdown summary (scenario × kernel status, the failures in detail), e.g. for a CI
+    /// job summary.
+    Markdown,
+}
 
 /// Arguments of `hostdp run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[arg(long, value_enum, default_value = "table")]
-    pub format: Format,
+    pub format: RunFormat,
     /// Run inside a VM booted with this kernel (`debian-6.1`, `debian-6.12`, a vmlinuz path),
     /// or `host` for this machine's kernel. Repeat for a kernel matrix.
     #[arg(long = "kernel")]
@@ -29,9 +49,25 @@ pub struct Args {
     /// Scenarios run at once (default: the number of CPUs).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
-    /// Write the JSON record to this file as well (whatever --format says).
+    /// Write the JSON record to this file as well (with --format table or json), or the JUnit
+    /// or markdown report (with --format junit or markdown; the table is printed then).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Write the JSON record to this file, whatever --format says.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Append the markdown summary to this file (e.g. "$GITHUB_STEP_SUMMARY").
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// Run part K of N of the scenario × kernel × profile matrix: its cells sorted, the i-th
+    /// (from 0) belongs to part i % N + 1. N runners given the same arguments and 1/N .. N/N
+    /// run every cell once.
+    #[arg(long, value_name = "K/N", value_parser = parse_partition)]
+    pub partition: Option<Partition>,
+    /// Print the cells this run would run (file, kernel, profile; tab-separated, sorted) and
+    /// exit without running anything; no privileges needed.
+    #[arg(long)]
+    pub list: bool,
     /// Run every file under this profile instead of its own (to observe, e.g. for the
     /// behaviour table; expectations written for another profile may fail).
     #[arg(long)]
@@ -44,14 +80,14 @@ pub struct Args {
     pub paths: Vec<PathBuf>,
 }
 
+fn parse_partition(s: &str) -> Result<Partition, String> {
+    Partition::parse(s).map_err(|e| e.to_string())
+}
+
 /// `hostdp run`.
 pub fn exec(mut args: Args) -> i32 {
     args.paths = super::default_paths(std::mem::take(&mut args.paths));
     let args = &args;
-    let files = match valid_files_as_root("run", &args.paths) {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
     let profile = match args.profile.as_deref().map(|p| (p, Profile::parse(p))) {
         None => None,
         Some((_, Some(p))) => Some(p),
@@ -60,59 +96,150 @@ pub fn exec(mut args: Args) -> i32 {
             return exit::INVALID;
         }
     };
-    topology::install_signal_cleanup();
-    let _ = topology::cleanup_stale();
-    let rec = if args.kernels.is_empty() {
-        RunRecord::single(
-            crate::sys::caps::probe(&cache_dir()).kernel.clone(),
-            run_local_as(&files, jobs(args), profile),
-        )
-    } else {
-        let mut runs = Vec::new();
-        for k in &args.kernels {
-            if !quiet() {
-                eprintln!("hostdp: kernel {k}: {} scenario(s)", files.len());
-            }
-            match run_target_as(k, &files, jobs(args), profile) {
-                Ok(r) => runs.push(r),
-                Err(e) => {
-                    eprintln!("hostdp run --kernel {k}: {e}");
-                    return if e.is_environment() { exit::ENVIRONMENT } else { exit::FAILED };
-                }
-            }
-        }
-        if runs.len() == 1 {
-            let r = runs.pop().unwrap();
-            let mut rec = RunRecord::single(r.kernel, r.scenarios);
-            rec.runs = Vec::new();
-            rec
-        } else {
-            RunRecord::combine(runs)
+    let files = match if args.list { valid_files("run", &args.paths) } else { valid_files_as_root("run", &args.paths) }
+    {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let targets: Vec<String> = if args.kernels.is_empty() { vec!["host".into()] } else { args.kernels.clone() };
+    let cells = match matrix(&files, &targets, profile) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let chosen = match args.partition {
+        Some(p) => p.select(&cells),
+        None => {
+            let mut all = cells.clone();
+            all.sort();
+            all
         }
     };
-    let json = serde_json::to_string_pretty(&rec).expect("serialise the record");
-    if let Some(o) = &args.output {
-        if let Err(e) = std::fs::write(o, &json) {
-            eprintln!("hostdp run: cannot write {}: {e}", o.display());
+    if args.list {
+        let text: String = chosen.iter().map(|c| format!("{}\t{}\t{}\n", c.file, c.kernel, c.profile)).collect();
+        // A closed pipe (`| head`) is not an error of the listing.
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        return exit::OK;
+    }
+    if let Some(p) = args.partition {
+        if !quiet() {
+            eprintln!("hostdp: partition {p}: {} of the matrix's {} cells", chosen.len(), cells.len());
         }
     }
-    if args.format == Format::Json {
-        println!("{json}");
-    } else {
+    topology::install_signal_cleanup();
+    let _ = topology::cleanup_stale();
+    // Each kernel runs its chosen files, in the order given; a kernel with none is not booted.
+    let mut runs = Vec::new();
+    for k in &targets {
+        let mine: Vec<PathBuf> =
+            files.iter().filter(|f| chosen.iter().any(|c| &c.kernel == k && c.file == label(f))).cloned().collect();
+        if mine.is_empty() {
+            continue;
+        }
+        if args.kernels.is_empty() {
+            let t0 = std::time::Instant::now();
+            let scenarios = run_local_as(&mine, jobs(args), profile);
+            runs.push(KernelRun {
+                target: k.clone(),
+                kernel: crate::sys::caps::probe(&cache_dir()).kernel.clone(),
+                summary: record::Summary::of(&scenarios),
+                scenarios,
+                millis: t0.elapsed().as_millis() as u64,
+            });
+            continue;
+        }
+        if !quiet() {
+            eprintln!("hostdp: kernel {k}: {} scenario(s)", mine.len());
+        }
+        match run_target_as(k, &mine, jobs(args), profile) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("hostdp run --kernel {k}: {e}");
+                return if e.is_environment() { exit::ENVIRONMENT } else { exit::FAILED };
+            }
+        }
+    }
+    let rec = match runs.len() {
+        0 => RunRecord::single(String::new(), Vec::new()),
+        1 => RunRecord::single(runs[0].kernel.clone(), runs[0].scenarios.clone()),
+        _ => RunRecord::combine(runs.clone()),
+    };
+    let ctx = report::Context { profile: args.profile.as_deref() };
+    let json = serde_json::to_string_pretty(&rec).expect("serialise the record");
+    let formatted = match args.format {
+        RunFormat::Table => record::table(&rec),
+        RunFormat::Json => format!("{json}\n"),
+        RunFormat::Junit => report::junit(&runs, ctx),
+        RunFormat::Markdown => report::markdown(&runs, ctx),
+    };
+    let report_to_file = matches!(args.format, RunFormat::Junit | RunFormat::Markdown);
+    let mut written = true;
+    if let Some(o) = &args.output {
+        written &= write_file(o, if report_to_file { &formatted } else { &json }, false);
+    }
+    if let Some(o) = &args.json {
+        written &= write_file(o, &json, false);
+    }
+    if let Some(o) = &args.summary {
+        written &= write_file(o, &report::markdown(&runs, ctx), true);
+    }
+    if report_to_file && args.output.is_some() {
         print!("{}", record::table(&rec));
+    } else {
+        print!("{formatted}");
     }
     if args.keep || rec.summary.failed + rec.summary.errors > 0 {
         // Objects and generated headers are never deleted: they are the template cache.
         eprintln!("hostdp: compiled objects and node_config.h headers are in {}", cache_dir().display());
     }
     let s = rec.summary;
-    if s.failed + s.errors > 0 {
+    if s.failed + s.errors > 0 || !written {
         exit::FAILED
     } else if s.skipped > 0 && !args.allow_skips {
         exit::SKIPPED
     } else {
         exit::OK
     }
+}
+
+/// The matrix: every file on every kernel, under `--profile` or the file's own.
+fn matrix(files: &[PathBuf], targets: &[String], profile: Option<Profile>) -> Result<Vec<Cell>, i32> {
+    let mut cells = Vec::new();
+    for f in files {
+        let p = match profile {
+            Some(p) => p.as_str().to_string(),
+            None => match scenario::load(f) {
+                Ok(sc) => sc.profile,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Err(exit::INVALID);
+                }
+            },
+        };
+        for k in targets {
+            cells.push(Cell { file: label(f), kernel: k.clone(), profile: p.clone() });
+        }
+    }
+    Ok(cells)
+}
+
+/// A file as the matrix names it: as given, as the record does.
+fn label(f: &Path) -> String {
+    f.display().to_string()
+}
+
+/// Writes (or appends to) an output file; a failure is said and makes the exit status 1.
+fn write_file(path: &Path, text: &str, append: bool) -> bool {
+    let res = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = &res {
+        eprintln!("hostdp run: cannot write {}: {e}", path.display());
+    }
+    res.is_ok()
 }
 
 fn jobs(args: &Args) -> usize {

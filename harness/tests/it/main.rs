@@ -13,6 +13,7 @@ mod invalid_corpus;
 mod policy_examples;
 mod policy_maps;
 mod profiles;
+mod reports;
 mod scenarios;
 mod topology;
 mod vm;
