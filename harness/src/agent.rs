@@ -139,7 +139,7 @@ impl Agent {
         }
         node.netns()
             .run(|| {
-                netlink::apply(&[
+                netlink::Rtnl::open()?.apply(&[
                     Change::AddLink { name: WIREGUARD_DEVICE.into(), link: NewLink::Wireguard },
                     Change::SetUp { name: WIREGUARD_DEVICE.into(), up: true },
                 ])

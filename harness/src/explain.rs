@@ -33,11 +33,8 @@ pub fn explain(config: &Path, profile: &str, netns: Option<&str>) -> Result<Stri
     let (map, ignored) = hostdp_model::scenario::load_config_map(config)?;
     let cfg = AgentConfig::from_map(&map, profile)?;
     let read = || -> Result<_, crate::sys::netlink::NetlinkError> {
-        Ok((
-            crate::sys::netlink::list_links()?,
-            crate::sys::netlink::list_routes()?,
-            crate::sys::inspect::inspect_current(),
-        ))
+        let nl = crate::sys::netlink::Rtnl::open()?;
+        Ok((nl.links()?, nl.routes()?, crate::sys::inspect::inspect_with(&nl)))
     };
     let (links, routes, now) = match netns {
         Some(n) => crate::sys::netns::Netns::open(n)?.run(read)??,

@@ -303,7 +303,7 @@ fn sigint_mid_run_exits_130_and_removes_everything() {
 /// The machine's own links, by name: a scenario naming them (as its own links, or as foreign
 /// targets) must act inside its node namespace only.
 fn machine_links() -> Vec<hostdp::model::observed::LinkInfo> {
-    hostdp::sys::netlink::list_links().expect("list this namespace's links")
+    hostdp::sys::netlink::Rtnl::open().and_then(|nl| nl.links()).expect("list this namespace's links")
 }
 
 #[test]

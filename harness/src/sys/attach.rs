@@ -18,7 +18,7 @@ use aya::Ebpf;
 use serde::Serialize;
 
 use crate::sys::compile::{CompileError, Compiler};
-use crate::sys::netlink::block_on;
+use crate::sys::netlink::{Change, NewLink, Rtnl};
 use crate::sys::netns::{Netns, NetnsError};
 use crate::sys::tc::{self, Direction, FilterSpec, TcError, XdpAttachMode};
 use hostdp_model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
@@ -189,29 +189,31 @@ pub struct TcxAttached {
 pub fn execute(ns: &Netns, ctx: &AttachContext, ops: &[Op]) -> Result<ExecReport, AttachError> {
     crate::sys::timing::time(crate::sys::timing::Phase::Execute, || {
         ns.run(|| {
+            let here = Inside::enter(ns)?;
             let mut report = ExecReport::default();
             let mut opened = Opened::default();
             for op in ops {
-                report.outcomes.push(execute_one(ns, ctx, &mut opened, op)?);
+                report.outcomes.push(execute_one(&here, ctx, &mut opened, op)?);
             }
             Ok(report)
         })?
     })
 }
 
-fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) -> Result<OpOutcome, AttachError> {
+fn execute_one(ns: &Inside<'_>, ctx: &AttachContext, opened: &mut Opened, op: &Op) -> Result<OpOutcome, AttachError> {
     match op {
-        Op::CreateHostDevices => create_host_devices().map(|created| OpOutcome::HostDevices { created }),
+        Op::CreateHostDevices => create_host_devices(&ns.nl).map(|created| OpOutcome::HostDevices { created }),
         Op::EnsureEncapDevice { device, kind, port } => {
             let op = format!("set up encapsulation device {device} ({} port {port})", kind.as_str());
-            let action = crate::sys::netlink::ensure_encap_device(device, *kind, *port)
+            let action = ns
+                .nl
+                .ensure_encap_device(device, *kind, *port)
                 .map_err(|source| AttachError::Netlink { op, source })?;
             Ok(OpOutcome::EncapDevice { device: device.clone(), action })
         }
         Op::DeleteLink { device } => {
             let op = format!("delete link {device}");
-            let existed = crate::sys::netlink::delete_link_if_present(device)
-                .map_err(|source| AttachError::Netlink { op, source })?;
+            let existed = ns.nl.delete_link_if_present(device).map_err(|source| AttachError::Netlink { op, source })?;
             Ok(OpOutcome::LinkDeleted { device: device.clone(), existed })
         }
         Op::AttachTc { device, hook, program, priority, vlan, seclabel } => {
@@ -234,16 +236,16 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
             let what = format!("remove tc filters from {device} {}", hook.as_str());
             let direction = Direction::from_hook(*hook)
                 .ok_or_else(|| AttachError::Invalid(format!("{what}: tc has only ingress and egress")))?;
-            let removed = tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+            let removed = tc::flush_filters(&ns.nl, device, direction).map_err(|e| kernel(ns, &what, device, e))?;
             Ok(OpOutcome::TcFlushed { device: device.clone(), hook: *hook, removed })
         }
         Op::RemoveObsoleteTc { device } => {
             let what = format!("remove obsolete tc filters from {device}");
             let mut hooks = Vec::new();
             for direction in Direction::BOTH {
-                let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+                let filters = tc::list_filters(&ns.nl, device, direction).map_err(|e| kernel(ns, &what, device, e))?;
                 if filters.iter().any(|f| f.name.as_deref().is_some_and(is_cilium_netdev_filter)) {
-                    tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+                    tc::flush_filters(&ns.nl, device, direction).map_err(|e| kernel(ns, &what, device, e))?;
                     hooks.push(direction.hook());
                 }
             }
@@ -253,16 +255,16 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
             let what = format!("remove Cilium's filters from {device}");
             let mut hooks = Vec::new();
             for direction in Direction::BOTH {
-                let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+                let filters = tc::list_filters(&ns.nl, device, direction).map_err(|e| kernel(ns, &what, device, e))?;
                 for f in filters.iter().filter(|f| f.name.as_deref().is_some_and(is_cilium_filter)) {
-                    tc::delete_filter(device, direction, f.priority, f.handle)
+                    tc::delete_filter(&ns.nl, device, direction, f.priority, f.handle)
                         .map_err(|e| kernel(ns, &what, device, e))?;
                     if !hooks.contains(&direction.hook()) {
                         hooks.push(direction.hook());
                     }
                 }
             }
-            let xdp = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
+            let xdp = tc::xdp(&ns.nl, device).map_err(|e| kernel(ns, &what, device, e))?;
             let mut prog_ids = Vec::new();
             if xdp
                 .iter()
@@ -270,8 +272,8 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
             {
                 // A v1.15+ bpf_link refuses the netlink detach; its pin goes with the bpffs
                 // folder (v1.16) or stays (not modelled further).
-                tc::detach_xdp_both_modes(device);
-                let after = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
+                tc::detach_xdp_both_modes(&ns.nl, device);
+                let after = tc::xdp(&ns.nl, device).map_err(|e| kernel(ns, &what, device, e))?;
                 prog_ids = xdp.iter().map(|p| p.prog_id).filter(|id| !after.iter().any(|a| a.prog_id == *id)).collect();
             }
             if !prog_ids.is_empty() {
@@ -298,9 +300,10 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
                 None => attach_xdp_prog(ns, ctx, opened, device, *program, &cfg, mode, &what)
                     .map(|id| (id, "netlink"))
                     .map_err(|e| match e {
-                        AttachError::Kernel { source: TcError::Call { message, .. }, .. } => {
-                            AttachError::XdpRefused { device: device.clone(), message }
-                        }
+                        AttachError::Kernel {
+                            source: e @ (TcError::Call { .. } | TcError::NativeXdpRefused { .. }),
+                            ..
+                        } => AttachError::XdpRefused { device: device.clone(), message: e.kernel_text() },
                         e => e,
                     }),
             };
@@ -333,7 +336,7 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
                 Some(b) => detach_tcx(&b.join(pin_dir).join(symbol))?,
                 None => false,
             };
-            let removed = tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+            let removed = tc::flush_filters(&ns.nl, device, direction).map_err(|e| kernel(ns, &what, device, e))?;
             Ok(OpOutcome::SkbDetached { device: device.clone(), hook: *hook, unpinned, removed })
         }
         Op::RemoveObsoleteNetdev { device, device_dir } => {
@@ -343,9 +346,9 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
             }
             let mut hooks = Vec::new();
             for (direction, prefix) in [(Direction::Ingress, "cil_from_netdev"), (Direction::Egress, "cil_to_netdev")] {
-                let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+                let filters = tc::list_filters(&ns.nl, device, direction).map_err(|e| kernel(ns, &what, device, e))?;
                 if filters.iter().any(|f| f.name.as_deref().is_some_and(|n| n.starts_with(prefix))) {
-                    tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+                    tc::flush_filters(&ns.nl, device, direction).map_err(|e| kernel(ns, &what, device, e))?;
                     hooks.push(direction.hook());
                 }
             }
@@ -353,7 +356,7 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
         }
         Op::DetachXdp { device, keep, link_dir } => {
             let what = format!("detach xdp from {device}");
-            let before = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
+            let before = tc::xdp(&ns.nl, device).map_err(|e| kernel(ns, &what, device, e))?;
             let kept = match (keep, before.as_slice()) {
                 (Some(XdpMode::Native), [p]) if p.mode == XdpAttachMode::Native => Some(p.prog_id),
                 (Some(XdpMode::Generic), [p]) if p.mode == XdpAttachMode::Generic => Some(p.prog_id),
@@ -371,9 +374,9 @@ fn execute_one(ns: &Netns, ctx: &AttachContext, opened: &mut Opened, op: &Op) ->
                 _ => None,
             };
             if !pin.as_deref().is_some_and(|p| detach_tcx(p).unwrap_or(false)) {
-                tc::detach_xdp_both_modes(device);
+                tc::detach_xdp_both_modes(&ns.nl, device);
             }
-            let after = tc::xdp(device).map_err(|e| kernel(ns, &what, device, e))?;
+            let after = tc::xdp(&ns.nl, device).map_err(|e| kernel(ns, &what, device, e))?;
             let prog_ids =
                 before.iter().map(|p| p.prog_id).filter(|id| !after.iter().any(|a| a.prog_id == *id)).collect();
             Ok(OpOutcome::XdpDetached { device: device.clone(), prog_ids })
@@ -396,10 +399,10 @@ fn is_cilium_filter(name: &str) -> bool {
 }
 
 /// Maps a tc-layer error, turning a missing link into [`AttachError::NoLink`].
-fn kernel(ns: &Netns, what: &str, device: &str, e: TcError) -> AttachError {
+fn kernel(ns: &Inside<'_>, what: &str, device: &str, e: TcError) -> AttachError {
     match e {
         TcError::NoLink { .. } => {
-            AttachError::NoLink { op: what.to_string(), device: device.to_string(), netns: ns.name().to_string() }
+            AttachError::NoLink { op: what.to_string(), device: device.to_string(), netns: ns.ns.name().to_string() }
         }
         source => AttachError::Kernel { op: what.to_string(), source },
     }
@@ -423,6 +426,23 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Objects opened during one batch of ops for the device being handled. Cilium opens a device's object once and
 /// attaches every program it needs from that collection (`replaceDatapath`), so a device's
 /// ingress and egress programs share the object's maps; the harness does the same.
+/// A thread inside the namespace, and the namespace's netlink connection opened from it.
+struct Inside<'a> {
+    ns: &'a Netns,
+    nl: Rtnl,
+}
+
+impl<'a> Inside<'a> {
+    /// Call on a thread that entered `ns` ([`Netns::run`]).
+    fn enter(ns: &'a Netns) -> Result<Inside<'a>, AttachError> {
+        let nl = Rtnl::open().map_err(|source| AttachError::Netlink {
+            op: format!("open netlink in namespace {}", ns.name()),
+            source,
+        })?;
+        Ok(Inside { ns, nl })
+    }
+}
+
 #[derive(Default)]
 struct Opened(Vec<(u32, Object, DeviceConfig, Ebpf)>);
 
@@ -431,7 +451,7 @@ struct Opened(Vec<(u32, Object, DeviceConfig, Ebpf)>);
 /// Runs inside the namespace (the device's ifindex and MAC are looked up there).
 #[allow(clippy::too_many_arguments)]
 fn open_object<'o>(
-    ns: &Netns,
+    ns: &Inside<'_>,
     ctx: &AttachContext,
     opened: &'o mut Opened,
     device: &str,
@@ -440,7 +460,7 @@ fn open_object<'o>(
     symbol: &str,
     what: &str,
 ) -> Result<&'o mut Ebpf, AttachError> {
-    let link = tc::find_link(device).map_err(|e| kernel(ns, what, device, e))?;
+    let link = tc::find_link(&ns.nl, device).map_err(|e| kernel(ns, what, device, e))?;
     let loaded = |e: &Ebpf| e.program(symbol).is_some_and(|p| p.fd().is_ok());
     if let Some(i) =
         opened.0.iter().position(|(ix, o, c, e)| *ix == link.index && *o == object && c == cfg && !loaded(e))
@@ -535,7 +555,7 @@ fn load_classifier<'a>(ebpf: &'a mut Ebpf, symbol: &str, what: &str) -> Result<&
 
 #[allow(clippy::too_many_arguments)]
 fn attach_tc_filter(
-    ns: &Netns,
+    ns: &Inside<'_>,
     ctx: &AttachContext,
     opened: &mut Opened,
     device: &str,
@@ -548,14 +568,14 @@ fn attach_tc_filter(
     let prog = load_classifier(ebpf, program.symbol, what)?;
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
     let fd = prog.fd().map_err(|e| load_err(chain(&e)))?;
-    tc::replace_filter(device, spec, fd.as_fd()).map_err(|e| kernel(ns, what, device, e))?;
+    tc::replace_filter(&ns.nl, device, spec, fd.as_fd()).map_err(|e| kernel(ns, what, device, e))?;
     let id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
     Ok(id)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn attach_xdp_prog(
-    ns: &Netns,
+    ns: &Inside<'_>,
     ctx: &AttachContext,
     opened: &mut Opened,
     device: &str,
@@ -567,14 +587,14 @@ fn attach_xdp_prog(
     let prog = load_xdp(ns, ctx, opened, device, program, cfg, what)?;
     let load_err = |message: String| AttachError::Load { op: what.to_string(), message };
     let fd = prog.fd().map_err(|e| load_err(chain(&e)))?;
-    tc::attach_xdp(device, fd.as_fd(), mode).map_err(|e| kernel(ns, what, device, e))?;
+    tc::attach_xdp(&ns.nl, device, fd.as_fd(), mode).map_err(|e| kernel(ns, what, device, e))?;
     let id = prog.info().map_err(|e| load_err(chain(&e)))?.id();
     Ok(id)
 }
 
 /// Opens the device's object (once per batch) and loads its XDP program `program`.
 fn load_xdp<'o>(
-    ns: &Netns,
+    ns: &Inside<'_>,
     ctx: &AttachContext,
     opened: &'o mut Opened,
     device: &str,
@@ -600,7 +620,7 @@ fn load_xdp<'o>(
 /// Returns the program id and how it went on (`link` or `netlink`).
 #[allow(clippy::too_many_arguments)]
 fn attach_xdp_link(
-    ns: &Netns,
+    ns: &Inside<'_>,
     ctx: &AttachContext,
     opened: &mut Opened,
     device: &str,
@@ -651,10 +671,11 @@ fn attach_xdp_link(
         }
         Err(e) if errno(&e) == Some(nix::libc::EBUSY) => {
             let fd = prog.fd().map_err(|e| load_err(chain(&e)))?;
-            tc::attach_xdp(device, fd.as_fd(), mode).map_err(|e| match e {
-                TcError::Call { message, .. } => {
-                    refused(format!("attaching XDP program {symbol} to interface {device} using netlink: {message}"))
-                }
+            tc::attach_xdp(&ns.nl, device, fd.as_fd(), mode).map_err(|e| match e {
+                e @ (TcError::Call { .. } | TcError::NativeXdpRefused { .. }) => refused(format!(
+                    "attaching XDP program {symbol} to interface {device} using netlink: {}",
+                    e.kernel_text()
+                )),
                 e => kernel(ns, what, device, e),
             })?;
             Ok((prog_id, "netlink"))
@@ -672,38 +693,18 @@ fn errno(e: &aya::programs::ProgramError) -> Option<i32> {
 }
 
 /// Creates the `cilium_host` / `cilium_net` veth pair unless `cilium_host` exists, and sets
-/// both up. Returns whether it created them. Runs in the calling thread's namespace.
-fn create_host_devices() -> Result<bool, AttachError> {
+/// both up. Returns whether it created them.
+fn create_host_devices(nl: &Rtnl) -> Result<bool, AttachError> {
     let what = "create cilium_host/cilium_net";
-    let err = |message: String| AttachError::Load { op: what.to_string(), message };
-    let links = tc::list_links().map_err(|source| AttachError::Kernel { op: what.into(), source })?;
+    let links = tc::list_links(nl).map_err(|source| AttachError::Kernel { op: what.into(), source })?;
     let created = !links.iter().any(|l| l.name == CILIUM_HOST);
-    block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| err(format!("netlink socket: {e}")))?;
-        let task = tokio::spawn(conn);
-        let res: Result<(), AttachError> = async {
-            if created {
-                handle
-                    .link()
-                    .add(rtnetlink::LinkVeth::new(CILIUM_HOST, CILIUM_NET).build())
-                    .execute()
-                    .await
-                    .map_err(|e| err(format!("add veth: {e}")))?;
-            }
-            for name in [CILIUM_HOST, CILIUM_NET] {
-                handle
-                    .link()
-                    .set(rtnetlink::LinkUnspec::new_with_name(name).up().build())
-                    .execute()
-                    .await
-                    .map_err(|e| err(format!("set {name} up: {e}")))?;
-            }
-            Ok(())
-        }
-        .await;
-        task.abort();
-        res
-    })?;
+    let mut changes = Vec::new();
+    if created {
+        let link = NewLink::Veth { peer: CILIUM_NET.into(), peer_netns: None };
+        changes.push(Change::AddLink { name: CILIUM_HOST.into(), link });
+    }
+    changes.extend([CILIUM_HOST, CILIUM_NET].map(|name| Change::SetUp { name: name.into(), up: true }));
+    nl.apply(&changes).map_err(|source| AttachError::Netlink { op: what.into(), source })?;
     Ok(created)
 }
 
@@ -725,7 +726,10 @@ pub fn attach_tcx(
         Hook::Egress => TcAttachType::Egress,
         Hook::Xdp => return Err(AttachError::Invalid(format!("{what}: tcx has only ingress and egress"))),
     };
-    ns.run(|| tcx_here(ns, ctx, &mut Opened::default(), device, attach_type, program, cfg, pin_path, &what))?
+    ns.run(|| {
+        let here = Inside::enter(ns)?;
+        tcx_here(&here, ctx, &mut Opened::default(), device, attach_type, program, cfg, pin_path, &what)
+    })?
 }
 
 /// [`attach_tcx`] in the calling thread (already inside `ns`). A pin whose link is defunct
@@ -733,7 +737,7 @@ pub fn attach_tcx(
 /// `updateTCX` does.
 #[allow(clippy::too_many_arguments)]
 fn tcx_here(
-    ns: &Netns,
+    ns: &Inside<'_>,
     ctx: &AttachContext,
     opened: &mut Opened,
     device: &str,
@@ -792,7 +796,7 @@ struct SkbAttach<'a> {
 
 /// [`Op::AttachSkb`], inside the namespace.
 fn attach_skb(
-    ns: &Netns,
+    ns: &Inside<'_>,
     ctx: &AttachContext,
     opened: &mut Opened,
     device: &str,
@@ -813,7 +817,7 @@ fn attach_skb(
             pin.ok_or_else(|| AttachError::Invalid(format!("{what}: tcx needs a bpffs folder to pin the link in")))?;
         let t = tcx_here(ns, ctx, opened, device, attach_type, a.program, cfg, &pin, &what)?;
         // tcx runs before legacy tc: every filter left in that direction goes.
-        let legacy_removed = tc::flush_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+        let legacy_removed = tc::flush_filters(&ns.nl, device, direction).map_err(|e| kernel(ns, &what, device, e))?;
         return Ok(OpOutcome::TcxAttached {
             device: device.to_string(),
             hook,
@@ -830,12 +834,13 @@ fn attach_skb(
     let prog_id = attach_tc_filter(ns, ctx, opened, device, a.program, cfg, &spec, &what)?;
     let mut stale_removed = 0;
     if a.remove_stale {
-        let filters = tc::list_filters(device, direction).map_err(|e| kernel(ns, &what, device, e))?;
+        let filters = tc::list_filters(&ns.nl, device, direction).map_err(|e| kernel(ns, &what, device, e))?;
         for f in filters
             .iter()
             .filter(|f| f.priority != priority && f.name.as_deref().is_some_and(|n| n.starts_with("cil_")))
         {
-            tc::delete_filter(device, direction, f.priority, f.handle).map_err(|e| kernel(ns, &what, device, e))?;
+            tc::delete_filter(&ns.nl, device, direction, f.priority, f.handle)
+                .map_err(|e| kernel(ns, &what, device, e))?;
             stale_removed += 1;
         }
     }
@@ -928,16 +933,20 @@ pub fn foreign(
             let prog = ProgramRef { object: Object::Foreign, symbol: "foreign_tc" };
             let spec =
                 FilterSpec { direction: dir, priority: FOREIGN_PRIORITY, handle: FOREIGN_HANDLE, name: "foreign_tc" };
-            ns.run(|| attach_tc_filter(ns, ctx, &mut Opened::default(), device, prog, &cfg, &spec, &what))?
+            ns.run(|| {
+                let here = Inside::enter(ns)?;
+                attach_tc_filter(&here, ctx, &mut Opened::default(), device, prog, &cfg, &spec, &what)
+            })?
         }
         ("foreign_xdp", None) => {
             let prog = ProgramRef { object: Object::Foreign, symbol: "foreign_xdp" };
             ns.run(|| {
+                let here = Inside::enter(ns)?;
                 let mode = match xdp_mode {
                     Some(XdpMode::Native) => XdpAttachMode::Native,
                     Some(XdpMode::Generic) | None => XdpAttachMode::Generic,
                 };
-                attach_xdp_prog(ns, ctx, &mut Opened::default(), device, prog, &cfg, mode, &what)
+                attach_xdp_prog(&here, ctx, &mut Opened::default(), device, prog, &cfg, mode, &what)
             })?
         }
         ("foreign_tc" | "foreign_xdp", _) => {

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sys::netlink::{Change, Conn, NewLink};
+use crate::sys::netlink::{Change, NewLink, Rtnl};
 use crate::sys::{bpf, tc};
 use hostdp_model::needs::{Capabilities, EXTRA_FEATURES, LINK_FEATURES};
 
@@ -116,12 +116,10 @@ fn probe_now() -> Capabilities {
         .map(|f| (f.to_string(), if *f == "bpf" || *f == "tcx" { None } else { modprobe_guard(f, &kernel) }))
         .collect();
     let name = format!("{}-caps", crate::sys::topology::RunId::new());
-    let result = crate::sys::topology::with_scratch_netns(&name, |ns| {
-        ns.run(|| crate::sys::netlink::block_on(probe_inside(&guarded)))
-    })
-    .and_then(|r| r)
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
+    let result = crate::sys::topology::with_scratch_netns(&name, |ns| ns.run(|| probe_inside(&guarded)))
+        .and_then(|r| r)
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
     match result {
         Ok(found) => features = found,
         Err(e) => {
@@ -134,21 +132,21 @@ fn probe_now() -> Capabilities {
 }
 
 /// Runs inside the scratch namespace: tries every feature not ruled out by `guarded`.
-async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<String, Option<String>>, String> {
-    let conn = Conn::open().map_err(|e| e.to_string())?;
+fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<String, Option<String>>, String> {
+    let nl = Rtnl::open().map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     let blocked = |f: &str| guarded.iter().find(|(n, _)| n == f).and_then(|(_, g)| g.clone());
-    let try_link = async |feature: &str, name: &str, link: NewLink, needs_veth: bool| -> Option<String> {
+    let try_link = |feature: &str, name: &str, link: NewLink, needs_veth: bool| -> Option<String> {
         if let Some(g) = blocked(feature) {
             return Some(g);
         }
         if needs_veth && blocked("veth").is_some() {
             return Some("needs a veth to stack on, and veth is unavailable".into());
         }
-        conn.apply(&[Change::AddLink { name: name.into(), link }]).await.err().map(|e| short(&e.to_string()))
+        nl.apply(&[Change::AddLink { name: name.into(), link }]).err().map(|e| short(&e.to_string()))
     };
     // `pv0`/`pv1`: the veth other probes stack on and attach to; kept until the namespace goes.
-    let veth = try_link("veth", "pv0", NewLink::Veth { peer: "pv1".into(), peer_netns: None }, false).await;
+    let veth = try_link("veth", "pv0", NewLink::Veth { peer: "pv1".into(), peer_netns: None }, false);
     let veth_ok = veth.is_none();
     out.insert("veth".to_string(), veth);
     let vlan_on = |p: Option<&str>| NewLink::Vlan { parent: "pv0".into(), id: 7, protocol: p.map(str::to_string) };
@@ -170,26 +168,25 @@ async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<S
         ("vrf", "pvrf", NewLink::Vrf { table: 10 }, false),
     ];
     for (feature, name, link, needs_veth) in probes {
-        let r = try_link(feature, name, link, needs_veth).await;
+        let r = try_link(feature, name, link, needs_veth);
         out.insert(feature.to_string(), r);
     }
     // geneve as the agent makes cilium_geneve (external, Cilium's default port).
     let geneve = match blocked("geneve") {
         Some(g) => Some(g),
-        None => conn
+        None => nl
             .ensure_encap_device("pgen", hostdp_model::observed::EncapKind::Geneve, 6081)
-            .await
             .err()
             .map(|e| short(&e.to_string())),
     };
     out.insert("geneve".into(), geneve);
-    let index = if veth_ok { conn.index_of("pv0").await.ok() } else { None };
+    let index = if veth_ok { nl.index_of("pv0").ok() } else { None };
 
     let clsact = match (blocked("clsact"), index) {
         (Some(g), _) => Some(g),
         (None, None) => Some("needs a veth to attach to, and veth is unavailable".into()),
         // The same tc calls the attach path makes (sys::tc), on the probe's veth.
-        (None, Some(_)) => tc::ensure_clsact("pv0").err().map(|e| short(&e.to_string())),
+        (None, Some(_)) => tc::ensure_clsact(&nl, "pv0").err().map(|e| short(&e.to_string())),
     };
     let clsact_ok = clsact.is_none();
     out.insert("clsact".into(), clsact);
@@ -205,7 +202,7 @@ async fn probe_inside(guarded: &[(String, Option<String>)]) -> Result<BTreeMap<S
         (None, Ok(fd), Some(_), true) => {
             let spec =
                 tc::FilterSpec { direction: tc::Direction::Ingress, priority: 1, handle: 1, name: "hostdp_probe" };
-            tc::replace_filter("pv0", &spec, fd.as_fd()).err().map(|e| short(&e.to_string()))
+            tc::replace_filter(&nl, "pv0", &spec, fd.as_fd()).err().map(|e| short(&e.to_string()))
         }
     };
     out.insert("cls_bpf".into(), cls_bpf);

@@ -8,24 +8,47 @@ use aya::programs::{loaded_programs, ProgramError, SchedClassifier, TcAttachType
 use serde::Serialize;
 
 use crate::sys::bpf;
+use crate::sys::netlink::{NetlinkError, Rtnl};
 use crate::sys::netns::{Netns, NetnsError};
-use crate::sys::tc::{self, Direction};
+use crate::sys::tc::{self, Direction, TcError};
 use hostdp_model::observed::{Attachment, Hook, Mechanism};
 
 /// Errors of the read-back.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
-    #[error("inspect {object}: {message}")]
-    Call { object: String, message: String },
+    #[error("inspect {object}: {source}")]
+    Call {
+        object: String,
+        #[source]
+        source: Cause,
+    },
+    /// What was looked for is not there (a program id, a harness map).
+    #[error("inspect {object}: {reason}")]
+    Missing { object: String, reason: String },
     #[error("inspect: namespace {0} does not exist")]
     NoNamespace(String),
+}
+
+/// The failed call under an [`InspectError::Call`].
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error(transparent)]
+    Tc(TcError),
+    #[error(transparent)]
+    Netlink(NetlinkError),
+    #[error(transparent)]
+    Netns(NetnsError),
+    #[error(transparent)]
+    Program(aya::programs::ProgramError),
+    #[error(transparent)]
+    Map(aya::maps::MapError),
 }
 
 impl From<NetnsError> for InspectError {
     fn from(e: NetnsError) -> Self {
         match e {
             NetnsError::Missing(n) => InspectError::NoNamespace(n),
-            other => InspectError::Call { object: "namespace".into(), message: other.to_string() },
+            other => InspectError::Call { object: "namespace".into(), source: Cause::Netns(other) },
         }
     }
 }
@@ -47,9 +70,16 @@ pub fn inspect_named(name: &str) -> Result<Vec<Attachment>, InspectError> {
 
 /// [`inspect_netns`] for the calling thread's namespace.
 pub fn inspect_current() -> Result<Vec<Attachment>, InspectError> {
+    let nl = Rtnl::open().map_err(|e| InspectError::Call { object: "links".into(), source: Cause::Netlink(e) })?;
+    inspect_with(&nl)
+}
+
+/// Every attachment of the namespace `nl` was opened in. tcx queries and program lookups run
+/// on the calling thread, which must be in that namespace too.
+pub fn inspect_with(nl: &Rtnl) -> Result<Vec<Attachment>, InspectError> {
     let call =
-        |object: String| move |e: tc::TcError| InspectError::Call { object: object.clone(), message: e.to_string() };
-    let links = tc::list_links().map_err(call("links".into()))?;
+        |object: String| move |e: tc::TcError| InspectError::Call { object: object.clone(), source: Cause::Tc(e) };
+    let links = tc::list_links(nl).map_err(call("links".into()))?;
     // (device, hook, order) → attachment; program names filled in afterwards.
     let mut found: Vec<((String, Hook, u64), Attachment)> = Vec::new();
     for link in &links {
@@ -58,7 +88,7 @@ pub fn inspect_current() -> Result<Vec<Attachment>, InspectError> {
             for (i, prog) in query_tcx(&link.name, direction)?.into_iter().enumerate() {
                 found.push(((link.name.clone(), hook, i as u64), bare(&link.name, hook, Mechanism::Tcx, prog)));
             }
-            let filters = tc::list_filters_by_index(link.index, &link.name, direction).map_err(call(format!(
+            let filters = tc::list_filters_by_index(nl, link.index, &link.name, direction).map_err(call(format!(
                 "tc filters of {} {}",
                 link.name,
                 hook.as_str()
@@ -137,9 +167,10 @@ fn query_tcx(device: &str, direction: Direction) -> Result<Vec<u32>, InspectErro
         {
             Ok(Vec::new())
         }
-        Err(e) => {
-            Err(InspectError::Call { object: format!("tcx {device} {}", direction.as_str()), message: e.to_string() })
-        }
+        Err(e) => Err(InspectError::Call {
+            object: format!("tcx {device} {}", direction.as_str()),
+            source: Cause::Program(e),
+        }),
     }
 }
 
@@ -189,23 +220,25 @@ pub struct Counters {
 /// Reads the counters of program `prog_id` from its `hostdp_counters` map. Works for any
 /// loaded harness program, attached or not; needs no namespace (maps are global objects).
 pub fn counters(prog_id: u32) -> Result<Counters, InspectError> {
-    let err = |message: String| InspectError::Call { object: format!("counters of program {prog_id}"), message };
+    let object = || format!("counters of program {prog_id}");
+    let missing = |reason: String| InspectError::Missing { object: object(), reason };
+    let call = |source: Cause| InspectError::Call { object: object(), source };
     let info = loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == prog_id)
-        .ok_or_else(|| err("no such program".into()))?;
+        .ok_or_else(|| missing("no such program".into()))?;
     let name = info.name_as_str().unwrap_or_default().to_string();
-    let slot = counter_slot(&name).ok_or_else(|| err(format!("{name} is not a harness program")))?;
-    let map_ids = info.map_ids().map_err(|e| err(e.to_string()))?.unwrap_or_default();
+    let slot = counter_slot(&name).ok_or_else(|| missing(format!("{name} is not a harness program")))?;
+    let map_ids = info.map_ids().map_err(|e| call(Cause::Program(e)))?.unwrap_or_default();
     for id in map_ids {
         let Ok(mi) = MapInfo::from_id(id) else { continue };
         if mi.name_as_str() != Some("hostdp_counters") {
             continue;
         }
-        let data = MapData::from_id(id).map_err(|e| err(e.to_string()))?;
-        let array: Array<MapData, u64> = Array::try_from(Map::Array(data)).map_err(|e| err(e.to_string()))?;
-        let get = |i: u32| array.get(&i, 0).map_err(|e| err(e.to_string()));
+        let data = MapData::from_id(id).map_err(|e| call(Cause::Map(e)))?;
+        let array: Array<MapData, u64> = Array::try_from(Map::Array(data)).map_err(|e| call(Cause::Map(e)))?;
+        let get = |i: u32| array.get(&i, 0).map_err(|e| call(Cause::Map(e)));
         return Ok(Counters { seen: get(slot)?, dropped: get(DROP_BASE + slot)? });
     }
-    Err(err(format!("{name} has no hostdp_counters map")))
+    Err(missing(format!("{name} has no hostdp_counters map")))
 }

@@ -30,8 +30,22 @@ const MAX_DEPTH: usize = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("ledger: {op} {path}: {message}")]
-    Io { op: &'static str, path: String, message: String },
+    #[error("ledger: {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: LedgerCause,
+    },
+}
+
+/// The call under a [`LedgerError`].
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerCause {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
 }
 
 /// One state of the machine: every item as one line (`netns NAME`, `attach eth0 ingress ...`),
@@ -136,7 +150,7 @@ pub fn snapshot() -> Snapshot {
         let text = p.display().to_string();
         add(&mut s, format!("bpffs {text}"), is_foreign_name(&text));
     }
-    match crate::sys::netlink::list_links() {
+    match crate::sys::netlink::Rtnl::open().and_then(|nl| nl.links()) {
         Ok(links) => {
             for l in links {
                 add(&mut s, format!("link {} kind={} up={} mtu={}", l.name, l.kind, l.up, l.mtu), false);
@@ -320,18 +334,18 @@ fn held_by_others(me: u32) -> (BTreeSet<u32>, BTreeSet<u32>) {
 
 /// Writes a snapshot as JSON.
 pub fn save(path: &Path, s: &Snapshot) -> Result<(), LedgerError> {
-    let text = serde_json::to_string_pretty(s).map_err(|e| io("serialise snapshot for", path, e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| io("write", path, e.to_string()))
+    let text = serde_json::to_string_pretty(s).map_err(|e| io("serialise snapshot for", path, e))?;
+    std::fs::write(path, text).map_err(|e| io("write", path, e))
 }
 
 /// Reads a snapshot written by [`save`].
 pub fn load(path: &Path) -> Result<Snapshot, LedgerError> {
-    let text = std::fs::read_to_string(path).map_err(|e| io("read", path, e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| io("parse", path, e.to_string()))
+    let text = std::fs::read_to_string(path).map_err(|e| io("read", path, e))?;
+    serde_json::from_str(&text).map_err(|e| io("parse", path, e))
 }
 
-fn io(op: &'static str, path: &Path, message: String) -> LedgerError {
-    LedgerError::Io { op, path: path.display().to_string(), message }
+fn io(op: &'static str, path: &Path, e: impl Into<LedgerCause>) -> LedgerError {
+    LedgerError::Io { op, path: path.display().to_string(), source: e.into() }
 }
 
 /// Counts of a snapshot's items by kind, for a one-line summary.

@@ -2,10 +2,13 @@
 //! create or change them. Everything here runs on a thread that is inside the target namespace
 //! (see [`crate::sys::netns`]); nothing here knows about scenarios.
 //!
-//! Two levels: [`Conn`] (async, one socket, for callers already inside a runtime) and the
-//! synchronous [`list_links`], [`list_routes`] and [`apply`], which each open one socket on a
-//! current-thread runtime and issue all their requests on it. Call the synchronous ones inside
-//! [`crate::sys::netns::Netns::run`], never from within another tokio runtime.
+//! This is the harness's one netlink path. [`Rtnl`] is one rtnetlink connection opened in one
+//! namespace, with the current-thread runtime that drives it; callers open one per namespace
+//! and batch of work and pass it down. Links, addresses and routes go through rtnetlink's
+//! requests ([`Conn`], the async half); what rtnetlink has no request for (tc qdiscs and
+//! cls_bpf filters, IFLA_XDP; see [`crate::sys::tc`]) is a netlink-packet-route message sent
+//! on the same connection with [`Rtnl::request`]. Never use an [`Rtnl`] from within another
+//! tokio runtime.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,9 +16,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use hostdp_model::observed::{feature_of_kind, EncapKind, LinkInfo, RouteInfo};
 use ipnet::IpNet;
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     BondMode, InfoBond, InfoData, InfoGeneve, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVrf, InfoVxlan,
@@ -24,17 +28,75 @@ use netlink_packet_route::link::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::AsyncSocket;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 use serde::Serialize;
 
 /// Errors of kernel calls on links, addresses and routes.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("{op} {object}: {message}")]
-    Call { op: &'static str, object: String, message: String },
+    #[error("{op} {object}: {source}")]
+    Call {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: CallError,
+    },
     #[error("netlink: cannot open a socket: {0}")]
-    Socket(std::io::Error),
+    Socket(#[source] std::io::Error),
+}
+
+/// Why one call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The kernel refused: strerror's text, and a hint where the cause is usually a missing
+    /// kernel feature (`Operation not supported (kernel lacks bonding?)`).
+    #[error("{}{}", errno_text(*errno), hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    Kernel { errno: i32, hint: Option<String> },
+    /// A name the call needed is not a link of the namespace.
+    #[error("no such link {0}")]
+    NoSuchLink(String),
+    /// Looking up a link the call needed failed otherwise.
+    #[error("find link {name}: {source}")]
+    Lookup {
+        name: String,
+        #[source]
+        source: Box<CallError>,
+    },
+    /// The request could not be built (an unparsable value).
+    #[error("{0}")]
+    Invalid(String),
+    /// The namespace file a veth peer goes into cannot be opened.
+    #[error("open namespace {}: {source}", path.display())]
+    Namespace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket failed, not the kernel's answer.
+    #[error(transparent)]
+    Transport(Box<rtnetlink::Error>),
+}
+
+/// A netlink-packet-route request the kernel refused, or that could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The kernel's errno, and its extended-ack text when it gave one.
+    #[error("{errno}{}", ext.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())]
+    Kernel { errno: std::io::Error, ext: Option<String> },
+    #[error(transparent)]
+    Transport(Box<rtnetlink::Error>),
+}
+
+impl RequestError {
+    /// The kernel's errno, when the kernel answered.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            RequestError::Kernel { errno, .. } => errno.raw_os_error(),
+            RequestError::Transport(_) => None,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, NetlinkError>;
@@ -246,20 +308,19 @@ pub fn parse_vlan_protocol(s: &str) -> Option<VlanProtocol> {
     }
 }
 
-/// The text of a kernel error (`Operation not supported`), with a hint where the cause is
-/// usually a missing kernel feature.
-fn kernel_message(err: &rtnetlink::Error, change: Option<&Change>) -> String {
-    let rtnetlink::Error::NetlinkError(e) = err else {
-        return err.to_string();
+/// A failed rtnetlink call as a [`CallError`], with a hint where the cause is usually a
+/// missing kernel feature.
+fn call_error(err: rtnetlink::Error, change: Option<&Change>) -> CallError {
+    let Some(errno) = errno_of(&err) else {
+        return CallError::Transport(Box::new(err));
     };
-    let code = -e.raw_code();
-    let mut text = errno_text(code);
-    if let Some(Change::AddLink { link, .. }) = change {
-        if code == libc::EOPNOTSUPP || code == libc::EAFNOSUPPORT {
-            text.push_str(&format!(" (kernel lacks {}?)", feature_of_kind(link.kind())));
+    let hint = match change {
+        Some(Change::AddLink { link, .. }) if errno == libc::EOPNOTSUPP || errno == libc::EAFNOSUPPORT => {
+            Some(format!("kernel lacks {}?", feature_of_kind(link.kind())))
         }
-    }
-    text
+        _ => None,
+    };
+    CallError::Kernel { errno, hint }
 }
 
 /// strerror's text for an errno (`Operation not supported`), without Rust's `(os error N)`.
@@ -279,9 +340,9 @@ pub fn errno_of(err: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-/// One rtnetlink socket of the calling thread's namespace, driven by the current runtime.
+/// The async half of [`Rtnl`]: one rtnetlink socket driven by the runtime it was opened in.
 #[derive(Clone)]
-pub struct Conn {
+struct Conn {
     handle: Handle,
 }
 
@@ -289,23 +350,17 @@ impl Conn {
     /// Opens a socket in the calling thread's namespace. Must run inside a tokio runtime
     /// (e.g. [`block_on`]), whose executor drives the socket.
     pub fn open() -> Result<Conn> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        // Kernel error strings ("Exclusivity flag on, cannot modify") make errors readable.
+        let _ = conn.socket_mut().socket_mut().set_ext_ack(true);
         tokio::spawn(conn);
         Ok(Conn { handle })
-    }
-
-    pub fn handle(&self) -> &Handle {
-        &self.handle
     }
 
     /// Every link with its addresses: one link dump and one address dump.
     pub async fn links(&self) -> Result<Vec<LinkInfo>> {
         let call = |op: &'static str| {
-            move |e: rtnetlink::Error| NetlinkError::Call {
-                op,
-                object: "links".into(),
-                message: kernel_message(&e, None),
-            }
+            move |e: rtnetlink::Error| NetlinkError::Call { op, object: "links".into(), source: call_error(e, None) }
         };
         let msgs: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await.map_err(call("list"))?;
         let addrs: Vec<AddressMessage> =
@@ -334,9 +389,12 @@ impl Conn {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut msg = RouteMessage::default();
             msg.header.address_family = family;
-            let msgs: Vec<RouteMessage> = self.handle.route().get(msg).execute().try_collect().await.map_err(|e| {
-                NetlinkError::Call { op: "list", object: "routes".into(), message: kernel_message(&e, None) }
-            })?;
+            let msgs: Vec<RouteMessage> =
+                self.handle.route().get(msg).execute().try_collect().await.map_err(|e| NetlinkError::Call {
+                    op: "list",
+                    object: "routes".into(),
+                    source: call_error(e, None),
+                })?;
             out.extend(msgs.iter().filter_map(route_of));
         }
         Ok(out)
@@ -349,17 +407,17 @@ impl Conn {
                 NetlinkError::Call {
                     op: "find link",
                     object: name.to_string(),
-                    message: if errno_of(&e) == Some(libc::ENODEV) {
-                        "no such link".into()
+                    source: if errno_of(&e) == Some(libc::ENODEV) {
+                        CallError::NoSuchLink(name.to_string())
                     } else {
-                        kernel_message(&e, None)
+                        call_error(e, None)
                     },
                 }
             })?;
         found.first().map(|m| m.header.index).ok_or_else(|| NetlinkError::Call {
             op: "find link",
             object: name.into(),
-            message: "no such link".into(),
+            source: CallError::NoSuchLink(name.to_string()),
         })
     }
 
@@ -372,11 +430,7 @@ impl Conn {
             Ok(m) => m,
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => return Ok(None),
             Err(e) => {
-                return Err(NetlinkError::Call {
-                    op: "find link",
-                    object: name.into(),
-                    message: kernel_message(&e, None),
-                })
+                return Err(NetlinkError::Call { op: "find link", object: name.into(), source: call_error(e, None) })
             }
         };
         let Some(m) = msgs.first() else { return Ok(None) };
@@ -429,7 +483,7 @@ impl Conn {
             self.handle.link().add(b.set_info_data(data).build()).execute().await.map_err(|e| NetlinkError::Call {
                 op: "create link",
                 object: name.to_string(),
-                message: kernel_message(&e, None),
+                source: call_error(e, None),
             })?;
         }
         self.apply_one(&Change::SetUp { name: name.to_string(), up: true }).await?;
@@ -457,14 +511,13 @@ impl Conn {
     /// link eth3`).
     async fn apply_one(&self, change: &Change) -> Result<()> {
         self.apply_inner(change).await.map_err(|e| match e {
-            NetlinkError::Call { op: "find link", object: missing, message } => {
+            NetlinkError::Call { op: "find link", object: missing, source } => {
                 let (op, object) = change.describe();
-                let message = if message == "no such link" {
-                    format!("no such link {missing}")
-                } else {
-                    format!("find link {missing}: {message}")
+                let source = match source {
+                    CallError::NoSuchLink(name) => CallError::NoSuchLink(name),
+                    other => CallError::Lookup { name: missing, source: Box::new(other) },
                 };
-                NetlinkError::Call { op, object, message }
+                NetlinkError::Call { op, object, source }
             }
             other => other,
         })
@@ -472,15 +525,15 @@ impl Conn {
 
     async fn apply_inner(&self, change: &Change) -> Result<()> {
         let (op, object) = change.describe();
-        let fail = |message: String| NetlinkError::Call { op, object: object.clone(), message };
-        let kernel = |e: rtnetlink::Error| fail(kernel_message(&e, Some(change)));
+        let fail = |source: CallError| NetlinkError::Call { op, object: object.clone(), source };
+        let kernel = |e: rtnetlink::Error| fail(call_error(e, Some(change)));
         let link = self.handle.link();
         match change {
             Change::AddLink { name, link: spec } => {
                 // Kept open until the request is answered: the kernel reads the fd then.
                 let mut _peer_ns: Option<File> = None;
                 let msg = self.new_link_message(name, spec, &mut _peer_ns).await.map_err(|e| match e {
-                    NetlinkError::Call { message, .. } => fail(message),
+                    NetlinkError::Call { source, .. } => fail(source),
                     other => other,
                 })?;
                 link.add(msg).execute().await.map_err(kernel)
@@ -513,12 +566,12 @@ impl Conn {
             }
             Change::AddRoute { dst, via, dev, table } => {
                 let oif = self.index_of(dev).await?;
-                let msg = route_message(dst, via.as_ref(), oif, *table).map_err(fail)?;
+                let msg = route_message(dst, via.as_ref(), oif, *table).map_err(|m| fail(CallError::Invalid(m)))?;
                 self.handle.route().add(msg).execute().await.map_err(kernel)
             }
             Change::DeleteRoute { dst, via, dev, table } => {
                 let oif = self.index_of(dev).await?;
-                let msg = route_message(dst, via.as_ref(), oif, *table).map_err(fail)?;
+                let msg = route_message(dst, via.as_ref(), oif, *table).map_err(|m| fail(CallError::Invalid(m)))?;
                 self.handle.route().del(msg).execute().await.map_err(kernel)
             }
             Change::DeleteLink { name } => {
@@ -529,13 +582,21 @@ impl Conn {
     }
 
     async fn new_link_message(&self, name: &str, spec: &NewLink, peer_ns: &mut Option<File>) -> Result<LinkMessage> {
-        let bad = |message: String| NetlinkError::Call { op: "create link", object: name.into(), message };
+        let bad = |message: String| NetlinkError::Call {
+            op: "create link",
+            object: name.into(),
+            source: CallError::Invalid(message),
+        };
         let kinded = |kind: InfoKind| LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(kind).name(name);
         let msg = match spec {
             NewLink::Veth { peer, peer_netns } => {
                 let mut peer_b = LinkUnspec::new_with_name(peer);
                 if let Some(path) = peer_netns {
-                    let f = File::open(path).map_err(|e| bad(format!("open namespace {}: {e}", path.display())))?;
+                    let f = File::open(path).map_err(|source| NetlinkError::Call {
+                        op: "create link",
+                        object: name.into(),
+                        source: CallError::Namespace { path: path.clone(), source },
+                    })?;
                     peer_b = peer_b.setns_by_fd(f.as_raw_fd());
                     *peer_ns = Some(f);
                 }
@@ -720,44 +781,131 @@ fn route_of(m: &RouteMessage) -> Option<RouteInfo> {
     Some(RouteInfo { dst, gateway, table, oif })
 }
 
-/// Every link of the calling thread's namespace, with addresses (one socket).
-pub fn list_links() -> Result<Vec<LinkInfo>> {
-    block_on(async { Conn::open()?.links().await })
+/// One rtnetlink connection in the namespace of the thread that opened it, with the
+/// current-thread runtime that drives it: the handle callers pass down for every link, address,
+/// route, qdisc, filter and XDP request of one namespace. The socket stays in that namespace
+/// whichever thread uses it afterwards.
+pub struct Rtnl {
+    rt: tokio::runtime::Runtime,
+    conn: Conn,
 }
 
-/// Every route of every table of the calling thread's namespace, both families (one socket).
-pub fn list_routes() -> Result<Vec<RouteInfo>> {
-    block_on(async { Conn::open()?.routes().await })
+impl Rtnl {
+    /// Opens a connection in the calling thread's namespace (run it inside
+    /// [`crate::sys::netns::Netns::run`] for another namespace).
+    pub fn open() -> Result<Rtnl> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NetlinkError::Socket)?;
+        let conn = rt.block_on(async { Conn::open() })?;
+        Ok(Rtnl { rt, conn })
+    }
+
+    /// Every link with its addresses: one link dump and one address dump.
+    pub fn links(&self) -> Result<Vec<LinkInfo>> {
+        self.rt.block_on(self.conn.links())
+    }
+
+    /// Every route of every table, IPv4 then IPv6.
+    pub fn routes(&self) -> Result<Vec<RouteInfo>> {
+        self.rt.block_on(self.conn.routes())
+    }
+
+    /// The index of the link named `name`.
+    pub fn index_of(&self, name: &str) -> Result<u32> {
+        self.rt.block_on(self.conn.index_of(name))
+    }
+
+    /// Applies `changes` in order; stops at the first failure.
+    pub fn apply(&self, changes: &[Change]) -> Result<()> {
+        self.rt.block_on(self.conn.apply(changes))
+    }
+
+    /// See [`Conn::ensure_encap_device`].
+    pub fn ensure_encap_device(&self, name: &str, kind: EncapKind, port: u16) -> Result<EncapAction> {
+        self.rt.block_on(self.conn.ensure_encap_device(name, kind, port))
+    }
+
+    /// Deletes the link named `name` if there is one; whether there was.
+    pub fn delete_link_if_present(&self, name: &str) -> Result<bool> {
+        self.rt.block_on(self.conn.delete_link_if_present(name))
+    }
+
+    /// Sends a netlink-packet-route message rtnetlink has no request for and collects the
+    /// replies until the ACK (or the end of a dump). A NACK is [`RequestError::Kernel`] with the
+    /// kernel's extended-ack text ("Exclusivity flag on, cannot modify").
+    pub fn request(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> std::result::Result<Vec<RouteNetlinkMessage>, RequestError> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        nl.finalize();
+        let mut handle = self.conn.handle.clone();
+        self.rt.block_on(async move {
+            let mut replies = handle.request(nl).map_err(|e| RequestError::Transport(Box::new(e)))?;
+            let mut out = Vec::new();
+            while let Some(reply) = replies.next().await {
+                let flags = reply.header.flags;
+                match reply.payload {
+                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    NetlinkPayload::Error(e) if e.raw_code() != 0 => {
+                        return Err(RequestError::Kernel {
+                            errno: std::io::Error::from_raw_os_error(-e.raw_code()),
+                            ext: extack_message(&e.header, flags),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+    }
 }
 
-/// [`Conn::ensure_encap_device`] on one socket of the calling thread's namespace.
-pub fn ensure_encap_device(name: &str, kind: EncapKind, port: u16) -> Result<EncapAction> {
-    block_on(async { Conn::open()?.ensure_encap_device(name, kind, port).await })
-}
-
-/// [`Conn::delete_link_if_present`] on one socket of the calling thread's namespace.
-pub fn delete_link_if_present(name: &str) -> Result<bool> {
-    block_on(async { Conn::open()?.delete_link_if_present(name).await })
-}
-
-/// Applies `changes` in order on one socket of the calling thread's namespace.
-pub fn apply(changes: &[Change]) -> Result<()> {
-    block_on(async { Conn::open()?.apply(changes).await })
-}
-
-/// Runs a future to completion on a current-thread tokio runtime built on the calling thread.
-/// Use inside [`Netns::run`]: sockets opened by the future belong to that namespace.
-pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("build a current-thread tokio runtime")
-        .block_on(fut)
+/// The kernel's NLMSGERR_ATTR_MSG from an error message's payload (original header, possibly
+/// the whole original request, then TLVs).
+fn extack_message(payload: &[u8], flags: u16) -> Option<String> {
+    const NLM_F_CAPPED: u16 = 0x100;
+    const NLM_F_ACK_TLVS: u16 = 0x200;
+    const NLMSGERR_ATTR_MSG: u16 = 1;
+    if flags & NLM_F_ACK_TLVS == 0 || payload.len() < 16 {
+        return None;
+    }
+    let orig_len =
+        if flags & NLM_F_CAPPED != 0 { 16 } else { u32::from_ne_bytes(payload[0..4].try_into().ok()?) as usize };
+    let mut off = (orig_len + 3) & !3;
+    while off + 4 <= payload.len() {
+        let len = u16::from_ne_bytes([payload[off], payload[off + 1]]) as usize;
+        let kind = u16::from_ne_bytes([payload[off + 2], payload[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > payload.len() {
+            return None;
+        }
+        if kind == NLMSGERR_ATTR_MSG {
+            let s = &payload[off + 4..off + len];
+            let s = s.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(s).into_owned());
+        }
+        off += (len + 3) & !3;
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extack_message_is_found_after_a_capped_header() {
+        let mut p = vec![0u8; 16];
+        let text = b"Exclusivity flag on\0";
+        let len = (4 + text.len()) as u16;
+        p.extend_from_slice(&len.to_ne_bytes());
+        p.extend_from_slice(&1u16.to_ne_bytes());
+        p.extend_from_slice(text);
+        assert_eq!(extack_message(&p, 0x300).as_deref(), Some("Exclusivity flag on"));
+        assert_eq!(extack_message(&p, 0), None);
+    }
 
     #[test]
     fn mac_round_trip() {

@@ -20,18 +20,55 @@ pub const PREFIX: &str = "hostdp-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("create namespace {name}: {message}")]
-    Create { name: String, message: String },
-    #[error("enter namespace {name}: {message}")]
-    Enter { name: String, message: String },
-    #[error("delete namespace {name}: {message}")]
-    Delete { name: String, message: String },
+    #[error("create namespace {name}: {source}")]
+    Create {
+        name: String,
+        #[source]
+        source: NsCause,
+    },
+    #[error("enter namespace {name}: {source}")]
+    Enter {
+        name: String,
+        #[source]
+        source: NsCause,
+    },
+    #[error("delete namespace {name}: {source}")]
+    Delete {
+        name: String,
+        #[source]
+        source: NsCause,
+    },
     #[error("namespace {0} does not exist")]
     Missing(String),
 }
 
 /// A named network namespace. Dropping it does not delete it: ownership and teardown are the
 /// topology's business ([`crate::sys::topology`]), which deletes explicitly and on drop of the node.
+/// The call under a [`NetnsError`].
+#[derive(Debug, thiserror::Error)]
+pub enum NsCause {
+    /// The namespace file itself (open, remove).
+    #[error(transparent)]
+    File(std::io::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("namespace thread panicked")]
+    Panicked,
+    /// A step of setting the namespace up that is not a namespace call (bringing `lo` up).
+    #[error(transparent)]
+    Setup(Box<dyn std::error::Error + Send + Sync>),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
     name: String,
@@ -41,24 +78,24 @@ impl Netns {
     /// Creates a new network namespace named `name` (which should start with [`PREFIX`]) holding
     /// only `lo`, down as `ip netns add` leaves it (the topology brings it up).
     pub fn create(name: &str) -> Result<Netns, NetnsError> {
-        let err = |message: String| NetnsError::Create { name: name.to_string(), message };
+        let err = |source: NsCause| NetnsError::Create { name: name.to_string(), source };
         ensure_run_dir().map_err(err)?;
         let path = Path::new(NETNS_RUN_DIR).join(name);
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
+            .map_err(|e| err(NsCause::Io { what: format!("cannot create {}", path.display()), source: e }))?;
         // A fresh thread unshares, and the bind mount keeps the namespace alive after it ends.
         let p = path.clone();
-        let res = std::thread::spawn(move || -> Result<(), String> {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare: {e}"))?;
+        let res = std::thread::spawn(move || -> Result<(), NsCause> {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NsCause::Sys { what: "unshare".into(), source: e })?;
             let own = "/proc/thread-self/ns/net";
             mount(Some(own), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| format!("bind mount onto {}: {e}", p.display()))
+                .map_err(|e| NsCause::Sys { what: format!("bind mount onto {}", p.display()), source: e })
         })
         .join()
-        .map_err(|_| err("namespace thread panicked".into()))?;
+        .map_err(|_| err(NsCause::Panicked))?;
         if let Err(m) = res {
             let _ = std::fs::remove_file(&path);
             return Err(err(m));
@@ -91,13 +128,15 @@ impl Netns {
         F: FnOnce() -> R + Send,
     {
         let file = File::open(self.path())
-            .map_err(|e| NetnsError::Enter { name: self.name.clone(), message: e.to_string() })?;
+            .map_err(|e| NetnsError::Enter { name: self.name.clone(), source: NsCause::File(e) })?;
         let clock = crate::sys::timing::current();
         std::thread::scope(|s| {
             let h = s.spawn(|| {
                 let _clock = crate::sys::timing::enter(clock);
-                setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| NetnsError::Enter { name: self.name.clone(), message: format!("setns: {e}") })?;
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter {
+                    name: self.name.clone(),
+                    source: NsCause::Sys { what: "setns".into(), source: e },
+                })?;
                 Ok(f())
             });
             match h.join() {
@@ -118,12 +157,17 @@ pub fn delete_named(name: &str) -> Result<(), NetnsError> {
     let path = Path::new(NETNS_RUN_DIR).join(name);
     match umount2(&path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(NetnsError::Delete { name: name.to_string(), message: format!("umount: {e}") }),
+        Err(e) => {
+            return Err(NetnsError::Delete {
+                name: name.to_string(),
+                source: NsCause::Sys { what: "umount".into(), source: e },
+            })
+        }
     }
     match std::fs::remove_file(&path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(NetnsError::Delete { name: name.to_string(), message: e.to_string() }),
+        Err(e) => Err(NetnsError::Delete { name: name.to_string(), source: NsCause::File(e) }),
     }
 }
 
@@ -138,19 +182,20 @@ pub fn list_named() -> Vec<String> {
 
 /// Makes `/run/netns` exist and be a shared mount point, as iproute2 does, so namespaces
 /// mounted there are visible from other mount namespaces too.
-fn ensure_run_dir() -> Result<(), String> {
-    std::fs::create_dir_all(NETNS_RUN_DIR).map_err(|e| format!("cannot create {NETNS_RUN_DIR}: {e}"))?;
+fn ensure_run_dir() -> Result<(), NsCause> {
+    std::fs::create_dir_all(NETNS_RUN_DIR)
+        .map_err(|e| NsCause::Io { what: format!("cannot create {NETNS_RUN_DIR}"), source: e })?;
     let dir = Path::new(NETNS_RUN_DIR);
     match mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EINVAL) => {
             // Not a mount point yet: bind it onto itself, then make it shared.
             mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| format!("bind {NETNS_RUN_DIR}: {e}"))?;
+                .map_err(|e| NsCause::Sys { what: format!("bind {NETNS_RUN_DIR}"), source: e })?;
             mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| format!("make {NETNS_RUN_DIR} shared: {e}"))
+                .map_err(|e| NsCause::Sys { what: format!("make {NETNS_RUN_DIR} shared"), source: e })
         }
-        Err(e) => Err(format!("make {NETNS_RUN_DIR} shared: {e}")),
+        Err(e) => Err(NsCause::Sys { what: format!("make {NETNS_RUN_DIR} shared"), source: e }),
     }
 }
 

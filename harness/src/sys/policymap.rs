@@ -35,14 +35,27 @@ pub const CIDR_IDENTITY_BASE: u32 = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyMapError {
-    #[error("policy map {object}: {message}")]
-    Map { object: String, message: String },
+    #[error("policy map {object}: {source}")]
+    Map {
+        object: String,
+        #[source]
+        source: MapCause,
+    },
     #[error("policy map folder {path}: {source}")]
     Fs { path: PathBuf, source: std::io::Error },
 }
 
-fn map_err(object: impl std::fmt::Display, e: impl std::fmt::Display) -> PolicyMapError {
-    PolicyMapError::Map { object: object.to_string(), message: e.to_string() }
+/// The bpf call under a [`PolicyMapError::Map`].
+#[derive(Debug, thiserror::Error)]
+pub enum MapCause {
+    #[error(transparent)]
+    Map(#[from] aya::maps::MapError),
+    #[error(transparent)]
+    Program(#[from] aya::programs::ProgramError),
+}
+
+fn map_err(object: impl std::fmt::Display, e: impl Into<MapCause>) -> PolicyMapError {
+    PolicyMapError::Map { object: object.to_string(), source: e.into() }
 }
 
 /// `struct hostdp_policy_key` (8 bytes).

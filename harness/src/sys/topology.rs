@@ -16,8 +16,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-use crate::sys::netlink::{self, Change, NetlinkError, NewLink};
-use crate::sys::netns::{self, Netns, NetnsError, PREFIX};
+use crate::sys::netlink::{self, Change, NetlinkError, NewLink, Rtnl};
+use crate::sys::netns::{self, Netns, NetnsError, NsCause, PREFIX};
 use hostdp_model::observed::{LinkInfo, RouteInfo};
 use hostdp_model::scenario::{LinkKind, LinkSpec, PeerIn, PodSpec, RouteSpec, Scenario};
 
@@ -37,8 +37,13 @@ pub enum TopologyError {
     /// The scenario's topology cannot be built as written (bad reference, cycle, bad value).
     #[error("topology: {0}")]
     Spec(String),
-    #[error("{op} {path}: {message}")]
-    Fs { op: &'static str, path: String, message: String },
+    #[error("{op} {path}: {source}")]
+    Fs {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: FsCause,
+    },
     #[error("pod {0}: no such pod")]
     NoPod(String),
 }
@@ -220,7 +225,7 @@ fn create_netns_tracked(name: &str) -> Result<Netns> {
     let ns = Netns::create(name)?;
     r.namespaces.insert(name.to_string());
     let lo = [Change::SetUp { name: "lo".into(), up: true }];
-    match ns.run(|| netlink::apply(&lo)) {
+    match ns.run(|| Rtnl::open().and_then(|nl| nl.apply(&lo))) {
         Ok(Ok(())) => Ok(ns),
         failed => {
             let _ = netns::delete_named(name);
@@ -245,12 +250,12 @@ fn delete_netns_tracked(name: &str) -> std::result::Result<(), NetnsError> {
 fn create_bpffs_tracked(dir: &Path) -> Result<PathBuf> {
     let mut r = registry();
     let fs_err =
-        |op: &'static str, p: &Path, e: String| TopologyError::Fs { op, path: p.display().to_string(), message: e };
+        |op: &'static str, p: &Path, source: FsCause| TopologyError::Fs { op, path: p.display().to_string(), source };
     let mnt = dir.join("bpffs");
-    std::fs::create_dir_all(&mnt).map_err(|e| fs_err("create directory", &mnt, e.to_string()))?;
+    std::fs::create_dir_all(&mnt).map_err(|e| fs_err("create directory", &mnt, FsCause::Io(e)))?;
     r.dirs.insert(dir.to_path_buf());
     nix::mount::mount(Some("bpf"), &mnt, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| fs_err("mount bpffs on", &mnt, crate::sys::netlink::errno_text(e as i32)))?;
+        .map_err(|e| fs_err("mount bpffs on", &mnt, FsCause::Sys(e)))?;
     Ok(mnt)
 }
 
@@ -323,6 +328,16 @@ pub fn install_signal_cleanup() {
     });
 }
 
+/// The call under a [`TopologyError::Fs`].
+#[derive(Debug, thiserror::Error)]
+pub enum FsCause {
+    #[error(transparent)]
+    Io(std::io::Error),
+    /// A mount: strerror's text, as `mount` prints it.
+    #[error("{}", crate::sys::netlink::errno_text(*.0 as i32))]
+    Sys(nix::errno::Errno),
+}
+
 /// Runs `f` with a fresh namespace `name` that is deleted afterwards (also on panic).
 pub fn with_scratch_netns<R>(name: &str, f: impl FnOnce(&Netns) -> R) -> std::result::Result<R, NetnsError> {
     struct Guard(String);
@@ -333,7 +348,7 @@ pub fn with_scratch_netns<R>(name: &str, f: impl FnOnce(&Netns) -> R) -> std::re
     }
     let ns = create_netns_tracked(name).map_err(|e| match e {
         TopologyError::Netns(e) => e,
-        other => NetnsError::Create { name: name.to_string(), message: other.to_string() },
+        other => NetnsError::Create { name: name.to_string(), source: NsCause::Setup(Box::new(other)) },
     })?;
     let _guard = Guard(name.to_string());
     Ok(f(&ns))
@@ -551,8 +566,9 @@ pub struct Node {
     bpffs: Option<PathBuf>,
 }
 
-fn run_in<R: Send>(ns: &Netns, f: impl FnOnce() -> std::result::Result<R, NetlinkError> + Send) -> Result<R> {
-    Ok(ns.run(f)??)
+/// Runs `f` with a netlink connection opened inside `ns`.
+fn run_in<R: Send>(ns: &Netns, f: impl FnOnce(&Rtnl) -> std::result::Result<R, NetlinkError> + Send) -> Result<R> {
+    Ok(ns.run(|| Rtnl::open().and_then(|nl| f(&nl)))??)
 }
 
 impl Node {
@@ -582,8 +598,8 @@ impl Node {
         n.bpffs = Some(create_bpffs_tracked(&dir)?);
 
         let (node_changes, wire_changes) = plan(scenario, &n.wire().path())?;
-        run_in(n.netns(), || netlink::apply(&node_changes))?;
-        run_in(n.wire(), || netlink::apply(&wire_changes))?;
+        run_in(n.netns(), |nl| nl.apply(&node_changes))?;
+        run_in(n.wire(), |nl| nl.apply(&wire_changes))?;
         for p in &scenario.pods {
             n.add_pod(p)?;
         }
@@ -665,8 +681,8 @@ impl Node {
         ];
         let pod_changes =
             [Change::AddAddress { name: "eth0".into(), addr: ip }, Change::SetUp { name: "eth0".into(), up: true }];
-        run_in(self.netns(), || netlink::apply(&node_changes))?;
-        run_in(&pod.netns, || netlink::apply(&pod_changes))?;
+        run_in(self.netns(), |nl| nl.apply(&node_changes))?;
+        run_in(&pod.netns, |nl| nl.apply(&pod_changes))?;
         Ok(pod)
     }
 
@@ -675,7 +691,7 @@ impl Node {
         let i = self.pod_index(name).ok_or_else(|| TopologyError::NoPod(name.to_string()))?;
         let pod = self.pods.remove(i);
         let del = [Change::DeleteLink { name: pod.lxc.clone() }];
-        let res = run_in(self.netns(), || netlink::apply(&del));
+        let res = run_in(self.netns(), |nl| nl.apply(&del));
         delete_netns_tracked(pod.netns.name())?;
         res
     }
@@ -696,19 +712,19 @@ impl Node {
                 PeerIn::Node => changes.push(peer),
             }
         }
-        run_in(self.netns(), || netlink::apply(&changes))?;
-        run_in(self.wire(), || netlink::apply(&wire_changes))
+        run_in(self.netns(), |nl| nl.apply(&changes))?;
+        run_in(self.wire(), |nl| nl.apply(&wire_changes))
     }
 
     /// Deletes a link of the node namespace (a veth takes its peer with it).
     pub fn delete_link(&mut self, name: &str) -> Result<()> {
         let c = [Change::DeleteLink { name: name.to_string() }];
-        run_in(self.netns(), || netlink::apply(&c))
+        run_in(self.netns(), |nl| nl.apply(&c))
     }
 
     pub fn set_link_up(&mut self, name: &str, up: bool) -> Result<()> {
         let c = [Change::SetUp { name: name.to_string(), up }];
-        run_in(self.netns(), || netlink::apply(&c))
+        run_in(self.netns(), |nl| nl.apply(&c))
     }
 
     /// Adds (`add`) or deletes a route of the node namespace (the `route` step).
@@ -719,17 +735,17 @@ impl Node {
         } else {
             Change::DeleteRoute { dst, via, dev: r.dev.clone(), table }
         };
-        run_in(self.netns(), || netlink::apply(&[c]))
+        run_in(self.netns(), |nl| nl.apply(&[c]))
     }
 
     /// Links of the node namespace.
     pub fn links(&self) -> Result<Vec<LinkInfo>> {
-        run_in(self.netns(), netlink::list_links)
+        run_in(self.netns(), Rtnl::links)
     }
 
     /// Routes of the node namespace, all tables.
     pub fn routes(&self) -> Result<Vec<RouteInfo>> {
-        run_in(self.netns(), netlink::list_routes)
+        run_in(self.netns(), Rtnl::routes)
     }
 
     /// Names of every namespace this node owns (node, wire, pods).

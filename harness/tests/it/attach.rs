@@ -3,7 +3,6 @@
 //! and checks the inspector against iproute2's `tc` and `bpftool`, so it is not its own judge.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use hostdp::model::observed::{Attachment, Hook, Mechanism};
 use hostdp::sys::attach::{self, AttachContext, AttachError, DeviceConfig, OpOutcome};
 use hostdp::sys::compile::{default_bpf_dir, Compiler};
 use hostdp::sys::inspect::{self};
-use hostdp::sys::netlink::block_on;
+use hostdp::sys::netlink::{Change, NewLink, Rtnl};
 use hostdp::sys::netns::Netns;
 use hostdp::sys::tc;
 
@@ -40,31 +39,12 @@ fn ns(name: &str) -> NsGuard {
 
 /// `veth0` in `a` paired with `veth1` in `b`, both up.
 fn veth_pair(a: &Netns, b: &Netns) {
-    let b_file = std::fs::File::open(b.path()).unwrap();
-    let b_fd = b_file.as_raw_fd();
-    a.run(|| {
-        block_on(async {
-            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            handle.link().add(rtnetlink::LinkVeth::new("veth0", "veth1").build()).execute().await.unwrap();
-            handle
-                .link()
-                .set(rtnetlink::LinkUnspec::new_with_name("veth1").setns_by_fd(b_fd).build())
-                .execute()
-                .await
-                .unwrap();
-            handle.link().set(rtnetlink::LinkUnspec::new_with_name("veth0").up().build()).execute().await.unwrap();
-        })
-    })
-    .unwrap();
-    b.run(|| {
-        block_on(async {
-            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            handle.link().set(rtnetlink::LinkUnspec::new_with_name("veth1").up().build()).execute().await.unwrap();
-        })
-    })
-    .unwrap();
+    let peer = NewLink::Veth { peer: "veth1".into(), peer_netns: Some(b.path()) };
+    let up = |name: &str| Change::SetUp { name: name.into(), up: true };
+    a.run(|| Rtnl::open()?.apply(&[Change::AddLink { name: "veth0".into(), link: peer }, up("veth0")]))
+        .unwrap()
+        .unwrap();
+    b.run(|| Rtnl::open()?.apply(&[up("veth1")])).unwrap().unwrap();
 }
 
 fn context(cache: &Path) -> AttachContext {
@@ -113,7 +93,7 @@ fn send_frames(device: &str, vlan: Option<u16>, n: usize) {
     }
     frame.extend_from_slice(&0x88b5u16.to_be_bytes());
     frame.resize(frame.len() + 46, 0xab);
-    let index = tc::ifindex(device).unwrap();
+    let index = tc::ifindex(&Rtnl::open().unwrap(), device).unwrap();
     unsafe {
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
         assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());

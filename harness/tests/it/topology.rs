@@ -61,7 +61,7 @@ fn by_name<'a>(links: &'a [LinkInfo], name: &str) -> &'a LinkInfo {
 }
 
 fn links_in(ns: &Netns) -> Vec<LinkInfo> {
-    ns.run(netlink::list_links).unwrap().unwrap()
+    ns.run(|| netlink::Rtnl::open()?.links()).unwrap().unwrap()
 }
 
 #[test]
