@@ -557,10 +557,19 @@ pub fn behaviour_table(rec: &RunRecord, devices: &[&str]) -> String {
 /// run of the same files under one profile, `hostdp run --profile P`), each cell what the first
 /// `start` step left on the given devices, or the agent's refusal.
 pub fn profile_table(recs: &[RunRecord], devices: &[&str]) -> String {
-    let mut s = String::from("| configuration |");
+    // One kernel for every record (the usual case): said once, so six columns stay narrow.
+    let one_kernel = recs.first().map(|r| &r.kernel).filter(|k| recs.iter().all(|r| &r.kernel == *k));
+    let mut s = match one_kernel {
+        Some(k) => format!("| configuration (kernel {k}) |"),
+        None => String::from("| configuration |"),
+    };
     for r in recs {
         let p = r.scenarios.first().map(|x| x.profile.as_str()).unwrap_or("?");
-        let _ = write!(s, " {p} ({}) |", r.kernel);
+        if one_kernel.is_some() {
+            let _ = write!(s, " {p} |");
+        } else {
+            let _ = write!(s, " {p} ({}) |", r.kernel);
+        }
     }
     s.push('\n');
     s.push_str(&"|---".repeat(1 + recs.len()));
