@@ -776,6 +776,32 @@ mod tests {
         .is_empty());
     }
 
+    /// One record per profile on one kernel: the kernel is said once, the columns name profiles.
+    #[test]
+    fn profile_table_names_the_shared_kernel_once() {
+        let rec = |profile: &str, kernel: &str| {
+            let sc = ScenarioRecord {
+                file: "a.yaml".into(),
+                name: "a".into(),
+                profile: profile.into(),
+                status: Status::Pass,
+                reason: None,
+                kernel: None,
+                millis: 0,
+                phases: None,
+                steps: vec![],
+            };
+            RunRecord::single(kernel.into(), vec![sc])
+        };
+        let six: Vec<RunRecord> = crate::profile::Profile::ALL.iter().map(|p| rec(p.as_str(), "6.12.1")).collect();
+        let t = profile_table(&six, &["eth0"]);
+        let head = t.lines().next().unwrap();
+        assert_eq!(head, "| configuration (kernel 6.12.1) | v1.14.4 | v1.15 | v1.16 | v1.17 | v1.18 | v1.19 |");
+        assert_eq!(t.lines().nth(1).unwrap(), "|---|---|---|---|---|---|---|");
+        let mixed = profile_table(&[rec("v1.14.4", "6.1"), rec("v1.16", "6.12")], &["eth0"]);
+        assert!(mixed.starts_with("| configuration | v1.14.4 (6.1) | v1.16 (6.12) |"), "{mixed}");
+    }
+
     #[test]
     fn combine_prefers_failures_and_reports_skips() {
         let rec = |status, kernel: &str| ScenarioRecord {
