@@ -107,9 +107,8 @@ fn kind_of(key: &str) -> Option<Kind> {
         "ipv4-native-routing-cidr" | "ipv6-native-routing-cidr" => Kind::Cidr,
         // Which values the agent takes depends on the profile: a refusal at start-up, not a type.
         "kube-proxy-replacement" => Kind::Text,
-        "node-port-acceleration" | "bpf-lb-acceleration" => {
-            Kind::OneOf(&["disabled", "native", "best-effort", "testing-only"])
-        }
+        // Refused at start-up, by kube-proxy-replacement's init or the XDP cell (v1.17+).
+        "node-port-acceleration" | "bpf-lb-acceleration" => Kind::Text,
         "routing-mode" => Kind::OneOf(&["native", "tunnel"]),
         "tunnel" => Kind::OneOf(&["vxlan", "geneve", "disabled"]),
         "tunnel-protocol" => Kind::OneOf(&["vxlan", "geneve"]),
@@ -224,9 +223,21 @@ pub fn start_refusal(key: &str, value: &str, profile: Profile) -> Option<String>
                 )
             })
         }
+        // v1.17+ the XDP cell maps the value to a mode, NodePort or not, and fails the hive
+        // on any other (v1.17.10 / v1.18.10 / v1.19.4 pkg/datapath/xdp/cell.go L36-49). Older
+        // releases check it in kube-proxy-replacement's init, only with NodePort on
+        // ([`Settings::validate`]).
+        "node-port-acceleration" | "bpf-lb-acceleration" if profile.has(Change::XdpModeFromAcceleration) => {
+            (!ACCELERATION_VALUES.contains(&value))
+                .then(|| format!("Invalid value for --node-port-acceleration: {value}"))
+        }
         _ => None,
     }
 }
+
+/// The values of `bpf-lb-acceleration` some release takes (`best-effort` from v1.15; `""` is
+/// the flag left empty).
+const ACCELERATION_VALUES: [&str; 5] = ["", "disabled", "native", "best-effort", "testing-only"];
 
 /// `start_refusal`'s message with a hint for a likely typo (for `hostdp check`'s warning).
 pub fn start_refusal_hint(key: &str, value: &str, profile: Profile) -> Option<String> {
@@ -236,7 +247,10 @@ pub fn start_refusal_hint(key: &str, value: &str, profile: Profile) -> Option<St
             Some(s) => format!("{m} (did you mean \"{s}\"?)"),
             None => format!("{m} ({} takes {})", profile.as_str(), kube_proxy_replacement_values(profile).join(", ")),
         },
-        _ => m,
+        _ => match did_you_mean(value, &ACCELERATION_VALUES[1..]) {
+            Some(s) => format!("{m} (did you mean \"{s}\"?)"),
+            None => format!("{m} (takes {}; generic XDP is \"testing-only\")", ACCELERATION_VALUES[1..].join(", ")),
+        },
     })
 }
 
@@ -423,6 +437,9 @@ pub struct AgentConfig {
     pub ipv6_mcast_device: Option<String>,
     /// Effective acceleration (`bpf-lb-acceleration`, overridden by `node-port-acceleration`).
     pub node_port_acceleration: Acceleration,
+    /// The effective acceleration as written: a value no release takes reads as `disabled`
+    /// above and is refused at start-up ([`start_refusal`], [`Settings::validate`]).
+    pub node_port_acceleration_value: String,
     pub encrypt_node: bool,
     pub enable_endpoint_routes: bool,
     pub bpf_filter_priority: u16,
@@ -561,6 +578,7 @@ impl AgentConfig {
             enable_ipv6_ndp: flag("enable-ipv6-ndp", false),
             ipv6_mcast_device: name("ipv6-mcast-device"),
             node_port_acceleration: accel(node_port_acceleration),
+            node_port_acceleration_value: node_port_acceleration.to_string(),
             encrypt_node: flag("encrypt-node", false),
             enable_endpoint_routes: flag("enable-endpoint-routes", false),
             bpf_filter_priority: get("bpf-filter-priority").and_then(|v| v.parse().ok()).unwrap_or(1),
@@ -655,6 +673,8 @@ pub struct Settings {
     pub node_port_mode: NodePortMode,
     pub dsr_dispatch: DsrDispatch,
     pub node_port_acceleration: Acceleration,
+    /// [`AgentConfig::node_port_acceleration_value`].
+    pub node_port_acceleration_value: String,
     pub datapath_mode: DatapathMode,
     /// `--devices` as configured (wildcards unexpanded).
     pub devices: Vec<String>,
@@ -708,6 +728,7 @@ impl Settings {
             node_port_mode: cfg.node_port_mode,
             dsr_dispatch: cfg.dsr_dispatch,
             node_port_acceleration: cfg.node_port_acceleration,
+            node_port_acceleration_value: cfg.node_port_acceleration_value.clone(),
             datapath_mode: cfg.datapath_mode,
             devices: cfg.devices.clone(),
             direct_routing_device: cfg.direct_routing_device.clone(),
@@ -720,6 +741,9 @@ impl Settings {
         s.init_env()?;
         s.validate(cfg)?;
         if let Some(m) = start_refusal("kube-proxy-replacement", &cfg.kube_proxy_replacement_value, profile) {
+            return Err(refused(m));
+        }
+        if let Some(m) = start_refusal("bpf-lb-acceleration", &cfg.node_port_acceleration_value, profile) {
             return Err(refused(m));
         }
         s.init_kpr_options()
@@ -972,12 +996,12 @@ impl Settings {
             }
             let accepted = match self.node_port_acceleration {
                 Acceleration::BestEffort => self.profile.has(Change::BestEffortAcceleration),
-                _ => true,
+                _ => ACCELERATION_VALUES[1..].contains(&self.node_port_acceleration_value.as_str()),
             };
             if !accepted {
                 return Err(format!(
                     "Invalid value for --node-port-acceleration: {}",
-                    self.node_port_acceleration.as_str()
+                    self.node_port_acceleration_value
                 ));
             }
             if self.tunneling_enabled() && mode != NodePortMode::Snat {
@@ -1068,7 +1092,6 @@ pub(crate) mod tests {
             ("enable-node-port", "yes"),
             ("bpf-filter-priority", "0"),
             ("bpf-filter-priority", "65536"),
-            ("node-port-acceleration", "fast"),
             ("routing-mode", "direct"),
             ("tunnel", "ipip"),
             ("node-port-mode", "nat"),
@@ -1083,6 +1106,26 @@ pub(crate) mod tests {
         assert!(matches!(e, ConfigError::Value(_)), "{e}");
         let e = check_value("enable-node-port", "ture").unwrap_err();
         assert!(e.ends_with("did you mean \"true\"?"), "{e}");
+    }
+
+    /// An acceleration no release takes (`generic`) is refused at start-up: from v1.17 by the
+    /// XDP cell whatever NodePort says, before by kube-proxy-replacement's init with NodePort.
+    #[test]
+    fn unknown_acceleration_is_refused_at_start_up() {
+        assert_eq!(check_value("bpf-lb-acceleration", "generic"), Ok(()));
+        let at =
+            |pairs: &[(&str, &str)], p: Profile| Settings::derive(&AgentConfig::from_map(&map(pairs), p).unwrap(), p);
+        let want = "Invalid value for --node-port-acceleration: generic";
+        for p in [Profile::V1_17, Profile::V1_18, Profile::V1_19] {
+            assert_eq!(refused_msg(at(&[("bpf-lb-acceleration", "generic")], p)), want);
+            assert!(at(&[("bpf-lb-acceleration", "testing-only")], p).is_ok());
+        }
+        // v1.16: only with NodePort on (kube-proxy-replacement true).
+        assert!(at(&[("bpf-lb-acceleration", "generic")], Profile::V1_16).is_ok());
+        let kpr = [("bpf-lb-acceleration", "generic"), ("kube-proxy-replacement", "true")];
+        assert!(refused_msg(at(&kpr, Profile::V1_16)).ends_with(want));
+        let hint = start_refusal_hint("bpf-lb-acceleration", "generic", Profile::V1_18).unwrap();
+        assert!(hint.contains("\"testing-only\""), "{hint}");
     }
 
     /// A kube-proxy-replacement value the profile does not take is well-formed input that the

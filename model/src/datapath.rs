@@ -21,7 +21,8 @@ pub enum Object {
     Foreign,
     /// `bpf_overlay.c`: cil_from_overlay, cil_to_overlay (on cilium_vxlan / cilium_geneve).
     Overlay,
-    /// `bpf_wireguard.c` (v1.16): cil_to_wireguard (on cilium_wg0).
+    /// `bpf_wireguard.c` (v1.16): cil_to_wireguard, and from v1.18 cil_from_wireguard (on
+    /// cilium_wg0).
     Wireguard,
 }
 
@@ -176,6 +177,7 @@ pub const CIL_TO_CONTAINER: ProgramRef = ProgramRef { object: Object::Lxc, symbo
 pub const CIL_FROM_OVERLAY: ProgramRef = ProgramRef { object: Object::Overlay, symbol: "cil_from_overlay" };
 pub const CIL_TO_OVERLAY: ProgramRef = ProgramRef { object: Object::Overlay, symbol: "cil_to_overlay" };
 pub const CIL_TO_WIREGUARD: ProgramRef = ProgramRef { object: Object::Wireguard, symbol: "cil_to_wireguard" };
+pub const CIL_FROM_WIREGUARD: ProgramRef = ProgramRef { object: Object::Wireguard, symbol: "cil_from_wireguard" };
 
 /// Both encapsulation devices, the order init.sh deletes them in.
 const ENCAP_DEVICES: [TunnelProtocol; 2] = [TunnelProtocol::Vxlan, TunnelProtocol::Geneve];
@@ -218,30 +220,75 @@ fn overlay_ops(settings: &Settings) -> Vec<Op> {
         .collect()
 }
 
-/// v1.16 `reinitializeWireguard` (pkg/datapath/loader/base.go) → `replaceWireguardDatapath`
-/// (loader.go): with WireGuard, NodePort, the L7 proxy, native routing and
-/// `kube-proxy-replacement=true` ([`Settings::need_egress_on_wireguard_device`]),
-/// `cil_to_wireguard` on cilium_wg0's egress as the world identity via `attachSKBProgram`
-/// (tcx pinned under `cilium/devices/cilium_wg0/links`, tc where the kernel has no tcx).
-/// Otherwise upstream returns early: nothing is attached and nothing detached (the detach
-/// came in v1.17). Other profiles have no bpf_wireguard.c.
+/// `reinitializeWireguard` (pkg/datapath/loader/base.go) → `replaceWireguardDatapath`, the
+/// programs of `bpf_wireguard.c` on cilium_wg0 as the world identity via `attachSKBProgram`
+/// (tcx pinned under `cilium/devices/cilium_wg0/links`, tc where the kernel has no tcx), and
+/// from v1.17.3 `detachSKBProgram` (the pin and every filter of the hook) for what is not needed:
+/// - v1.16: with WireGuard, NodePort, the L7 proxy, native routing and
+///   `kube-proxy-replacement=true` ([`Settings::need_egress_on_wireguard_device`]),
+///   `cil_to_wireguard` on egress; otherwise it returns early, detaching nothing.
+/// - v1.17.3 (v1.17.10 base.go L305-326, loader.go L652-682): with WireGuard on, cil_to_wireguard
+///   attached or detached; without bpf_host needed on cilium_wg0, `cil_from_netdev` and v1.18's
+///   `cil_from_wireguard` detached from ingress.
+/// - v1.18 (v1.18.10 loader.go L777-815): `cil_from_wireguard` attached or detached on ingress
+///   (`NeedIngressOnWireGuardDevice`), then v1.17's `cil_from_netdev` detached, which on tc
+///   deletes every ingress filter, the fresh `cil_from_wireguard` one included.
+/// - v1.19 (v1.19.4 wireguard.go L68-89): `cil_from_wireguard` on ingress always.
+///
+/// Other profiles have no bpf_wireguard.c.
 fn wireguard_ops(settings: &Settings, links: &[LinkInfo]) -> Result<Vec<Op>, PlanError> {
-    if !settings.profile.has(Change::WireguardEgressProgram) || !settings.need_egress_on_wireguard_device() {
+    let p = settings.profile;
+    if !p.has(Change::WireguardEgressProgram) {
+        return Ok(Vec::new());
+    }
+    let detaches = p.has(Change::WireguardDetachesUnneeded);
+    let egress = settings.need_egress_on_wireguard_device();
+    if !settings.enable_wireguard || (!detaches && !egress) {
         return Ok(Vec::new());
     }
     if !links.iter().any(|l| l.name == WIREGUARD_DEVICE) {
         return Err(PlanError::WireguardLinkNotFound);
     }
     let pin_dir = device_links_dir(WIREGUARD_DEVICE);
-    Ok(vec![skb_or_tc(
-        settings,
-        WIREGUARD_DEVICE,
-        Hook::Egress,
-        CIL_TO_WIREGUARD,
-        VlanAllow::Ids(Vec::new()),
-        IDENTITY_WORLD,
-        pin_dir,
-    )])
+    let attach = |hook: Hook, program: ProgramRef| {
+        skb_or_tc(
+            settings,
+            WIREGUARD_DEVICE,
+            hook,
+            program,
+            VlanAllow::Ids(Vec::new()),
+            IDENTITY_WORLD,
+            pin_dir.clone(),
+        )
+    };
+    let detach = |hook: Hook, symbol: &'static str| Op::DetachSkb {
+        device: WIREGUARD_DEVICE.to_string(),
+        hook,
+        symbol,
+        pin_dir: pin_dir.clone(),
+    };
+    let mut ops = Vec::new();
+    if egress {
+        ops.push(attach(Hook::Egress, CIL_TO_WIREGUARD));
+    } else {
+        ops.push(detach(Hook::Egress, CIL_TO_WIREGUARD.symbol));
+    }
+    if p.has(Change::WireguardIngressProgram) {
+        if p.has(Change::WireguardIngressAlways) || settings.need_bpf_host_on_wireguard_device() {
+            ops.push(attach(Hook::Ingress, CIL_FROM_WIREGUARD));
+        } else {
+            ops.push(detach(Hook::Ingress, CIL_FROM_WIREGUARD.symbol));
+        }
+        if p.has(Change::WireguardRemovesV117Netdev) {
+            ops.push(detach(Hook::Ingress, CIL_FROM_NETDEV.symbol));
+        }
+    } else if detaches && !settings.need_bpf_host_on_wireguard_device() {
+        ops.push(detach(Hook::Ingress, CIL_FROM_NETDEV.symbol));
+        if p.has(Change::WireguardRemovesV118Ingress) {
+            ops.push(detach(Hook::Ingress, CIL_FROM_WIREGUARD.symbol));
+        }
+    }
+    Ok(ops)
 }
 
 /// Errors of planning: the node-config header cannot be written (upstream's `Reinitialize`
@@ -257,7 +304,8 @@ pub enum PlanError {
          '--vlan-bpf-bypass 0' in order to allow all available VLANs"
     )]
     TooManyVlans { count: usize },
-    /// v1.16 `reinitializeWireguard`: cilium_wg0 is needed for `cil_to_wireguard`.
+    /// `reinitializeWireguard`: cilium_wg0 is needed (v1.16: for `cil_to_wireguard`; from
+    /// v1.17.3 whenever WireGuard is on).
     #[error("failed while reinitializing datapath: failed to retrieve link for interface {WIREGUARD_DEVICE}: Link not found")]
     WireguardLinkNotFound,
 }
@@ -413,7 +461,7 @@ pub fn plan_with_state(
 
     // reinitializeOverlay, near the end of Reinitialize before the host endpoint regenerates.
     ops.extend(overlay_ops(settings));
-    // reinitializeWireguard (v1.16), right after it.
+    // reinitializeWireguard (v1.16+), right after it.
     ops.extend(wireguard_ops(settings, links)?);
 
     // reloadHostDatapath.
@@ -435,6 +483,16 @@ pub fn plan_with_state(
             // Ingress first; with devices required cilium_wg0's egress is left alone,
             // otherwise `detachSKBProgram` clears the egress hook (pin and filters).
             ops.push(ingress);
+            if dev == WIREGUARD_DEVICE && settings.profile.has(Change::WireguardRemovesV118Ingress) {
+                // v1.17.10 attachNetworkDevices L463-473: v1.18's cil_from_wireguard goes right
+                // after cil_from_netdev is attached; on tc the flush takes cil_from_netdev too.
+                ops.push(Op::DetachSkb {
+                    device: dev.clone(),
+                    hook: Hook::Ingress,
+                    symbol: CIL_FROM_WIREGUARD.symbol,
+                    pin_dir: device_links_dir(dev),
+                });
+            }
             if egress && dev != WIREGUARD_DEVICE {
                 ops.push(attach(dev, Hook::Egress, CIL_TO_NETDEV, vlan));
             } else if !egress {
@@ -1248,7 +1306,8 @@ mod overlay {
     }
 }
 
-/// v1.16's `cil_to_wireguard` on cilium_wg0's egress (`reinitializeWireguard`).
+/// `bpf_wireguard.c` on cilium_wg0 (`reinitializeWireguard`): v1.16's `cil_to_wireguard`, v1.17's
+/// detaches, v1.18's and v1.19's `cil_from_wireguard`.
 #[cfg(test)]
 mod wireguard_egress {
     use super::*;
@@ -1370,5 +1429,62 @@ mod wireguard_egress {
         let e = plan(&st.settings, &st.selection, &links).unwrap_err();
         assert_eq!(e, PlanError::WireguardLinkNotFound);
         assert!(e.to_string().contains("failed to retrieve link for interface cilium_wg0"));
+    }
+
+    /// (hook, attached?, symbol) of every op on cilium_wg0, in order.
+    fn wg_ops(plan: &Plan) -> Vec<(Hook, bool, &'static str)> {
+        plan.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::AttachSkb { device, hook, program, .. } if device == WIREGUARD_DEVICE => {
+                    Some((*hook, true, program.symbol))
+                }
+                Op::DetachSkb { device, hook, symbol, .. } if device == WIREGUARD_DEVICE => {
+                    Some((*hook, false, *symbol))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    const TUNNEL: [(&str, &str); 2] = [("enable-wireguard", "true"), ("kube-proxy-replacement", "true")];
+
+    /// What each release does on cilium_wg0 in native routing (every condition holds) and in
+    /// tunnel routing without NodePort && encrypt-node (none holds but v1.19's "always").
+    #[test]
+    fn cilium_wg0_per_release() {
+        const TO: &str = "cil_to_wireguard";
+        const FROM: &str = "cil_from_wireguard";
+        const NETDEV: &str = "cil_from_netdev";
+        let (e, i) = (Hook::Egress, Hook::Ingress);
+        type Case<'a> = (Profile, &'a [(&'a str, &'a str)], Vec<(Hook, bool, &'a str)>);
+        let cases: [Case; 7] = [
+            // v1.17: bpf_host's attach is followed by the removal of v1.18's cil_from_wireguard.
+            (Profile::V1_17, &ON, vec![(e, true, TO), (i, true, NETDEV), (i, false, FROM)]),
+            (Profile::V1_17, &TUNNEL, vec![(e, false, TO), (i, false, NETDEV), (i, false, FROM)]),
+            // v1.16 returns early.
+            (Profile::V1_16, &TUNNEL, vec![]),
+            (Profile::V1_18, &ON, vec![(e, true, TO), (i, true, FROM), (i, false, NETDEV)]),
+            (Profile::V1_18, &TUNNEL, vec![(e, false, TO), (i, false, FROM), (i, false, NETDEV)]),
+            (Profile::V1_19, &ON, vec![(e, true, TO), (i, true, FROM)]),
+            (Profile::V1_19, &TUNNEL, vec![(e, false, TO), (i, true, FROM)]),
+        ];
+        for (p, pairs, want) in cases {
+            assert_eq!(wg_ops(&plan_for(p, pairs)), want, "{p:?} {pairs:?}");
+        }
+        // v1.18: NodePort && encrypt-node brings the ingress program back in tunnel routing.
+        let enc = [&TUNNEL[..], &[("encrypt-node", "true")]].concat();
+        assert_eq!(wg_ops(&plan_for(Profile::V1_18, &enc))[1], (i, true, FROM));
+    }
+
+    #[test]
+    fn from_v1_17_the_device_is_needed_whenever_wireguard_is_on() {
+        let links = vec![lo(), link(2, "eth0", "veth").addr("10.0.0.2/24")];
+        for p in [Profile::V1_17, Profile::V1_18, Profile::V1_19] {
+            let st = startup(p, &TUNNEL);
+            assert_eq!(plan(&st.settings, &st.selection, &links).unwrap_err(), PlanError::WireguardLinkNotFound);
+        }
+        let st = startup(Profile::V1_16, &TUNNEL);
+        assert!(plan(&st.settings, &st.selection, &links).is_ok());
     }
 }

@@ -25,7 +25,8 @@ pub enum Profile {
     /// Cilium v1.17.3 and later (read at v1.17.3 and v1.17.10). v1.17.0-v1.17.2 differ: their
     /// `AreDevicesRequired` has `EnableIPSecEncryptedOverlay` instead of `EnableIPSec`, and their
     /// WireGuard reload returns early as v1.16's does (no detach of `cil_to_wireguard` or of
-    /// `cil_from_netdev` on `cilium_wg0`). Neither is modelled separately.
+    /// `cil_from_netdev` on `cilium_wg0`, nothing of v1.18's `cil_from_wireguard` removed).
+    /// Neither is modelled separately.
     V1_17,
     /// Cilium v1.18.x (read at v1.18.10).
     V1_18,
@@ -161,6 +162,21 @@ pub enum Change {
     WireguardIngressInLoader,
     /// `bpf_wireguard.c`'s `cil_to_wireguard` on `cilium_wg0` egress (`reinitializeWireguard`).
     WireguardEgressProgram,
+    /// `reinitializeWireguard` runs whenever WireGuard is on (so `cilium_wg0` must exist) and
+    /// detaches what is not needed: `cil_to_wireguard` from egress, and `cil_from_netdev` from
+    /// ingress when bpf_host is not needed there.
+    WireguardDetachesUnneeded,
+    /// v1.17.3's removal of what v1.18 leaves on `cilium_wg0` ingress: `cil_from_wireguard` is
+    /// detached right after `cil_from_netdev` is attached, or with it when bpf_host is not needed.
+    WireguardRemovesV118Ingress,
+    /// `bpf_wireguard.c`'s `cil_from_wireguard` on `cilium_wg0` ingress replaces bpf_host there,
+    /// attached by `replaceWireguardDatapath` under `NeedIngressOnWireGuardDevice`.
+    WireguardIngressProgram,
+    /// v1.18's clean-up of v1.17's `cil_from_netdev` on `cilium_wg0` ingress, run unconditionally
+    /// after `cil_from_wireguard` is attached.
+    WireguardRemovesV117Netdev,
+    /// `cil_from_wireguard` is attached to `cilium_wg0` ingress whenever WireGuard is on.
+    WireguardIngressAlways,
     /// `cilium cleanup` also removes Cilium's bpffs folder, which unpins its tcx links.
     CleanupRemovesBpffs,
     /// The device reloader always runs: runtime device detection is on whatever the flag says.
@@ -512,7 +528,7 @@ pub const CHANGES: &[ChangeRow] = &[
         Change::WireguardIngressInLoader,
         "bpf_host on cilium_wg0 decided by the loader",
         V1_16,
-        None,
+        Some(V1_18),
         "f928ca2860 (NeedBPFHostOnWireGuardDevice); v1.16.8 pkg/option/config.go",
     ),
     row(
@@ -521,6 +537,41 @@ pub const CHANGES: &[ChangeRow] = &[
         V1_16,
         None,
         "v1.16 pkg/datapath/loader/base.go reinitializeWireguard, loader.go replaceWireguardDatapath",
+    ),
+    row(
+        Change::WireguardDetachesUnneeded,
+        "WireGuard reload detaches unneeded programs",
+        V1_17_3,
+        None,
+        "2d35849d3d \"wireguard: always detach bpf programs when not needed\" (upstream 570f056631); v1.17.10 pkg/datapath/loader/base.go reinitializeWireguard L305-326, loader.go replaceWireguardDatapath L652-668",
+    ),
+    row(
+        Change::WireguardRemovesV118Ingress,
+        "v1.17 removes v1.18's cil_from_wireguard",
+        V1_17_3,
+        Some(V1_18),
+        "f77b43f2f3 \"wireguard: backport removal logic for v1.18 cil_from_wireguard\"; v1.17.10 pkg/datapath/loader/loader.go attachNetworkDevices L463-473, replaceWireguardDatapath L670-679",
+    ),
+    row(
+        Change::WireguardIngressProgram,
+        "cil_from_wireguard on cilium_wg0 ingress",
+        V1_18,
+        None,
+        "f928ca2860, 0c584e7605 \"wireguard:bpf:feature: move from cil_from_netdev to cil_from_wireguard\"; v1.18.10 pkg/option/config.go NeedIngressOnWireGuardDevice L2150-2175, pkg/datapath/loader/loader.go replaceWireguardDatapath L792-806",
+    ),
+    row(
+        Change::WireguardRemovesV117Netdev,
+        "v1.18 removes v1.17's cil_from_netdev on cilium_wg0",
+        V1_18,
+        Some(V1_19),
+        "v1.18.10 pkg/datapath/loader/loader.go replaceWireguardDatapath L807-815 (\"Cleanup previous cil_from_netdev from v1.17\"); gone in v1.19.4 wireguard.go",
+    ),
+    row(
+        Change::WireguardIngressAlways,
+        "cil_from_wireguard always on cilium_wg0",
+        V1_19,
+        None,
+        "74be227cdc \"bpf: set skb mark on traffic decrytped by wireguard\"; v1.19.4 pkg/datapath/loader/wireguard.go replaceWireguardDatapath L84-89",
     ),
     row(
         Change::CleanupRemovesBpffs,

@@ -637,10 +637,19 @@ pub fn behaviour_table(rec: &RunRecord, devices: &[&str]) -> String {
 /// run of the same files under one profile, `hostdp run --profile P`), each cell what the first
 /// `start` step left on the given devices, or the agent's refusal.
 pub fn profile_table(recs: &[RunRecord], devices: &[&str]) -> String {
-    let mut s = String::from("| configuration |");
+    // One kernel for every record (the usual case): said once, so six columns stay narrow.
+    let one_kernel = recs.first().map(|r| &r.kernel).filter(|k| recs.iter().all(|r| &r.kernel == *k));
+    let mut s = match one_kernel {
+        Some(k) => format!("| configuration (kernel {k}) |"),
+        None => String::from("| configuration |"),
+    };
     for r in recs {
         let p = r.scenarios.first().map(|x| x.profile.as_str()).unwrap_or("?");
-        let _ = write!(s, " {p} ({}) |", r.kernel);
+        if one_kernel.is_some() {
+            let _ = write!(s, " {p} |");
+        } else {
+            let _ = write!(s, " {p} ({}) |", r.kernel);
+        }
     }
     s.push('\n');
     s.push_str(&"|---".repeat(1 + recs.len()));
@@ -845,6 +854,32 @@ mod tests {
             &Observed { aliases: &aliases, error: Some("BPF masquerade requires NodePort"), ..Default::default() }
         )
         .is_empty());
+    }
+
+    /// One record per profile on one kernel: the kernel is said once, the columns name profiles.
+    #[test]
+    fn profile_table_names_the_shared_kernel_once() {
+        let rec = |profile: &str, kernel: &str| {
+            let sc = ScenarioRecord {
+                file: "a.yaml".into(),
+                name: "a".into(),
+                profile: profile.into(),
+                status: Status::Pass,
+                reason: None,
+                kernel: None,
+                millis: 0,
+                phases: None,
+                steps: vec![],
+            };
+            RunRecord::single(kernel.into(), vec![sc])
+        };
+        let six: Vec<RunRecord> = crate::profile::Profile::ALL.iter().map(|p| rec(p.as_str(), "6.12.1")).collect();
+        let t = profile_table(&six, &["eth0"]);
+        let head = t.lines().next().unwrap();
+        assert_eq!(head, "| configuration (kernel 6.12.1) | v1.14.4 | v1.15 | v1.16 | v1.17 | v1.18 | v1.19 |");
+        assert_eq!(t.lines().nth(1).unwrap(), "|---|---|---|---|---|---|---|");
+        let mixed = profile_table(&[rec("v1.14.4", "6.1"), rec("v1.16", "6.12")], &["eth0"]);
+        assert!(mixed.starts_with("| configuration | v1.14.4 (6.1) | v1.16 (6.12) |"), "{mixed}");
     }
 
     #[test]

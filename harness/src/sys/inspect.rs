@@ -188,7 +188,7 @@ pub fn program_name(id: u32) -> Option<String> {
 
 /// Kernel program name (≤ 15 bytes) → slot in `hostdp_counters`, as in `bpf/include/hostdp.h`.
 pub fn counter_slot(program: &str) -> Option<u32> {
-    const SLOTS: [(&str, u32); 12] = [
+    const SLOTS: [(&str, u32); 13] = [
         ("cil_from_netdev", 0),
         ("cil_to_netdev", 1),
         ("cil_from_host", 2),
@@ -201,6 +201,7 @@ pub fn counter_slot(program: &str) -> Option<u32> {
         ("cil_from_overla", 9),
         ("cil_to_overlay", 10),
         ("cil_to_wireguar", 11),
+        ("cil_from_wiregu", 12),
     ];
     SLOTS.iter().find(|(n, _)| *n == program).map(|(_, s)| *s)
 }

@@ -634,7 +634,7 @@ fn unmodelled_warnings(cx: &Ctx, profile: &str, agent: &BTreeMap<String, String>
         ["node-port-acceleration", "bpf-lb-acceleration"]
             .iter()
             .filter_map(|k| m.get(*k))
-            .any(|v| matches!(v.trim(), "native" | "generic" | "best-effort"))
+            .any(|v| matches!(v.trim(), "native" | "testing-only" | "best-effort"))
     };
     let mut current = agent.clone();
     let mut out = Vec::new();
