@@ -548,6 +548,30 @@ mod tests {
         assert!(e.contains("the CRD of CiliumNode"), "{e}");
     }
 
+    /// A CRD whose schema says nothing of `spec` lets no mistake through: the embedded schema
+    /// and the agent's checks still say them, in their own terms.
+    #[test]
+    fn a_crd_without_a_structural_schema_still_checks_fixtures() {
+        let dir = tempfile::tempdir().unwrap();
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "ciliumnetworkpolicies.cilium.io"},
+            "spec": {"names": {"kind": "CiliumNetworkPolicy"},
+                     "versions": [{"name": "v2", "schema": {"openAPIV3Schema":
+                        {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+        let f = dir.path().join("cnp.yaml");
+        std::fs::write(&f, serde_json::to_string(&crd).unwrap()).unwrap();
+        let set = SchemaSet::with_crds(std::slice::from_ref(&f)).unwrap();
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec:\n  endpointSelector: {}\n  egress:\n  - toCIDR: [10.0.0.0/33]\n  ingress:\n  - fromEndpoint: [{}]\n  - toPorts: [{ports: [{port: \"70000\"}]}]\n";
+        let e = super::super::parse_fixture(Path::new("p.yaml"), text, &set).unwrap_err().to_string();
+        assert!(e.contains("p.yaml:7:14: spec.egress[0].toCIDR[0]: \"10.0.0.0/33\" is not a CIDR: prefix length 33 exceeds 32"), "{e}");
+        assert!(e.contains("unknown field \"fromEndpoint\" (did you mean \"fromEndpoints\"?)"), "{e}");
+        assert!(e.contains("port 70000 exceeds 65535"), "{e}");
+        assert_eq!(cidr_problem("10.0.0.0/8"), None);
+        assert_eq!(cidr_problem("fd00::/129").as_deref(), Some("prefix length 129 exceeds 128"));
+        assert_eq!(cidr_problem("10.0.0.300/8").as_deref(), Some("\"10.0.0.300\" is not an IPv4 or IPv6 address"));
+        assert_eq!(cidr_problem("10.0.0.0").as_deref(), Some("10.0.0.0 has no prefix length (write 10.0.0.0/LENGTH)"));
+    }
+
     #[test]
     fn field_paths() {
         let v = json!({"spec": {"ingress": [{"toPorts": [{"ports": [{"port": "1"}]}]}], "endpointSelector": {"matchLabels": {"k8s:a.b": "x"}}}});
