@@ -563,7 +563,12 @@ mod tests {
         let set = SchemaSet::with_crds(std::slice::from_ref(&f)).unwrap();
         let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec:\n  endpointSelector: {}\n  egress:\n  - toCIDR: [10.0.0.0/33]\n  ingress:\n  - fromEndpoint: [{}]\n  - toPorts: [{ports: [{port: \"70000\"}]}]\n";
         let e = super::super::parse_fixture(Path::new("p.yaml"), text, &set).unwrap_err().to_string();
-        assert!(e.contains("p.yaml:7:14: spec.egress[0].toCIDR[0]: \"10.0.0.0/33\" is not a CIDR: prefix length 33 exceeds 32"), "{e}");
+        assert!(
+            e.contains(
+                "p.yaml:7:14: spec.egress[0].toCIDR[0]: \"10.0.0.0/33\" is not a CIDR: prefix length 33 exceeds 32"
+            ),
+            "{e}"
+        );
         assert!(e.contains("unknown field \"fromEndpoint\" (did you mean \"fromEndpoints\"?)"), "{e}");
         assert!(e.contains("port 70000 exceeds 65535"), "{e}");
         assert_eq!(cidr_problem("10.0.0.0/8"), None);

@@ -1555,17 +1555,9 @@ fn not_a_link<'a>(what: &str, name: &str, candidates: impl IntoIterator<Item = &
 /// attaches, or another tool's, on a hook it can be on.
 fn check_program(cx: &Ctx, at: &[Seg], p: &ProgramExpect, hook: &str, on_pod: bool) {
     let xdp = hook == "xdp";
-    let name_at = if p.mechanism.is_some()
-        || p.filter.is_some()
-        || p.priority.is_some()
-        || p.handle.is_some()
-        || p.mode.is_some()
-        || cx.loc.node(&with(at, &[K("program")])).is_some()
-    {
-        with(at, &[K("program")])
-    } else {
-        at.to_vec()
-    };
+    // The long form's `program` value, or the bare name.
+    let name_at =
+        if cx.loc.node(&with(at, &[K("program")])).is_some() { with(at, &[K("program")]) } else { at.to_vec() };
     if p.program.is_empty() {
         cx.push(cx.at(at, "a program name must not be empty"));
     } else {
