@@ -121,7 +121,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     let missing = caps.missing_for(sc);
     if !missing.is_empty() {
         rec.status = Status::Skipped;
-        rec.reason = Some(missing.join(", "));
+        rec.reason = Some(format!("{}{}", missing.join(", "), where_it_runs(sc)));
         return rec;
     }
     let mut node = match timing::time(Phase::NamespacesAndLinks, || Node::build(sc, run)) {
@@ -341,6 +341,20 @@ fn run_step(
                 .map_err(AgentError::harness)?;
             Ok(StepOutcome::default())
         }
+    }
+}
+
+/// What a skip adds: the VM kernels that can host the scenario (`; run it with --kernel
+/// debian-6.12`), or the command that fetches one when none is here.
+fn where_it_runs(sc: &Scenario) -> String {
+    let kernels = hostdp_model::needs::hosting_kernels(sc);
+    let fetched: Vec<&str> =
+        kernels.iter().copied().filter(|k| crate::sys::vm::KernelRef::resolve(k).is_ok()).collect();
+    let run = |ks: &[&str]| ks.iter().map(|k| format!("--kernel {k}")).collect::<Vec<_>>().join(" or ");
+    match (fetched.is_empty(), kernels.first()) {
+        (false, _) => format!("; run it with {}", run(&fetched)),
+        (true, Some(k)) => format!("; fetch a kernel that has it with `ci/kernels {k}`, then run it with --kernel {k}"),
+        (true, None) => String::new(),
     }
 }
 

@@ -179,6 +179,21 @@ pub const CIL_TO_OVERLAY: ProgramRef = ProgramRef { object: Object::Overlay, sym
 pub const CIL_TO_WIREGUARD: ProgramRef = ProgramRef { object: Object::Wireguard, symbol: "cil_to_wireguard" };
 pub const CIL_FROM_WIREGUARD: ProgramRef = ProgramRef { object: Object::Wireguard, symbol: "cil_from_wireguard" };
 
+/// Every program the plan attaches, with the one hook it goes on (the ops below): what a
+/// scenario's expectations may name.
+pub const LOADER_PROGRAMS: [(ProgramRef, Hook); 10] = [
+    (CIL_FROM_NETDEV, Hook::Ingress),
+    (CIL_TO_NETDEV, Hook::Egress),
+    (CIL_FROM_HOST, Hook::Egress),
+    (CIL_TO_HOST, Hook::Ingress),
+    (CIL_XDP_ENTRY, Hook::Xdp),
+    (CIL_FROM_CONTAINER, Hook::Ingress),
+    (CIL_TO_CONTAINER, Hook::Egress),
+    (CIL_FROM_OVERLAY, Hook::Ingress),
+    (CIL_TO_OVERLAY, Hook::Egress),
+    (CIL_TO_WIREGUARD, Hook::Egress),
+];
+
 /// Both encapsulation devices, the order init.sh deletes them in.
 const ENCAP_DEVICES: [TunnelProtocol; 2] = [TunnelProtocol::Vxlan, TunnelProtocol::Geneve];
 

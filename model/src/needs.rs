@@ -98,6 +98,31 @@ impl Capabilities {
     }
 }
 
+/// A VM kernel `--kernel NAME` boots (`ci/kernels NAME` fetches it): its release, and the
+/// features of the probe it lacks. Both Debian kernels build every link kind as a module; tcx
+/// came in 6.6 and netkit in 6.7.
+pub struct VmKernel {
+    pub name: &'static str,
+    pub release: &'static str,
+    pub lacks: &'static [&'static str],
+}
+
+/// The named VM kernels, newest first.
+pub const VM_KERNELS: &[VmKernel] = &[
+    VmKernel { name: "debian-6.12", release: "6.12.0", lacks: &[] },
+    VmKernel { name: "debian-6.1", release: "6.1.0", lacks: &["tcx", "netkit"] },
+];
+
+/// The named VM kernels that have what `scenario` needs (features and kernel bounds), newest
+/// first: what a skip on this kernel can point to.
+pub fn hosting_kernels(scenario: &Scenario) -> Vec<&'static str> {
+    VM_KERNELS
+        .iter()
+        .filter(|k| Capabilities::all_but(k.lacks, k.release).missing_for(scenario).is_empty())
+        .map(|k| k.name)
+        .collect()
+}
+
 /// The link kinds of the devices the scenario's agent creates (encapsulation, cilium_wg0): its
 /// configuration at the start and after each `restart` (profile changes included). A
 /// configuration the agent refuses creates nothing.
@@ -193,6 +218,20 @@ pub fn compare_kernel(release: &str, bound: &str) -> Option<std::cmp::Ordering> 
 mod tests {
     use super::*;
     use std::cmp::Ordering;
+
+    #[test]
+    fn skips_point_to_a_kernel_that_has_the_features() {
+        let sc = |links: &str, requires: &str| {
+            let text = format!("profile: v1.16\n{requires}topology:\n  links:\n{links}steps:\n  - start: {{}}\n");
+            crate::scenario::parse(std::path::Path::new("s.yaml"), text.as_bytes()).unwrap()
+        };
+        let bond = sc("    - {name: bond0, kind: bond}\n", "");
+        assert_eq!(hosting_kernels(&bond), ["debian-6.12", "debian-6.1"]);
+        let tcx = sc("    - {name: eth0, kind: veth}\n", "requires: [tcx]\n");
+        assert_eq!(hosting_kernels(&tcx), ["debian-6.12"]);
+        let old = sc("    - {name: eth0, kind: veth}\n", "requires: {kernel: {max: \"5.10\"}}\n");
+        assert!(hosting_kernels(&old).is_empty());
+    }
 
     #[test]
     fn kernel_versions_compare_numerically() {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 mod locate;
 mod validate;
 
-pub use validate::{check_ifname, load_config_map, suggest, ACTION_KEYS, KNOWN_FEATURES};
+pub use validate::{agent_devices, check_ifname, load_config_map, sort_errors, suggest, ACTION_KEYS, KNOWN_FEATURES};
 
 /// A parsed, validated scenario.
 ///
@@ -500,21 +500,35 @@ impl ScenarioError {
     }
 }
 
-/// Parses and validates a scenario file.
+/// Parses and validates a scenario file; the first of its problems when it is invalid.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read(path).map_err(|source| ScenarioError::Read { path: path.to_path_buf(), source })?;
-    parse(path, &text)
+    load_all(path).map_err(first)
+}
+
+/// [`load`] with every problem of the file, sorted by position.
+pub fn load_all(path: &Path) -> Result<Scenario, Vec<ScenarioError>> {
+    let text = std::fs::read(path).map_err(|source| vec![ScenarioError::Read { path: path.to_path_buf(), source }])?;
+    parse_all(path, &text)
 }
 
 /// Parses and validates scenario text read from `path` (the path is used for messages and to
-/// resolve relative fixture paths). The first problem found is returned, placed at the line and
-/// column of the key or value it is about; this never panics on any input.
+/// resolve relative fixture paths). The first problem (in file order) is returned, placed at
+/// the line and column of the key or value it is about; this never panics on any input.
 pub fn parse(path: &Path, text: &[u8]) -> Result<Scenario, ScenarioError> {
+    parse_all(path, text).map_err(first)
+}
+
+/// [`parse`] with every problem of the text, sorted by position.
+pub fn parse_all(path: &Path, text: &[u8]) -> Result<Scenario, Vec<ScenarioError>> {
     validate::parse(path, text)
 }
 
+fn first(errors: Vec<ScenarioError>) -> ScenarioError {
+    errors.into_iter().next().expect("an invalid scenario has at least one error")
+}
+
 /// Validates scenario files; folders stand for their `*.yaml`/`*.yml` files (not recursive),
-/// sorted. Returns how many files are valid and the error of each invalid one. Scenario names
+/// sorted. Returns how many files are valid and every error of the invalid ones. Scenario names
 /// must also be unique among the files checked together.
 pub fn check(paths: &[PathBuf]) -> (usize, Vec<ScenarioError>) {
     let c = check_all(paths);
@@ -526,6 +540,9 @@ pub fn check(paths: &[PathBuf]) -> (usize, Vec<ScenarioError>) {
 pub struct Checked {
     /// How many files are valid.
     pub ok: usize,
+    /// How many files are invalid.
+    pub invalid: usize,
+    /// Every error of every invalid file, by file and position.
     pub errors: Vec<ScenarioError>,
     /// The valid files' warnings (`path:line:col: warning: ...`).
     pub warnings: Vec<String>,
@@ -535,17 +552,25 @@ pub struct Checked {
 pub fn check_all(paths: &[PathBuf]) -> Checked {
     let mut c = Checked::default();
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for file in expand(paths, &mut c.errors) {
-        match load(&file) {
+    let files = expand(paths, &mut c.errors);
+    c.invalid = c.errors.len();
+    for file in files {
+        match load_all(&file) {
             Ok(s) => match names.get(&s.name) {
-                Some(first) => c.errors.push(validate::name_taken(&s, first)),
+                Some(first) => {
+                    c.errors.push(validate::name_taken(&s, first));
+                    c.invalid += 1;
+                }
                 None => {
                     c.warnings.extend(s.warnings.iter().cloned());
                     names.insert(s.name, file);
                     c.ok += 1;
                 }
             },
-            Err(e) => c.errors.push(e),
+            Err(e) => {
+                c.errors.extend(e);
+                c.invalid += 1;
+            }
         }
     }
     c
@@ -746,7 +771,10 @@ steps:
 
     #[test]
     fn unknown_keys_with_suggestions() {
-        assert_eq!(bad(&format!("{HEAD}topolgy: {{}}\n")), "2:1: unknown key \"topolgy\", did you mean \"topology\"?");
+        assert_eq!(
+            bad(&format!("{HEAD}topolgy: {{}}\nsteps: [start: {{}}]\n")),
+            "2:1: unknown key \"topolgy\", did you mean \"topology\"?"
+        );
         assert_eq!(
             bad(&doc(&["{name: eth0, kind: veth}", "name: eth1\n      kindd: veth"], "")),
             "6:7: unknown key \"kindd\", did you mean \"kind\"?"
@@ -1057,8 +1085,8 @@ steps:
             "7:28: regenerated: \"default/web\" is neither `host` nor NAMESPACE/NAME of a pod of this scenario"
         );
         assert_eq!(
-            bad(&st("  - start: {}\n    expect: {attachments: {eth0: {ingress: [{program: p, mechanism: tcz}]}}}\n")),
-            "7:69: unknown mechanism \"tcz\", did you mean \"tcx\"?"
+            bad(&st("  - start: {}\n    expect: {attachments: {eth0: {ingress: [{program: cil_to_host, mechanism: tcz}]}}}\n")),
+            "7:79: unknown mechanism \"tcz\", did you mean \"tcx\"?"
         );
         assert_eq!(
             bad(&st("  - start: {}\n    expect: {devices: [\"not a dev\"]}\n")),
@@ -1198,19 +1226,25 @@ steps:
         std::fs::write(dir.path().join("a.yml"), "profile: v1.14.4\n").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not yaml").unwrap();
         std::fs::write(dir.path().join("c.yaml"), format!("{HEAD}name: b\n{}", &good[HEAD.len()..])).unwrap();
-        let (n, errors) = check(&[dir.path().to_path_buf(), dir.path().join("missing.yaml")]);
-        assert_eq!(n, 1);
-        assert_eq!(errors.len(), 3);
-        assert_eq!(errors[0].path(), dir.path().join("a.yml"));
+        let c = check_all(&[dir.path().to_path_buf(), dir.path().join("missing.yaml")]);
+        let (n, errors) = (c.ok, c.errors);
+        assert_eq!((n, c.invalid), (1, 3));
+        // a.yml lacks two keys: both are said.
+        assert_eq!(errors.len(), 4);
         assert_eq!(
-            errors[1].to_string(),
+            errors[0].to_string(),
+            format!("{}:1:1: missing key \"topology\"", dir.path().join("a.yml").display())
+        );
+        assert_eq!(errors[1].to_string(), format!("{}:1:1: missing key \"steps\"", dir.path().join("a.yml").display()));
+        assert_eq!(
+            errors[2].to_string(),
             format!(
                 "{}:2:7: scenario name \"b\" is already used by {}",
                 dir.path().join("c.yaml").display(),
                 dir.path().join("b.yaml").display()
             )
         );
-        assert!(matches!(errors[2], ScenarioError::Read { .. }));
+        assert!(matches!(errors[3], ScenarioError::Read { .. }));
     }
     /// A value the agent refuses at start-up is valid input: the step fails at run time, and
     /// `check` warns at the value unless some step expects an error.

@@ -22,23 +22,17 @@ pub fn exec(args: Args) -> i32 {
     let paths = &super::default_paths(args.paths);
     // Files that are policy fixtures are validated as such (against the CRD schema); the rest
     // are scenario files, which also get the fixtures they name validated.
-    let mut expand_errors = Vec::new();
-    let files = scenario::expand(paths, &mut expand_errors);
+    let mut errors = Vec::new();
+    let files = scenario::expand(paths, &mut errors);
     let (policies, scenarios): (Vec<PathBuf>, Vec<PathBuf>) = files.into_iter().partition(|f| is_policy_fixture(f));
-    let mut bad = expand_errors.len();
-    for e in &expand_errors {
-        eprintln!("{e}");
-    }
+    let mut bad = errors.len();
     let checked = if scenarios.is_empty() { scenario::Checked::default() } else { scenario::check_all(&scenarios) };
-    let (scenarios_ok, errors) = (checked.ok, checked.errors);
+    let scenarios_ok = checked.ok;
+    bad += checked.invalid;
+    errors.extend(checked.errors);
     let mut policies_ok = 0;
-    for w in &checked.warnings {
-        eprintln!("{w}");
-    }
-    for e in &errors {
-        eprintln!("{e}");
-    }
-    bad += errors.len();
+    // Every message of every file in one list, by file and position.
+    let mut errors: Vec<String> = sorted(errors);
     for f in &policies {
         match hostdp_model::policy::load_fixture(f) {
             Ok(docs) => {
@@ -50,10 +44,16 @@ pub fn exec(args: Args) -> i32 {
                 }
             }
             Err(e) => {
-                eprintln!("{e}");
+                errors.push(e.to_string());
                 bad += 1;
             }
         }
+    }
+    for w in &checked.warnings {
+        eprintln!("{w}");
+    }
+    for e in &errors {
+        eprintln!("{e}");
     }
     if bad == 0 {
         println!("{scenarios_ok} scenario file(s) and {policies_ok} policy fixture(s) valid");
@@ -62,6 +62,12 @@ pub fn exec(args: Args) -> i32 {
         eprintln!("{bad} invalid file(s) of {} checked", scenarios_ok + policies_ok + bad);
         exit::INVALID
     }
+}
+
+/// The messages of `errors`, by file and position.
+fn sorted(mut errors: Vec<scenario::ScenarioError>) -> Vec<String> {
+    scenario::sort_errors(&mut errors);
+    errors.iter().map(ToString::to_string).collect()
 }
 
 /// A YAML file whose documents are Cilium policies (a top-level `apiVersion: cilium.io/...`).

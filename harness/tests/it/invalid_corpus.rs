@@ -80,3 +80,81 @@ fn the_corpus_check_is_not_vacuous() {
     let (ok, errors) = scenario::check(&[dir.path().to_path_buf()]);
     assert_eq!((ok, errors.len()), (1, 1));
 }
+
+/// `fixtures/broken/`: files with several mistakes each (scenarios, and `policy-*.yaml` policy
+/// fixtures). One check reports every mistake of every file, in file order, as the
+/// `# expect: LINE:COL: MESSAGE-SUBSTRING` lines at the top of each file say, no more.
+#[test]
+fn one_check_reports_every_mistake_of_every_file() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/broken");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixtures/broken exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let is_policy = |f: &PathBuf| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("policy-"));
+    let (policies, scenarios): (Vec<PathBuf>, Vec<PathBuf>) = files.iter().cloned().partition(is_policy);
+    let checked = scenario::check_all(&scenarios);
+    assert_eq!((checked.ok, checked.invalid), (0, files.len() - policies.len()), "{:?}", checked.errors);
+    let mut problems = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let want: Vec<(usize, usize, String)> = text
+            .lines()
+            .map_while(|l| l.strip_prefix("# expect: "))
+            .map(|spec| {
+                let mut p = spec.splitn(3, ':');
+                let (l, c, m) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap().trim_start());
+                (l.parse().unwrap(), c.parse().unwrap(), m.to_string())
+            })
+            .collect();
+        assert!(want.len() >= 2, "{}: a broken file has several mistakes", f.display());
+        let got: Vec<(usize, usize, String)> = if scenarios.contains(f) {
+            checked
+                .errors
+                .iter()
+                .filter(|e| e.path() == f.as_path())
+                .map(|e| match e {
+                    ScenarioError::At { line, col, message, .. } => (*line, *col, message.clone()),
+                    other => (0, 0, other.to_string()),
+                })
+                .collect()
+        } else {
+            match hostdp::model::policy::load_fixture(f) {
+                Err(hostdp::model::policy::PolicyError::Invalid { diagnostics, .. }) => {
+                    diagnostics.iter().map(|d| (d.line, d.column, format!("{}: {}", d.path, d.message))).collect()
+                }
+                other => vec![(0, 0, format!("{other:?}"))],
+            }
+        };
+        let fits = got.len() == want.len()
+            && got.iter().zip(&want).all(|(g, w)| g.0 == w.0 && g.1 == w.1 && g.2.contains(&w.2));
+        if !fits {
+            let show = |v: &[(usize, usize, String)]| {
+                v.iter().map(|(l, c, m)| format!("  {l}:{c}: {m}")).collect::<Vec<_>>().join("\n")
+            };
+            problems.push(format!("{}: want\n{}\ngot\n{}", f.display(), show(&want), show(&got)));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The command says all of it in one run and exits 2.
+#[test]
+fn hostdp_check_prints_every_mistake_and_exits_2() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/broken");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostdp")).arg("check").arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "unknown key \"kidn\"",
+        "\"eht1\" is neither a link",
+        "unknown program \"cil_to_netdevv\"",
+        "prefix length 33 exceeds 32",
+        "port 70000 exceeds 65535",
+        "\"eth7\" is not a link at this step",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from:\n{stderr}");
+    }
+}

@@ -281,11 +281,16 @@ fn classify(
     let before = diags.len();
     let value = schemas.validate(policy_kind, doc, root, value, diags);
     let (name, namespace) = check_metadata(doc, root, &value, policy_kind, diags);
-    if diags.len() > before {
-        return; // the API server would have refused it; the agent never sees it
-    }
-    let mut ctx = model::Ctx { doc, root, diags, kind: policy_kind, namespace: namespace.clone() };
-    if let Some(rules) = ctx.rules(&value) {
+    let refused = diags.len() > before;
+    // The API server would have refused a document the schema refuses, and the agent never sees
+    // it; the agent's own checks still run on it, so that every mistake is said at once (those
+    // at a place the schema already reported are left out).
+    let mut agent = Vec::new();
+    let mut ctx = model::Ctx { doc, root, diags: &mut agent, kind: policy_kind, namespace: namespace.clone() };
+    let rules = ctx.rules(&value);
+    let schema_said: Vec<(usize, usize)> = diags[before..].iter().map(|d| (d.line, d.column)).collect();
+    diags.extend(agent.into_iter().filter(|d| !schema_said.contains(&(d.line, d.column))));
+    if let (Some(rules), false) = (rules, refused) {
         out.push(PolicyDoc::Policy(Policy { kind: policy_kind, name, namespace, rules, line }));
     }
 }

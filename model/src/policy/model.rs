@@ -459,7 +459,7 @@ impl Ctx<'_> {
             let text = c.as_str().unwrap_or_default();
             match parse_cidr_or_ip(text) {
                 Some(net) => peers.push(Peer::Cidr { cidr: net, except: vec![] }),
-                None => self.err(&format!("{ptr}/{cidr}/{i}"), false, format!("unable to parse CIDR {text:?}")),
+                None => self.err(&format!("{ptr}/{cidr}/{i}"), false, bad_cidr("CIDR", text)),
             }
         }
         for (i, c) in obj.get(cidr_set).and_then(Value::as_array).into_iter().flatten().enumerate() {
@@ -469,7 +469,7 @@ impl Ctx<'_> {
                 continue;
             };
             let Ok(net) = text.parse::<IpNet>() else {
-                self.err(&format!("{cptr}/cidr"), false, format!("unable to parse CIDRRule {text:?}"));
+                self.err(&format!("{cptr}/cidr"), false, bad_cidr("CIDRRule", text));
                 continue;
             };
             let mut except = Vec::new();
@@ -482,7 +482,7 @@ impl Ctx<'_> {
                         false,
                         format!("allow CIDR prefix {text} does not contain exclude CIDR prefix {et}"),
                     ),
-                    Err(_) => self.err(&format!("{cptr}/except/{j}"), false, format!("unable to parse CIDR {et:?}")),
+                    Err(_) => self.err(&format!("{cptr}/except/{j}"), false, bad_cidr("CIDR", et)),
                 }
             }
             peers.push(Peer::Cidr { cidr: net.trunc(), except });
@@ -537,6 +537,10 @@ impl Ctx<'_> {
             match parse_go_uint16(text) {
                 Ok(n) => Port::Number(n),
                 Err(why) => {
+                    let why = match text.parse::<u64>() {
+                        Ok(n) if n > 65535 => format!("port {n} exceeds 65535"),
+                        _ => why.to_string(),
+                    };
                     self.err(&format!("{ptr}/port"), false, format!("unable to parse port {text:?}: {why}"));
                     return None;
                 }
@@ -557,6 +561,22 @@ impl Ctx<'_> {
                 return None;
             }
         };
+        // `endPort` (a range, from v1.15's CRD on): at least `port`, at most 65535.
+        if let Some(end) = p.get("endPort").filter(|v| !v.is_null()) {
+            let end_ptr = format!("{ptr}/endPort");
+            match (end.as_i64(), &port) {
+                (Some(e), _) if !(0..=65535).contains(&e) => {
+                    self.err(&end_ptr, false, format!("endPort {e} is out of range 0-65535"))
+                }
+                (Some(e), Port::Number(n)) if e < i64::from(*n) => self.err(
+                    &end_ptr,
+                    false,
+                    format!("endPort {e} is below port {n}: a range goes from port up to endPort"),
+                ),
+                (Some(_), _) => {}
+                (None, _) => self.err(&end_ptr, false, format!("endPort must be a number, not {end}")),
+            }
+        }
         Some(PortProtocol { port, protocol })
     }
 }
@@ -660,6 +680,14 @@ fn parse_go_uint16(s: &str) -> Result<u16, &'static str> {
         return Err("invalid syntax");
     }
     u64::from_str_radix(digits, radix).ok().and_then(|v| u16::try_from(v).ok()).ok_or("value out of range 0-65535")
+}
+
+/// `unable to parse CIDR "10.0.0.0/33": prefix length 33 exceeds 32` (upstream's words, then why).
+fn bad_cidr(what: &str, text: &str) -> String {
+    match super::schema::cidr_problem(text) {
+        Some(why) => format!("unable to parse {what} {text:?}: {why}"),
+        None => format!("unable to parse {what} {text:?}"),
+    }
 }
 
 /// `fromCIDR` entries: a prefix, or a bare address meaning a host prefix.

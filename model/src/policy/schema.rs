@@ -143,6 +143,16 @@ impl SchemaSet {
             PolicyKind::CiliumNetworkPolicy => &self.cnp,
             PolicyKind::CiliumClusterwideNetworkPolicy => &self.ccnp,
         };
+        // A CRD whose schema says nothing of `spec` (no structural schema, which the API server
+        // of apiextensions/v1 never serves) would let any field and value through: the
+        // embedded schema of the kind checks instead, so that no fixture passes unchecked.
+        if !c.structural() {
+            static EMBEDDED: std::sync::OnceLock<SchemaSet> = std::sync::OnceLock::new();
+            let embedded = EMBEDDED.get_or_init(SchemaSet::embedded);
+            if !std::ptr::eq(self, embedded) {
+                return embedded.validate(kind, doc, root, value, out);
+            }
+        }
         let mut value = value.clone();
         prune_nulls(&mut value, &c.schema);
         for err in c.validator.iter_errors(&value) {
@@ -191,14 +201,14 @@ impl SchemaSet {
                     if shown.len() < pattern.len() {
                         shown.push('…');
                     }
-                    // The CRD checks CIDRs by pattern only; say what is meant.
-                    let what =
-                        if pattern.contains(r"\/([0-9]|[1-2][0-9]|3[0-2])$") { "is not a CIDR: it " } else { "" };
-                    out.push(Diagnostic::at(
-                        doc.locate(&full, false),
-                        field_path(&value, &ptr),
-                        format!("{} {what}does not match the pattern {shown}", err.instance),
-                    ));
+                    // The CRD checks CIDRs by pattern only; say what is wrong in the CIDR's terms.
+                    let cidr = pattern.contains(r"\/([0-9]|[1-2][0-9]|3[0-2])$");
+                    let problem = err.instance.as_str().filter(|_| cidr).and_then(cidr_problem);
+                    let message = match problem {
+                        Some(p) => format!("{} is not a CIDR: {p}", err.instance),
+                        None => format!("{} does not match the pattern {shown}", err.instance),
+                    };
+                    out.push(Diagnostic::at(doc.locate(&full, false), field_path(&value, &ptr), message));
                 }
                 ValidationErrorKind::Enum { options } => {
                     let list = options
@@ -229,6 +239,11 @@ impl SchemaSet {
 }
 
 impl Compiled {
+    /// Whether the schema describes `spec`'s fields (and so refuses unknown ones).
+    fn structural(&self) -> bool {
+        self.schema.pointer("/properties/spec/properties").is_some_and(|p| p.as_object().is_some_and(|m| !m.is_empty()))
+    }
+
     /// Compiles an `openAPIV3Schema`.
     fn new(openapi: &Value, origin: String) -> Result<Compiled, String> {
         let schema = to_json_schema(openapi);
@@ -290,6 +305,35 @@ fn load_crd_file(path: &Path) -> Result<Vec<(PolicyKind, Compiled)>, PolicyError
 /// Go's `net.ParseCIDR`: an address, a slash and a prefix length that fits the family.
 pub fn is_cidr(s: &str) -> bool {
     s.parse::<ipnet::IpNet>().is_ok()
+}
+
+/// Why `s` is not a CIDR, in the terms of its parts (`prefix length 33 exceeds 32`), or `None`
+/// when it is one.
+pub fn cidr_problem(s: &str) -> Option<String> {
+    if is_cidr(s) {
+        return None;
+    }
+    let Some((addr, len)) = s.split_once('/') else {
+        return Some(match addr_family(s) {
+            Some(_) => format!("{s} has no prefix length (write {s}/LENGTH)"),
+            None => format!("{s:?} is neither an address with a prefix length nor an address"),
+        });
+    };
+    let Some(max) = addr_family(addr) else {
+        return Some(format!("{addr:?} is not an IPv4 or IPv6 address"));
+    };
+    Some(match len.parse::<u32>() {
+        Ok(n) if n > max => format!("prefix length {n} exceeds {max}"),
+        _ => format!("prefix length {len:?} is not a number from 0 to {max}"),
+    })
+}
+
+/// The longest prefix of `s`'s address family (32 or 128), `None` if `s` is no address.
+fn addr_family(s: &str) -> Option<u32> {
+    match s.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(_) => Some(32),
+        std::net::IpAddr::V6(_) => Some(128),
+    }
 }
 
 /// Rewrites the CRD's OpenAPI schema into the JSON Schema the API server effectively applies.
@@ -495,6 +539,35 @@ mod tests {
         std::fs::write(&other, "kind: CustomResourceDefinition\nspec: {names: {kind: CiliumNode}}\n").unwrap();
         let e = SchemaSet::with_crds(&[other]).err().unwrap().to_string();
         assert!(e.contains("the CRD of CiliumNode"), "{e}");
+    }
+
+    /// A CRD whose schema says nothing of `spec` lets no mistake through: the embedded schema
+    /// and the agent's checks still say them, in their own terms.
+    #[test]
+    fn a_crd_without_a_structural_schema_still_checks_fixtures() {
+        let dir = tempfile::tempdir().unwrap();
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "ciliumnetworkpolicies.cilium.io"},
+            "spec": {"names": {"kind": "CiliumNetworkPolicy"},
+                     "versions": [{"name": "v2", "schema": {"openAPIV3Schema":
+                        {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+        let f = dir.path().join("cnp.yaml");
+        std::fs::write(&f, serde_json::to_string(&crd).unwrap()).unwrap();
+        let set = SchemaSet::with_crds(std::slice::from_ref(&f)).unwrap();
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec:\n  endpointSelector: {}\n  egress:\n  - toCIDR: [10.0.0.0/33]\n  ingress:\n  - fromEndpoint: [{}]\n  - toPorts: [{ports: [{port: \"70000\"}]}]\n";
+        let e = super::super::parse_fixture(Path::new("p.yaml"), text, &set).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "p.yaml:7:14: spec.egress[0].toCIDR[0]: \"10.0.0.0/33\" is not a CIDR: prefix length 33 exceeds 32"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("unknown field \"fromEndpoint\" (did you mean \"fromEndpoints\"?)"), "{e}");
+        assert!(e.contains("port 70000 exceeds 65535"), "{e}");
+        assert_eq!(cidr_problem("10.0.0.0/8"), None);
+        assert_eq!(cidr_problem("fd00::/129").as_deref(), Some("prefix length 129 exceeds 128"));
+        assert_eq!(cidr_problem("10.0.0.300/8").as_deref(), Some("\"10.0.0.300\" is not an IPv4 or IPv6 address"));
+        assert_eq!(cidr_problem("10.0.0.0").as_deref(), Some("10.0.0.0 has no prefix length (write 10.0.0.0/LENGTH)"));
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum Kind {
 pub struct Node {
     pub pos: Pos,
     pub kind: Kind,
+    /// Where the node starts and ends in the text, in characters (end exclusive).
+    pub span: (usize, usize),
 }
 
 /// One step of a path into the document.
@@ -62,9 +64,9 @@ pub struct Locator {
 }
 
 enum Open {
-    Seq(Pos, Vec<Node>),
+    Seq((Pos, usize), Vec<Node>),
     /// Pending key (if any) and the entries so far.
-    Map(Pos, Option<Node>, Vec<(Node, Node)>),
+    Map((Pos, usize), Option<Node>, Vec<(Node, Node)>),
 }
 
 impl Locator {
@@ -83,6 +85,7 @@ impl Locator {
                 },
             })?;
             let pos = Pos::of(&span);
+            let range = (span.start.index(), span.end.index());
             let done = match ev {
                 Event::DocumentStart(_) => {
                     documents += 1;
@@ -94,8 +97,8 @@ impl Locator {
                     }
                     None
                 }
-                Event::Scalar(v, ..) => Some(Node { pos, kind: Kind::Scalar(v.into_owned()) }),
-                Event::Alias(_) => Some(Node { pos, kind: Kind::Alias }),
+                Event::Scalar(v, ..) => Some(Node { pos, kind: Kind::Scalar(v.into_owned()), span: range }),
+                Event::Alias(_) => Some(Node { pos, kind: Kind::Alias, span: range }),
                 Event::SequenceStart(..) | Event::MappingStart(..) => {
                     if stack.len() >= MAX_DEPTH {
                         return Err(LocateError {
@@ -104,15 +107,17 @@ impl Locator {
                         });
                     }
                     stack.push(if matches!(ev, Event::SequenceStart(..)) {
-                        Open::Seq(pos, Vec::new())
+                        Open::Seq((pos, range.0), Vec::new())
                     } else {
-                        Open::Map(pos, None, Vec::new())
+                        Open::Map((pos, range.0), None, Vec::new())
                     });
                     None
                 }
                 Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                    Some(Open::Seq(p, items)) => Some(Node { pos: p, kind: Kind::Seq(items) }),
-                    Some(Open::Map(p, _, entries)) => Some(Node { pos: p, kind: Kind::Map(entries) }),
+                    Some(Open::Seq((p, s), items)) => Some(Node { pos: p, kind: Kind::Seq(items), span: (s, range.1) }),
+                    Some(Open::Map((p, s), _, entries)) => {
+                        Some(Node { pos: p, kind: Kind::Map(entries), span: (s, range.1) })
+                    }
                     None => None,
                 },
                 _ => None,
@@ -198,6 +203,17 @@ impl Locator {
     }
 }
 
+/// `text` with everything outside `node` blanked (each character but line breaks turned into a
+/// space): a document of that node alone, at its original line and column, so that serde_yaml
+/// reads one part of a file with positions that stay those of the file.
+pub fn only(text: &str, node: &Node) -> String {
+    let (start, end) = node.span;
+    text.chars()
+        .enumerate()
+        .map(|(i, c)| if (start..end).contains(&i) || c == '\n' || c == '\r' { c } else { ' ' })
+        .collect()
+}
+
 fn not_map(pos: Pos, what: &str, found: &str) -> LocateError {
     LocateError { pos, message: format!("a {what} file must be a map of keys, found {found}") }
 }
@@ -236,6 +252,17 @@ mod tests {
         assert_eq!(l.at(&[K("links"), I(1), K("id")]), p(4, 5));
         let keys: Vec<_> = l.keys(&[K("links"), I(1)]).into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["name", "parent"]);
+    }
+
+    #[test]
+    fn a_node_alone_keeps_its_position() {
+        let text = "a: 1\nlinks:\n  - {name: x, kind: veth}\n  - name: y\n    parent: x\nb: \"q\"\n";
+        let l = Locator::new(text, "scenario").unwrap();
+        let one = only(text, l.node(&[K("links"), I(1)]).unwrap());
+        assert_eq!(one, format!("    \n      \n{}\n    name: y\n    parent: x\n      \n", " ".repeat(25)));
+        let zero = only(text, l.node(&[K("links"), I(0)]).unwrap());
+        assert_eq!(zero.lines().nth(2), Some("    {name: x, kind: veth}"));
+        assert_eq!(only(text, l.node(&[K("b")]).unwrap()).lines().nth(5), Some("   \"q\""));
     }
 
     #[test]

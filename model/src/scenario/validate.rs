@@ -1,7 +1,10 @@
 //! From bytes to a [`Scenario`]: structure check (locator), typed parse (serde_yaml with
 //! `deny_unknown_fields`), then the rules that need the whole document, each error placed at
-//! the line and column of the key or value it is about. The first problem found is reported.
+//! the line and column of the key or value it is about. Every problem is reported: when serde
+//! refuses the whole document, each part (a top-level key, a link, a step, ...) is read alone so
+//! that one bad part does not hide the others, and the rules then check what could be read.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +12,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::locate::{Locator, Pos, Seg, Seg::I, Seg::K};
+use super::locate::{only, Kind, Locator, Pos, Seg, Seg::I, Seg::K};
 use super::*;
 use crate::config;
 use crate::profile::{Change, Profile};
@@ -425,9 +428,21 @@ fn check_profile(name: &str) -> Result<(), String> {
 struct Ctx<'a> {
     path: &'a Path,
     loc: &'a Locator,
+    /// Every problem found so far.
+    errors: RefCell<Vec<ScenarioError>>,
 }
 
 impl Ctx<'_> {
+    fn push(&self, e: ScenarioError) {
+        self.errors.borrow_mut().push(e);
+    }
+    /// The value, or `None` with its error kept.
+    fn ok<T>(&self, r: Result<T, ScenarioError>) -> Option<T> {
+        r.map_err(|e| self.push(e)).ok()
+    }
+    fn failed(&self) -> bool {
+        !self.errors.borrow().is_empty()
+    }
     fn err(&self, pos: Pos, message: impl Into<String>) -> ScenarioError {
         ScenarioError::At { path: self.path.to_path_buf(), line: pos.line, col: pos.col, message: message.into() }
     }
@@ -448,32 +463,177 @@ fn with<'a>(base: &[Seg<'a>], more: &[Seg<'a>]) -> Vec<Seg<'a>> {
 /// Scenarios are a few kilobytes; a far larger file is a mistake, refused before parsing.
 pub const MAX_BYTES: usize = 1 << 20;
 
-/// Parses and validates; see [`super::parse`].
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<Scenario, ScenarioError> {
+/// Parses and validates; every problem of the file, sorted by position, when it is invalid.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Scenario, Vec<ScenarioError>> {
     if bytes.len() > MAX_BYTES {
-        return Err(ScenarioError::File {
+        return Err(vec![ScenarioError::File {
             path: path.to_path_buf(),
             message: format!("the file is {} bytes, too large for a scenario (at most {MAX_BYTES})", bytes.len()),
-        });
+        }]);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let (line, col) = line_col(bytes, e.valid_up_to());
-        ScenarioError::At {
+        vec![ScenarioError::At {
             path: path.to_path_buf(),
             line,
             col,
             message: format!("the file is not UTF-8 text (invalid byte 0x{:02x})", bytes[e.valid_up_to()]),
+        }]
+    })?;
+    let loc = Locator::new(text, "scenario").map_err(|e| {
+        vec![ScenarioError::At { path: path.to_path_buf(), line: e.pos.line, col: e.pos.col, message: e.message }]
+    })?;
+    let cx = Ctx { path, loc: &loc, errors: RefCell::default() };
+    let parts = match serde_yaml::from_str::<RawScenario>(text) {
+        Ok(raw) => Parts::from(raw),
+        Err(whole) => {
+            let parts = read_parts(&cx, text);
+            // Parts read alone that all pass (an alias to an anchor in another part): the
+            // document's own error stands.
+            if !cx.failed() {
+                cx.push(from_serde(path, &whole));
+            }
+            parts
         }
-    })?;
-    let loc = Locator::new(text, "scenario").map_err(|e| ScenarioError::At {
-        path: path.to_path_buf(),
-        line: e.pos.line,
-        col: e.pos.col,
-        message: e.message,
-    })?;
-    let raw: RawScenario = serde_yaml::from_str(text).map_err(|e| from_serde(path, &e))?;
-    let cx = Ctx { path, loc: &loc };
-    build(&cx, raw)
+    };
+    let scenario = build(&cx, parts);
+    let mut errors = cx.errors.into_inner();
+    match scenario {
+        Some(s) if errors.is_empty() => Ok(s),
+        _ => {
+            if errors.is_empty() {
+                errors.push(ScenarioError::File { path: path.to_path_buf(), message: "not a valid scenario".into() });
+            }
+            sort_errors(&mut errors);
+            Err(errors)
+        }
+    }
+}
+
+/// Errors in file order: by file, then line and column (stable, so one place keeps its order).
+pub fn sort_errors(errors: &mut [ScenarioError]) {
+    errors.sort_by(|a, b| {
+        let key = |e: &ScenarioError| match e {
+            ScenarioError::At { path, line, col, .. } => (path.clone(), *line, *col),
+            ScenarioError::Read { path, .. } | ScenarioError::File { path, .. } => (path.clone(), 0, 0),
+        };
+        key(a).cmp(&key(b))
+    });
+}
+
+/// The document as parts, each `None` where it could not be read (its error is in the context).
+#[derive(Default)]
+struct Parts {
+    name: Option<String>,
+    description: Option<String>,
+    profile: Option<String>,
+    requires: Option<RawRequires>,
+    node: Option<NodeSpec>,
+    links: Vec<Option<LinkSpec>>,
+    routes: Vec<Option<RouteSpec>>,
+    agent: Option<BTreeMap<String, Scalar>>,
+    agent_file: Option<String>,
+    pods: Vec<Option<PodSpec>>,
+    steps: Vec<Option<RawStep>>,
+}
+
+impl From<RawScenario> for Parts {
+    fn from(r: RawScenario) -> Parts {
+        Parts {
+            name: r.name,
+            description: r.description,
+            profile: Some(r.profile),
+            requires: r.requires,
+            node: r.node,
+            links: r.topology.links.into_iter().map(Some).collect(),
+            routes: r.topology.routes.into_iter().map(Some).collect(),
+            agent: r.agent,
+            agent_file: r.agent_file,
+            pods: r.pods.into_iter().map(Some).collect(),
+            steps: r.steps.into_iter().map(Some).collect(),
+        }
+    }
+}
+
+const TOP_KEYS: &[&str] =
+    &["name", "description", "profile", "requires", "node", "topology", "agent", "agent_file", "pods", "steps"];
+
+/// The parts of a document serde refused as a whole, each read alone (at its own position),
+/// so that every unknown key and wrong type of the file is reported.
+fn read_parts(cx: &Ctx, text: &str) -> Parts {
+    let read = |at: &[Seg]| -> ReadPart { read_part(cx, text, at) };
+    let mut p = Parts::default();
+    let mut meant = Vec::new();
+    for (key, pos) in cx.loc.keys(&[]) {
+        if !TOP_KEYS.contains(&key) {
+            cx.push(cx.err(pos, unknown("key", key, TOP_KEYS)));
+            meant.extend(suggest(key, TOP_KEYS.iter().copied()));
+        }
+    }
+    // A required key given with a typo is reported once, as the typo.
+    for required in ["profile", "topology", "steps"] {
+        if cx.loc.node(&[K(required)]).is_none() && !meant.contains(&required) {
+            cx.push(cx.at(&[], format!("missing key \"{required}\"")));
+        }
+    }
+    p.name = read(&[K("name")]).value::<Option<String>>().flatten();
+    p.description = read(&[K("description")]).value::<Option<String>>().flatten();
+    p.profile = read(&[K("profile")]).value::<String>();
+    p.requires = read(&[K("requires")]).value::<Option<RawRequires>>().flatten();
+    p.node = read(&[K("node")]).value::<Option<NodeSpec>>().flatten();
+    p.agent = read(&[K("agent")]).value::<Option<BTreeMap<String, Scalar>>>().flatten();
+    p.agent_file = read(&[K("agent_file")]).value::<Option<String>>().flatten();
+    if matches!(cx.loc.node(&[K("topology")]).map(|n| &n.kind), Some(Kind::Map(_))) {
+        for (key, pos) in cx.loc.keys(&[K("topology")]) {
+            if !["links", "routes"].contains(&key) {
+                cx.push(cx.err(pos, unknown("key", key, &["links", "routes"])));
+            }
+        }
+        p.links = read_list(cx, text, &[K("topology"), K("links")]);
+        p.routes = read_list(cx, text, &[K("topology"), K("routes")]);
+    } else {
+        read(&[K("topology")]).value::<TopologySpec>();
+    }
+    p.pods = read_list(cx, text, &[K("pods")]);
+    p.steps = read_list(cx, text, &[K("steps")]);
+    p
+}
+
+/// One part of the document, to be read as some type.
+struct ReadPart<'c, 'a> {
+    cx: &'c Ctx<'a>,
+    /// The document with only this part left, or `None` when the key is absent.
+    text: Option<String>,
+}
+
+fn read_part<'c, 'a>(cx: &'c Ctx<'a>, text: &str, at: &[Seg]) -> ReadPart<'c, 'a> {
+    ReadPart { cx, text: cx.loc.node(at).map(|n| only(text, n)) }
+}
+
+impl ReadPart<'_, '_> {
+    /// The part as `T` (`None` with the error kept); an absent key is `None` without one.
+    fn value<T: serde::de::DeserializeOwned>(self) -> Option<T> {
+        let text = self.text?;
+        serde_yaml::from_str(&text).map_err(|e| self.cx.push(from_serde(self.cx.path, &e))).ok()
+    }
+}
+
+/// A list of the document read item by item (an absent list is empty).
+fn read_list<T: serde::de::DeserializeOwned>(cx: &Ctx, text: &str, at: &[Seg]) -> Vec<Option<T>> {
+    match cx.loc.node(at).map(|n| &n.kind) {
+        Some(Kind::Seq(items)) => items
+            .iter()
+            .map(|n| serde_yaml::from_str(&only(text, n)).map_err(|e| cx.push(from_serde(cx.path, &e))).ok())
+            .collect(),
+        Some(_) => read_part(cx, text, at)
+            .value::<Option<Vec<T>>>()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 /// 1-based line and column (in characters) of byte offset `at`, which must end valid UTF-8.
@@ -485,40 +645,51 @@ fn line_col(bytes: &[u8], at: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn build(cx: &Ctx, raw: RawScenario) -> Result<Scenario, ScenarioError> {
-    check_profile(&raw.profile).map_err(|m| cx.at(&[K("profile")], m))?;
+fn build(cx: &Ctx, raw: Parts) -> Option<Scenario> {
+    if let Some(p) = &raw.profile {
+        cx.ok(check_profile(p).map_err(|m| cx.at(&[K("profile")], m)));
+    }
 
     let requires = raw.requires.map(|r| r.0).unwrap_or_default();
-    check_requires(cx, &requires)?;
+    check_requires(cx, &requires);
 
     let node = raw.node.unwrap_or_default();
     if let Some(ip) = &node.ip {
-        ip.parse::<IpAddr>()
-            .map_err(|_| cx.at(&[K("node"), K("ip")], format!("node ip \"{ip}\" is not an IP address")))?;
+        if ip.parse::<IpAddr>().is_err() {
+            cx.push(cx.at(&[K("node"), K("ip")], format!("node ip \"{ip}\" is not an IP address")));
+        }
     }
 
-    let mut links = check_topology(cx, &raw.topology)?;
+    let mut links = check_topology(cx, &raw.links, &raw.routes);
 
     let base = cx.path.parent().unwrap_or(Path::new(""));
     // Where each agent value was written, for warnings: the ConfigMap file or this file.
     let mut origin: BTreeMap<String, (PathBuf, usize, usize)> = BTreeMap::new();
     let (mut agent, agent_ignored, agent_file) = match &raw.agent_file {
-        Some(f) => {
-            let AgentFile { agent, ignored, path, positions } = load_agent_file(cx, base, f)?;
-            for (k, (line, col)) in positions {
-                origin.insert(k, (path.clone(), line, col));
+        Some(f) => match cx.ok(load_agent_file(cx, base, f)) {
+            Some(AgentFile { agent, ignored, path, positions }) => {
+                for (k, (line, col)) in positions {
+                    origin.insert(k, (path.clone(), line, col));
+                }
+                (agent, ignored, Some(path))
             }
-            (agent, ignored, Some(path))
-        }
+            None => (BTreeMap::new(), Vec::new(), None),
+        },
         None => (BTreeMap::new(), Vec::new(), None),
     };
     for (key, value) in raw.agent.unwrap_or_default() {
         let at = [K("agent"), K(&key)];
-        check_agent_key(cx, &at, &key)?;
+        if cx.ok(check_agent_key(cx, &at, &key)).is_none() {
+            continue;
+        }
         let Some(value) = value.0 else {
-            return Err(cx.key_at(&at, format!("agent key \"{key}\" has no value; quote it or remove the key")));
+            cx.push(cx.key_at(&at, format!("agent key \"{key}\" has no value; quote it or remove the key")));
+            continue;
         };
-        config::check_value(&key, &value).map_err(|m| cx.at(&at, format!("agent key \"{key}\": {m}")))?;
+        if let Err(m) = config::check_value(&key, &value) {
+            cx.push(cx.at(&at, format!("agent key \"{key}\": {m}")));
+            continue;
+        }
         let p = cx.loc.at(&at);
         origin.insert(key.clone(), (cx.path.to_path_buf(), p.line, p.col));
         agent.insert(key, value);
@@ -526,41 +697,73 @@ fn build(cx: &Ctx, raw: RawScenario) -> Result<Scenario, ScenarioError> {
 
     let mut pods: BTreeMap<String, Pos> = BTreeMap::new();
     for (i, pod) in raw.pods.iter().enumerate() {
-        check_pod(cx, &[K("pods"), I(i)], pod, &pods)?;
-        pods.insert(pod.key(), cx.loc.at(&[K("pods"), I(i)]));
+        let at = [K("pods"), I(i)];
+        match pod {
+            Some(pod) => {
+                cx.ok(check_pod(cx, &at, pod, &pods));
+                pods.insert(pod.key(), cx.loc.at(&at));
+            }
+            // Unreadable (its error is kept): still a pod for the steps, so that they do not
+            // report it missing as well.
+            None => {
+                if let Some(k) = unread_pod_key(cx, &at) {
+                    pods.insert(k, cx.loc.at(&at));
+                }
+            }
+        }
     }
 
-    if raw.steps.is_empty() {
-        return Err(cx.at(&[K("steps")], "a scenario needs at least one step"));
+    if raw.steps.is_empty() && cx.loc.node(&[K("steps")]).is_some() {
+        cx.push(cx.at(&[K("steps")], "a scenario needs at least one step"));
     }
     let mut steps = Vec::with_capacity(raw.steps.len());
     for (i, step) in raw.steps.into_iter().enumerate() {
-        steps.push(check_step(cx, i, step, base, &mut links, &mut pods)?);
+        steps.push(step.and_then(|step| check_step(cx, i, step, base, &mut links, &mut pods)));
     }
 
-    let mut warnings = refusal_warnings(cx, &raw.profile, &agent, &origin, &steps);
-    warnings.extend(unmodelled_warnings(cx, &raw.profile, &agent, &steps));
-
     let name = match raw.name {
-        Some(n) if n.trim().is_empty() => return Err(cx.at(&[K("name")], "name must not be empty")),
-        Some(n) => n,
-        None => cx.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        Some(n) if n.trim().is_empty() => {
+            cx.push(cx.at(&[K("name")], "name must not be empty"));
+            None
+        }
+        Some(n) => Some(n),
+        None => Some(cx.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
     };
-    Ok(Scenario {
+    if cx.failed() {
+        return None;
+    }
+    let steps: Vec<Step> = steps.into_iter().collect::<Option<_>>()?;
+    let profile = raw.profile?;
+    let mut warnings = refusal_warnings(cx, &profile, &agent, &origin, &steps);
+    warnings.extend(unmodelled_warnings(cx, &profile, &agent, &steps));
+    warnings.extend(expectation_warnings(cx, &agent, &steps));
+    Some(Scenario {
         path: cx.path.to_path_buf(),
-        name,
+        name: name?,
         description: raw.description,
-        profile: raw.profile,
+        profile,
         requires,
         node,
-        topology: raw.topology,
+        topology: TopologySpec {
+            links: raw.links.into_iter().collect::<Option<_>>()?,
+            routes: raw.routes.into_iter().collect::<Option<_>>()?,
+        },
         agent,
         agent_ignored,
         agent_file,
-        pods: raw.pods,
+        pods: raw.pods.into_iter().collect::<Option<_>>()?,
         steps,
         warnings,
     })
+}
+
+/// `NAMESPACE/NAME` of a pod entry serde could not read, from its `name` and `namespace`.
+fn unread_pod_key(cx: &Ctx, at: &[Seg]) -> Option<String> {
+    let scalar = |key: &str| match cx.loc.node(&with(at, &[K(key)])).map(|n| &n.kind) {
+        Some(Kind::Scalar(s)) => Some(s.clone()),
+        _ => None,
+    };
+    Some(format!("{}/{}", scalar("namespace").unwrap_or_else(default_namespace), scalar("name")?))
 }
 
 /// Values the agent refuses at start-up ([`config::start_refusal`]) are agent behaviour: the
@@ -668,20 +871,19 @@ fn unmodelled_warnings(cx: &Ctx, profile: &str, agent: &BTreeMap<String, String>
     out
 }
 
-fn check_requires(cx: &Ctx, r: &Requires) -> Result<(), ScenarioError> {
-    let list = matches!(cx.loc.node(&[K("requires")]).map(|n| &n.kind), Some(super::locate::Kind::Seq(_)));
+fn check_requires(cx: &Ctx, r: &Requires) {
+    let list = matches!(cx.loc.node(&[K("requires")]).map(|n| &n.kind), Some(Kind::Seq(_)));
     for (i, f) in r.features.iter().enumerate() {
         if !KNOWN_FEATURES.contains(&f.as_str()) {
             let at = if list { vec![K("requires"), I(i)] } else { vec![K("requires"), K("features"), I(i)] };
-            return Err(cx.at(&at, unknown("feature", f, KNOWN_FEATURES)));
+            cx.push(cx.at(&at, unknown("feature", f, KNOWN_FEATURES)));
         }
     }
     for (key, v) in [("min", &r.kernel_min), ("max", &r.kernel_max)] {
         if let Some(v) = v {
-            check_kernel_version(v).map_err(|m| cx.at(&[K("requires"), K("kernel"), K(key)], m))?;
+            cx.ok(check_kernel_version(v).map_err(|m| cx.at(&[K("requires"), K("kernel"), K(key)], m)));
         }
     }
-    Ok(())
 }
 
 fn check_agent_key(cx: &Ctx, at: &[Seg], key: &str) -> Result<(), ScenarioError> {
@@ -760,49 +962,72 @@ fn parse_config_map(resolved: &Path, bytes: &[u8]) -> Result<ConfigMapKeys, Scen
 // ---------------------------------------------------------------------------------------------
 // Topology
 
-fn check_topology(cx: &Ctx, topo: &TopologySpec) -> Result<BTreeMap<String, LinkKind>, ScenarioError> {
+/// The links of the node at a point of the scenario, with their kind (`None`: a link whose
+/// entry could not be read, known by name only).
+type Links = BTreeMap<String, Option<LinkKind>>;
+
+fn check_topology(cx: &Ctx, links: &[Option<LinkSpec>], routes: &[Option<RouteSpec>]) -> Links {
     let links_at = [K("topology"), K("links")];
-    let mut known: BTreeMap<String, LinkKind> = BTreeMap::new();
+    let mut known: Links = BTreeMap::new();
     let mut first: HashMap<String, Pos> = HashMap::new();
     // Names first, so that references can point forward. A veth peer kept in the node
     // namespace (`peer_in: node`) is a link of the node too.
-    for (i, l) in topo.links.iter().enumerate() {
+    for (i, l) in links.iter().enumerate() {
         let at = with(&links_at, &[I(i)]);
+        let Some(l) = l else {
+            // Unreadable (its error is kept): known by name, so that references to it are not
+            // reported too.
+            if let Some(Kind::Scalar(name)) = cx.loc.node(&with(&at, &[K("name")])).map(|n| &n.kind) {
+                known.insert(name.clone(), None);
+            }
+            continue;
+        };
         let mut names = vec![(l.name.clone(), with(&at, &[K("name")]))];
         if l.kind == LinkKind::Veth && l.peer_in == Some(PeerIn::Node) {
             names.push((l.peer_name(), with(&at, &[K("peer")])));
         }
         for (name, name_at) in names {
-            check_ifname(&name).map_err(|m| cx.at(&name_at, m))?;
+            if let Err(m) = check_ifname(&name) {
+                cx.push(cx.at(&name_at, m));
+            }
             if let Some(p) = first.get(&name) {
-                return Err(
-                    cx.at(&name_at, format!("duplicate link name \"{name}\" (first defined at line {})", p.line))
-                );
+                cx.push(cx.at(&name_at, format!("duplicate link name \"{name}\" (first defined at line {})", p.line)));
+                continue;
             }
             first.insert(name.clone(), cx.loc.at(&name_at));
-            known.insert(name, l.kind);
+            known.insert(name, Some(l.kind));
         }
     }
-    for (i, l) in topo.links.iter().enumerate() {
-        check_link(cx, &with(&links_at, &[I(i)]), l, &known)?;
+    for (i, l) in links.iter().enumerate() {
+        if let Some(l) = l {
+            check_link(cx, &with(&links_at, &[I(i)]), l, &known);
+        }
     }
-    check_cycles(cx, topo)?;
-    check_addresses(cx, topo.links.iter().enumerate().map(|(i, l)| (with(&links_at, &[I(i)]), l)))?;
-    for (i, r) in topo.routes.iter().enumerate() {
-        check_route(cx, &[K("topology"), K("routes"), I(i)], r, &known)?;
+    if links.iter().all(Option::is_some) {
+        let all: Vec<LinkSpec> = links.iter().flatten().cloned().collect();
+        cx.ok(check_cycles(cx, &all));
     }
-    Ok(known)
+    cx.ok(check_addresses(
+        cx,
+        links.iter().enumerate().filter_map(|(i, l)| l.as_ref().map(|l| (with(&links_at, &[I(i)]), l))),
+    ));
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(r) = r {
+            check_route(cx, &[K("topology"), K("routes"), I(i)], r, &known);
+        }
+    }
+    known
 }
 
 /// Rules for one link that need only the link and the names known so far.
-fn check_link(cx: &Ctx, at: &[Seg], l: &LinkSpec, known: &BTreeMap<String, LinkKind>) -> Result<(), ScenarioError> {
+fn check_link(cx: &Ctx, at: &[Seg], l: &LinkSpec, known: &Links) {
     let who = format!("link \"{}\"", l.name);
     let extra = kind_keys(l.kind);
     for (key, pos) in cx.loc.keys(at) {
         if !COMMON_LINK_KEYS.contains(&key) && !extra.contains(&key) {
             let valid_for: Vec<&str> =
                 ALL_KINDS.iter().filter(|k| kind_keys(**k).contains(&key)).map(|k| k.as_str()).collect();
-            return Err(cx.err(
+            cx.push(cx.err(
                 pos,
                 format!(
                     "{who}: key \"{key}\" is not valid for a {} link (it is for: {})",
@@ -825,29 +1050,29 @@ fn check_link(cx: &Ctx, at: &[Seg], l: &LinkSpec, known: &BTreeMap<String, LinkK
         "vni" => l.vni.is_some(),
         _ => l.table.is_some(),
     };
-    if let Some(missing) = required.iter().find(|k| !given(k)) {
-        return Err(cx.at(at, format!("{who}: a {} link needs \"{missing}\"", l.kind.as_str())));
+    for missing in required.iter().filter(|k| !given(k)) {
+        cx.push(cx.at(at, format!("{who}: a {} link needs \"{missing}\"", l.kind.as_str())));
     }
     if let Some(peer) = &l.peer {
-        check_ifname(peer).map_err(|m| cx.at(&with(at, &[K("peer")]), format!("{who}: peer: {m}")))?;
+        cx.ok(check_ifname(peer).map_err(|m| cx.at(&with(at, &[K("peer")]), format!("{who}: peer: {m}"))));
     }
     if let Some(mtu) = l.mtu {
         if !(68..=65535).contains(&mtu) {
-            return Err(cx.at(&with(at, &[K("mtu")]), format!("{who}: mtu {mtu} is out of range 68–65535")));
+            cx.push(cx.at(&with(at, &[K("mtu")]), format!("{who}: mtu {mtu} is out of range 68–65535")));
         }
     }
     if let Some(mac) = &l.mac {
-        check_mac(mac).map_err(|m| cx.at(&with(at, &[K("mac")]), format!("{who}: {m}")))?;
+        cx.ok(check_mac(mac).map_err(|m| cx.at(&with(at, &[K("mac")]), format!("{who}: {m}"))));
     }
     if let Some(id) = l.id {
         if !(1..=4094).contains(&id) {
-            return Err(cx.at(&with(at, &[K("id")]), format!("{who}: vlan id {id} is out of range 1–4094")));
+            cx.push(cx.at(&with(at, &[K("id")]), format!("{who}: vlan id {id} is out of range 1–4094")));
         }
     }
     if let Some(p) = &l.protocol {
         if !VLAN_PROTOCOLS.contains(&p.as_str()) {
-            return Err(
-                cx.at(&with(at, &[K("protocol")]), format!("{who}: {}", unknown("vlan protocol", p, VLAN_PROTOCOLS)))
+            cx.push(
+                cx.at(&with(at, &[K("protocol")]), format!("{who}: {}", unknown("vlan protocol", p, VLAN_PROTOCOLS))),
             );
         }
     }
@@ -855,64 +1080,58 @@ fn check_link(cx: &Ctx, at: &[Seg], l: &LinkSpec, known: &BTreeMap<String, LinkK
         let (what, list) =
             if l.kind == LinkKind::Bond { ("bond mode", BOND_MODES) } else { ("macvlan mode", MACVLAN_MODES) };
         if !list.contains(&m.as_str()) {
-            return Err(cx.at(&with(at, &[K("mode")]), format!("{who}: {}", unknown(what, m, list))));
+            cx.push(cx.at(&with(at, &[K("mode")]), format!("{who}: {}", unknown(what, m, list))));
         }
     }
     if let Some(vni) = l.vni {
         if vni > 0xFF_FFFF {
-            return Err(cx.at(&with(at, &[K("vni")]), format!("{who}: vni {vni} is out of range 0–16777215")));
+            cx.push(cx.at(&with(at, &[K("vni")]), format!("{who}: vni {vni} is out of range 0–16777215")));
         }
     }
     if l.table == Some(0) {
-        return Err(cx.at(&with(at, &[K("table")]), format!("{who}: vrf table must not be 0")));
+        cx.push(cx.at(&with(at, &[K("table")]), format!("{who}: vrf table must not be 0")));
     }
     if let Some(parent) = &l.parent {
         if !known.contains_key(parent) {
-            return Err(
-                cx.at(&with(at, &[K("parent")]), format!("{who}: parent \"{parent}\" is not a link of this scenario"))
+            cx.push(
+                cx.at(&with(at, &[K("parent")]), format!("{who}: parent \"{parent}\" is not a link of this scenario")),
             );
         }
     }
     if let Some(master) = &l.master {
         match known.get(master) {
-            None => {
-                return Err(cx.at(
-                    &with(at, &[K("master")]),
-                    format!("{who}: master \"{master}\" is not a link of this scenario"),
-                ))
-            }
-            Some(k) if !matches!(k, LinkKind::Bond | LinkKind::Bridge | LinkKind::Vrf) => {
-                return Err(cx.at(
-                    &with(at, &[K("master")]),
-                    format!(
-                        "{who}: master \"{master}\" is a {} link; only a bond, bridge or vrf can be a master",
-                        k.as_str()
-                    ),
-                ))
-            }
-            _ => {}
+            None => cx.push(
+                cx.at(&with(at, &[K("master")]), format!("{who}: master \"{master}\" is not a link of this scenario")),
+            ),
+            Some(Some(k)) if !matches!(k, LinkKind::Bond | LinkKind::Bridge | LinkKind::Vrf) => cx.push(cx.at(
+                &with(at, &[K("master")]),
+                format!(
+                    "{who}: master \"{master}\" is a {} link; only a bond, bridge or vrf can be a master",
+                    k.as_str()
+                ),
+            )),
+            Some(_) => {}
         }
     }
     for (i, a) in l.addresses.iter().enumerate() {
         if a.parse::<IpNet>().is_err() {
-            return Err(cx.at(
+            cx.push(cx.at(
                 &with(at, &[K("addresses"), I(i)]),
                 format!("{who}: address \"{a}\" is not a CIDR (an IPv4 or IPv6 address with /PREFIX)"),
             ));
         }
     }
-    Ok(())
 }
 
 /// Masters and parents must form no cycle: links are created references first.
-fn check_cycles(cx: &Ctx, topo: &TopologySpec) -> Result<(), ScenarioError> {
-    let index: HashMap<&str, usize> = topo.links.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
+fn check_cycles(cx: &Ctx, links: &[LinkSpec]) -> Result<(), ScenarioError> {
+    let index: HashMap<&str, usize> = links.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
     let deps = |i: usize| -> Vec<usize> {
-        let l = &topo.links[i];
+        let l = &links[i];
         [&l.master, &l.parent].into_iter().flatten().filter_map(|n| index.get(n.as_str()).copied()).collect()
     };
     // Peel off links whose references are all resolved; what remains sits on or behind a cycle.
-    let mut left: BTreeSet<usize> = (0..topo.links.len()).collect();
+    let mut left: BTreeSet<usize> = (0..links.len()).collect();
     loop {
         let ready: Vec<usize> = left.iter().copied().filter(|i| deps(*i).iter().all(|d| !left.contains(d))).collect();
         if ready.is_empty() {
@@ -929,10 +1148,10 @@ fn check_cycles(cx: &Ctx, topo: &TopologySpec) -> Result<(), ScenarioError> {
         cur = deps(cur).into_iter().find(|d| left.contains(d)).unwrap_or(start);
         if let Some(p) = walk.iter().position(|x| *x == cur) {
             let cycle = &walk[p..];
-            let mut names: Vec<&str> = cycle.iter().map(|i| topo.links[*i].name.as_str()).collect();
+            let mut names: Vec<&str> = cycle.iter().map(|i| links[*i].name.as_str()).collect();
             names.push(names[0]);
-            let l = &topo.links[cycle[0]];
-            let next = &topo.links[cycle.get(1).copied().unwrap_or(cycle[0])].name;
+            let l = &links[cycle[0]];
+            let next = &links[cycle.get(1).copied().unwrap_or(cycle[0])].name;
             let key = if l.master.as_deref() == Some(next) { "master" } else { "parent" };
             return Err(cx.at(
                 &[K("topology"), K("links"), I(cycle[0]), K(key)],
@@ -952,17 +1171,18 @@ fn check_addresses<'s, 'a>(
         for (i, a) in l.addresses.iter().enumerate() {
             let Ok(net) = a.parse::<IpNet>() else { continue };
             if let Some(other) = seen.insert(net.addr(), &l.name) {
-                return Err(cx.at(
+                cx.push(cx.at(
                     &with(&at, &[K("addresses"), I(i)]),
                     format!("link \"{}\": address {} is already on link \"{other}\"", l.name, net.addr()),
                 ));
+                seen.insert(net.addr(), other);
             }
         }
     }
     Ok(())
 }
 
-fn check_route(cx: &Ctx, at: &[Seg], r: &RouteSpec, known: &BTreeMap<String, LinkKind>) -> Result<(), ScenarioError> {
+fn check_route(cx: &Ctx, at: &[Seg], r: &RouteSpec, known: &Links) {
     let who = format!("route to {}", r.dst);
     let dst_family = if r.dst == "default" {
         None
@@ -970,41 +1190,36 @@ fn check_route(cx: &Ctx, at: &[Seg], r: &RouteSpec, known: &BTreeMap<String, Lin
         match r.dst.parse::<IpNet>() {
             Ok(n) => Some(n.addr().is_ipv4()),
             Err(_) => {
-                return Err(
-                    cx.at(&with(at, &[K("dst")]), format!("route dst \"{}\" is neither `default` nor a CIDR", r.dst))
-                )
+                cx.push(
+                    cx.at(&with(at, &[K("dst")]), format!("route dst \"{}\" is neither `default` nor a CIDR", r.dst)),
+                );
+                None
             }
         }
     };
     if let Some(via) = &r.via {
-        let ip = via
-            .parse::<IpAddr>()
-            .map_err(|_| cx.at(&with(at, &[K("via")]), format!("{who}: via \"{via}\" is not an IP address")))?;
-        if dst_family.is_some_and(|v4| v4 != ip.is_ipv4()) {
-            return Err(
-                cx.at(&with(at, &[K("via")]), format!("{who}: via {via} is not of the destination's address family"))
-            );
+        match via.parse::<IpAddr>() {
+            Err(_) => cx.push(cx.at(&with(at, &[K("via")]), format!("{who}: via \"{via}\" is not an IP address"))),
+            Ok(ip) if dst_family.is_some_and(|v4| v4 != ip.is_ipv4()) => cx.push(
+                cx.at(&with(at, &[K("via")]), format!("{who}: via {via} is not of the destination's address family")),
+            ),
+            Ok(_) => {}
         }
     }
     if !known.contains_key(&r.dev) {
-        return Err(cx.at(&with(at, &[K("dev")]), format!("{who}: dev \"{}\" is not a link of this scenario", r.dev)));
+        cx.push(cx.at(&with(at, &[K("dev")]), format!("{who}: dev \"{}\" is not a link of this scenario", r.dev)));
     }
     if let Some(t) = &r.table {
-        match t.id() {
-            Some(0) | None => {
-                return Err(
-                    cx.at(&with(at, &[K("table")]), format!("{who}: table must be `main`, `local` or a number from 1"))
-                )
-            }
-            Some(_) if matches!(t, RouteTable::Name(n) if n != "main" && n != "local") => {
-                return Err(
-                    cx.at(&with(at, &[K("table")]), format!("{who}: table must be `main`, `local` or a number from 1"))
-                )
-            }
-            Some(_) => {}
+        let bad = match t.id() {
+            Some(0) | None => true,
+            Some(_) => matches!(t, RouteTable::Name(n) if n != "main" && n != "local"),
+        };
+        if bad {
+            cx.push(
+                cx.at(&with(at, &[K("table")]), format!("{who}: table must be `main`, `local` or a number from 1")),
+            );
         }
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1039,16 +1254,34 @@ fn check_policy_fixture(path: &Path) -> Result<(), String> {
     }
 }
 
+/// One step: its action (`None` when invalid; the errors are kept) and its expectations,
+/// checked against the links and pods of that point of the scenario.
 fn check_step(
     cx: &Ctx,
     i: usize,
-    raw: RawStep,
+    mut raw: RawStep,
     base: &Path,
-    links: &mut BTreeMap<String, LinkKind>,
+    links: &mut Links,
     pods: &mut BTreeMap<String, Pos>,
-) -> Result<Step, ScenarioError> {
+) -> Option<Step> {
     let at = [K("steps"), I(i)];
     let line = cx.loc.at(&at).line;
+    let expect = raw.expect.take().unwrap_or_default();
+    let action = cx.ok(step_action(cx, i, raw, expect.error.is_some(), base, links, pods));
+    check_expect(cx, &with(&at, &[K("expect")]), &expect, links, pods);
+    Some(Step { action: action?, expect, line })
+}
+
+fn step_action(
+    cx: &Ctx,
+    i: usize,
+    raw: RawStep,
+    expects_error: bool,
+    base: &Path,
+    links: &mut Links,
+    pods: &mut BTreeMap<String, Pos>,
+) -> Result<Action, ScenarioError> {
+    let at = [K("steps"), I(i)];
     let actions: Vec<(&str, Pos)> = cx.loc.keys(&at).into_iter().filter(|(k, _)| ACTION_KEYS.contains(k)).collect();
     match actions.len() {
         0 => {
@@ -1084,14 +1317,18 @@ fn check_step(
             let mut agent = BTreeMap::new();
             for (k, v) in r.agent {
                 let kat = with(&at, &[K("restart"), K("agent"), K(&k)]);
-                check_agent_key(cx, &kat, &k)?;
+                if cx.ok(check_agent_key(cx, &kat, &k)).is_none() {
+                    continue;
+                }
                 if let Some(v) = &v.0 {
-                    config::check_value(&k, v).map_err(|m| cx.at(&kat, format!("agent key \"{k}\": {m}")))?;
+                    if let Err(m) = config::check_value(&k, v) {
+                        cx.push(cx.at(&kat, format!("agent key \"{k}\": {m}")));
+                    }
                 }
                 agent.insert(k, v.0);
             }
             if let Some(p) = &r.profile {
-                check_profile(p).map_err(|m| cx.at(&a(&[K("profile")]), m))?;
+                cx.ok(check_profile(p).map_err(|m| cx.at(&a(&[K("profile")]), m)));
             }
             Action::Restart { agent, profile: r.profile }
         }
@@ -1100,7 +1337,7 @@ fn check_step(
             let p = p.ok_or_else(|| cx.at(&a(&[]), format!("{key} needs the path of a policy fixture")))?;
             let resolved = fixture(&p)?;
             // A step that expects an error may name an invalid fixture on purpose.
-            if raw.expect.as_ref().is_none_or(|e| e.error.is_none()) {
+            if !expects_error {
                 check_policy_fixture(&resolved).map_err(|m| cx.at(&a(&[]), format!("{key}: {m}")))?;
             }
             if key == "apply" {
@@ -1111,7 +1348,7 @@ fn check_step(
         }
         "add-pod" => {
             let pod = raw.add_pod.ok_or_else(|| cx.at(&a(&[]), "add-pod needs `{name, namespace, labels}`"))?;
-            check_pod(cx, &a(&[]), &pod, pods)?;
+            cx.ok(check_pod(cx, &a(&[]), &pod, pods));
             pods.insert(pod.key(), cx.loc.at(&a(&[])));
             Action::AddPod(pod)
         }
@@ -1165,11 +1402,11 @@ fn check_step(
             };
             match (r.add, r.delete) {
                 (Some(route), None) => {
-                    check_route(cx, &a(&[K("add")]), &route, links)?;
+                    check_route(cx, &a(&[K("add")]), &route, links);
                     Action::RouteAdd(route)
                 }
                 (None, Some(route)) => {
-                    check_route(cx, &a(&[K("delete")]), &route, links)?;
+                    check_route(cx, &a(&[K("delete")]), &route, links);
                     Action::RouteDelete(route)
                 }
                 _ => return Err(cx.at(&a(&[]), "route needs exactly one of `add: ROUTE`, `delete: ROUTE`")),
@@ -1177,17 +1414,10 @@ fn check_step(
         }
         _ => unreachable!("action keys are listed in ACTION_KEYS"),
     };
-    let expect = raw.expect.unwrap_or_default();
-    check_expect(cx, &with(&at, &[K("expect")]), &expect, pods)?;
-    Ok(Step { action, expect, line })
+    Ok(action)
 }
 
-fn link_action(
-    cx: &Ctx,
-    at: &[Seg],
-    raw: Option<RawLinkAction>,
-    links: &mut BTreeMap<String, LinkKind>,
-) -> Result<Action, ScenarioError> {
+fn link_action(cx: &Ctx, at: &[Seg], raw: Option<RawLinkAction>, links: &mut Links) -> Result<Action, ScenarioError> {
     let keys = cx.loc.keys(at);
     let raw = match raw {
         Some(r) if keys.len() == 1 => r,
@@ -1201,11 +1431,11 @@ fn link_action(
                 cx.at(&with(&lat, &[K("name")]), format!("link add: link \"{}\" already exists at this step", l.name))
             );
         }
-        check_link(cx, &lat, &l, links)?;
+        check_link(cx, &lat, &l, links);
         if l.master.as_deref() == Some(&l.name) || l.parent.as_deref() == Some(&l.name) {
             return Err(cx.at(&lat, format!("link \"{}\" refers to itself", l.name)));
         }
-        links.insert(l.name.clone(), l.kind);
+        links.insert(l.name.clone(), Some(l.kind));
         return Ok(Action::LinkAdd(l));
     }
     if let Some(name) = raw.delete {
@@ -1226,62 +1456,182 @@ fn link_action(
     Err(cx.at(at, "link needs exactly one of `add: LINK`, `delete: NAME`, `set: {name, up}`"))
 }
 
-fn check_expect(cx: &Ctx, at: &[Seg], e: &Expect, pods: &BTreeMap<String, Pos>) -> Result<(), ScenarioError> {
+/// The devices the agent makes itself, which expectations may name besides the node's links
+/// and its pods: `cilium_host`/`cilium_net`, the encapsulation devices and WireGuard's.
+pub fn agent_devices() -> [&'static str; 5] {
+    [
+        crate::datapath::HOST_DEVICE,
+        crate::datapath::SECOND_HOST_DEVICE,
+        config::TunnelProtocol::Vxlan.device(),
+        config::TunnelProtocol::Geneve.device(),
+        config::WIREGUARD_DEVICE,
+    ]
+}
+
+/// The programs of another tool that a `foreign` step attaches (`foreign_xdp` on XDP).
+const FOREIGN_PROGRAMS: [&str; 2] = ["foreign_tc", "foreign_xdp"];
+
+/// The program names an expectation may give: the plan's programs and the foreign ones.
+fn program_names() -> Vec<&'static str> {
+    crate::datapath::LOADER_PROGRAMS.iter().map(|(p, _)| p.symbol).chain(FOREIGN_PROGRAMS).collect()
+}
+
+/// What an expectation's program entry is: its full name and the hooks it can be on.
+fn known_program(name: &str) -> Option<(&'static str, &'static [&'static str])> {
+    // The kernel keeps 15 bytes of a name, and an expectation may give those.
+    let full = program_names().into_iter().find(|n| *n == name || (name.len() == 15 && n.starts_with(name)))?;
+    let hooks: &[&str] = match full {
+        "foreign_tc" => &["ingress", "egress"],
+        "foreign_xdp" => &["xdp"],
+        _ => match crate::datapath::LOADER_PROGRAMS.iter().find(|(p, _)| p.symbol == full)?.1 {
+            crate::observed::Hook::Ingress => &["ingress"],
+            crate::observed::Hook::Egress => &["egress"],
+            crate::observed::Hook::Xdp => &["xdp"],
+        },
+    };
+    Some((full, hooks))
+}
+
+fn check_expect(cx: &Ctx, at: &[Seg], e: &Expect, links: &Links, pods: &BTreeMap<String, Pos>) {
+    let agent = agent_devices();
     for (i, d) in e.devices.iter().flatten().enumerate() {
-        check_ifname(d).map_err(|m| cx.at(&with(at, &[K("devices"), I(i)]), format!("devices: {m}")))?;
+        let dat = with(at, &[K("devices"), I(i)]);
+        if let Err(m) = check_ifname(d) {
+            cx.push(cx.at(&dat, format!("devices: {m}")));
+        } else if !links.contains_key(d) && !agent.contains(&d.as_str()) {
+            cx.push(cx.at(&dat, not_a_link("devices", d, links.keys().map(String::as_str))));
+        }
     }
     for (dev, hooks) in e.attachments.iter().flatten() {
         let dat = with(at, &[K("attachments"), K(dev)]);
-        if let Some(pod) = dev.strip_prefix("pod:") {
+        let pod = dev.strip_prefix("pod:");
+        if let Some(pod) = pod {
             if !pods.contains_key(pod) {
-                return Err(
-                    cx.key_at(&dat, format!("attachments: \"{dev}\" names no pod of this scenario at this step"))
+                let names: Vec<String> = pods.keys().map(|k| format!("pod:{k}")).collect();
+                let hint = suggest(dev, names.iter().map(String::as_str))
+                    .map_or(String::new(), |s| format!(", did you mean \"{s}\"?"));
+                cx.push(
+                    cx.key_at(&dat, format!("attachments: \"{dev}\" names no pod of this scenario at this step{hint}")),
                 );
             }
-        } else {
-            check_ifname(dev).map_err(|m| cx.key_at(&dat, format!("attachments: {m}")))?;
+        } else if let Err(m) = check_ifname(dev) {
+            cx.push(cx.key_at(&dat, format!("attachments: {m}")));
+        } else if !links.contains_key(dev) && !agent.contains(&dev.as_str()) {
+            let pod_names: Vec<String> = pods.keys().map(|k| format!("pod:{k}")).collect();
+            let candidates = links.keys().map(String::as_str).chain(agent).chain(pod_names.iter().map(String::as_str));
+            cx.push(cx.key_at(&dat, not_a_link("attachments", dev, candidates)));
         }
         if let DeviceExpect::Hooks(h) = hooks {
             for (hook, list) in [("ingress", &h.ingress), ("egress", &h.egress)] {
                 for (i, p) in list.iter().flatten().enumerate() {
-                    check_program(cx, &with(&dat, &[K(hook), I(i)]), p, false)?;
+                    check_program(cx, &with(&dat, &[K(hook), I(i)]), p, hook, pod.is_some());
                 }
             }
             if let Some(XdpExpect::Program(p)) = &h.xdp {
-                check_program(cx, &with(&dat, &[K("xdp")]), p, true)?;
+                check_program(cx, &with(&dat, &[K("xdp")]), p, "xdp", pod.is_some());
             }
         }
     }
     for (i, r) in e.regenerated.iter().flatten().enumerate() {
         if r != "host" && !pods.contains_key(r) {
-            return Err(cx.at(
+            cx.push(cx.at(
                 &with(at, &[K("regenerated"), I(i)]),
                 format!("regenerated: \"{r}\" is neither `host` nor NAMESPACE/NAME of a pod of this scenario"),
             ));
         }
     }
-    Ok(())
 }
 
-fn check_program(cx: &Ctx, at: &[Seg], p: &ProgramExpect, xdp: bool) -> Result<(), ScenarioError> {
+/// `WHAT: "name" is not a link of this scenario at this step (...)`, with a "did you mean".
+fn not_a_link<'a>(what: &str, name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    let hint = suggest(name, candidates).map_or(String::new(), |s| format!(", did you mean \"{s}\"?"));
+    format!(
+        "{what}: \"{name}\" is neither a link of this scenario at this step nor a device the agent makes ({}){hint}",
+        agent_devices().join(", ")
+    )
+}
+
+/// A program entry under `hook` of a device (`on_pod`: a pod's device): a program some profile
+/// attaches, or another tool's, on a hook it can be on.
+fn check_program(cx: &Ctx, at: &[Seg], p: &ProgramExpect, hook: &str, on_pod: bool) {
+    let xdp = hook == "xdp";
+    // The long form's `program` value, or the bare name.
+    let name_at =
+        if cx.loc.node(&with(at, &[K("program")])).is_some() { with(at, &[K("program")]) } else { at.to_vec() };
     if p.program.is_empty() {
-        return Err(cx.at(at, "a program name must not be empty"));
+        cx.push(cx.at(at, "a program name must not be empty"));
+    } else {
+        match known_program(&p.program) {
+            None => cx.push(cx.at(
+                &name_at,
+                format!("{} (no profile attaches it)", unknown("program", &p.program, &program_names())),
+            )),
+            Some((full, hooks)) if !hooks.contains(&hook) => {
+                cx.push(cx.at(&name_at, format!("{full} is attached on {}, never on {hook}", hooks.join(" or "))))
+            }
+            Some((full, _)) => {
+                let container = full.ends_with("_container");
+                if on_pod && !container && !full.starts_with("foreign_") {
+                    cx.push(cx.at(&name_at, format!("{full} is never attached to a pod's device (the pods get cil_from_container and cil_to_container)")));
+                } else if !on_pod && container {
+                    cx.push(cx.at(
+                        &name_at,
+                        format!("{full} is attached to pods' devices only (write the device as pod:NAMESPACE/NAME)"),
+                    ));
+                }
+            }
+        }
     }
     let mechanisms: &[&str] = if xdp { &["xdp"] } else { &["tc", "tcx"] };
     if let Some(m) = &p.mechanism {
         if !mechanisms.contains(&m.as_str()) {
-            return Err(cx.at(&with(at, &[K("mechanism")]), unknown("mechanism", m, mechanisms)));
+            cx.push(cx.at(&with(at, &[K("mechanism")]), unknown("mechanism", m, mechanisms)));
         }
     }
     if let Some(m) = &p.mode {
         if !xdp {
-            return Err(cx.key_at(&with(at, &[K("mode")]), "`mode` is only for xdp programs"));
-        }
-        if !["native", "generic"].contains(&m.as_str()) {
-            return Err(cx.at(&with(at, &[K("mode")]), unknown("xdp mode", m, &["native", "generic"])));
+            cx.push(cx.key_at(&with(at, &[K("mode")]), "`mode` is only for xdp programs"));
+        } else if !["native", "generic"].contains(&m.as_str()) {
+            cx.push(cx.at(&with(at, &[K("mode")]), unknown("xdp mode", m, &["native", "generic"])));
         }
     }
-    Ok(())
+}
+
+/// Expectations that are valid but most likely not meant: programs expected on an agent
+/// device that the configuration never makes, at any step (`cilium_geneve` without
+/// `tunnel-protocol: geneve`, `cilium_wg0` without `enable-wireguard`).
+fn expectation_warnings(cx: &Ctx, agent: &BTreeMap<String, String>, steps: &[Step]) -> Vec<String> {
+    let mut values: Vec<(&str, &str)> = agent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for s in steps {
+        if let Action::Restart { agent, .. } = &s.action {
+            values.extend(agent.iter().filter_map(|(k, v)| v.as_deref().map(|v| (k.as_str(), v))));
+        }
+    }
+    let ever = |key: &str, value: &str| values.iter().any(|(k, v)| *k == key && v.trim().eq_ignore_ascii_case(value));
+    let made = |dev: &str| match dev {
+        "cilium_geneve" => ever("tunnel-protocol", "geneve") || ever("tunnel", "geneve"),
+        d if d == config::WIREGUARD_DEVICE => ever("enable-wireguard", "true"),
+        _ => true,
+    };
+    let mut out = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        for (dev, hooks) in s.expect.attachments.iter().flatten() {
+            let DeviceExpect::Hooks(h) = hooks else { continue };
+            let expects_some = [&h.ingress, &h.egress].iter().any(|l| l.as_ref().is_some_and(|l| !l.is_empty()))
+                || matches!(h.xdp, Some(XdpExpect::Program(_)));
+            if expects_some && !made(dev) {
+                let p = cx.loc.key_at(&[K("steps"), I(i), K("expect"), K("attachments"), K(dev)]);
+                out.push(format!(
+                    "{}:{}:{}: warning: programs expected on {dev}, which this configuration never makes (the agent makes it only with {})",
+                    cx.path.display(),
+                    p.line,
+                    p.col,
+                    if dev == "cilium_geneve" { "`tunnel-protocol: geneve`" } else { "`enable-wireguard: \"true\"`" }
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The error for a scenario whose name an earlier file of the same check already uses, placed
