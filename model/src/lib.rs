@@ -19,3 +19,4 @@ pub mod profile;
 pub mod record;
 pub mod scenario;
 pub mod startup;
+pub mod verdict;

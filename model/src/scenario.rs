@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 mod locate;
 mod validate;
 
-pub use validate::{check_ifname, load_config_map, suggest, ACTION_KEYS, KNOWN_FEATURES};
+pub use validate::{check_ifname, load_config_map, parse_config_map_text, suggest, ACTION_KEYS, KNOWN_FEATURES};
 
 /// A parsed, validated scenario.
 ///
