@@ -202,6 +202,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                 regenerated: &regenerated,
                 error: error.as_deref(),
                 aliases: &aliases,
+                reasoning: agent.reasoning(),
             },
         );
         if crate::sys::crosscheck::enabled() {
@@ -211,6 +212,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                     key: "crosscheck".into(),
                     expected: "inspect agrees with tc and bpftool".into(),
                     observed: d,
+                    why: Vec::new(),
                 });
             }
         }

@@ -426,18 +426,20 @@ pub fn why(
         if settings.ipv6_mcast_device.as_deref() == Some(name) {
             return "selected: it is the ipv6-mcast-device".into();
         }
-        if let (Some(l), false) = (node_link, controller) {
+        if controller {
+            return format!("selected ({rule}): up, with addresses and a global unicast route");
+        }
+        let by_routes = settings.devices.is_empty()
+            && settings.are_devices_required()
+            && devices_from_routes(settings, links, routes).contains(name);
+        if let (Some(l), false) = (node_link, by_routes) {
             let ip = node_ip.map(|i| i.to_string()).unwrap_or_default();
             return format!(
                 "selected: {} holds the node IP {ip} (direct-routing / multicast device detection)",
                 l.name
             );
         }
-        return if controller {
-            format!("selected ({rule}): up, with addresses and a global unicast route")
-        } else {
-            format!("selected ({rule}): a default or global unicast route goes through it")
-        };
+        return format!("selected ({rule}): a default or global unicast route goes through it");
     }
     let Some(link) = links.iter().find(|l| l.name == name) else {
         return format!("not selected: there is no link {name}");

@@ -19,4 +19,6 @@ pub mod profile;
 pub mod record;
 pub mod scenario;
 pub mod startup;
+pub mod suggest;
 pub mod verdict;
+pub mod why;
