@@ -83,14 +83,16 @@ impl Difference {
 
 /// Whether an attachment is Cilium's: its program or filter is named as Cilium names them.
 pub fn is_cilium(a: &Attachment) -> bool {
-    a.program.starts_with("cil_")
-        || a.filter.as_deref().is_some_and(|f| {
-            ["bpf_netdev", "bpf_network", "bpf_host", "bpf_lxc", "bpf_overlay", "cil_"].iter().any(|p| f.contains(p))
-        })
+    a.program.starts_with("cil_") || a.filter.as_deref().is_some_and(is_cilium_filter)
+}
+
+/// `cilium cleanup`'s test on a filter name (cilium/cmd/cleanup.go `getTCFilters`).
+pub fn is_cilium_filter(name: &str) -> bool {
+    ["bpf_netdev", "bpf_network", "bpf_host", "bpf_lxc", "bpf_overlay", "cil_"].iter().any(|p| name.contains(p))
 }
 
 /// init.sh's `grep -qE "\b(bpf_host|cil_from_netdev|cil_to_netdev)"` on a filter name.
-fn is_cilium_netdev_filter(name: &str) -> bool {
+pub fn is_cilium_netdev_filter(name: &str) -> bool {
     ["bpf_host", "cil_from_netdev", "cil_to_netdev"].iter().any(|pat| {
         name.match_indices(pat).any(|(i, _)| {
             i == 0 || !name[..i].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
