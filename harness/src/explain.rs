@@ -289,8 +289,8 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(out, "  nothing");
     }
     for a in &r.attached {
-        let name = datapath::full_program_name(&a.program);
-        let _ = writeln!(out, "  {:<16} {:<8} {name}: {}", a.device, a.hook.as_str(), hostdp_model::record::fmt_att(a));
+        let full = Attachment { program: datapath::full_program_name(&a.program).to_string(), ..a.clone() };
+        let _ = writeln!(out, "  {:<16} {:<8} {}", a.device, a.hook.as_str(), hostdp_model::record::fmt_att(&full));
     }
     match r.verdict {
         Verdict::Refused => {

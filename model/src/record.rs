@@ -259,11 +259,23 @@ pub fn check(expect: &Expect, obs: &Observed<'_>) -> Vec<Mismatch> {
                 if a != b {
                     let gone: Vec<String> = a.difference(&b).map(fmt_identity).collect();
                     let new: Vec<String> = b.difference(&a).map(fmt_identity).collect();
-                    out.push(mm(
+                    let mut m = mm(
                         "unchanged",
                         "the same attachments as after the previous step".into(),
                         format!("removed [{}], added [{}]", gone.join(", "), new.join(", ")),
-                    ));
+                    );
+                    if let Some(r) = obs.reasoning {
+                        let hooks: BTreeSet<(&String, Hook)> =
+                            a.symmetric_difference(&b).map(|i| (&i.0, i.1)).collect();
+                        for (dev, hook) in hooks {
+                            for w in r.attachment(dev, Some(hook)) {
+                                if !m.why.contains(&w) {
+                                    m.why.push(w);
+                                }
+                            }
+                        }
+                    }
+                    out.push(m);
                 }
             }
         }

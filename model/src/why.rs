@@ -80,7 +80,9 @@ fn touches(op: &Op, device: &str, hook: Option<Hook>) -> bool {
         | Op::AttachSkb { device: d, hook: h, .. }
         | Op::FlushTc { device: d, hook: h }
         | Op::DetachSkb { device: d, hook: h, .. } => on(d, *h),
-        Op::AttachXdp { device: d, .. } | Op::DetachXdp { device: d, .. } => on(d, Hook::Xdp),
+        Op::AttachXdp { device: d, .. } => on(d, Hook::Xdp),
+        // Run on every link: named only when XDP is what is asked about.
+        Op::DetachXdp { device: d, .. } => d == device && hook == Some(Hook::Xdp),
         Op::RemoveObsoleteTc { device: d } | Op::RemoveObsoleteNetdev { device: d, .. } => {
             d == device && hook != Some(Hook::Xdp)
         }

@@ -101,6 +101,11 @@ fn a_failure_says_why_and_the_suggested_blocks_make_it_pass() {
     assert!(eth1.iter().any(|w| w == "eth1: not selected (isSelectedDevice): veth without default route"), "{eth1:?}");
     let eth0 = why("attachments.eth0");
     assert!(eth0.iter().any(|w| w.contains("attach cil_from_netdev on eth0 ingress")), "{eth0:?}");
+    let restart = &v["scenarios"][0]["steps"][1]["mismatches"][0];
+    assert_eq!(restart["key"], "unchanged");
+    let gone = restart["why"].as_array().unwrap();
+    assert!(gone.iter().any(|w| w.as_str().unwrap().contains("remove Cilium's netdev filters from eth0")), "{gone:?}");
+    assert!(gone.iter().any(|w| w.as_str().unwrap().contains("AreDevicesRequired is false")), "{gone:?}");
 
     let o = hostdp(&["run", "--suggest", f]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
