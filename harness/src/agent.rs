@@ -67,6 +67,8 @@ pub struct Agent {
     /// init.sh's `$RUNDIR/device.state` from the previous start.
     device_state: Option<String>,
     applied: BTreeMap<PathBuf, Applied>,
+    /// What the last start decided, and the plans carried out since, for failure messages.
+    reasoning: Option<hostdp_model::why::Reasoning>,
 }
 
 /// What a step did, for the record.
@@ -99,12 +101,24 @@ impl Agent {
             selection: None,
             device_state: None,
             applied: BTreeMap::new(),
+            reasoning: None,
         }
     }
 
     /// The native device list the loader ended up with (None before the first start).
     pub fn devices(&self) -> Option<&[String]> {
         self.devices.as_deref()
+    }
+
+    /// What the last start decided and the plans carried out since (None before a start).
+    pub fn reasoning(&self) -> Option<&hostdp_model::why::Reasoning> {
+        self.reasoning.as_ref()
+    }
+
+    fn note_plan(&mut self, name: &str, ops: &[Op]) {
+        if let Some(r) = &mut self.reasoning {
+            r.set_plan(name, ops.to_vec());
+        }
     }
 
     pub fn running(&self) -> bool {
@@ -164,6 +178,11 @@ impl Agent {
             bpffs: self.bpffs.clone(),
             kernel_tcx: self.kernel_tcx,
         };
+        if let Some(r) = &mut self.reasoning {
+            r.selection = sel.clone();
+            r.links = links.to_vec();
+            r.set_plan("host datapath plan", plan.ops.clone());
+        }
         attach::execute(node.netns(), &ctx, &plan.ops).map_err(classify_attach)?;
         // Reported sorted (the contract's `devices`); upstream appends cilium_wg0 at the end.
         let mut devices = sel.devices.clone();
@@ -190,6 +209,16 @@ impl Agent {
         let routes = node.routes().map_err(AgentError::harness)?;
         let startup = hostdp_model::startup::start(cfg, self.profile, &links, &routes, self.node_ip)
             .map_err(AgentError::refused)?;
+        let mut plans = self.reasoning.take().map(|r| r.plans).unwrap_or_default();
+        plans.retain(|(n, _)| n.starts_with("endpoint "));
+        self.reasoning = Some(hostdp_model::why::Reasoning {
+            settings: startup.settings.clone(),
+            selection: startup.selection.clone(),
+            links: links.clone(),
+            routes: routes.clone(),
+            node_ip: self.node_ip,
+            plans,
+        });
         self.settings = Some(startup.settings);
         self.reload_host(node, &startup.selection, &links)
     }
@@ -210,6 +239,7 @@ impl Agent {
             bpffs: self.bpffs.clone(),
             kernel_tcx: self.kernel_tcx,
         };
+        self.note_plan(&format!("endpoint pod:{}", pod.key()), &ops);
         attach::execute(node.netns(), &ctx, &ops).map_err(classify_attach)?;
         self.write_policy_map(&policy::Endpoint::pod(&pod.namespace, &pod.name, &pod.labels), &lxc)
     }
@@ -261,6 +291,7 @@ impl Agent {
         self.running = false;
         let links = node.links().map_err(AgentError::harness)?;
         let ops = datapath::cleanup_ops(&links);
+        self.note_plan("cilium cleanup", &ops);
         let ctx = AttachContext {
             compiler: self.compiler.clone(),
             defines: BTreeMap::new(),
@@ -311,6 +342,9 @@ impl Agent {
         let links = node.links().map_err(AgentError::harness)?;
         let routes = node.routes().map_err(AgentError::harness)?;
         let devices = hostdp_model::devices::listen_update(settings, &sel.devices, &links, &routes);
+        if let Some(r) = &mut self.reasoning {
+            r.routes = routes.clone();
+        }
         let mut before = sel.devices.clone();
         before.sort();
         if devices == before {

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::runner;
 use crate::sys::topology::RunId;
+use hostdp_model::datapath::full_program_name;
 use hostdp_model::observed::{Attachment, Hook, Mechanism};
 use hostdp_model::profile::Profile;
 use hostdp_model::record::{ScenarioRecord, Status};
@@ -51,19 +52,41 @@ pub struct HookDiff {
     pub by_profile: BTreeMap<String, Vec<String>>,
 }
 
-/// The differences after one step.
+/// The differences after one step: only what differs between the profiles and is new or
+/// changed since the step before (a difference that carries over is not repeated).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StepDiff {
     /// 1-based step number.
     pub step: usize,
     pub action: String,
-    /// Profile → the step's error (refusal or harness error), when the profiles disagree.
+    /// Profile → the step's error, when the profiles disagree; a refusal at `start` or
+    /// `restart` is in the scenario's `refusals` instead.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, Option<String>>,
     /// Profile → the loader's device list, when the profiles disagree.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub devices: BTreeMap<String, Option<Vec<String>>>,
     pub hooks: Vec<HookDiff>,
+    /// Profiles left out of this step's comparison: their agent refused to start (at this
+    /// step or an earlier one, without a start since), or their run failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+}
+
+impl StepDiff {
+    /// Whether the step shows anything.
+    pub fn shows(&self) -> bool {
+        !self.hooks.is_empty() || !self.errors.is_empty() || !self.devices.is_empty()
+    }
+}
+
+/// A profile's agent refusing to start, shown once (not again at every step after it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub profile: String,
+    pub step: usize,
+    pub action: String,
+    pub error: String,
 }
 
 /// One scenario across the profiles.
@@ -75,12 +98,15 @@ pub struct ScenarioDiff {
     /// Profile → why its run did not get through its steps (skipped, harness error).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub problems: BTreeMap<String, String>,
+    /// Each time a profile's agent refused to start where another profile's did not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<Refusal>,
     pub steps: Vec<StepDiff>,
 }
 
 impl ScenarioDiff {
     pub fn differs(&self) -> bool {
-        self.steps.iter().any(|s| !s.hooks.is_empty() || !s.errors.is_empty() || !s.devices.is_empty())
+        !self.refusals.is_empty() || self.steps.iter().any(StepDiff::shows)
     }
 }
 
@@ -107,9 +133,9 @@ fn entry(a: &Attachment, mechanism: bool) -> String {
             Mechanism::Tcx => "tcx",
             Mechanism::Xdp => a.mode.as_deref().unwrap_or("xdp"),
         };
-        format!("{}/{m}", a.program)
+        format!("{}/{m}", full_program_name(&a.program))
     } else {
-        a.program.clone()
+        full_program_name(&a.program).to_string()
     }
 }
 
@@ -125,6 +151,9 @@ fn hooks_of(atts: &[Attachment], mechanism: bool) -> HookMap {
 }
 
 /// Compares the records of one scenario run under each profile (same order as `profiles`).
+/// A profile whose agent refused to start is named once and left out of the comparison until
+/// it starts again; a row (device and hook) is shown at the step where it first differs or
+/// its difference changes.
 pub fn compare(
     file: &str,
     name: &str,
@@ -141,39 +170,72 @@ pub fn compare(
     }
     let steps = records.iter().map(|r| r.steps.len()).max().unwrap_or(0);
     let mut out = Vec::new();
+    let mut refusals = Vec::new();
+    // Profile → its refusal while its agent stays down after it.
+    let mut down: BTreeMap<&str, String> = BTreeMap::new();
+    let mut shown_rows: BTreeMap<(String, Hook), BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut shown_devices: BTreeMap<String, Option<Vec<String>>> = BTreeMap::new();
     for i in 0..steps {
-        fn step_of(r: &ScenarioRecord, i: usize) -> Option<&hostdp_model::record::StepRecord> {
-            r.steps.get(i)
+        let step_of = |r: &'_ ScenarioRecord| r.steps.get(i).cloned();
+        let action = records.iter().find_map(|r| step_of(r).map(|s| s.action)).unwrap_or_default();
+        let starts = action == "start" || action == "restart";
+        let errors_now: Vec<Option<String>> = records.iter().map(|r| step_of(r).and_then(|s| s.error)).collect();
+        let unanimous = all_equal(errors_now.iter());
+        let mut errors = BTreeMap::new();
+        for (p, e) in names.iter().zip(&errors_now) {
+            if starts {
+                match e {
+                    Some(e) => {
+                        if !unanimous && down.get(p.as_str()) != Some(e) {
+                            refusals.push(Refusal {
+                                profile: p.clone(),
+                                step: i + 1,
+                                action: action.clone(),
+                                error: e.clone(),
+                            });
+                        }
+                        down.insert(p.as_str(), e.clone());
+                    }
+                    None => {
+                        down.remove(p.as_str());
+                    }
+                }
+            } else if !unanimous {
+                errors.insert(p.clone(), e.clone());
+            }
         }
-        let action = records.iter().find_map(|r| step_of(r, i).map(|s| s.action.clone())).unwrap_or_default();
-        let errors: BTreeMap<String, Option<String>> =
-            names.iter().zip(records).map(|(p, r)| (p.clone(), step_of(r, i).and_then(|s| s.error.clone()))).collect();
-        let devices: BTreeMap<String, Option<Vec<String>>> = names
+        let left_out: Vec<String> =
+            names.iter().filter(|p| down.contains_key(p.as_str()) || problems.contains_key(*p)).cloned().collect();
+        let compared: Vec<(&String, &ScenarioRecord)> =
+            names.iter().zip(records).filter(|(p, _)| !left_out.contains(p)).collect();
+        let devices: BTreeMap<String, Option<Vec<String>>> =
+            compared.iter().map(|(p, r)| ((*p).clone(), step_of(r).and_then(|s| s.devices))).collect();
+        let differ = !all_equal(devices.values());
+        let show = differ && devices != shown_devices;
+        shown_devices = if differ { devices.clone() } else { BTreeMap::new() };
+        let devices = if show { devices } else { BTreeMap::new() };
+        let maps: Vec<HookMap> = compared
             .iter()
-            .zip(records)
-            .map(|(p, r)| (p.clone(), step_of(r, i).and_then(|s| s.devices.clone())))
-            .collect();
-        let maps: Vec<HookMap> = records
-            .iter()
-            .map(|r| step_of(r, i).map(|s| hooks_of(&s.attachments, mechanism)).unwrap_or_default())
+            .map(|(_, r)| step_of(r).map(|s| hooks_of(&s.attachments, mechanism)).unwrap_or_default())
             .collect();
         let keys: BTreeSet<&(String, Hook)> = maps.iter().flat_map(|m| m.keys()).collect();
         let mut hooks = Vec::new();
+        let mut rows = BTreeMap::new();
         for k in keys {
             let vals: Vec<Vec<String>> = maps.iter().map(|m| m.get(k).cloned().unwrap_or_default()).collect();
             if vals.windows(2).any(|w| w[0] != w[1]) {
-                hooks.push(HookDiff {
-                    device: k.0.clone(),
-                    hook: k.1,
-                    by_profile: names.iter().cloned().zip(vals).collect(),
-                });
+                let by_profile: BTreeMap<String, Vec<String>> =
+                    compared.iter().map(|(p, _)| (*p).clone()).zip(vals).collect();
+                if shown_rows.get(k) != Some(&by_profile) {
+                    hooks.push(HookDiff { device: k.0.clone(), hook: k.1, by_profile: by_profile.clone() });
+                }
+                rows.insert(k.clone(), by_profile);
             }
         }
-        let errors = if all_equal(errors.values()) { BTreeMap::new() } else { errors };
-        let devices = if all_equal(devices.values()) { BTreeMap::new() } else { devices };
-        out.push(StepDiff { step: i + 1, action, errors, devices, hooks });
+        shown_rows = rows;
+        out.push(StepDiff { step: i + 1, action, errors, devices, hooks, left_out });
     }
-    ScenarioDiff { file: file.to_string(), name: name.to_string(), profiles: names, problems, steps: out }
+    ScenarioDiff { file: file.to_string(), name: name.to_string(), profiles: names, problems, refusals, steps: out }
 }
 
 fn all_equal<'a, T: PartialEq + 'a>(mut it: impl Iterator<Item = &'a T>) -> bool {
@@ -281,7 +343,8 @@ impl Drop for Copies {
     }
 }
 
-/// The table: per scenario, per step, the hooks that differ, one column per profile.
+/// The table: per scenario, each refusal once, then per step the rows (device and hook) that
+/// differ and are new or changed since the step before, one column per profile compared.
 pub fn table(diffs: &[ScenarioDiff]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -291,14 +354,22 @@ pub fn table(diffs: &[ScenarioDiff]) -> String {
         for (p, why) in &d.problems {
             let _ = writeln!(out, "  {p}: {why}");
         }
+        for r in &d.refusals {
+            let _ = writeln!(out, "  {} refuses to start at step {} {}: {}", r.profile, r.step, r.action, r.error);
+        }
         if !d.differs() {
             let _ = writeln!(out, "  same attachments under {}", d.profiles.join(", "));
             continue;
         }
         differing += 1;
         let show = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
-        for s in d.steps.iter().filter(|s| !s.hooks.is_empty() || !s.errors.is_empty() || !s.devices.is_empty()) {
-            let _ = writeln!(out, "  step {} {}", s.step, s.action);
+        for s in d.steps.iter().filter(|s| s.shows()) {
+            let out_of = if s.left_out.is_empty() {
+                String::new()
+            } else {
+                format!(" (without {}: not running)", s.left_out.join(", "))
+            };
+            let _ = writeln!(out, "  step {} {}{out_of}", s.step, s.action);
             for (p, e) in &s.errors {
                 let _ = writeln!(out, "    error    {p:<8} {}", e.as_deref().unwrap_or("none"));
             }
@@ -310,7 +381,7 @@ pub fn table(diffs: &[ScenarioDiff]) -> String {
                 );
             }
             for h in &s.hooks {
-                let cols: Vec<String> = d.profiles.iter().map(|p| format!("{p}: {}", show(&h.by_profile[p]))).collect();
+                let cols: Vec<String> = h.by_profile.iter().map(|(p, v)| format!("{p}: {}", show(v))).collect();
                 let _ = writeln!(out, "    {:<24} {:<8} {}", h.device, h.hook.as_str(), cols.join("   "));
             }
         }
@@ -414,10 +485,58 @@ mod tests {
         let s = &d.steps[0];
         assert_eq!(s.hooks[0].device, "bond0.212");
         assert_eq!(s.hooks[0].by_profile["v1.15"], Vec::<String>::new());
-        assert_eq!(s.errors.len(), 3);
+        assert!(!s.hooks[0].by_profile.contains_key("v1.16"), "a refused profile is left out: {s:?}");
+        assert!(s.errors.is_empty());
+        assert_eq!(d.refusals.len(), 1);
+        assert_eq!(d.refusals[0].profile, "v1.16");
         assert!(s.devices.is_empty());
         let t = table(&[d]);
         assert!(t.contains("v1.15: -"), "{t}");
+        assert!(t.contains("v1.16 refuses to start at step 1 start: Invalid value"), "{t}");
         assert!(t.contains("1 of 1 scenario(s) differ"), "{t}");
+    }
+
+    #[test]
+    fn full_names_refusals_once_and_no_repeated_rows() {
+        let ps = [Profile::V1_14_4, Profile::V1_15, Profile::V1_16];
+        let overlay = |p| att("cilium_vxlan", Hook::Ingress, "cil_from_overla", p);
+        let netdev = att("eth0", Hook::Ingress, "cil_from_netdev", Mechanism::Tc);
+        let steps = |atts: Vec<Attachment>, error: Option<&str>, actions: &[&str]| {
+            let mut r = rec("x", atts, error);
+            let first = r.steps[0].clone();
+            r.steps = actions
+                .iter()
+                .map(|a| StepRecord {
+                    action: a.to_string(),
+                    error: if *a == "start" { first.error.clone() } else { None },
+                    ..first.clone()
+                })
+                .collect();
+            if error.is_some() {
+                for st in r.steps.iter_mut().skip(1) {
+                    st.attachments.clear();
+                }
+            }
+            r
+        };
+        let actions = ["start", "apply", "stop"];
+        let a = steps(vec![overlay(Mechanism::Tc), netdev.clone()], None, &actions);
+        let b = steps(vec![overlay(Mechanism::Tc)], None, &actions);
+        let c = steps(vec![], Some("refused"), &actions);
+        let d = compare("f.yaml", "f", &ps, &[a, b, c], false);
+        assert_eq!(d.refusals.len(), 1, "{d:?}");
+        assert!(d.steps[0].hooks.iter().all(|h| h.device == "eth0"), "{d:?}");
+        assert!(d.steps[1..].iter().all(|s| !s.shows()), "carried-over rows are not repeated: {d:?}");
+        let t = table(&[d]);
+        assert_eq!(t.matches("refuses to start").count(), 1, "{t}");
+        assert!(!t.contains("step 2"), "{t}");
+        let e = compare(
+            "f.yaml",
+            "f",
+            &ps[..2],
+            &[rec("a", vec![overlay(Mechanism::Tc)], None), rec("b", vec![], None)],
+            false,
+        );
+        assert_eq!(e.steps[0].hooks[0].by_profile["v1.14.4"], vec!["cil_from_overlay".to_string()]);
     }
 }

@@ -208,6 +208,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                 regenerated: &regenerated,
                 error: error.as_deref(),
                 aliases: &aliases,
+                reasoning: agent.reasoning(),
             },
         );
         if crate::sys::crosscheck::enabled() {
@@ -217,6 +218,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                     key: "crosscheck".into(),
                     expected: "inspect agrees with tc and bpftool".into(),
                     observed: d,
+                    why: Vec::new(),
                 });
             }
         }

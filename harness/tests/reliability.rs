@@ -519,3 +519,144 @@ fn parallel_runs_match_serial_runs() {
     }
     assert_clean(&before, "after the parallel runs");
 }
+
+/// A namespace built by hand with `ip` (not by a scenario), removed on drop.
+struct HandBuilt {
+    name: String,
+}
+
+impl HandBuilt {
+    fn new(tag: &str) -> HandBuilt {
+        let name = format!("hostdp-t{}-{tag}", std::process::id());
+        let ip = |args: &str| {
+            let o = Command::new("ip").args(args.split_whitespace()).output().expect("run ip");
+            assert!(o.status.success(), "ip {args}: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        ip(&format!("netns add {name}"));
+        let hb = HandBuilt { name: name.clone() };
+        ip(&format!("-n {name} link add eth0 type veth peer name eth0-p"));
+        ip(&format!("-n {name} addr add 192.168.77.2/24 dev eth0"));
+        for l in ["lo", "eth0", "eth0-p"] {
+            ip(&format!("-n {name} link set {l} up"));
+        }
+        ip(&format!("-n {name} route add default via 192.168.77.1 dev eth0"));
+        hb
+    }
+}
+
+impl Drop for HandBuilt {
+    fn drop(&mut self) {
+        let _ = hostdp::sys::netns::delete_named(&self.name);
+    }
+}
+
+fn attach_context() -> hostdp::sys::attach::AttachContext {
+    use hostdp::sys::compile::{default_bpf_dir, Compiler};
+    hostdp::sys::attach::AttachContext {
+        compiler: std::sync::Arc::new(Compiler::new(default_bpf_dir(), hostdp::runner::cache_dir())),
+        defines: Default::default(),
+        bpffs: None,
+        kernel_tcx: false,
+    }
+}
+
+const CILIUM_CONFIG: &str = "\
+apiVersion: v1
+data:
+  kube-proxy-replacement: \"KPR\"
+  cluster-name: default
+kind: ConfigMap
+metadata:
+  creationTimestamp: \"2026-11-01T10:00:00Z\"
+  name: cilium-config
+  namespace: kube-system
+  resourceVersion: \"1234\"
+";
+
+/// `hostdp explain` on a namespace built by hand, with another tool's tc filter on eth0 egress:
+/// v1.16 (tcx) would remove it (exit 1, named), a refused configuration exits 5, an unknown
+/// version 2; the agent's own result under v1.14.4 matches (exit 0). The namespace's links and
+/// attachments and the machine's ledger are the same before and after every `explain`.
+#[test]
+fn explain_judges_a_hand_built_namespace_and_changes_nothing() {
+    if !root() {
+        return;
+    }
+    use hostdp::model::observed::Hook;
+    let _t = turn();
+    let node = HandBuilt::new("explain");
+    let ns = hostdp::sys::netns::Netns::open(&node.name).unwrap();
+    let ctx = attach_context();
+    hostdp::sys::attach::foreign(&ns, &ctx, "eth0", Hook::Egress, "foreign_tc", None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cm = |kpr: &str| write(dir.path(), &format!("cm-{kpr}.yaml"), &CILIUM_CONFIG.replace("KPR", kpr));
+    let (cm_true, cm_partial, cm_strict) = (cm("true"), cm("partial"), cm("strict"));
+    let before = ns.run(ledger::snapshot).unwrap();
+    let explain = |cfg: &Path, extra: &[&str]| {
+        let mut args = vec!["explain", "--netns", &node.name, "--config", cfg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(&args, &[])
+    };
+
+    // v1.16 with tcx: the foreign egress filter goes when cil_to_netdev's tcx link comes.
+    let o = explain(&cm_true, &["--version", "1.16.8", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verdict"], "differs");
+    assert_eq!(v["profile"], "v1.16");
+    let foreign: Vec<&serde_json::Value> =
+        v["differences"].as_array().unwrap().iter().filter(|d| d["kind"] == "foreign").collect();
+    assert_eq!(foreign.len(), 1, "{}", text(&o));
+    assert_eq!(
+        (&foreign[0]["device"], &foreign[0]["hook"], &foreign[0]["program"], &foreign[0]["action"]),
+        (&"eth0".into(), &"egress".into(), &"foreign_tc".into(), &"removed".into())
+    );
+    let op = foreign[0]["op"].as_u64().unwrap() as usize;
+    assert!(v["plan"][op - 1].as_str().unwrap().starts_with("attach cil_to_netdev on eth0 egress (tcx"), "{v}");
+    assert!(v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["name"] == "eth0-p" && d["why"].as_str().unwrap().contains("veth without default route")));
+
+    // The same as text, the ConfigMap from standard input.
+    let mut c = hostdp();
+    c.args(["explain", "--netns", &node.name, "--config", "-", "--version", "v1.16.8"]);
+    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), std::fs::read(&cm_true).unwrap().as_slice()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = "foreign    foreign_tc on eth0 egress (tc pref 100): another tool's program, the agent would remove it";
+    assert!(out.contains(line), "{out}");
+
+    // Refused, invalid, and a release the profile was not read at.
+    let o = explain(&cm_partial, &["--version", "1.16.8"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("the agent would refuse to start"), "{}", text(&o));
+    let o = explain(&cm_true, &["--version", "1.13.2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1.14.4, 1.15.x, 1.16.x"), "{}", text(&o));
+    let o = explain(&cm_true, &["--version", "1.17.1", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["profile"], "v1.17");
+    assert!(v["notes"][0].as_str().unwrap().contains("v1.17.3 and later"), "{v}");
+
+    let d = ns.run(|| ledger::diff_settled(&before, SETTLE)).unwrap();
+    assert!(d.is_empty(), "explain changed the machine:\n{d}");
+
+    // What v1.14.4's agent does, done by the test: then explain finds a match (the foreign
+    // filter at pref 100 stays beside cil_to_netdev at pref 1).
+    let links = ns.run(|| hostdp::sys::netlink::Rtnl::open()?.links()).unwrap().unwrap();
+    let routes = ns.run(|| hostdp::sys::netlink::Rtnl::open()?.routes()).unwrap().unwrap();
+    let p = hostdp::model::profile::Profile::V1_14_4;
+    let map = [("kube-proxy-replacement".to_string(), "strict".to_string())].into_iter().collect();
+    let cfg = hostdp::model::config::AgentConfig::from_map(&map, p).unwrap();
+    let st = hostdp::model::startup::start(&cfg, p, &links, &routes, Some("192.168.77.2".parse().unwrap())).unwrap();
+    let plan = hostdp::model::datapath::plan(&st.settings, &st.selection, &links).unwrap();
+    let ctx = hostdp::sys::attach::AttachContext { defines: plan.defines.clone(), ..attach_context() };
+    hostdp::sys::attach::execute(&ns, &ctx, &plan.ops).unwrap();
+    let o = explain(&cm_strict, &["--version", "1.14.4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("verdict: match"), "{}", text(&o));
+}

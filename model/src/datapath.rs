@@ -120,6 +120,62 @@ pub enum Op {
     RemoveCiliumFilters { device: String },
 }
 
+impl Op {
+    /// The op in words, as `hostdp explain` lists a plan and failures name the op that made
+    /// an attachment.
+    pub fn describe(&self) -> String {
+        match self {
+            Op::CreateHostDevices => "create cilium_host / cilium_net".into(),
+            Op::EnsureEncapDevice { device, kind, port } => {
+                format!("create {device} if missing ({} external, dstport {port}), up", kind.as_str())
+            }
+            Op::DeleteLink { device } => format!("delete {device} if present"),
+            Op::AttachTc { device, hook, program, priority, .. } => {
+                format!(
+                    "attach {} on {device} {} (tc filter {}-{device}, pref {priority}, handle 1)",
+                    program.symbol,
+                    hook.as_str(),
+                    program.symbol
+                )
+            }
+            Op::FlushTc { device, hook } => format!("remove every {} filter of {device}", hook.as_str()),
+            Op::RemoveObsoleteTc { device } => {
+                format!("remove Cilium's old filters from {device} (no longer a device)")
+            }
+            Op::RemoveCiliumFilters { device } => format!("remove Cilium's filters from {device}"),
+            Op::AttachXdp { device, program, mode, link_dir, best_effort } => format!(
+                "attach {} on {device} xdp ({mode:?}{}{})",
+                program.symbol,
+                if link_dir.is_some() { ", pinned bpf_link" } else { ", netlink" },
+                if *best_effort { ", best-effort" } else { "" }
+            ),
+            Op::DetachXdp { device, keep: Some(m), .. } => {
+                format!("detach any XDP program from {device} unless it runs in {m:?} mode")
+            }
+            Op::DetachXdp { device, keep: None, .. } => format!("detach any XDP program from {device}"),
+            Op::AttachSkb { device, hook, program, priority, pin_dir, tcx, .. } => {
+                let s = program.symbol;
+                let tc = format!("tc filter {s}-{device}, pref {priority}, handle 1");
+                if *tcx {
+                    format!(
+                        "attach {s} on {device} {} (tcx link pinned at {pin_dir}/{s}; {tc} where the kernel has no tcx)",
+                        hook.as_str()
+                    )
+                } else {
+                    format!("attach {s} on {device} {} ({tc}; unpin {pin_dir}/{s})", hook.as_str())
+                }
+            }
+            Op::DetachSkb { device, hook, symbol, pin_dir } => {
+                format!("unpin {pin_dir}/{symbol} and remove every {} filter of {device}", hook.as_str())
+            }
+            Op::RemoveObsoleteNetdev { device, device_dir } => match device_dir {
+                Some(d) => format!("remove {d} and Cilium's netdev filters from {device} (no longer a device)"),
+                None => format!("remove Cilium's netdev filters from {device} (no longer a device)"),
+            },
+        }
+    }
+}
+
 /// The full plan of one (re)initialisation of the host datapath.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
@@ -193,6 +249,30 @@ pub const LOADER_PROGRAMS: [(ProgramRef, Hook); 10] = [
     (CIL_TO_OVERLAY, Hook::Egress),
     (CIL_TO_WIREGUARD, Hook::Egress),
 ];
+
+/// Every program the harness loads: Cilium's (the loader's symbols above) and the foreign
+/// test programs of `foreign.c`.
+pub const PROGRAMS: [&str; 12] = [
+    "cil_from_netdev",
+    "cil_to_netdev",
+    "cil_from_host",
+    "cil_to_host",
+    "cil_xdp_entry",
+    "cil_from_container",
+    "cil_to_container",
+    "cil_from_overlay",
+    "cil_to_overlay",
+    "cil_to_wireguard",
+    "foreign_tc",
+    "foreign_xdp",
+];
+
+/// The full name of a program as the kernel reports it: the kernel keeps the first 15 bytes
+/// (`BPF_OBJ_NAME_LEN - 1`), so `cil_from_overla` is `cil_from_overlay`. A name that is not
+/// one of [`PROGRAMS`] (another tool's) is returned as it is.
+pub fn full_program_name(kernel: &str) -> &str {
+    PROGRAMS.iter().copied().find(|p| crate::record::same_program(p, kernel)).unwrap_or(kernel)
+}
 
 /// Both encapsulation devices, the order init.sh deletes them in.
 const ENCAP_DEVICES: [TunnelProtocol; 2] = [TunnelProtocol::Vxlan, TunnelProtocol::Geneve];

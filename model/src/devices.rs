@@ -397,6 +397,71 @@ pub fn not_selected_reason(
     }
 }
 
+/// Why the profile's device selection took the link `name` or left it out, in words, for
+/// failure messages and `explain`: the configured `devices`, the direct-routing or node-IP
+/// device, or the rule that decided (v1.14.4 `isViableDevice`, the devices controller's
+/// `isSelectedDevice` from v1.15), or that detection did not run at all.
+pub fn why(
+    settings: &Settings,
+    sel: &Selection,
+    name: &str,
+    links: &[LinkInfo],
+    routes: &[RouteInfo],
+    node_ip: Option<IpAddr>,
+) -> String {
+    let controller = settings.profile.has(Change::DevicesController);
+    let rule = if controller { "isSelectedDevice" } else { "isViableDevice" };
+    let listed = !settings.devices.is_empty() && filter_match(&settings.devices, name);
+    let node_link = node_ip_link(links, node_ip).filter(|l| l.name == name);
+    if sel.devices.iter().any(|d| d == name) {
+        if name == crate::config::WIREGUARD_DEVICE {
+            return "selected: cilium_wg0 is appended by the kube-proxy-replacement init (WireGuard)".into();
+        }
+        if listed {
+            return format!("selected: listed in devices ({})", settings.devices.join(","));
+        }
+        if settings.direct_routing_device.as_deref() == Some(name) {
+            return "selected: it is the direct-routing-device".into();
+        }
+        if settings.ipv6_mcast_device.as_deref() == Some(name) {
+            return "selected: it is the ipv6-mcast-device".into();
+        }
+        if controller {
+            return format!("selected ({rule}): up, with addresses and a global unicast route");
+        }
+        let by_routes = settings.devices.is_empty()
+            && settings.are_devices_required()
+            && devices_from_routes(settings, links, routes).contains(name);
+        if let (Some(l), false) = (node_link, by_routes) {
+            let ip = node_ip.map(|i| i.to_string()).unwrap_or_default();
+            return format!(
+                "selected: {} holds the node IP {ip} (direct-routing / multicast device detection)",
+                l.name
+            );
+        }
+        return format!("selected ({rule}): a default or global unicast route goes through it");
+    }
+    let Some(link) = links.iter().find(|l| l.name == name) else {
+        return format!("not selected: there is no link {name}");
+    };
+    if !settings.devices.is_empty() && !listed && (!controller || !settings.force_device_detection) {
+        return format!("not selected: not listed in devices ({})", settings.devices.join(","));
+    }
+    let detection_skipped = settings.devices.is_empty()
+        && !settings.are_devices_required()
+        && (!controller || settings.profile.has(Change::DetectOnlyWhenRequired));
+    if detection_skipped {
+        return "not selected: devices is empty and no enabled feature needs devices (AreDevicesRequired is false), \
+                so auto-detection did not run"
+            .into();
+    }
+    match not_selected_reason(settings, link, links, routes) {
+        Some(r) => format!("not selected ({rule}): {r}"),
+        None if controller => format!("not selected: {rule} accepts it, but the selection failed"),
+        None => "not selected: no default or global unicast route goes through it".into(),
+    }
+}
+
 fn controller_selected(settings: &Settings, links: &[LinkInfo], routes: &[RouteInfo]) -> Vec<String> {
     let mut names: Vec<String> =
         links.iter().filter(|l| controller_reason(settings, l, routes).is_none()).map(|l| l.name.clone()).collect();

@@ -10,5 +10,7 @@ pub const INVALID: i32 = 2;
 pub const SKIPPED: i32 = 3;
 /// The environment is missing a tool (clang, qemu, virtme-ng, a kernel image).
 pub const ENVIRONMENT: i32 = 4;
+/// `hostdp explain`: the agent would refuse to start with this configuration on this node.
+pub const REFUSED: i32 = 5;
 /// Interrupted by SIGINT/SIGTERM; everything created was removed.
 pub const INTERRUPTED: i32 = 130;

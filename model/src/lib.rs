@@ -23,3 +23,6 @@ pub mod record;
 pub mod report;
 pub mod scenario;
 pub mod startup;
+pub mod suggest;
+pub mod verdict;
+pub mod why;

@@ -76,6 +76,47 @@ impl Profile {
         self.info().read_at
     }
 
+    /// The profile of a Cilium release given as its image tag (`1.16.8`, `v1.16.8`,
+    /// `quay.io/cilium/cilium:v1.16.8@sha256:...`), with a note when the release is one the
+    /// profile was not read at and is known, or may be, to differ. An unknown or unsupported
+    /// release is an error that lists the supported ones.
+    pub fn from_version(tag: &str) -> Result<(Profile, Option<String>), String> {
+        let t = tag.rsplit('/').next().unwrap_or(tag);
+        let t = t.split('@').next().unwrap_or(t);
+        let t = t.rsplit_once(':').map_or(t, |(_, v)| v);
+        let t = t.strip_prefix('v').unwrap_or(t);
+        let core = t.split(['-', '+']).next().unwrap_or(t);
+        let nums: Vec<Option<u16>> = core.split('.').map(|x| x.parse().ok()).collect();
+        let supported =
+            "1.14.4, 1.15.x, 1.16.x, 1.17.x, 1.18.x, 1.19.x (profiles v1.14.4, v1.15, v1.16, v1.17, v1.18, v1.19)";
+        let unsupported = || format!("unknown or unsupported Cilium version {tag:?}: give one of {supported}");
+        let [Some(major), Some(minor), Some(patch)] = nums[..] else { return Err(unsupported()) };
+        let (profile, note) = match (major, minor, patch) {
+            (1, 14, 4) => (Profile::V1_14_4, None),
+            (1, 14, p) => {
+                (Profile::V1_14_4, Some(format!("profile v1.14.4 was read at v1.14.4 only; v1.14.{p} may differ")))
+            }
+            (1, 15, 7) => (Profile::V1_15, None),
+            (1, 15, p) => (Profile::V1_15, Some(format!("profile v1.15 was read at v1.15.7; v1.15.{p} may differ"))),
+            (1, 16, _) => (Profile::V1_16, None),
+            (1, 17, p) if p < 3 => (
+                Profile::V1_17,
+                Some(format!(
+                    "profile v1.17 is read at v1.17.3 and later; v1.17.{p} differs: its AreDevicesRequired has \
+                     EnableIPSecEncryptedOverlay instead of EnableIPSec, and its WireGuard reload returns early as \
+                     v1.16's does (no detach of cil_to_wireguard or of cil_from_netdev on cilium_wg0)"
+                )),
+            ),
+            (1, 17, _) => (Profile::V1_17, None),
+            (1, 18, 10) => (Profile::V1_18, None),
+            (1, 18, p) => (Profile::V1_18, Some(format!("profile v1.18 was read at v1.18.10; v1.18.{p} may differ"))),
+            (1, 19, 4) => (Profile::V1_19, None),
+            (1, 19, p) => (Profile::V1_19, Some(format!("profile v1.19 was read at v1.19.4; v1.19.{p} may differ"))),
+            _ => return Err(unsupported()),
+        };
+        Ok((profile, note))
+    }
+
     /// Profiles the loader implements (scenario validation rejects the others).
     pub fn implemented() -> &'static [Profile] {
         &Profile::ALL
@@ -635,6 +676,21 @@ pub fn render_table() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_map_to_profiles_with_notes() {
+        assert_eq!(Profile::from_version("1.16.8").unwrap(), (Profile::V1_16, None));
+        assert_eq!(Profile::from_version("quay.io/cilium/cilium:v1.16.8@sha256:ab").unwrap().0, Profile::V1_16);
+        assert_eq!(Profile::from_version("v1.14.4").unwrap(), (Profile::V1_14_4, None));
+        let (p, note) = Profile::from_version("1.17.1").unwrap();
+        assert_eq!(p, Profile::V1_17);
+        assert!(note.unwrap().contains("v1.17.3 and later"));
+        assert_eq!(Profile::from_version("1.17.3").unwrap(), (Profile::V1_17, None));
+        for bad in ["1.13.0", "1.20.1", "latest", "1.16", ""] {
+            let e = Profile::from_version(bad).unwrap_err();
+            assert!(e.contains("1.14.4, 1.15.x"), "{e}");
+        }
+    }
 
     #[test]
     fn every_change_has_exactly_one_row() {

@@ -30,12 +30,16 @@ impl Status {
 }
 
 /// One expectation that did not hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mismatch {
     /// What was compared: `devices`, `attachments.bond0.ingress`, `unchanged`, ...
     pub key: String,
     pub expected: String,
     pub observed: String,
+    /// Why, from the loader's reasoning: per device the selection rule that took it or left
+    /// it out; per hook the plan ops that acted on it, or that none did (extension).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub why: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -275,6 +279,8 @@ pub struct Observed<'a> {
     pub error: Option<&'a str>,
     /// `pod:NAMESPACE/NAME` → lxc device name.
     pub aliases: &'a BTreeMap<String, String>,
+    /// What the agent decided at its last start, to say why a mismatch came out as it did.
+    pub reasoning: Option<&'a crate::why::Reasoning>,
 }
 
 static NO_ALIASES: BTreeMap<String, String> = BTreeMap::new();
@@ -288,6 +294,7 @@ impl Default for Observed<'_> {
             regenerated: &[],
             error: None,
             aliases: &NO_ALIASES,
+            reasoning: None,
         }
     }
 }
@@ -311,11 +318,13 @@ pub fn check(expect: &Expect, obs: &Observed<'_>) -> Vec<Mismatch> {
         want.sort();
         let got: Vec<String> = obs.devices.map(|d| d.to_vec()).unwrap_or_default();
         if want != got {
-            out.push(mm(
-                "devices",
-                fmt_list(&want),
-                obs.devices.map(fmt_list).unwrap_or_else(|| "no agent running".into()),
-            ));
+            let mut m =
+                mm("devices", fmt_list(&want), obs.devices.map(fmt_list).unwrap_or_else(|| "no agent running".into()));
+            m.why = match (obs.reasoning, obs.devices) {
+                (Some(r), Some(got)) => r.devices(&want, got),
+                _ => vec!["the agent is not running: no device list".into()],
+            };
+            out.push(m);
         }
     }
     if let Some(want) = &expect.attachments {
@@ -330,11 +339,23 @@ pub fn check(expect: &Expect, obs: &Observed<'_>) -> Vec<Mismatch> {
                 if a != b {
                     let gone: Vec<String> = a.difference(&b).map(fmt_identity).collect();
                     let new: Vec<String> = b.difference(&a).map(fmt_identity).collect();
-                    out.push(mm(
+                    let mut m = mm(
                         "unchanged",
                         "the same attachments as after the previous step".into(),
                         format!("removed [{}], added [{}]", gone.join(", "), new.join(", ")),
-                    ));
+                    );
+                    if let Some(r) = obs.reasoning {
+                        let hooks: BTreeSet<(&String, Hook)> =
+                            a.symmetric_difference(&b).map(|i| (&i.0, i.1)).collect();
+                        for (dev, hook) in hooks {
+                            for w in r.attachment(dev, Some(hook)) {
+                                if !m.why.contains(&w) {
+                                    m.why.push(w);
+                                }
+                            }
+                        }
+                    }
+                    out.push(m);
                 }
             }
         }
@@ -350,6 +371,20 @@ pub fn check(expect: &Expect, obs: &Observed<'_>) -> Vec<Mismatch> {
 }
 
 fn check_attachments(want: &BTreeMap<String, DeviceExpect>, obs: &Observed<'_>, out: &mut Vec<Mismatch>) {
+    let mut found = Vec::new();
+    compare_attachments(want, obs, &mut found);
+    for (mut m, device, hook) in found {
+        if let Some(r) = obs.reasoning {
+            m.why = r.attachment(&device, hook);
+        }
+        out.push(m);
+    }
+}
+
+/// A mismatch with the device (kernel name) and hook it is about (`None`: the whole device).
+type Targeted = (Mismatch, String, Option<Hook>);
+
+fn compare_attachments(want: &BTreeMap<String, DeviceExpect>, obs: &Observed<'_>, out: &mut Vec<Targeted>) {
     let resolve = |name: &str| -> String { obs.aliases.get(name).cloned().unwrap_or_else(|| name.to_string()) };
     let listed: BTreeSet<String> = want.keys().map(|k| resolve(k)).collect();
     for (key, dev_expect) in want {
@@ -359,7 +394,11 @@ fn check_attachments(want: &BTreeMap<String, DeviceExpect>, obs: &Observed<'_>, 
         match dev_expect {
             DeviceExpect::Nothing => {
                 if !on_dev.is_empty() {
-                    out.push(mm(&format!("attachments.{label}"), "nothing attached".into(), fmt_atts(&on_dev)));
+                    out.push((
+                        mm(&format!("attachments.{label}"), "nothing attached".into(), fmt_atts(&on_dev)),
+                        dev.clone(),
+                        None,
+                    ));
                 }
             }
             DeviceExpect::Hooks(h) => {
@@ -368,10 +407,10 @@ fn check_attachments(want: &BTreeMap<String, DeviceExpect>, obs: &Observed<'_>, 
                     let got: Vec<&Attachment> = on_dev.iter().copied().filter(|a| a.hook == hook).collect();
                     let ok = got.len() == list.len() && list.iter().zip(&got).all(|(w, g)| program_matches(w, g));
                     if !ok {
-                        out.push(mm(
-                            &format!("attachments.{label}.{}", hook.as_str()),
-                            fmt_expects(list),
-                            fmt_atts(&got),
+                        out.push((
+                            mm(&format!("attachments.{label}.{}", hook.as_str()), fmt_expects(list), fmt_atts(&got)),
+                            dev.clone(),
+                            Some(hook),
                         ));
                     }
                 }
@@ -386,7 +425,11 @@ fn check_attachments(want: &BTreeMap<String, DeviceExpect>, obs: &Observed<'_>, 
                             XdpExpect::Nothing => "nothing".to_string(),
                             XdpExpect::Program(p) => fmt_expect(p),
                         };
-                        out.push(mm(&format!("attachments.{label}.xdp"), want, fmt_atts(&got)));
+                        out.push((
+                            mm(&format!("attachments.{label}.xdp"), want, fmt_atts(&got)),
+                            dev.clone(),
+                            Some(Hook::Xdp),
+                        ));
                     }
                 }
             }
@@ -404,7 +447,11 @@ fn check_attachments(want: &BTreeMap<String, DeviceExpect>, obs: &Observed<'_>, 
             Some(e) => format!("{e} ({dev})"),
             None => dev.to_string(),
         };
-        out.push(mm(&format!("attachments.{label}"), "nothing attached (link not listed)".into(), fmt_atts(&atts)));
+        out.push((
+            mm(&format!("attachments.{label}"), "nothing attached (link not listed)".into(), fmt_atts(&atts)),
+            dev.to_string(),
+            None,
+        ));
     }
 }
 
@@ -434,7 +481,7 @@ pub fn same_program(expected: &str, kernel: &str) -> bool {
 }
 
 fn mm(key: &str, expected: String, observed: String) -> Mismatch {
-    Mismatch { key: key.to_string(), expected, observed }
+    Mismatch { key: key.to_string(), expected, observed, why: Vec::new() }
 }
 
 fn fmt_list(v: &[String]) -> String {
@@ -571,6 +618,9 @@ fn scenario_lines(s: &mut String, scenarios: &[ScenarioRecord]) {
                     "        {}:\n          expected: {}\n          observed: {}",
                     m.key, m.expected, m.observed
                 );
+                for w in &m.why {
+                    let _ = writeln!(s, "          why: {w}");
+                }
             }
         }
         if matches!(sc.status, Status::Fail | Status::Error) {

@@ -244,6 +244,7 @@ mod tests {
                     key: "attachments.eth0.ingress".into(),
                     expected: "[cil_from_netdev]".into(),
                     observed: "nothing".into(),
+                    why: vec![],
                 }]
             } else {
                 vec![]

@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 mod locate;
 mod validate;
 
-pub use validate::{agent_devices, check_ifname, load_config_map, sort_errors, suggest, ACTION_KEYS, KNOWN_FEATURES};
+pub use validate::{
+    agent_devices, check_ifname, load_config_map, parse_config_map_text, sort_errors, suggest, ACTION_KEYS,
+    KNOWN_FEATURES,
+};
 
 /// A parsed, validated scenario.
 ///

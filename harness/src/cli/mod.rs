@@ -26,7 +26,7 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// Output formats of `run`, `inspect` and `diff`.
+/// Output formats of `run`, `inspect`, `explain` and `diff`.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Format {
     Table,
@@ -41,8 +41,9 @@ enum Cmd {
     Run(run::Args),
     /// List every tc, tcx and XDP attachment on every link of a namespace (read-only).
     Inspect(inspect::Args),
-    /// Which devices a profile's loader would select on this node's real links, and what it
-    /// would attach there, beside what is attached now (read-only).
+    /// A live node's verdict: which devices the profile's loader would select and why, what
+    /// its start would do, and whether what is attached is what it would leave (read-only;
+    /// exit 0 match, 1 differs, 5 the agent would refuse to start).
     Explain(explain::Args),
     /// Render a JSON result record as the README's behaviour table (markdown): per scenario,
     /// the devices selected at `start` and what landed on each named device.

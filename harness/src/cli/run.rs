@@ -76,6 +76,11 @@ pub struct Args {
     /// its kind (as for `check`).
     #[arg(long = "crd", value_name = "FILE")]
     pub crds: Vec<PathBuf>,
+    /// After the results, print for each failing step the `expect:` block that would match
+    /// what was observed (ready to paste; the file is not rewritten). On standard error with
+    /// `--format json`.
+    #[arg(long)]
+    pub suggest: bool,
     /// Files or folders (default: scenarios/).
     pub paths: Vec<PathBuf>,
 }
@@ -187,6 +192,14 @@ pub fn exec(mut args: Args) -> i32 {
     } else {
         print!("{formatted}");
     }
+    if args.suggest {
+        let text = suggestions(&rec, profile);
+        if args.format == RunFormat::Json {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+    }
     if args.keep || rec.summary.failed + rec.summary.errors > 0 {
         // Objects and generated headers are never deleted: they are the template cache.
         eprintln!("hostdp: compiled objects and node_config.h headers are in {}", cache_dir().display());
@@ -244,4 +257,34 @@ fn write_file(path: &Path, text: &str, append: bool) -> bool {
 
 fn jobs(args: &Args) -> usize {
     args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// `--suggest`: per failing step, the `expect:` block matching what it observed.
+pub fn suggestions(rec: &RunRecord, profile: Option<Profile>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for sc in rec.scenarios.iter().filter(|s| s.status == record::Status::Fail) {
+        let Ok(file) = crate::model::scenario::load(std::path::Path::new(&sc.file)) else { continue };
+        for (i, st) in sc.steps.iter().enumerate().filter(|(_, s)| s.status == record::Status::Fail) {
+            let Some(step) = file.steps.get(i) else { continue };
+            let _ = writeln!(
+                out,
+                "\n# {} step {} `{}` (line {}): the expect: block that matches what was observed",
+                sc.file,
+                i + 1,
+                st.action,
+                st.line
+            );
+            if let Some(p) = profile.filter(|p| p.as_str() != file.profile) {
+                let _ = writeln!(
+                    out,
+                    "# (observed under --profile {}; the file says profile {})",
+                    p.as_str(),
+                    file.profile
+                );
+            }
+            out.push_str(&crate::model::suggest::expect_block(&step.expect, st, 4));
+        }
+    }
+    out
 }

@@ -23,6 +23,7 @@ use crate::sys::netns::{Netns, NetnsError};
 use crate::sys::tc::{self, Direction, FilterSpec, TcError, XdpAttachMode};
 use hostdp_model::datapath::{Object, Op, ProgramRef, VlanAllow, XdpMode};
 use hostdp_model::observed::Hook;
+use hostdp_model::verdict::{is_cilium_filter, is_cilium_netdev_filter};
 
 /// The host device pair Cilium creates.
 pub const CILIUM_HOST: &str = "cilium_host";
@@ -31,9 +32,6 @@ pub const CILIUM_NET: &str = "cilium_net";
 /// Priority and handle of the harness's foreign tc filter.
 pub const FOREIGN_PRIORITY: u16 = 100;
 pub const FOREIGN_HANDLE: u32 = 1;
-
-/// Filter names init.sh treats as Cilium's on links that left the device list.
-const OBSOLETE_NAMES: [&str; 3] = ["bpf_host", "cil_from_netdev", "cil_to_netdev"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -382,20 +380,6 @@ fn execute_one(ns: &Inside<'_>, ctx: &AttachContext, opened: &mut Opened, op: &O
             Ok(OpOutcome::XdpDetached { device: device.clone(), prog_ids })
         }
     }
-}
-
-/// init.sh's `grep -qE "\b(bpf_host|cil_from_netdev|cil_to_netdev)"` on one filter name.
-fn is_cilium_netdev_filter(name: &str) -> bool {
-    OBSOLETE_NAMES.iter().any(|pat| {
-        name.match_indices(pat).any(|(i, _)| {
-            i == 0 || !name[..i].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-    })
-}
-
-/// `cilium cleanup`'s test on a filter name (cilium/cmd/cleanup.go `getTCFilters`).
-fn is_cilium_filter(name: &str) -> bool {
-    ["bpf_netdev", "bpf_network", "bpf_host", "bpf_lxc", "bpf_overlay", "cil_"].iter().any(|p| name.contains(p))
 }
 
 /// Maps a tc-layer error, turning a missing link into [`AttachError::NoLink`].

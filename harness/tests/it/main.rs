@@ -8,6 +8,7 @@
 mod support;
 
 mod attach;
+mod failures;
 mod fuzz;
 mod invalid_corpus;
 mod policy_examples;

@@ -921,6 +921,14 @@ pub fn load_config_map(path: &Path) -> Result<(BTreeMap<String, String>, Vec<Str
     parse_config_map(path, &bytes).map(|(agent, ignored, _)| (agent, ignored))
 }
 
+/// [`load_config_map`] on text already read (standard input); `name` is what errors call it.
+pub fn parse_config_map_text(
+    name: &Path,
+    bytes: &[u8],
+) -> Result<(BTreeMap<String, String>, Vec<String>), ScenarioError> {
+    parse_config_map(name, bytes).map(|(agent, ignored, _)| (agent, ignored))
+}
+
 /// The modelled keys of a ConfigMap, the names of the others, and where each modelled value is.
 type ConfigMapKeys = (BTreeMap<String, String>, Vec<String>, BTreeMap<String, (usize, usize)>);
 
