@@ -237,7 +237,7 @@ pub const CIL_FROM_WIREGUARD: ProgramRef = ProgramRef { object: Object::Wireguar
 
 /// Every program the plan attaches, with the one hook it goes on (the ops below): what a
 /// scenario's expectations may name.
-pub const LOADER_PROGRAMS: [(ProgramRef, Hook); 10] = [
+pub const LOADER_PROGRAMS: [(ProgramRef, Hook); 11] = [
     (CIL_FROM_NETDEV, Hook::Ingress),
     (CIL_TO_NETDEV, Hook::Egress),
     (CIL_FROM_HOST, Hook::Egress),
@@ -248,30 +248,22 @@ pub const LOADER_PROGRAMS: [(ProgramRef, Hook); 10] = [
     (CIL_FROM_OVERLAY, Hook::Ingress),
     (CIL_TO_OVERLAY, Hook::Egress),
     (CIL_TO_WIREGUARD, Hook::Egress),
+    (CIL_FROM_WIREGUARD, Hook::Ingress),
 ];
 
-/// Every program the harness loads: Cilium's (the loader's symbols above) and the foreign
-/// test programs of `foreign.c`.
-pub const PROGRAMS: [&str; 12] = [
-    "cil_from_netdev",
-    "cil_to_netdev",
-    "cil_from_host",
-    "cil_to_host",
-    "cil_xdp_entry",
-    "cil_from_container",
-    "cil_to_container",
-    "cil_from_overlay",
-    "cil_to_overlay",
-    "cil_to_wireguard",
-    "foreign_tc",
-    "foreign_xdp",
-];
+/// The harness's stand-ins for another tool's programs (`foreign.c`).
+pub const FOREIGN_PROGRAMS: [&str; 2] = ["foreign_tc", "foreign_xdp"];
+
+/// Every program the harness loads: the loader's and the foreign ones.
+pub fn programs() -> impl Iterator<Item = &'static str> {
+    LOADER_PROGRAMS.iter().map(|(p, _)| p.symbol).chain(FOREIGN_PROGRAMS)
+}
 
 /// The full name of a program as the kernel reports it: the kernel keeps the first 15 bytes
 /// (`BPF_OBJ_NAME_LEN - 1`), so `cil_from_overla` is `cil_from_overlay`. A name that is not
-/// one of [`PROGRAMS`] (another tool's) is returned as it is.
+/// one of [`programs`] (another tool's) is returned as it is.
 pub fn full_program_name(kernel: &str) -> &str {
-    PROGRAMS.iter().copied().find(|p| crate::record::same_program(p, kernel)).unwrap_or(kernel)
+    programs().find(|p| crate::record::same_program(p, kernel)).unwrap_or(kernel)
 }
 
 /// Both encapsulation devices, the order init.sh deletes them in.

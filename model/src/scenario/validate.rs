@@ -1476,12 +1476,9 @@ pub fn agent_devices() -> [&'static str; 5] {
     ]
 }
 
-/// The programs of another tool that a `foreign` step attaches (`foreign_xdp` on XDP).
-const FOREIGN_PROGRAMS: [&str; 2] = ["foreign_tc", "foreign_xdp"];
-
 /// The program names an expectation may give: the plan's programs and the foreign ones.
 fn program_names() -> Vec<&'static str> {
-    crate::datapath::LOADER_PROGRAMS.iter().map(|(p, _)| p.symbol).chain(FOREIGN_PROGRAMS).collect()
+    crate::datapath::programs().collect()
 }
 
 /// What an expectation's program entry is: its full name and the hooks it can be on.
