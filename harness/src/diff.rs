@@ -356,6 +356,7 @@ mod tests {
                 attachments: atts,
                 mismatches: vec![],
                 policy_maps: vec![],
+                traffic: None,
             }],
         }
     }

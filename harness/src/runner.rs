@@ -142,17 +142,27 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     let mut pods: Vec<PodSpec> = sc.pods.clone();
     let mut previous: Option<Vec<Attachment>> = None;
     for (i, step) in sc.steps.iter().enumerate() {
-        let result = timing::time(Phase::Agent, || run_step(&mut agent, &mut node, &mut pods, &step.action));
+        let mut aliases = BTreeMap::new();
+        for p in &pods {
+            aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
+        }
+        let mut traffic = None;
+        let result = match &step.action {
+            // Packets, not the agent: allowed in any state of it, before `start` or after `cleanup`.
+            Action::Traffic(spec) => crate::traffic::run(sc, &node, spec, &aliases)
+                .map(|t| {
+                    traffic = Some(t);
+                    crate::agent::StepOutcome::default()
+                })
+                .map_err(|e| AgentError::Step(format!("traffic: {e}"))),
+            action => timing::time(Phase::Agent, || run_step(&mut agent, &mut node, &mut pods, action)),
+        };
         inject_fault(i + 1);
         let (regenerated, error, harness) = match result {
             Ok(o) => (o.regenerated, None, None),
             Err(AgentError::Refused(m)) => (Vec::new(), Some(m), None),
             Err(e @ (AgentError::Harness(_) | AgentError::Step(_))) => (Vec::new(), None, Some(e.to_string())),
         };
-        let mut aliases = BTreeMap::new();
-        for p in &pods {
-            aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
-        }
         let observed = timing::time(Phase::Readback, || inspect::inspect_netns(node.netns()))
             .map_err(|e| e.to_string())
             .and_then(|v| {
@@ -202,6 +212,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                 regenerated: &regenerated,
                 error: error.as_deref(),
                 aliases: &aliases,
+                traffic: traffic.as_ref(),
             },
         );
         if crate::sys::crosscheck::enabled() {
@@ -222,6 +233,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         rec.steps.push(step_record(step, status, error, &agent, regenerated, attachments, mismatches));
         if let Some(s) = rec.steps.last_mut() {
             s.policy_maps = policy_maps;
+            s.traffic = traffic;
         }
     }
     timing::time(Phase::Teardown, || drop(node));
@@ -263,6 +275,7 @@ fn step_record(
         attachments,
         mismatches,
         policy_maps: Vec::new(),
+        traffic: None,
     }
 }
 
@@ -313,6 +326,7 @@ fn run_step(
             topo(&mut || node.change_route(r, add)).map_err(h)?;
             agent.link_changed(node)
         }
+        Action::Traffic(_) => Err(AgentError::Step("traffic steps are run by the runner".into())),
         Action::Foreign { device, direction, program, mode } => {
             let ctx = crate::sys::attach::AttachContext {
                 compiler: compiler(),
