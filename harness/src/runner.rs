@@ -147,11 +147,13 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
             aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
         }
         let mut traffic = None;
+        let mut traffic_disagreements = Vec::new();
         let result = match &step.action {
             // Packets, not the agent: allowed in any state of it, before `start` or after `cleanup`.
             Action::Traffic(spec) => crate::traffic::run(sc, &node, spec, &aliases)
-                .map(|t| {
+                .map(|(t, d)| {
                     traffic = Some(t);
+                    traffic_disagreements = d;
                     crate::agent::StepOutcome::default()
                 })
                 .map_err(|e| AgentError::Step(format!("traffic: {e}"))),
@@ -224,6 +226,13 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                     observed: d,
                 });
             }
+        }
+        for d in traffic_disagreements {
+            mismatches.push(record::Mismatch {
+                key: "crosscheck".into(),
+                expected: "the traffic figures agree with bpftool's run counts".into(),
+                observed: d,
+            });
         }
         let status = if mismatches.is_empty() { Status::Pass } else { Status::Fail };
         if status == Status::Fail && rec.status == Status::Pass {

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::sys::crosscheck;
 use crate::sys::inspect::{self, Counters};
 use crate::sys::netlink::{self, Change};
 use crate::sys::topology::Node;
@@ -15,18 +16,43 @@ use hostdp_model::record::{ProgramTraffic, TrafficRecord};
 use hostdp_model::scenario::{Action, LinkSpec, PeerIn, Scenario, TrafficFrom, TrafficSpec};
 
 /// Sends the step's packets and reads what every program attached in the node namespace saw
-/// and dropped of them. `aliases` maps `pod:NAMESPACE/NAME` to lxc device names.
+/// and dropped of them. `aliases` maps `pod:NAMESPACE/NAME` to lxc device names. With the
+/// cross-check on, also where the figures disagree with `bpftool prog show`'s run counts.
 pub fn run(
     sc: &Scenario,
     node: &Node,
     spec: &TrafficSpec,
     aliases: &BTreeMap<String, String>,
-) -> Result<TrafficRecord, String> {
+) -> Result<(TrafficRecord, Vec<String>), String> {
     let atts = inspect::inspect_netns(node.netns()).map_err(|e| e.to_string())?;
     let ids: BTreeSet<u32> = atts.iter().map(|a| a.prog_id).collect();
+    // The cross-check brackets the counter reads with the kernel's own run counts.
+    let check = crosscheck::enabled();
+    let _stats = if check { crate::sys::bpf::enable_run_stats().ok() } else { None };
+    let runs_before = if check { Some(crosscheck::run_counts(&ids)) } else { None };
     let before = read_counters(&ids)?;
     let outcome = send(sc, node, spec).map_err(|e| e.to_string())?;
     let after = read_counters(&ids)?;
+    let mut disagreements = Vec::new();
+    if let Some(runs_before) = runs_before {
+        match runs_before.and_then(|b| crosscheck::run_counts(&ids).map(|a| (b, a))) {
+            Ok((b, a)) => {
+                let counted: Vec<(String, u32, u64, u64)> = ids
+                    .iter()
+                    .map(|id| {
+                        let what = atts
+                            .iter()
+                            .find(|x| x.prog_id == *id)
+                            .map_or(String::new(), |x| format!("{} {} {}", x.device, x.hook.as_str(), x.program));
+                        let (c0, c1) = (before[id], after[id]);
+                        (what, *id, c1.seen - c0.seen, c1.marked_seen - c0.marked_seen)
+                    })
+                    .collect();
+                disagreements = crosscheck::compare_runs(&counted, &b, &a);
+            }
+            Err(e) => disagreements.push(e),
+        }
+    }
     let programs = atts
         .iter()
         .map(|a| {
@@ -42,7 +68,7 @@ pub fn run(
             }
         })
         .collect();
-    Ok(TrafficRecord { sent: outcome.sent, delivered: outcome.delivered, programs })
+    Ok((TrafficRecord { sent: outcome.sent, delivered: outcome.delivered, programs }, disagreements))
 }
 
 fn read_counters(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, Counters>, String> {
