@@ -1112,7 +1112,7 @@ steps:
         );
         assert_eq!(
             bad(&st("  - start: {}\n  - expect: {unchanged: true}\n")),
-            "7:5: step 2 has no action; give exactly one of: start, restart, apply, delete, add-pod, delete-pod, link, foreign, route, stop, cleanup"
+            "7:5: step 2 has no action; give exactly one of: start, restart, apply, delete, add-pod, delete-pod, link, foreign, route, stop, cleanup, traffic"
         );
         assert_eq!(bad(&format!("{HEAD}topology: {{}}\nsteps: []\n")), "3:8: a scenario needs at least one step");
         assert_eq!(
