@@ -45,7 +45,7 @@ static __always_inline int hostdp_netdev(struct __sk_buff *skb, __u32 slot, __u8
 {
 	int ret;
 
-	hostdp_count(slot);
+	hostdp_count_skb(skb, slot);
 	ret = hostdp_vlan_filter(skb, slot);
 	if (ret >= 0)
 		return ret;
@@ -68,7 +68,7 @@ int cil_to_netdev(struct __sk_buff *skb)
 SEC("classifier")
 int cil_from_host(struct __sk_buff *skb)
 {
-	hostdp_count(SLOT_FROM_HOST);
+	hostdp_count_skb(skb, SLOT_FROM_HOST);
 	HOSTDP_HOST_POLICY(skb, 1);
 	return TC_ACT_OK;
 }
@@ -76,7 +76,7 @@ int cil_from_host(struct __sk_buff *skb)
 SEC("classifier")
 int cil_to_host(struct __sk_buff *skb)
 {
-	hostdp_count(SLOT_TO_HOST);
+	hostdp_count_skb(skb, SLOT_TO_HOST);
 	HOSTDP_HOST_POLICY(skb, 0);
 	return TC_ACT_OK;
 }

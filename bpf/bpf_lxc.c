@@ -10,7 +10,7 @@
 SEC("classifier")
 int cil_from_container(struct __sk_buff *skb)
 {
-	hostdp_count(SLOT_FROM_CONTAINER);
+	hostdp_count_skb(skb, SLOT_FROM_CONTAINER);
 	/* From the pod: its egress policy. */
 	hostdp_policy_count(skb, 1);
 	return TC_ACT_OK;
@@ -19,7 +19,7 @@ int cil_from_container(struct __sk_buff *skb)
 SEC("classifier")
 int cil_to_container(struct __sk_buff *skb)
 {
-	hostdp_count(SLOT_TO_CONTAINER);
+	hostdp_count_skb(skb, SLOT_TO_CONTAINER);
 	/* To the pod: its ingress policy. */
 	hostdp_policy_count(skb, 0);
 	return TC_ACT_OK;

@@ -11,14 +11,14 @@
 SEC("classifier")
 int cil_from_overlay(struct __sk_buff *skb)
 {
-	hostdp_count(SLOT_FROM_OVERLAY);
+	hostdp_count_skb(skb, SLOT_FROM_OVERLAY);
 	return TC_ACT_OK;
 }
 
 SEC("classifier")
 int cil_to_overlay(struct __sk_buff *skb)
 {
-	hostdp_count(SLOT_TO_OVERLAY);
+	hostdp_count_skb(skb, SLOT_TO_OVERLAY);
 	return TC_ACT_OK;
 }
 

@@ -13,7 +13,7 @@
 SEC("classifier")
 int cil_to_wireguard(struct __sk_buff *skb)
 {
-	hostdp_count(SLOT_TO_WIREGUARD);
+	hostdp_count_skb(skb, SLOT_TO_WIREGUARD);
 	return TC_ACT_OK;
 }
 

@@ -6,7 +6,7 @@
 SEC("xdp")
 int cil_xdp_entry(struct xdp_md *ctx)
 {
-	hostdp_count(SLOT_XDP_ENTRY);
+	hostdp_count_xdp(ctx, SLOT_XDP_ENTRY);
 	return XDP_PASS;
 }
 

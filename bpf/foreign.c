@@ -8,14 +8,14 @@
 SEC("classifier")
 int foreign_tc(struct __sk_buff *skb)
 {
-	hostdp_count(SLOT_FOREIGN_TC);
+	hostdp_count_skb(skb, SLOT_FOREIGN_TC);
 	return TC_ACT_OK;
 }
 
 SEC("xdp")
 int foreign_xdp(struct xdp_md *ctx)
 {
-	hostdp_count(SLOT_FOREIGN_XDP);
+	hostdp_count_xdp(ctx, SLOT_FOREIGN_XDP);
 	return XDP_PASS;
 }
 

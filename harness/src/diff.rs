@@ -432,6 +432,7 @@ mod tests {
                 attachments: atts,
                 mismatches: vec![],
                 policy_maps: vec![],
+                traffic: None,
             }],
         }
     }

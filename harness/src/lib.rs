@@ -19,3 +19,4 @@ pub mod explain;
 pub mod runner;
 pub mod target;
 pub mod testing;
+pub mod traffic;

@@ -148,17 +148,29 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     let mut pods: Vec<PodSpec> = sc.pods.clone();
     let mut previous: Option<Vec<Attachment>> = None;
     for (i, step) in sc.steps.iter().enumerate() {
-        let result = timing::time(Phase::Agent, || run_step(&mut agent, &mut node, &mut pods, &step.action));
+        let mut aliases = BTreeMap::new();
+        for p in &pods {
+            aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
+        }
+        let mut traffic = None;
+        let mut traffic_disagreements = Vec::new();
+        let result = match &step.action {
+            // Packets, not the agent: allowed in any state of it, before `start` or after `cleanup`.
+            Action::Traffic(spec) => crate::traffic::run(sc, &node, spec, &aliases)
+                .map(|(t, d)| {
+                    traffic = Some(t);
+                    traffic_disagreements = d;
+                    crate::agent::StepOutcome::default()
+                })
+                .map_err(|e| AgentError::Step(format!("traffic: {e}"))),
+            action => timing::time(Phase::Agent, || run_step(&mut agent, &mut node, &mut pods, action)),
+        };
         inject_fault(i + 1);
         let (regenerated, error, harness) = match result {
             Ok(o) => (o.regenerated, None, None),
             Err(AgentError::Refused(m)) => (Vec::new(), Some(m), None),
             Err(e @ (AgentError::Harness(_) | AgentError::Step(_))) => (Vec::new(), None, Some(e.to_string())),
         };
-        let mut aliases = BTreeMap::new();
-        for p in &pods {
-            aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
-        }
         let observed = timing::time(Phase::Readback, || inspect::inspect_netns(node.netns()))
             .map_err(|e| e.to_string())
             .and_then(|v| {
@@ -209,6 +221,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                 error: error.as_deref(),
                 aliases: &aliases,
                 reasoning: agent.reasoning(),
+                traffic: traffic.as_ref(),
             },
         );
         if crate::sys::crosscheck::enabled() {
@@ -222,6 +235,14 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
                 });
             }
         }
+        for d in traffic_disagreements {
+            mismatches.push(record::Mismatch {
+                key: "crosscheck".into(),
+                expected: "the traffic figures agree with bpftool's run counts".into(),
+                observed: d,
+                why: vec![],
+            });
+        }
         let status = if mismatches.is_empty() { Status::Pass } else { Status::Fail };
         if status == Status::Fail && rec.status == Status::Pass {
             rec.status = Status::Fail;
@@ -230,6 +251,7 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
         rec.steps.push(step_record(step, status, error, &agent, regenerated, attachments, mismatches));
         if let Some(s) = rec.steps.last_mut() {
             s.policy_maps = policy_maps;
+            s.traffic = traffic;
         }
     }
     timing::time(Phase::Teardown, || drop(node));
@@ -271,6 +293,7 @@ fn step_record(
         attachments,
         mismatches,
         policy_maps: Vec::new(),
+        traffic: None,
     }
 }
 
@@ -321,6 +344,7 @@ fn run_step(
             topo(&mut || node.change_route(r, add)).map_err(h)?;
             agent.link_changed(node)
         }
+        Action::Traffic(_) => Err(AgentError::Step("traffic steps are run by the runner".into())),
         Action::Foreign { device, direction, program, mode } => {
             let ctx = crate::sys::attach::AttachContext {
                 compiler: compiler(),

@@ -119,6 +119,19 @@ pub fn snapshot_view(rec: &ScenarioRecord) -> serde_json::Value {
             if !maps.is_empty() {
                 v["policy_maps"] = serde_json::Value::Array(maps);
             }
+            // Only the programs that saw any of the step's packets: `device hook program seen/dropped`.
+            if let Some(t) = &st.traffic {
+                let programs: Vec<String> = t
+                    .programs
+                    .iter()
+                    .filter(|p| p.seen > 0 || p.dropped > 0)
+                    .map(|p| {
+                        let dev = p.endpoint.clone().unwrap_or_else(|| p.device.clone());
+                        format!("{dev} {} {} seen {} dropped {}", p.hook.as_str(), p.program, p.seen, p.dropped)
+                    })
+                    .collect();
+                v["traffic"] = serde_json::json!({ "sent": t.sent, "delivered": t.delivered, "programs": programs });
+            }
             v
         })
         .collect();

@@ -399,7 +399,13 @@ pub enum PlanError {
 
 /// `vlanFilterMacros` (pkg/datapath/linux/config/config.go): for each VLAN link whose parent is
 /// a device, its id passes on the parent iff the VLAN link is itself a device or its id is in
-/// `vlan-bpf-bypass`; bypass 0 lets everything pass. Every device must exist.
+/// `vlan-bpf-bypass`; bypass 0 lets everything pass; more than five ids refuse start-up. Every
+/// device must exist. The same rule in every profile: v1.14.4 L756-809 (87dd2b6445), v1.15.7
+/// L811-864 (de06bcfb3c), v1.16.8 L836-885 (dc65ba9bb5, from here on it takes the selected
+/// devices as `nativeDevices`), v1.17.10 L863-912 (2661dea281), v1.18.10 L770-819 (6bf2fe83d2),
+/// v1.19.4 L646-695 (95e477fdcf). The programs apply the ids at the start of cil_from_netdev
+/// and cil_to_netdev (`bpf/include/hostdp.h` `hostdp_vlan_filter`); which devices there are
+/// differs per profile, so the traffic does (`scenarios/traffic-seed-vlan-*.yaml`).
 pub fn vlan_filter(
     settings: &Settings,
     devices: &[String],

@@ -63,6 +63,10 @@ impl Capabilities {
         if !scenario.pods.is_empty() {
             need("veth");
         }
+        // A tagged `traffic` step puts a VLAN sub-interface on the wire side.
+        if scenario.steps.iter().any(|s| matches!(&s.action, Action::Traffic(t) if t.vlan.is_some())) {
+            need("vlan");
+        }
         // The agent's encapsulation device (cilium_vxlan / cilium_geneve), under each
         // configuration the scenario's agent runs with.
         for f in encap_features(scenario) {

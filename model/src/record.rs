@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::observed::{Attachment, Hook};
-use crate::scenario::{DeviceExpect, Expect, ProgramExpect, XdpExpect};
+use crate::scenario::{DeviceExpect, Expect, ProgramExpect, TrafficExpect, XdpExpect};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -59,6 +59,38 @@ pub struct StepRecord {
     /// `pod:NAMESPACE/NAME`); left out of the JSON when there is none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy_maps: Vec<crate::observed::PolicyMapView>,
+    /// A `traffic` step's packets: sent, delivered, and per attached program how many of them
+    /// it saw and dropped; absent for other steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficRecord>,
+}
+
+/// What a `traffic` step's packets did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficRecord {
+    /// Packets sent (TCP: connection attempts, each one SYN).
+    pub sent: u64,
+    /// Packets that arrived at the destination (UDP datagrams read by the listener, TCP
+    /// connections it accepted, ICMP echo replies back at the sender).
+    pub delivered: u64,
+    /// Every program attached in the node namespace during the step, in attachment order.
+    pub programs: Vec<ProgramTraffic>,
+}
+
+/// One attached program's share of a `traffic` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramTraffic {
+    pub device: String,
+    pub hook: Hook,
+    pub program: String,
+    pub prog_id: u32,
+    /// Packets of the step the program ran on.
+    pub seen: u64,
+    /// Of those, the ones it dropped.
+    pub dropped: u64,
+    /// `pod:NAMESPACE/NAME` when the device is a pod's lxc device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -281,6 +313,8 @@ pub struct Observed<'a> {
     pub aliases: &'a BTreeMap<String, String>,
     /// What the agent decided at its last start, to say why a mismatch came out as it did.
     pub reasoning: Option<&'a crate::why::Reasoning>,
+    /// A `traffic` step's figures.
+    pub traffic: Option<&'a TrafficRecord>,
 }
 
 static NO_ALIASES: BTreeMap<String, String> = BTreeMap::new();
@@ -295,6 +329,7 @@ impl Default for Observed<'_> {
             error: None,
             aliases: &NO_ALIASES,
             reasoning: None,
+            traffic: None,
         }
     }
 }
@@ -367,7 +402,58 @@ pub fn check(expect: &Expect, obs: &Observed<'_>) -> Vec<Mismatch> {
             out.push(mm("regenerated", fmt_list(want), fmt_list(obs.regenerated)));
         }
     }
+    if let Some(want) = &expect.traffic {
+        check_traffic(want, obs, &mut out);
+    }
     out
+}
+
+/// `expect.traffic`: `delivered`, and per listed link and hook the exact set of programs that
+/// saw (`programs`) or dropped (`drops`) any of the step's packets, with their counts.
+fn check_traffic(want: &TrafficExpect, obs: &Observed<'_>, out: &mut Vec<Mismatch>) {
+    let Some(got) = obs.traffic else {
+        out.push(mm("traffic", "a traffic step's figures".into(), "no traffic was sent".into()));
+        return;
+    };
+    if let Some(d) = want.delivered {
+        if d != got.delivered {
+            out.push(mm("traffic.delivered", d.to_string(), format!("{} (of {} sent)", got.delivered, got.sent)));
+        }
+    }
+    let resolve = |name: &str| -> String { obs.aliases.get(name).cloned().unwrap_or_else(|| name.to_string()) };
+    for (what, map) in [("programs", &want.programs), ("drops", &want.drops)] {
+        for (key, hooks) in map.iter().flatten() {
+            let dev = resolve(key);
+            for (hook, expected) in
+                [(Hook::Ingress, &hooks.ingress), (Hook::Egress, &hooks.egress), (Hook::Xdp, &hooks.xdp)]
+            {
+                let Some(expected) = expected else { continue };
+                let on_hook: Vec<(&str, u64)> = got
+                    .programs
+                    .iter()
+                    .filter(|p| p.device == dev && p.hook == hook)
+                    .map(|p| (p.program.as_str(), if what == "drops" { p.dropped } else { p.seen }))
+                    .collect();
+                let ok =
+                    expected.iter().all(|(name, n)| {
+                        let sum: u64 = on_hook.iter().filter(|(g, _)| same_program(name, g)).map(|(_, c)| c).sum();
+                        sum == *n && (*n == 0 || on_hook.iter().any(|(g, _)| same_program(name, g)))
+                    }) && on_hook.iter().all(|(g, c)| *c == 0 || expected.keys().any(|name| same_program(name, g)));
+                if !ok {
+                    let label = if key == &dev { dev.clone() } else { format!("{key} ({dev})") };
+                    let fmt = |v: Vec<String>| format!("{{{}}}", v.join(", "));
+                    let observed: Vec<String> =
+                        on_hook.iter().filter(|(_, c)| *c > 0).map(|(g, c)| format!("{g}: {c}")).collect();
+                    let observed = if on_hook.is_empty() { "no program attached".to_string() } else { fmt(observed) };
+                    out.push(mm(
+                        &format!("traffic.{what}.{label}.{}", hook.as_str()),
+                        fmt(expected.iter().map(|(p, n)| format!("{p}: {n}")).collect()),
+                        observed,
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn check_attachments(want: &BTreeMap<String, DeviceExpect>, obs: &Observed<'_>, out: &mut Vec<Mismatch>) {
@@ -1003,5 +1089,51 @@ mod tests {
         let r = RunRecord::combine(vec![run(Status::Pass, "6.18"), run(Status::Fail, "6.1")]);
         assert_eq!(r.summary.failed, 1);
         assert_eq!(r.summary.line(), "0 passed, 1 failed");
+    }
+
+    #[test]
+    fn traffic_counts_per_link_and_hook() {
+        let prog = |dev: &str, hook, program: &str, seen, dropped| ProgramTraffic {
+            device: dev.into(),
+            hook,
+            program: program.into(),
+            prog_id: 1,
+            seen,
+            dropped,
+            endpoint: None,
+        };
+        let got = TrafficRecord {
+            sent: 3,
+            delivered: 0,
+            programs: vec![
+                prog("bond0", Hook::Ingress, "cil_from_netdev", 3, 3),
+                prog("bond0", Hook::Egress, "cil_to_netdev", 0, 0),
+                prog("lxc1", Hook::Ingress, "cil_from_contai", 0, 0),
+            ],
+        };
+        let aliases = BTreeMap::from([("pod:default/web".to_string(), "lxc1".to_string())]);
+        let obs = Observed { traffic: Some(&got), aliases: &aliases, ..Default::default() };
+        let want: Expect = serde_yaml::from_str(
+            "traffic: {delivered: 0, programs: {bond0: {ingress: {cil_from_netdev: 3}, egress: {}}, eth0: {ingress: {}}, pod:default/web: {ingress: {cil_from_container: 0}}}, drops: {bond0: {ingress: {cil_from_netdev: 3}}}}",
+        )
+        .unwrap();
+        assert_eq!(check(&want, &obs), vec![]);
+        let want: Expect = serde_yaml::from_str(
+            "traffic: {delivered: 3, programs: {bond0: {ingress: {}}, eth0: {ingress: {cil_from_netdev: 3}}}}",
+        )
+        .unwrap();
+        let keys: Vec<(String, String, String)> =
+            check(&want, &obs).into_iter().map(|m| (m.key, m.expected, m.observed)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("traffic.delivered".into(), "3".into(), "0 (of 3 sent)".into()),
+                ("traffic.programs.bond0.ingress".into(), "{}".into(), "{cil_from_netdev: 3}".into()),
+                ("traffic.programs.eth0.ingress".into(), "{cil_from_netdev: 3}".into(), "no program attached".into()),
+            ]
+        );
+        // Expecting traffic figures after a step that sent none is a mismatch, not a pass.
+        let none = Observed::default();
+        assert_eq!(check(&want, &none)[0].key, "traffic");
     }
 }

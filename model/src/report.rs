@@ -250,6 +250,7 @@ mod tests {
                 vec![]
             },
             policy_maps: vec![],
+            traffic: None,
         };
         ScenarioRecord {
             file: format!("scenarios/{file}.yaml"),

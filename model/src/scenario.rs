@@ -288,6 +288,52 @@ pub enum Action {
     RouteDelete(RouteSpec),
     Stop,
     Cleanup,
+    /// `traffic: {from, link, vlan, to, proto, port, count}`: packets sent through the node.
+    Traffic(TrafficSpec),
+}
+
+/// Where a `traffic` step's packets start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TrafficFrom {
+    /// The wire namespace, through the peer of `link` (its VLAN sub-interface with `vlan`).
+    Outside,
+    /// The node namespace, to an address the harness puts on the wire side of `link`.
+    Node,
+    /// A pod's namespace (`NAMESPACE/NAME`), through its lxc device and the node's routing.
+    Pod(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficProto {
+    Udp,
+    Tcp,
+    Icmp,
+}
+
+impl TrafficProto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficProto::Udp => "udp",
+            TrafficProto::Tcp => "tcp",
+            TrafficProto::Icmp => "icmp",
+        }
+    }
+}
+
+/// A `traffic` step, validated: `count` packets of `proto` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrafficSpec {
+    pub from: TrafficFrom,
+    /// The node link the packets enter (`outside`) or leave by (`node`, pods).
+    pub link: String,
+    /// The 802.1Q tag on the wire side.
+    pub vlan: Option<u16>,
+    pub to: std::net::IpAddr,
+    pub proto: TrafficProto,
+    /// UDP/TCP destination port (default 8080); unused for ICMP.
+    pub port: u16,
+    pub count: u32,
 }
 
 impl Action {
@@ -305,6 +351,7 @@ impl Action {
             Action::RouteAdd(_) | Action::RouteDelete(_) => "route",
             Action::Stop => "stop",
             Action::Cleanup => "cleanup",
+            Action::Traffic(_) => "traffic",
         }
     }
 }
@@ -339,6 +386,37 @@ pub struct Expect {
     pub regenerated: Option<Vec<String>>,
     #[serde(default)]
     pub error: Option<String>,
+    /// After a `traffic` step: what arrived and which programs saw or dropped the packets.
+    #[serde(default)]
+    pub traffic: Option<TrafficExpect>,
+}
+
+/// `expect.traffic`: each key given is checked.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficExpect {
+    /// Packets of the step that arrived at the destination.
+    #[serde(default)]
+    pub delivered: Option<u64>,
+    /// Per link (or `pod:NAMESPACE/NAME`) and hook: how many of the step's packets each program
+    /// saw. A hook given lists every program that saw any (`{}`: none did).
+    #[serde(default)]
+    pub programs: Option<BTreeMap<String, TrafficHooks>>,
+    /// The same for the packets each program dropped.
+    #[serde(default)]
+    pub drops: Option<BTreeMap<String, TrafficHooks>>,
+}
+
+/// Per hook of one link: program name → packet count. A hook left out is not checked.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficHooks {
+    #[serde(default)]
+    pub ingress: Option<BTreeMap<String, u64>>,
+    #[serde(default)]
+    pub egress: Option<BTreeMap<String, u64>>,
+    #[serde(default)]
+    pub xdp: Option<BTreeMap<String, u64>>,
 }
 
 /// Expected attachments of one device: `none`, or per hook.
@@ -1065,7 +1143,7 @@ steps:
         );
         assert_eq!(
             bad(&st("  - start: {}\n  - expect: {unchanged: true}\n")),
-            "7:5: step 2 has no action; give exactly one of: start, restart, apply, delete, add-pod, delete-pod, link, foreign, route, stop, cleanup"
+            "7:5: step 2 has no action; give exactly one of: start, restart, apply, delete, add-pod, delete-pod, link, foreign, route, stop, cleanup, traffic"
         );
         assert_eq!(bad(&format!("{HEAD}topology: {{}}\nsteps: []\n")), "3:8: a scenario needs at least one step");
         assert_eq!(
@@ -1202,6 +1280,63 @@ steps:
     }
 
     /// Truncations and byte edits of a valid document give errors, never a panic.
+    #[test]
+    fn traffic_steps() {
+        let l = ["{name: eth0, kind: veth, addresses: [10.0.0.2/24]}", "{name: bond0, kind: bond}"];
+        let st = |steps: &str| doc(&l, &format!("pods:\n  - {{name: web}}\nsteps:\n{steps}"));
+        let s = ok(&st("  - traffic: {from: outside, link: eth0, vlan: 212, to: 10.0.0.2}\n    expect:\n      traffic: {delivered: 3, programs: {eth0: {ingress: {cil_from_netdev: 3}}, pod:default/web: {ingress: {}}}, drops: {eth0: {xdp: {}}}}\n  - traffic: {from: pod:web, link: eth0, to: 10.0.0.1, proto: icmp, count: 1}\n"));
+        let Action::Traffic(t) = &s.steps[0].action else { panic!("{:?}", s.steps[0].action) };
+        assert_eq!(
+            (t.from.clone(), t.vlan, t.proto, t.port, t.count),
+            (TrafficFrom::Outside, Some(212), TrafficProto::Udp, 8080, 3)
+        );
+        assert_eq!(s.steps[0].expect.traffic.as_ref().and_then(|t| t.delivered), Some(3));
+        assert!(matches!(&s.steps[1].action, Action::Traffic(t) if t.from == TrafficFrom::Pod("default/web".into())));
+        let one = |t: &str| bad(&st(&format!("  - traffic: {t}\n")));
+        assert_eq!(
+            one("{from: outside, link: eth9, to: 10.0.0.2}"),
+            "9:36: traffic: link \"eth9\" is not a link of this scenario at this step; did you mean \"eth0\"?"
+        );
+        assert_eq!(one("{from: outside, link: bond0, to: 10.0.0.2}").split(':').nth(2).map(str::trim), Some("traffic"));
+        assert_eq!(
+            one("{from: outside, link: eth0, vlan: 4095, to: 10.0.0.2}"),
+            "9:48: traffic: vlan id 4095 is outside 1-4094"
+        );
+        assert_eq!(
+            one("{from: outside, link: eth0, vlan: 0, to: 10.0.0.2}"),
+            "9:48: traffic: vlan id 0 is outside 1-4094"
+        );
+        assert_eq!(
+            one("{from: pod:default/db, link: eth0, to: 10.0.0.1}"),
+            "9:21: traffic: pod default/db does not exist at this step"
+        );
+        assert_eq!(one("{from: inside, link: eth0, to: 10.0.0.1}").split(": ").nth(1), Some("traffic"));
+        assert_eq!(
+            one("{from: node, link: eth0, to: 10.0.0.1, proto: sctp}"),
+            "9:60: traffic: unknown proto \"sctp\"; expected one of: udp, tcp, icmp"
+        );
+        assert_eq!(one("{from: node, link: eth0, to: 10.0.0.1, port: 0}"), "9:59: traffic: port 0 is outside 1-65535");
+        assert_eq!(
+            one("{from: node, link: eth0, to: 10.0.0.1, proto: icmp, port: 7}"),
+            "9:72: traffic: port is for udp and tcp, icmp has none"
+        );
+        assert_eq!(one("{from: node, link: eth0, to: nowhere}"), "9:43: traffic: to \"nowhere\" is not an IP address");
+        assert_eq!(one("{from: node, link: eth0, to: 10.0.0.1, count: 0}"), "9:60: traffic: count 0 is outside 1-1000");
+        assert_eq!(
+            bad(&st("  - traffic: {from: node, link: eth0, to: 10.0.0.1}\n    expect: {traffic: {programs: {eth7: {}}}}\n")),
+            "10:35: traffic.programs: \"eth7\" is neither a link of this scenario at this step, a cilium_ device nor pod:NAMESPACE/NAME of a pod; did you mean \"eth0\"?"
+        );
+        assert_eq!(
+            bad(&st("  - start: {}\n    expect: {traffic: {delivered: 1}}\n")),
+            "10:14: expect.traffic is only for a traffic step, not after `start`"
+        );
+        // A pod deleted before the step does not exist at that step.
+        assert_eq!(
+            bad(&st("  - delete-pod: web\n  - traffic: {from: pod:web, link: eth0, to: 10.0.0.1}\n")),
+            "10:21: traffic: pod default/web does not exist at this step"
+        );
+    }
+
     #[test]
     fn mangled_input_never_panics() {
         let base = doc(

@@ -125,6 +125,7 @@ mod tests {
             attachments: vec![att("eth0", Hook::Ingress, "cil_from_netdev"), pod],
             mismatches: vec![Mismatch { key: "unchanged".into(), ..Default::default() }],
             policy_maps: vec![],
+            traffic: None,
         };
         let expect = Expect { devices: Some(vec![]), unchanged: Some(true), ..Default::default() };
         let b = expect_block(&expect, &step, 4);

@@ -8,6 +8,9 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+/// `BPF_STATS_RUN_TIME`: per-program run counts and times.
+const BPF_STATS_RUN_TIME: u32 = 0;
 /// `BPF_PROG_TYPE_SOCKET_FILTER`.
 pub const PROG_TYPE_SOCKET_FILTER: u32 = 1;
 /// `BPF_PROG_TYPE_SCHED_CLS`.
@@ -126,6 +129,14 @@ pub fn tcx_attach_ingress(prog: &OwnedFd, ifindex: u32) -> Result<OwnedFd, BpfEr
         ..Default::default()
     };
     fd_call(BPF_LINK_CREATE, "BPF_LINK_CREATE", &mut attr)
+}
+
+/// Turns on the kernel's per-program run statistics (`run_cnt` in `bpftool prog show`) for as
+/// long as the returned descriptor is open; unlike the `kernel.bpf_stats_enabled` sysctl,
+/// nothing stays switched on after the process.
+pub fn enable_run_stats() -> Result<OwnedFd, BpfError> {
+    let mut attr: u32 = BPF_STATS_RUN_TIME;
+    fd_call(BPF_ENABLE_STATS, "BPF_ENABLE_STATS", &mut attr)
 }
 
 /// What the kernel says of a loaded program.

@@ -3,7 +3,7 @@
 //! for the same namespace. Used by the scenario tests (and `HOSTDP_CROSSCHECK=1`); it spawns
 //! those tools, so it is a verification aid, not part of a normal run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,6 +20,49 @@ pub fn enable() {
 /// Whether steps are cross-checked: [`enable`]d, or `HOSTDP_CROSSCHECK=1`.
 pub fn enabled() -> bool {
     FORCED.load(Ordering::Relaxed) || crate::paths::get().crosscheck
+}
+
+/// `run_cnt` of each program of `ids`, as `bpftool prog show` prints it (0 where it prints
+/// none: statistics off, or the program never ran). Programs are global objects: no namespace.
+pub fn run_counts(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, u64>, String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .map_err(|e| format!("crosscheck: run bpftool prog show: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("crosscheck: bpftool prog show failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("crosscheck: bpftool prog show printed no JSON: {e}"))?;
+    let mut counts: BTreeMap<u32, u64> = ids.iter().map(|id| (*id, 0)).collect();
+    for p in all.as_array().into_iter().flatten() {
+        let id = p["id"].as_u64().unwrap_or(0) as u32;
+        if let Some(c) = counts.get_mut(&id) {
+            *c = p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(counts)
+}
+
+/// A traffic step's figures against the kernel's run counts: the counter reads were bracketed
+/// by the `bpftool` reads, so each program ran at least as often as it counted packets (all,
+/// marked or not) and at least as often as it saw the step's packets. Returns the
+/// disagreements.
+pub fn compare_runs(
+    programs: &[(String, u32, u64, u64)],
+    runs_before: &BTreeMap<u32, u64>,
+    runs_after: &BTreeMap<u32, u64>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (what, id, counted, marked) in programs {
+        let ran = runs_after.get(id).copied().unwrap_or(0).saturating_sub(runs_before.get(id).copied().unwrap_or(0));
+        if ran < *counted || ran < *marked {
+            out.push(format!(
+                "{what} (id {id}): bpftool prog show run_cnt grew by {ran}, its counters by {counted} ({marked} of the step's packets)"
+            ));
+        }
+    }
+    out
 }
 
 /// One filter as both sides describe it: device, hook, filter name, priority, handle, prog id.

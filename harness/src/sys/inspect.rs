@@ -208,6 +208,8 @@ pub fn counter_slot(program: &str) -> Option<u32> {
 
 /// Offset of the "dropped" counters in `hostdp_counters`.
 const DROP_BASE: u32 = 16;
+/// Offset of the counters of a `traffic` step's (marked) packets.
+const MARKED_BASE: u32 = 32;
 
 /// Packet counters of one loaded harness program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -216,6 +218,10 @@ pub struct Counters {
     pub seen: u64,
     /// Packets it dropped (the VLAN filter).
     pub dropped: u64,
+    /// Of `seen`, the packets of `traffic` steps (`bpf/include/hostdp.h` `hostdp_marked`).
+    pub marked_seen: u64,
+    /// Of `dropped`, the packets of `traffic` steps.
+    pub marked_dropped: u64,
 }
 
 /// Reads the counters of program `prog_id` from its `hostdp_counters` map. Works for any
@@ -239,7 +245,12 @@ pub fn counters(prog_id: u32) -> Result<Counters, InspectError> {
         let data = MapData::from_id(id).map_err(|e| call(Cause::Map(e)))?;
         let array: Array<MapData, u64> = Array::try_from(Map::Array(data)).map_err(|e| call(Cause::Map(e)))?;
         let get = |i: u32| array.get(&i, 0).map_err(|e| call(Cause::Map(e)));
-        return Ok(Counters { seen: get(slot)?, dropped: get(DROP_BASE + slot)? });
+        return Ok(Counters {
+            seen: get(slot)?,
+            dropped: get(DROP_BASE + slot)?,
+            marked_seen: get(MARKED_BASE + slot)?,
+            marked_dropped: get(MARKED_BASE + DROP_BASE + slot)?,
+        });
     }
     Err(missing(format!("{name} has no hostdp_counters map")))
 }

@@ -16,4 +16,5 @@ pub mod policymap;
 pub mod tc;
 pub mod timing;
 pub mod topology;
+pub mod traffic;
 pub mod vm;

@@ -229,6 +229,12 @@ pub enum Change {
     DeleteLink {
         name: String,
     },
+    /// A permanent neighbour entry: `ip` is at `mac` on `name` (created or replaced).
+    SetNeighbour {
+        name: String,
+        ip: IpAddr,
+        mac: [u8; 6],
+    },
 }
 
 impl Change {
@@ -252,6 +258,9 @@ impl Change {
                 ("delete route", format!("{dst}{via} dev {dev} table {table}"))
             }
             Change::DeleteLink { name } => ("delete link", name.clone()),
+            Change::SetNeighbour { name, ip, mac } => {
+                ("set neighbour", format!("{ip} lladdr {} dev {name}", format_mac(mac)))
+            }
         }
     }
 }
@@ -577,6 +586,10 @@ impl Conn {
             Change::DeleteLink { name } => {
                 let idx = self.index_of(name).await?;
                 link.del(idx).execute().await.map_err(kernel)
+            }
+            Change::SetNeighbour { name, ip, mac } => {
+                let idx = self.index_of(name).await?;
+                self.handle.neighbours().add(idx, *ip).link_layer_address(mac).replace().execute().await.map_err(kernel)
             }
         }
     }

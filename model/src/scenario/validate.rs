@@ -36,8 +36,20 @@ pub const KNOWN_FEATURES: &[&str] = &[
 ];
 
 /// Action keys of a step, as written in files.
-pub const ACTION_KEYS: &[&str] =
-    &["start", "restart", "apply", "delete", "add-pod", "delete-pod", "link", "foreign", "route", "stop", "cleanup"];
+pub const ACTION_KEYS: &[&str] = &[
+    "start",
+    "restart",
+    "apply",
+    "delete",
+    "add-pod",
+    "delete-pod",
+    "link",
+    "foreign",
+    "route",
+    "stop",
+    "cleanup",
+    "traffic",
+];
 
 const BOND_MODES: &[&str] =
     &["balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "balance-tlb", "balance-alb"];
@@ -214,8 +226,30 @@ struct RawStep {
     #[serde(default)]
     cleanup: Option<Empty>,
     #[serde(default)]
+    traffic: Option<RawTraffic>,
+    #[serde(default)]
     expect: Option<Expect>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTraffic {
+    from: String,
+    link: String,
+    #[serde(default)]
+    vlan: Option<i64>,
+    to: String,
+    #[serde(default)]
+    proto: Option<String>,
+    #[serde(default)]
+    port: Option<i64>,
+    #[serde(default)]
+    count: Option<i64>,
+}
+
+/// At most this many packets per `traffic` step: enough to tell programs apart, few enough to
+/// stay quick in a VM under emulation.
+const MAX_TRAFFIC_COUNT: i64 = 1000;
 
 /// `{}`: actions that take no arguments.
 #[derive(Deserialize)]
@@ -1276,6 +1310,9 @@ fn check_step(
     let line = cx.loc.at(&at).line;
     let expect = raw.expect.take().unwrap_or_default();
     let action = cx.ok(step_action(cx, i, raw, expect.error.is_some(), base, links, pods));
+    if expect.traffic.is_some() && action.as_ref().is_some_and(|a| !matches!(a, Action::Traffic(_))) {
+        cx.push(cx.key_at(&with(&at, &[K("expect"), K("traffic")]), "expect.traffic is only for a traffic step"));
+    }
     check_expect(cx, &with(&at, &[K("expect")]), &expect, links, pods);
     Some(Step { action: action?, expect, line })
 }
@@ -1420,9 +1457,98 @@ fn step_action(
                 _ => return Err(cx.at(&a(&[]), "route needs exactly one of `add: ROUTE`, `delete: ROUTE`")),
             }
         }
+        "traffic" => {
+            let t = raw.traffic.ok_or_else(|| cx.at(&a(&[]), "traffic needs `{from, link, to}`"))?;
+            Action::Traffic(check_traffic(cx, &a(&[]), t, links, pods)?)
+        }
         _ => unreachable!("action keys are listed in ACTION_KEYS"),
     };
     Ok(action)
+}
+
+fn check_traffic(
+    cx: &Ctx,
+    at: &[Seg],
+    t: RawTraffic,
+    links: &Links,
+    pods: &BTreeMap<String, Pos>,
+) -> Result<TrafficSpec, ScenarioError> {
+    let a = |more: &[Seg<'static>]| with(at, more);
+    let from = match t.from.as_str() {
+        "outside" => TrafficFrom::Outside,
+        "node" => TrafficFrom::Node,
+        other => match other.strip_prefix("pod:") {
+            Some(p) => {
+                let k = pod_key(p);
+                if !pods.contains_key(&k) {
+                    return Err(cx.at(&a(&[K("from")]), format!("traffic: pod {k} does not exist at this step")));
+                }
+                TrafficFrom::Pod(k)
+            }
+            None => {
+                return Err(cx.at(
+                    &a(&[K("from")]),
+                    format!("traffic: from \"{other}\" is none of `outside`, `node`, `pod:NAMESPACE/NAME`"),
+                ))
+            }
+        },
+    };
+    match links.get(&t.link) {
+        // A link whose entry could not be read has its error already.
+        Some(Some(LinkKind::Veth) | None) => {}
+        Some(Some(kind)) => {
+            return Err(cx.at(
+                &a(&[K("link")]),
+                format!(
+                    "traffic: link \"{}\" is a {}, not a veth: packets enter and leave through a veth's peer in the wire namespace (name a bond slave, not the bond)",
+                    t.link,
+                    kind.as_str()
+                ),
+            ))
+        }
+        None => {
+            let known: Vec<&str> = links.keys().map(String::as_str).collect();
+            let hint = suggest(&t.link, known.iter().copied()).map(|s| format!("; did you mean \"{s}\"?")).unwrap_or_default();
+            return Err(cx.at(
+                &a(&[K("link")]),
+                format!("traffic: link \"{}\" is not a link of this scenario at this step{hint}", t.link),
+            ));
+        }
+    }
+    let vlan = match t.vlan {
+        None => None,
+        Some(v @ 1..=4094) => Some(v as u16),
+        Some(v) => return Err(cx.at(&a(&[K("vlan")]), format!("traffic: vlan id {v} is outside 1-4094"))),
+    };
+    let to: IpAddr =
+        t.to.parse().map_err(|_| cx.at(&a(&[K("to")]), format!("traffic: to \"{}\" is not an IP address", t.to)))?;
+    if to.is_unspecified() || to.is_multicast() || to.is_loopback() {
+        return Err(cx.at(&a(&[K("to")]), format!("traffic: to {to} must be a unicast address")));
+    }
+    let proto = match t.proto.as_deref() {
+        None | Some("udp") => TrafficProto::Udp,
+        Some("tcp") => TrafficProto::Tcp,
+        Some("icmp") => TrafficProto::Icmp,
+        Some(other) => {
+            return Err(
+                cx.at(&a(&[K("proto")]), format!("traffic: {}", unknown("proto", other, &["udp", "tcp", "icmp"])))
+            )
+        }
+    };
+    let port = match (proto, t.port) {
+        (_, None) => 8080,
+        (TrafficProto::Icmp, Some(_)) => {
+            return Err(cx.at(&a(&[K("port")]), "traffic: port is for udp and tcp, icmp has none"))
+        }
+        (_, Some(p @ 1..=65535)) => p as u16,
+        (_, Some(p)) => return Err(cx.at(&a(&[K("port")]), format!("traffic: port {p} is outside 1-65535"))),
+    };
+    let count = match t.count {
+        None => 3,
+        Some(c @ 1..=MAX_TRAFFIC_COUNT) => c as u32,
+        Some(c) => return Err(cx.at(&a(&[K("count")]), format!("traffic: count {c} is outside 1-{MAX_TRAFFIC_COUNT}"))),
+    };
+    Ok(TrafficSpec { from, link: t.link, vlan, to, proto, port, count })
 }
 
 fn link_action(cx: &Ctx, at: &[Seg], raw: Option<RawLinkAction>, links: &mut Links) -> Result<Action, ScenarioError> {
@@ -1534,6 +1660,34 @@ fn check_expect(cx: &Ctx, at: &[Seg], e: &Expect, links: &Links, pods: &BTreeMap
             }
             if let Some(XdpExpect::Program(p)) = &h.xdp {
                 check_program(cx, &with(&dat, &[K("xdp")]), p, "xdp", pod.is_some());
+            }
+        }
+    }
+    if let Some(t) = &e.traffic {
+        for (what, map) in [("programs", &t.programs), ("drops", &t.drops)] {
+            for (dev, hooks) in map.iter().flatten() {
+                let dat = with(at, &[K("traffic"), K(what), K(dev)]);
+                let known = links.contains_key(dev)
+                    || dev.starts_with("cilium_")
+                    || dev.strip_prefix("pod:").is_some_and(|p| pods.contains_key(p));
+                if !known {
+                    let names: Vec<&str> = links.keys().map(String::as_str).collect();
+                    let hint = suggest(dev, names.iter().copied())
+                        .map(|s| format!("; did you mean \"{s}\"?"))
+                        .unwrap_or_default();
+                    cx.push(cx.key_at(
+                        &dat,
+                        format!(
+                            "traffic.{what}: \"{dev}\" is neither a link of this scenario at this step, a cilium_ device nor pod:NAMESPACE/NAME of a pod{hint}"
+                        ),
+                    ));
+                    continue;
+                }
+                for (hook, progs) in [("ingress", &hooks.ingress), ("egress", &hooks.egress), ("xdp", &hooks.xdp)] {
+                    if progs.iter().flat_map(|m| m.keys()).any(|p| p.is_empty()) {
+                        cx.push(cx.key_at(&with(&dat, &[K(hook)]), "a program name must not be empty"));
+                    }
+                }
             }
         }
     }
