@@ -121,13 +121,25 @@ pub fn run_target_as(
     let _ = std::fs::create_dir_all(&cache);
     let mut opts = vm::VmOptions::default();
     opts.env.push(("HOSTDP_CACHE_DIR".into(), cache.display().to_string()));
-    opts.env.push(("HOSTDP_QUIET".into(), "1".into()));
+    // The guest's progress lines reach the host's terminal through its standard error.
+    if crate::runner::quiet() {
+        opts.env.push(("HOSTDP_QUIET".into(), "1".into()));
+    } else {
+        opts.progress = true;
+    }
     // A throwaway guest may load modules on demand (the capability probe then finds them).
     opts.env.push(("HOSTDP_ALLOW_MODPROBE".into(), "1".into()));
     if crate::sys::crosscheck::enabled() {
         opts.env.push(("HOSTDP_CROSSCHECK".into(), "1".into()));
     }
-    let out = vm::run_in_vm_with(&kernel, &cmd, &[results.path().to_path_buf(), cache], &cwd, &opts)?;
+    // The guest's templates are compiled here, at native speed, into the shared cache.
+    let requests = results.path().join("compile");
+    std::fs::create_dir_all(&requests).map_err(|e| io(format!("create {}", requests.display()), e))?;
+    opts.env.push(("HOSTDP_COMPILE_HOST".into(), requests.display().to_string()));
+    let host_compiles = crate::sys::compile::HostCompiles::start(crate::runner::compiler(), requests, target);
+    let out = vm::run_in_vm_with(&kernel, &cmd, &[results.path().to_path_buf(), cache], &cwd, &opts);
+    drop(host_compiles);
+    let out = out?;
     let text = std::fs::read_to_string(&out_file).map_err(|_| TargetError::NoResult {
         status: out.status,
         tail: tail(&format!("{}\n{}\n{}", out.stdout, out.stderr, out.console), 30),

@@ -26,6 +26,14 @@ pub enum Object {
 }
 
 impl Object {
+    pub const ALL: [Object; 6] =
+        [Object::Host, Object::Xdp, Object::Lxc, Object::Foreign, Object::Overlay, Object::Wireguard];
+
+    /// The object built from a source file name ([`Object::source`]).
+    pub fn from_source(source: &str) -> Option<Object> {
+        Object::ALL.into_iter().find(|o| o.source() == source)
+    }
+
     pub fn source(self) -> &'static str {
         match self {
             Object::Host => "bpf_host.c",
