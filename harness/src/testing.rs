@@ -305,3 +305,31 @@ fn with_exe<R>(exe: &Path, f: impl FnOnce() -> R) -> R {
     crate::target::VM_EXE.with(|c| *c.borrow_mut() = None);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_names_are_the_file_stems() {
+        assert_eq!(
+            test_name(Path::new("/x/scenarios/seed-kpr-partial_bond.v1.yaml")),
+            "scenario::seed-kpr-partial_bond.v1"
+        );
+    }
+
+    #[test]
+    fn a_batch_key_changes_with_the_kernel_the_files_and_their_contents() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.yaml"), d.path().join("b.yaml"));
+        std::fs::write(&a, "name: a\n").unwrap();
+        std::fs::write(&b, "name: b\n").unwrap();
+        let exe = Path::new("/nonexistent/hostdp");
+        let k = batch_key("debian-6.1", std::slice::from_ref(&a), exe);
+        assert_eq!(k, batch_key("debian-6.1", std::slice::from_ref(&a), exe));
+        assert_ne!(k, batch_key("debian-6.12", std::slice::from_ref(&a), exe));
+        assert_ne!(k, batch_key("debian-6.1", &[a.clone(), b], exe));
+        std::fs::write(&a, "name: a2\n").unwrap();
+        assert_ne!(k, batch_key("debian-6.1", &[a], exe));
+    }
+}

@@ -544,6 +544,14 @@ mod tests {
     use crate::profile::Profile;
     use crate::startup::{start, Startup};
 
+    #[test]
+    fn objects_are_found_by_their_source() {
+        for o in Object::ALL {
+            assert_eq!(Object::from_source(o.source()), Some(o));
+        }
+        assert_eq!(Object::from_source("nope.c"), None);
+    }
+
     fn startup(pairs: &[(&str, &str)], links: &[LinkInfo], routes: &[RouteInfo], ip: &str) -> Startup {
         let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let cfg = AgentConfig::from_map(&m, Profile::V1_14_4).unwrap();
