@@ -15,6 +15,9 @@ thread_local! {
     pub(crate) static VM_EXE: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
 }
 
+/// How long a VM batch may take per scenario, beyond [`vm::DEFAULT_TIMEOUT`] for the call.
+const PER_SCENARIO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Why a run on a target could not produce records.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -120,6 +123,11 @@ pub fn run_target_as(
     let cache = cache_dir();
     let _ = std::fs::create_dir_all(&cache);
     let mut opts = vm::VmOptions::default();
+    // A batch's limit grows with it: on a loaded machine a TCG guest takes minutes per scenario
+    // (HOSTDP_VM_TIMEOUT, when set, is the limit as given).
+    if crate::paths::get().vm_timeout_secs.is_none() {
+        opts.timeout = opts.timeout.max(PER_SCENARIO_TIMEOUT * files.len() as u32);
+    }
     opts.env.push(("HOSTDP_CACHE_DIR".into(), cache.display().to_string()));
     // The guest's progress lines reach the host's terminal through its standard error.
     if crate::runner::quiet() {
