@@ -45,6 +45,12 @@ pub struct Paths {
     pub fault: Option<String>,
     /// `HOSTDP_TEST_KERNELS`: the VM kernels the scenario tests use, comma-separated.
     pub test_kernels: Option<String>,
+    /// `HOSTDP_COMPILE_HOST`: in a VM guest, the shared folder through which the host compiles
+    /// the guest's templates (see `sys::compile::HostCompiles`).
+    pub compile_host: Option<PathBuf>,
+    /// `NEXTEST_RUN_ID`: set by cargo-nextest, which runs each test in a process of its own; the
+    /// scenario tests' processes of one run share their VM batches through it.
+    pub nextest_run_id: Option<String>,
     /// `PATH`, where tools (clang, vng, qemu) are looked up.
     pub exe_path: Option<OsString>,
 }
@@ -101,6 +107,8 @@ impl Paths {
             quiet: var("HOSTDP_QUIET").is_some(),
             fault: text("HOSTDP_FAULT"),
             test_kernels: text("HOSTDP_TEST_KERNELS"),
+            compile_host: var("HOSTDP_COMPILE_HOST"),
+            nextest_run_id: text("NEXTEST_RUN_ID"),
             exe_path: var("PATH").map(PathBuf::into_os_string),
         }
     }

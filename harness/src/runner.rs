@@ -57,7 +57,7 @@ pub(crate) fn crd_files() -> &'static [PathBuf] {
     CRD_FILES.get().map(Vec::as_slice).unwrap_or(&[])
 }
 
-fn compiler() -> std::sync::Arc<Compiler> {
+pub(crate) fn compiler() -> std::sync::Arc<Compiler> {
     static C: std::sync::OnceLock<std::sync::Arc<Compiler>> = std::sync::OnceLock::new();
     C.get_or_init(|| std::sync::Arc::new(Compiler::new(crate::sys::compile::default_bpf_dir(), cache_dir()))).clone()
 }

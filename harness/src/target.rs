@@ -15,6 +15,9 @@ thread_local! {
     pub(crate) static VM_EXE: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
 }
 
+/// How long a VM batch may take per scenario, beyond [`vm::DEFAULT_TIMEOUT`] for the call.
+const PER_SCENARIO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Why a run on a target could not produce records.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -120,14 +123,31 @@ pub fn run_target_as(
     let cache = cache_dir();
     let _ = std::fs::create_dir_all(&cache);
     let mut opts = vm::VmOptions::default();
+    // A batch's limit grows with it: on a loaded machine a TCG guest takes minutes per scenario
+    // (HOSTDP_VM_TIMEOUT, when set, is the limit as given).
+    if crate::paths::get().vm_timeout_secs.is_none() {
+        opts.timeout = opts.timeout.max(PER_SCENARIO_TIMEOUT * files.len() as u32);
+    }
     opts.env.push(("HOSTDP_CACHE_DIR".into(), cache.display().to_string()));
-    opts.env.push(("HOSTDP_QUIET".into(), "1".into()));
+    // The guest's progress lines reach the host's terminal through its standard error.
+    if crate::runner::quiet() {
+        opts.env.push(("HOSTDP_QUIET".into(), "1".into()));
+    } else {
+        opts.progress = true;
+    }
     // A throwaway guest may load modules on demand (the capability probe then finds them).
     opts.env.push(("HOSTDP_ALLOW_MODPROBE".into(), "1".into()));
     if crate::sys::crosscheck::enabled() {
         opts.env.push(("HOSTDP_CROSSCHECK".into(), "1".into()));
     }
-    let out = vm::run_in_vm_with(&kernel, &cmd, &[results.path().to_path_buf(), cache], &cwd, &opts)?;
+    // The guest's templates are compiled here, at native speed, into the shared cache.
+    let requests = results.path().join("compile");
+    std::fs::create_dir_all(&requests).map_err(|e| io(format!("create {}", requests.display()), e))?;
+    opts.env.push(("HOSTDP_COMPILE_HOST".into(), requests.display().to_string()));
+    let host_compiles = crate::sys::compile::HostCompiles::start(crate::runner::compiler(), requests, target);
+    let out = vm::run_in_vm_with(&kernel, &cmd, &[results.path().to_path_buf(), cache], &cwd, &opts);
+    drop(host_compiles);
+    let out = out?;
     let text = std::fs::read_to_string(&out_file).map_err(|_| TargetError::NoResult {
         status: out.status,
         tail: tail(&format!("{}\n{}\n{}", out.stdout, out.stderr, out.console), 30),

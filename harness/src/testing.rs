@@ -1,4 +1,4 @@
-//! The per-file scenario test behind `cargo test` (`harness/tests/it/scenarios.rs`): runs a
+//! The per-file scenario test behind `cargo test` (`harness/tests/scenarios.rs`): runs a
 //! scenario on this kernel or, batched once per kernel, in the VMs; and the view of a record
 //! that the snapshots hold.
 
@@ -13,9 +13,11 @@ use crate::target::run_target;
 
 /// The per-file test behind `cargo test` (harness/tests/scenarios.rs): runs the scenario on
 /// this kernel; if this kernel cannot host it, inside the VM kernels of `HOSTDP_TEST_KERNELS`
-/// (default `debian-6.1,debian-6.12`) in turn until one can. VM runs are batched: the first test
-/// that needs a kernel runs, in one VM, every scenario of the folder that this kernel cannot
-/// host; the other tests read their record from that batch. Panics with the scenario path, the
+/// (default `debian-6.1,debian-6.12`) in turn until one can. VM runs are batched once per kernel
+/// however the tests run (threads of one process, or a process per test under nextest): the
+/// first test that needs a kernel runs, in one VM, every selected scenario (under nextest every
+/// scenario of the folder) that this kernel cannot host; the others read their record from that
+/// batch. Panics with the scenario path, the
 /// failing step, expected beside observed, and how to re-run just that one.
 pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
     assert!(
@@ -32,7 +34,7 @@ pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
     let rec = if rec.status == Status::Skipped {
         let mut found = None;
         for k in test_kernels() {
-            let batch = vm_batch(&k, path, exe);
+            let batch = vm_batch(&k, path.parent().unwrap_or(Path::new(".")), exe);
             let run = match batch {
                 Ok(run) => run,
                 Err(e) => {
@@ -57,13 +59,13 @@ pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
         rec
     };
     let summary = record::Summary::of(std::iter::once(&rec));
-    let record = RunRecord::single(rec.kernel.clone().unwrap_or_default(), vec![rec.clone()]);
-    eprintln!("{}", record::table(&record));
     if summary.passed != 1 {
+        let record = RunRecord::single(rec.kernel.clone().unwrap_or_default(), vec![rec.clone()]);
         panic!(
-            "{} {}: see above (expected beside observed); re-run just this one: sudo -E cargo test --test scenarios -- {} , or hostdp run {}",
+            "{} {}:\n{}\nre-run just this one: sudo -E cargo test --test scenarios -- {} --exact, or hostdp run {}",
             path.display(),
             rec.status.as_str(),
+            record::table(&record),
             test_name(path),
             path.display()
         );
@@ -150,36 +152,162 @@ fn test_kernels() -> Vec<String> {
         .collect()
 }
 
+/// The scenario files of `dir` (`*.yaml`, `*.yml`), sorted: one test each.
+pub fn scenario_files(dir: &Path) -> Vec<PathBuf> {
+    expand(&[dir.to_path_buf()])
+}
+
+/// The test of a scenario file: `scenario::<file stem>`, stable when files are added.
+pub fn test_name(path: &Path) -> String {
+    format!("scenario::{}", path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())
+}
+
+/// Whether this kernel cannot host the scenario (so its test runs in a VM batch).
+pub fn needs_vm(path: &Path) -> bool {
+    let caps = crate::sys::caps::probe(&cache_dir());
+    scenario::load(path).map(|sc| !caps.missing_for(&sc).is_empty()).unwrap_or(false)
+}
+
+/// The VM batches of this process: the scenarios selected to run, when one process runs them
+/// all (`cargo test`); `None` means every scenario of the folder, as under nextest, where each
+/// test is a process of its own and all of them must agree on one batch.
+static SELECTED: Mutex<Option<Vec<PathBuf>>> = Mutex::new(None);
+
+/// Limits this process's VM batches to `files` (those of the selected tests). Ignored under
+/// nextest (see [`SELECTED`]).
+pub fn select(files: Vec<PathBuf>) {
+    if crate::paths::get().nextest_run_id.is_none() {
+        *SELECTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(files);
+    }
+}
+
+/// Runs the VM batches of `dir` now (each kernel in turn) so that they overlap with the tests
+/// that run on this kernel; the tests that need them then wait for their record.
+pub fn prefetch_vm_batches(dir: &Path, exe: &Path) {
+    for k in test_kernels() {
+        if vm_batch(&k, dir, exe).is_err() {
+            break;
+        }
+    }
+}
+
 /// A VM batch already run: kernel, scenario folder, and its result.
 type Batch = (String, PathBuf, Result<KernelRun, String>);
 
-/// One VM run per kernel for all the scenarios of `path`'s folder that need it: those this
-/// kernel cannot host and (for a later kernel) that every earlier kernel skipped.
-fn vm_batch(kernel: &str, path: &Path, exe: &Path) -> Result<KernelRun, String> {
+/// One VM run per kernel for all the scenarios of folder `dir` that need it: those this kernel
+/// cannot host and (for a later kernel) that every earlier kernel skipped. Shared by the
+/// threads of this process through memory and by the processes of one nextest run through
+/// [`shared_batch`].
+fn vm_batch(kernel: &str, dir: &Path, exe: &Path) -> Result<KernelRun, String> {
     static BATCHES: Mutex<Vec<Batch>> = Mutex::new(Vec::new());
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut batches = BATCHES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, _, r)) = batches.iter().find(|(k, d, _)| k == kernel && *d == dir) {
+    if let Some((_, _, r)) = batches.iter().find(|(k, d, _)| k == kernel && d == dir) {
         return r.clone();
     }
-    let caps = crate::sys::caps::probe(&cache_dir());
-    let mut files: Vec<PathBuf> = expand(std::slice::from_ref(&dir))
+    let selected = SELECTED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut files: Vec<PathBuf> = selected
+        .unwrap_or_else(|| scenario_files(dir))
         .into_iter()
-        .filter(|f| scenario::load(f).map(|sc| !caps.missing_for(&sc).is_empty()).unwrap_or(false))
+        .filter(|f| f.parent() == Some(dir) && needs_vm(f))
         .collect();
     for k in test_kernels().iter().take_while(|k| k.as_str() != kernel) {
-        if let Some((_, _, Ok(run))) = batches.iter().find(|(bk, d, _)| bk == k && *d == dir) {
+        if let Some((_, _, Ok(run))) = batches.iter().find(|(bk, d, _)| bk == k && d == dir) {
             files.retain(|f| run.scenarios.iter().any(|r| Path::new(&r.file) == f && r.status == Status::Skipped));
         }
     }
-    eprintln!("hostdp: running {} scenario(s) of {} in one {kernel} VM", files.len(), dir.display());
-    let res = with_exe(exe, || run_target(kernel, &files, 2)).map_err(|e| e.to_string());
-    batches.push((kernel.to_string(), dir, res.clone()));
+    let res = if files.is_empty() {
+        Err(format!("no scenario of {} needs the {kernel} VM", dir.display()))
+    } else {
+        shared_batch(kernel, &files, exe)
+    };
+    batches.push((kernel.to_string(), dir.to_path_buf(), res.clone()));
     res
 }
-/// A filter that selects this file's test (rstest names it `scenario::path_NN__UP_scenarios_<stem>_yaml`).
-fn test_name(path: &Path) -> String {
-    format!("_{}_yaml", path.file_stem().map(|s| s.to_string_lossy().replace(['-', '.'], "_")).unwrap_or_default())
+
+/// Runs `files` in one `kernel` VM, or reads the record of the process of this test run that
+/// did: the first takes a file lock in the cache, runs the batch and writes its record; the
+/// others wait on the lock, then read it. Keyed by the run (nextest's run id, else this
+/// process), the kernel, the scenario files and their contents, and the `hostdp` binary.
+fn shared_batch(kernel: &str, files: &[PathBuf], exe: &Path) -> Result<KernelRun, String> {
+    use nix::fcntl::{Flock, FlockArg};
+    let dir = cache_dir().join("test-batches");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let key = batch_key(kernel, files, exe);
+    let (lock_path, record) = (dir.join(format!("{key}.lock")), dir.join(format!("{key}.json")));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("open {}: {e}", lock_path.display()))?;
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((file, _)) => {
+            progress(&format!("waiting for the {kernel} VM batch that another test process runs"));
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| format!("lock {}: {e}", lock_path.display()))?
+        }
+    };
+    if let Some(r) = std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+        return r;
+    }
+    remove_old_batches(&dir);
+    let dirs: std::collections::BTreeSet<String> =
+        files.iter().map(|f| f.parent().unwrap_or(Path::new(".")).display().to_string()).collect();
+    progress(&format!(
+        "running {} scenario(s) of {} in one {kernel} VM",
+        files.len(),
+        dirs.into_iter().collect::<Vec<_>>().join(", ")
+    ));
+    let res = with_exe(exe, || run_target(kernel, files, 2)).map_err(|e| e.to_string());
+    if let Ok(text) = serde_json::to_string(&res) {
+        let _ = crate::sys::compile::write_atomic(&record, text.as_bytes());
+    }
+    drop(file);
+    res
+}
+
+/// A progress line on standard error, unless `HOSTDP_QUIET` is set.
+fn progress(line: &str) {
+    if !crate::runner::quiet() {
+        eprintln!("hostdp: {line}");
+    }
+}
+
+/// Hex sha256 naming a batch: the run, the kernel, every file with its contents, and the
+/// binary that runs in the guest (path, size, modification time).
+fn batch_key(kernel: &str, files: &[PathBuf], exe: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    let run = match &crate::paths::get().nextest_run_id {
+        Some(id) => format!("nextest {id}"),
+        None => format!("process {}", std::process::id()),
+    };
+    field(run.as_bytes());
+    field(kernel.as_bytes());
+    for f in files {
+        field(f.display().to_string().as_bytes());
+        field(&std::fs::read(f).unwrap_or_default());
+    }
+    let meta = std::fs::metadata(exe).ok();
+    let mtime =
+        meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    field(format!("{} {:?} {:?}", exe.display(), meta.map(|m| m.len()), mtime).as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Records of earlier test runs (older than a day) go; they are never read again.
+fn remove_old_batches(dir: &Path) {
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > day);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// `run_target` uses `current_exe()` as the binary to run in the guest; from a test binary that
@@ -189,4 +317,32 @@ fn with_exe<R>(exe: &Path, f: impl FnOnce() -> R) -> R {
     let r = f();
     crate::target::VM_EXE.with(|c| *c.borrow_mut() = None);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_names_are_the_file_stems() {
+        assert_eq!(
+            test_name(Path::new("/x/scenarios/seed-kpr-partial_bond.v1.yaml")),
+            "scenario::seed-kpr-partial_bond.v1"
+        );
+    }
+
+    #[test]
+    fn a_batch_key_changes_with_the_kernel_the_files_and_their_contents() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.yaml"), d.path().join("b.yaml"));
+        std::fs::write(&a, "name: a\n").unwrap();
+        std::fs::write(&b, "name: b\n").unwrap();
+        let exe = Path::new("/nonexistent/hostdp");
+        let k = batch_key("debian-6.1", std::slice::from_ref(&a), exe);
+        assert_eq!(k, batch_key("debian-6.1", std::slice::from_ref(&a), exe));
+        assert_ne!(k, batch_key("debian-6.12", std::slice::from_ref(&a), exe));
+        assert_ne!(k, batch_key("debian-6.1", &[a.clone(), b], exe));
+        std::fs::write(&a, "name: a2\n").unwrap();
+        assert_ne!(k, batch_key("debian-6.1", &[a], exe));
+    }
 }

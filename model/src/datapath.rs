@@ -27,6 +27,14 @@ pub enum Object {
 }
 
 impl Object {
+    pub const ALL: [Object; 6] =
+        [Object::Host, Object::Xdp, Object::Lxc, Object::Foreign, Object::Overlay, Object::Wireguard];
+
+    /// The object built from a source file name ([`Object::source`]).
+    pub fn from_source(source: &str) -> Option<Object> {
+        Object::ALL.into_iter().find(|o| o.source() == source)
+    }
+
     pub fn source(self) -> &'static str {
         match self {
             Object::Host => "bpf_host.c",
@@ -686,6 +694,14 @@ mod tests {
     use crate::observed::RouteInfo;
     use crate::profile::Profile;
     use crate::startup::{start, Startup};
+
+    #[test]
+    fn objects_are_found_by_their_source() {
+        for o in Object::ALL {
+            assert_eq!(Object::from_source(o.source()), Some(o));
+        }
+        assert_eq!(Object::from_source("nope.c"), None);
+    }
 
     fn startup(pairs: &[(&str, &str)], links: &[LinkInfo], routes: &[RouteInfo], ip: &str) -> Startup {
         let m = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

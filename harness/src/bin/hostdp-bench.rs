@@ -25,13 +25,15 @@ struct Args {
     /// Runs per measurement; medians are reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Also time the VM: boot to first scenario and the whole suite (minutes).
+    /// Also time the VM: boot to first scenario, the whole suite, and per kernel the batch of
+    /// scenarios this kernel cannot host with a cold and a warm template cache (minutes).
     #[arg(long)]
     vm: bool,
     /// Link counts of the scaling test.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     sizes: Vec<usize>,
-    /// Only these parts (single, matrix, script, rss, scaling, vm); default all but vm unless --vm.
+    /// Only these parts (single, matrix, script, rss, scaling, vm, vmbatch); default all but the
+    /// VM ones unless --vm.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where the JSON goes.
@@ -488,6 +490,48 @@ fn vm(exe: &Path, table: &mut String) -> Value {
            "matrix_runs": files.len(), "matrix_ms": m.wall_ms, "matrix_scenario_ms_sum": in_guest, "matrix_status": summary(&m.record)})
 }
 
+/// Per VM kernel, one batch of the scenarios this kernel cannot host (what `cargo test` boots a
+/// VM for), in one boot with `-j 2`: with an empty template cache (cold: the guest asks the host
+/// to compile each template) and again with the cache that filled (warm).
+fn vm_batches(exe: &Path, table: &mut String) -> Value {
+    let files: Vec<PathBuf> = hostdp::testing::scenario_files(&root().join("scenarios"))
+        .into_iter()
+        .filter(|f| hostdp::testing::needs_vm(f))
+        .collect();
+    // The guest shares the cache read-write: a folder beside the usual one, not the host's /tmp.
+    let cache = hostdp::runner::cache_dir();
+    let base = cache.parent().map(Path::to_path_buf).unwrap_or(cache);
+    let mut out = serde_json::Map::new();
+    for k in hostdp::sys::vm::KNOWN_KERNELS {
+        let cache = tempfile::Builder::new().prefix("bench-vm-cache-").tempdir_in(&base).expect("temporary cache");
+        let cold = run_hostdp(exe, &["--kernel", k, "-j", "2"], &files, cache.path());
+        let templates = std::fs::read_dir(cache.path().join("objects")).map(|d| d.count()).unwrap_or(0);
+        let warm = run_hostdp(exe, &["--kernel", k, "-j", "2"], &files, cache.path());
+        let compile_s = |c: &Child| -> f64 {
+            c.record.iter().flat_map(|r| r.scenarios.iter().filter_map(|s| s.phases)).map(|p| p.compile).sum::<f64>()
+                / 1000.0
+        };
+        let _ = writeln!(
+            table,
+            "VM {k}: batch of the {} scenarios this kernel cannot host, one boot, -j 2: cold {:.1} s ({templates} \
+             templates compiled on the host; the guest waited {:.1} s for them), warm {:.1} s (compile {:.1} s) ({})",
+            files.len(),
+            cold.wall_ms / 1000.0,
+            compile_s(&cold),
+            warm.wall_ms / 1000.0,
+            compile_s(&warm),
+            summary(&warm.record)
+        );
+        out.insert(
+            k.to_string(),
+            json!({"files": files.len(), "cold_ms": cold.wall_ms, "warm_ms": warm.wall_ms, "templates": templates,
+                   "cold_compile_s": compile_s(&cold), "warm_compile_s": compile_s(&warm),
+                   "cold_status": summary(&cold.record), "warm_status": summary(&warm.record)}),
+        );
+    }
+    Value::Object(out)
+}
+
 /// One part of the benchmark: its name and what runs it (writing its lines of the table).
 type Part<'a> = (&'static str, &'a dyn Fn(&mut String) -> Value);
 
@@ -499,8 +543,13 @@ fn main() {
             .and_then(|p| p.parent().map(|d| d.join("hostdp")))
             .unwrap_or_else(|| PathBuf::from("hostdp"))
     });
-    let want =
-        |part: &str| if args.only.is_empty() { part != "vm" || args.vm } else { args.only.iter().any(|o| o == part) };
+    let want = |part: &str| {
+        if args.only.is_empty() {
+            !part.starts_with("vm") || args.vm
+        } else {
+            args.only.iter().any(|o| o == part)
+        }
+    };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut table = String::new();
     let mut out = json!({
@@ -509,13 +558,14 @@ fn main() {
         "loadavg_before": load.trim(),
         "runs": args.runs,
     });
-    let parts: [Part<'_>; 6] = [
+    let parts: [Part<'_>; 7] = [
         ("single", &|t| single(&exe, args.runs, t)),
         ("script", &|t| script(&exe, args.runs, t)),
         ("matrix", &|t| matrix(&exe, args.runs, t)),
         ("rss", &|t| rss(&exe, t)),
         ("scaling", &|t| scaling(&exe, &args.sizes, t)),
         ("vm", &|t| vm(&exe, t)),
+        ("vmbatch", &|t| vm_batches(&exe, t)),
     ];
     for (name, f) in parts {
         if want(name) {

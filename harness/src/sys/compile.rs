@@ -225,7 +225,9 @@ impl Compiler {
             std::fs::create_dir_all(&state).map_err(fs(format!("create {}", state.display()))).map_err(io)?;
             write_atomic(&state.join("node_config.h"), header.as_bytes()).map_err(io)?;
             std::fs::create_dir_all(&objects).map_err(fs(format!("create {}", objects.display()))).map_err(io)?;
-            self.run_clang(object, dir, &state, &path)?;
+            if !compiled_by_host(object, defines, &hash, &path) {
+                self.run_clang(object, dir, &state, &path)?;
+            }
         }
         let compiled = CompiledObject { path, hash: hash.clone() };
         memory.insert(hash, compiled.clone());
@@ -266,6 +268,102 @@ impl Compiler {
             });
         }
         std::fs::rename(&tmp_out, out).map_err(fs(format!("rename into {}", out.display()))).map_err(io)
+    }
+}
+
+/// How long a guest waits for the host to compile one template before it runs clang itself.
+const HOST_COMPILE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// In a VM guest (`HOSTDP_COMPILE_HOST` set): asks the host to compile `object` with `defines`
+/// and waits for the object at `out`. Under TCG clang runs many times slower than on the host;
+/// the host's clang is the same binary (the guest sees the host's root), and the host computes
+/// the same cache key, so its object lands at the same path in the shared cache. False (the
+/// guest compiles itself) when no host answers, the host's build failed (clang in the guest
+/// then gives the error), or its key differed.
+fn compiled_by_host(object: Object, defines: &BTreeMap<String, String>, hash: &str, out: &Path) -> bool {
+    let Some(dir) = &crate::paths::get().compile_host else { return false };
+    let req = serde_json::json!({ "object": object.source(), "defines": defines });
+    if write_atomic(&dir.join(format!("{hash}.req")), req.to_string().as_bytes()).is_err() {
+        return false;
+    }
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < HOST_COMPILE_WAIT {
+        if dir.join(format!("{hash}.done")).exists() {
+            return out.exists();
+        }
+        if dir.join(format!("{hash}.err")).exists() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+/// The host side of [`compiled_by_host`]: while a VM runs, a thread answers the guest's
+/// requests in `dir` with `compiler` (the host's, over the same cache folder). Stops, and says
+/// what it compiled, when dropped.
+pub struct HostCompiles {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(usize, std::time::Duration)>>,
+    label: String,
+}
+
+impl HostCompiles {
+    pub fn start(compiler: Arc<Compiler>, dir: PathBuf, label: &str) -> HostCompiles {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut n, mut spent) = (0, std::time::Duration::ZERO);
+            let mut done = std::collections::HashSet::new();
+            loop {
+                let last = flag.load(Ordering::SeqCst);
+                let mut reqs: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "req") && !done.contains(p))
+                    .collect();
+                reqs.sort();
+                for r in reqs {
+                    let t0 = std::time::Instant::now();
+                    let built = std::fs::read_to_string(&r)
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                        .and_then(|v| {
+                            let object = Object::from_source(v["object"].as_str()?)?;
+                            let defines: BTreeMap<String, String> =
+                                serde_json::from_value(v["defines"].clone()).ok()?;
+                            compiler.compile(object, &defines).ok()
+                        });
+                    let answer = r.with_extension(if built.is_some() { "done" } else { "err" });
+                    let _ = write_atomic(&answer, b"");
+                    spent += t0.elapsed();
+                    n += usize::from(built.is_some());
+                    done.insert(r);
+                }
+                if last {
+                    return (n, spent);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        HostCompiles { stop, thread: Some(thread), label: label.to_string() }
+    }
+}
+
+impl Drop for HostCompiles {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some((n, spent)) = self.thread.take().and_then(|t| t.join().ok()) {
+            if n > 0 && !crate::paths::get().quiet {
+                eprintln!(
+                    "hostdp: [{}] compiled {n} template(s) on the host in {:.1} s",
+                    self.label,
+                    spent.as_secs_f64()
+                );
+            }
+        }
     }
 }
 

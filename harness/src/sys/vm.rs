@@ -203,6 +203,10 @@ pub struct VmOptions {
     pub env: Vec<(String, String)>,
     /// The whole call is killed after this long.
     pub timeout: Duration,
+    /// Progress on standard error while the call runs: the boot (a spinner on a terminal, a line
+    /// every 10 s otherwise), then every `hostdp: ` line the command writes to its standard
+    /// error (a scenario started or done), prefixed with the kernel's name.
+    pub progress: bool,
 }
 
 impl Default for VmOptions {
@@ -214,6 +218,7 @@ impl Default for VmOptions {
             modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             timeout,
+            progress: false,
         }
     }
 }
@@ -337,7 +342,11 @@ pub fn run_in_vm_with(
     let out_reader = spawn_reader(child.stdout.take());
     let err_reader = spawn_reader(child.stderr.take());
 
+    let mut progress = opts.progress.then(|| Progress::new(&kernel.name, &run));
     let exit = loop {
+        if let Some(p) = &mut progress {
+            p.tick(started.elapsed());
+        }
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
             Ok(None) if started.elapsed() >= opts.timeout => break None,
@@ -351,6 +360,10 @@ pub fn run_in_vm_with(
         guard.kill();
     } else {
         guard.0 = None;
+    }
+    if let Some(p) = &mut progress {
+        p.tick(started.elapsed());
+        p.finish();
     }
     let console = {
         let mut s = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
@@ -381,6 +394,87 @@ pub fn run_in_vm_with(
         |f: &str| std::fs::read(run.join(f)).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let command_started = std::fs::read_to_string(run.join("started")).ok().and_then(|s| parse_uptime(&s));
     Ok(VmOutput { status, stdout: read("stdout"), stderr: read("stderr"), boot_and_run, command_started, console })
+}
+
+/// The progress lines of one VM call (see [`VmOptions::progress`]).
+struct Progress {
+    kernel: String,
+    run: PathBuf,
+    tty: bool,
+    /// Whether the command has started (the guest wrote `started`).
+    booted: bool,
+    /// How far the command's standard error has been relayed.
+    relayed: usize,
+    /// The last boot line (seconds since the start), or spinner frame.
+    last: u64,
+    /// A spinner line is on the terminal and must be cleared before the next line.
+    spinning: bool,
+}
+
+impl Progress {
+    fn new(kernel: &str, run: &Path) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            kernel: kernel.to_string(),
+            run: run.to_path_buf(),
+            tty: std::io::stderr().is_terminal(),
+            booted: false,
+            relayed: 0,
+            last: 0,
+            spinning: false,
+        }
+    }
+
+    fn tick(&mut self, elapsed: Duration) {
+        if !self.booted && self.run.join("started").exists() {
+            self.booted = true;
+            self.line(&format!("hostdp: {} VM booted in {} s", self.kernel, elapsed.as_secs()));
+        }
+        if !self.booted {
+            if self.tty {
+                const FRAMES: &[char] = &['|', '/', '-', '\\'];
+                let frame = (elapsed.as_millis() / 250) as u64;
+                if frame != self.last {
+                    self.last = frame;
+                    self.spinning = true;
+                    eprint!(
+                        "\r{} hostdp: {} VM booting ({} s)",
+                        FRAMES[frame as usize % FRAMES.len()],
+                        self.kernel,
+                        elapsed.as_secs()
+                    );
+                }
+            } else if elapsed.as_secs() / 10 > self.last {
+                self.last = elapsed.as_secs() / 10;
+                self.line(&format!("hostdp: {} VM booting ({} s)", self.kernel, elapsed.as_secs()));
+            }
+            return;
+        }
+        let Ok(err) = std::fs::read(self.run.join("stderr")) else { return };
+        let Some(end) = err.iter().rposition(|&b| b == b'\n').map(|i| i + 1) else { return };
+        if end <= self.relayed {
+            return;
+        }
+        let text = String::from_utf8_lossy(&err[self.relayed..end]).into_owned();
+        self.relayed = end;
+        for l in text.lines().filter_map(|l| l.strip_prefix("hostdp: ")) {
+            self.line(&format!("hostdp: [{}] {l}", self.kernel));
+        }
+    }
+
+    /// A whole line, after clearing the spinner.
+    fn line(&mut self, l: &str) {
+        if std::mem::take(&mut self.spinning) {
+            eprint!("\r\x1b[2K");
+        }
+        eprintln!("{l}");
+    }
+
+    fn finish(&mut self) {
+        if std::mem::take(&mut self.spinning) {
+            eprint!("\r\x1b[2K");
+        }
+    }
 }
 
 /// The script the guest runs: prepare, run the command with its streams in files, record the

@@ -3,7 +3,7 @@
 //! tests running beside it in the same process would disturb.
 //!
 //! Most need root (network namespaces, bpf) and say "skipping: needs root" without it. The
-//! scenario tests are `scenarios::scenario::path_*`: `sudo -E cargo test --test it -- scenarios::`.
+//! scenario tests are a binary of their own: `sudo -E cargo test --test scenarios`.
 
 mod support;
 
@@ -15,6 +15,5 @@ mod policy_examples;
 mod policy_maps;
 mod profiles;
 mod reports;
-mod scenarios;
 mod topology;
 mod vm;
