@@ -148,10 +148,11 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
     let mut pods: Vec<PodSpec> = sc.pods.clone();
     let mut previous: Option<Vec<Attachment>> = None;
     for (i, step) in sc.steps.iter().enumerate() {
-        let mut aliases = BTreeMap::new();
-        for p in &pods {
-            aliases.insert(format!("pod:{}", p.key()), node.lxc_name(&p.key()));
-        }
+        // `pod:NS/NAME` → its lxc device, for the pods there are at that moment.
+        let pod_aliases = |pods: &[PodSpec], node: &Node| -> BTreeMap<String, String> {
+            pods.iter().map(|p| (format!("pod:{}", p.key()), node.lxc_name(&p.key()))).collect()
+        };
+        let aliases = pod_aliases(&pods, &node);
         let mut traffic = None;
         let mut traffic_disagreements = Vec::new();
         let result = match &step.action {
@@ -171,6 +172,8 @@ pub fn run_scenario(sc: &Scenario, run: &RunId) -> ScenarioRecord {
             Err(AgentError::Refused(m)) => (Vec::new(), Some(m), None),
             Err(e @ (AgentError::Harness(_) | AgentError::Step(_))) => (Vec::new(), None, Some(e.to_string())),
         };
+        // The step may have added or deleted pods.
+        let aliases = pod_aliases(&pods, &node);
         let observed = timing::time(Phase::Readback, || inspect::inspect_netns(node.netns()))
             .map_err(|e| e.to_string())
             .and_then(|v| {

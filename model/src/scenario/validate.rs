@@ -1310,8 +1310,9 @@ fn check_step(
     let line = cx.loc.at(&at).line;
     let expect = raw.expect.take().unwrap_or_default();
     let action = cx.ok(step_action(cx, i, raw, expect.error.is_some(), base, links, pods));
-    if expect.traffic.is_some() && action.as_ref().is_some_and(|a| !matches!(a, Action::Traffic(_))) {
-        cx.push(cx.key_at(&with(&at, &[K("expect"), K("traffic")]), "expect.traffic is only for a traffic step"));
+    if let Some(a) = action.as_ref().filter(|a| expect.traffic.is_some() && !matches!(a, Action::Traffic(_))) {
+        let message = format!("expect.traffic is only for a traffic step, not after `{}`", a.key());
+        cx.push(cx.key_at(&with(&at, &[K("expect"), K("traffic")]), message));
     }
     check_expect(cx, &with(&at, &[K("expect")]), &expect, links, pods);
     Some(Step { action: action?, expect, line })
