@@ -225,12 +225,12 @@ fn pass_fail_and_panic_leave_nothing_behind() {
     // (b) a failing one: the expectation is wrong on purpose
     let good = std::fs::read_to_string(project().join("scenarios/restart-feature-off.yaml")).unwrap();
     let bad = good
-        .replacen("devices: [eth0]", "devices: [eth9]", 1)
+        .replacen("devices: [eth0]", "devices: [cilium_net]", 1)
         .replace("name: restart-feature-off", "name: reliab-failing");
     let failing = write(dir.path(), "failing.yaml", &bad);
     let o = run(&["run", failing.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("eth9"), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("expected: [cilium_net]"), "{}", text(&o));
     assert_clean(&before, "after a failing run");
 
     // (c) a panic after the first step acted (programs attached, read-back not done)
