@@ -897,12 +897,13 @@ impl Phases {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::observed::Mechanism;
     use crate::scenario::HookExpect;
 
-    fn att(dev: &str, hook: Hook, prog: &str) -> Attachment {
+    /// A tc attachment as the read-back gives one (also used by other modules' tests).
+    pub(crate) fn att(dev: &str, hook: Hook, prog: &str) -> Attachment {
         Attachment {
             device: dev.into(),
             hook,

@@ -91,25 +91,8 @@ fn scalar(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observed::Mechanism;
+    use crate::record::tests::att;
     use crate::record::{Mismatch, Status};
-
-    fn att(dev: &str, hook: Hook, prog: &str) -> Attachment {
-        Attachment {
-            device: dev.into(),
-            hook,
-            mechanism: Mechanism::Tc,
-            program: prog.into(),
-            filter: None,
-            priority: Some(1),
-            handle: Some(1),
-            direct_action: Some(true),
-            prog_id: 7,
-            tag: None,
-            mode: None,
-            endpoint: None,
-        }
-    }
 
     #[test]
     fn the_block_has_the_steps_keys_full_names_and_parses() {
