@@ -4,7 +4,8 @@
 //! those tools, so it is a verification aid, not part of a normal run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sys::netns::Netns;
@@ -74,15 +75,13 @@ type TcKey = (String, Hook, String, u16, u32, u32);
 pub fn compare(ns: &Netns, devices: &[String], atts: &[Attachment]) -> Vec<String> {
     let mut out = Vec::new();
     // iproute2: every filter of every device and direction.
-    let mut from_tc: BTreeSet<TcKey> = BTreeSet::new();
-    for dev in devices {
-        for hook in [Hook::Ingress, Hook::Egress] {
-            match tool(ns, &["tc", "filter", "show", "dev", dev, hook.as_str()]) {
-                Ok(text) => from_tc.extend(parse_tc(dev, hook, &text)),
-                Err(e) => out.push(e),
-            }
+    let from_tc = match tc_filters(ns, devices) {
+        Ok(f) => f,
+        Err(e) => {
+            out.push(e);
+            BTreeSet::new()
         }
-    }
+    };
     let from_inspect: BTreeSet<TcKey> = atts
         .iter()
         .filter(|a| a.mechanism == Mechanism::Tc)
@@ -170,11 +169,12 @@ pub fn compare(ns: &Netns, devices: &[String], atts: &[Attachment]) -> Vec<Strin
     out
 }
 
+/// Runs a tool inside `ns`: spawned from a thread that entered it (one process, where `ip netns
+/// exec` would be two and a mount namespace).
 fn tool(ns: &Netns, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .args(args)
-        .output()
+    let out = ns
+        .run(|| Command::new(args[0]).args(&args[1..]).output())
+        .map_err(|e| format!("crosscheck: enter {}: {e}", ns.name()))?
         .map_err(|e| format!("crosscheck: run {}: {e}", args.join(" ")))?;
     if !out.status.success() {
         return Err(format!("crosscheck: {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
@@ -182,17 +182,55 @@ fn tool(ns: &Netns, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Parses `tc filter show dev D DIR`: the lines with a handle are the filters.
-fn parse_tc(dev: &str, hook: Hook, text: &str) -> Vec<TcKey> {
+/// Every filter of `devices` in `ns`, both directions, from one `tc -json -batch` process: it
+/// prints one JSON list per command, in order. (A `tc` per device and direction cost a VM
+/// scenario a minute and more under TCG, where each process start is slow.)
+fn tc_filters(ns: &Netns, devices: &[String]) -> Result<BTreeSet<TcKey>, String> {
+    let mut script = String::new();
+    let mut order = Vec::new();
+    for dev in devices {
+        for hook in [Hook::Ingress, Hook::Egress] {
+            script.push_str(&format!("filter show dev {dev} {}\n", hook.as_str()));
+            order.push((dev, hook));
+        }
+    }
+    let mut child = Command::new("tc")
+        .args(["-netns", ns.name(), "-json", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("crosscheck: run tc -batch: {e}"))?;
+    // A few kilobytes: they fit the pipe, so writing before reading cannot block.
+    let written = child.stdin.take().map(|mut i| i.write_all(script.as_bytes()));
+    let out = child.wait_with_output().map_err(|e| format!("crosscheck: run tc -batch: {e}"))?;
+    if !out.status.success() || matches!(written, Some(Err(_))) {
+        return Err(format!("crosscheck: tc filter show failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let lists: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("crosscheck: tc -json filter show printed no JSON: {e}"))?;
+    if lists.len() != order.len() {
+        return Err(format!(
+            "crosscheck: tc printed {} filter lists for {} devices and directions",
+            lists.len(),
+            order.len()
+        ));
+    }
+    Ok(order.into_iter().zip(&lists).flat_map(|((dev, hook), list)| parse_tc(dev, hook, list)).collect())
+}
+
+/// The filters of one `tc -json filter show dev D DIR` list: the entries with a handle.
+fn parse_tc(dev: &str, hook: Hook, list: &serde_json::Value) -> Vec<TcKey> {
     let mut v = Vec::new();
-    for line in text.lines() {
-        let t: Vec<&str> = line.split_whitespace().collect();
-        let after = |k: &str| t.iter().position(|x| *x == k).and_then(|i| t.get(i + 1)).copied();
-        let Some(handle) = after("handle") else { continue };
+    for f in list.as_array().into_iter().flatten() {
+        let opts = &f["options"];
+        let Some(handle) = opts["handle"].as_str() else { continue };
         let Ok(handle) = u32::from_str_radix(handle.trim_start_matches("0x"), 16) else { continue };
-        let name = t.iter().position(|x| *x == "handle").and_then(|i| t.get(i + 2)).copied().unwrap_or_default();
-        let pref = after("pref").and_then(|p| p.parse().ok()).unwrap_or(0);
-        let id = after("id").and_then(|p| p.parse().ok()).unwrap_or(0);
+        let name = opts["bpf_name"].as_str().unwrap_or_default();
+        let pref = f["pref"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+        let id = opts["prog"]["id"].as_u64().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
         v.push((dev.to_string(), hook, name.to_string(), pref, handle, id));
     }
     v
@@ -203,10 +241,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_iproute2_filter_lines() {
-        let text = "filter protocol all pref 1 bpf chain 0 \n\
-                    filter protocol all pref 1 bpf chain 0 handle 0x1 cil_from_netdev-bond0.212 direct-action not_in_hw id 41 tag 0123456789abcdef jited \n";
-        let v = parse_tc("bond0.212", Hook::Ingress, text);
+    fn parses_iproute2_filter_lists() {
+        let text = r#"[{"protocol":"all","pref":1,"kind":"bpf","chain":0},{"protocol":"all","pref":1,"kind":"bpf","chain":0,"options":{"handle":"0x1","bpf_name":"cil_from_netdev-bond0.212","direct-action":true,"not_in_hw":true,"prog":{"id":41,"name":"cil_from_netdev","tag":"0123456789abcdef","jited":1}}}]"#;
+        let v = parse_tc("bond0.212", Hook::Ingress, &serde_json::from_str(text).unwrap());
         assert_eq!(v, vec![("bond0.212".into(), Hook::Ingress, "cil_from_netdev-bond0.212".into(), 1, 1, 41)]);
     }
 }
