@@ -8,6 +8,15 @@
 
 pub use hostdp_model as model;
 
+// `println!`, `print!`, `eprintln!` and `eprint!` that never panic: when the reader goes away
+// (`hostdp check | head`), the rest of the output is dropped and the command goes on to clean
+// up and exit with its own status. (Rust ignores SIGPIPE, so a write fails instead; restoring
+// the default would kill a `run` before it removes its namespaces.)
+macro_rules! outln { ($($t:tt)*) => {{ use std::io::Write as _; let _ = writeln!(std::io::stdout(), $($t)*); }} }
+macro_rules! out { ($($t:tt)*) => {{ use std::io::Write as _; let _ = write!(std::io::stdout(), $($t)*); }} }
+macro_rules! err { ($($t:tt)*) => {{ use std::io::Write as _; let _ = write!(std::io::stderr(), $($t)*); }} }
+macro_rules! errln { ($($t:tt)*) => {{ use std::io::Write as _; let _ = writeln!(std::io::stderr(), $($t)*); }} }
+
 pub mod sys;
 
 pub mod paths;

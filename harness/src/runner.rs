@@ -47,7 +47,7 @@ pub fn use_crds(files: &[PathBuf]) -> Result<(), i32> {
             Ok(())
         }
         Err(e) => {
-            eprintln!("hostdp: --crd: {e}");
+            errln!("hostdp: --crd: {e}");
             Err(exit::INVALID)
         }
     }
@@ -73,7 +73,7 @@ pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
 pub fn valid_files_as_root(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, i32> {
     let files = valid_files(cmd, paths)?;
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("hostdp {cmd}: needs root (network namespaces, bpf); run it with sudo");
+        errln!("hostdp {cmd}: needs root (network namespaces, bpf); run it with sudo");
         return Err(exit::ENVIRONMENT);
     }
     Ok(files)
@@ -84,17 +84,17 @@ pub fn valid_files(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, i32> {
     let files = expand(paths);
     if files.is_empty() {
         let given: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        eprintln!("hostdp {cmd}: no scenario files in {}", given.join(", "));
+        errln!("hostdp {cmd}: no scenario files in {}", given.join(", "));
         return Err(exit::INVALID);
     }
     // Invalid input is exit 2 before anything runs; warnings are said and the run goes on.
     let checked = scenario::check_all(&files);
     for w in &checked.warnings {
-        eprintln!("{w}");
+        errln!("{w}");
     }
     if !checked.errors.is_empty() {
         for e in &checked.errors {
-            eprintln!("{e}");
+            errln!("{e}");
         }
         return Err(exit::INVALID);
     }
@@ -403,7 +403,7 @@ pub fn run_local_as(files: &[PathBuf], jobs: usize, profile: Option<Profile>) ->
                 let next = queue.lock().unwrap().next();
                 let Some((i, f)) = next else { break };
                 if !quiet() {
-                    eprintln!("hostdp: running {}", f.display());
+                    errln!("hostdp: running {}", f.display());
                 }
                 let rec = match scenario::load(f) {
                     Ok(sc) => match profile {
@@ -413,7 +413,7 @@ pub fn run_local_as(files: &[PathBuf], jobs: usize, profile: Option<Profile>) ->
                     Err(e) => invalid_record(f, &e.to_string()),
                 };
                 if !quiet() {
-                    eprintln!("hostdp: {} {} ({} ms)", rec.status.as_str(), f.display(), rec.millis);
+                    errln!("hostdp: {} {} ({} ms)", rec.status.as_str(), f.display(), rec.millis);
                 }
                 results.lock().unwrap().push((i, rec));
             });

@@ -49,13 +49,13 @@ pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
                 tried.push(format!("{k} ({}): {}", run.kernel, r.reason.clone().unwrap_or_default()));
                 continue;
             }
-            eprintln!("{}: ran in the {k} VM (kernel {})", path.display(), run.kernel);
+            errln!("{}: ran in the {k} VM (kernel {})", path.display(), run.kernel);
             found = Some(r.clone());
             break;
         }
         found.unwrap_or_else(|| panic!("{}: skipped on every kernel tried: {}", path.display(), tried.join("; ")))
     } else {
-        eprintln!("{}: ran on this kernel ({})", path.display(), rec.kernel.clone().unwrap_or_default());
+        errln!("{}: ran on this kernel ({})", path.display(), rec.kernel.clone().unwrap_or_default());
         rec
     };
     let summary = record::Summary::of(std::iter::once(&rec));
@@ -269,7 +269,7 @@ fn shared_batch(kernel: &str, files: &[PathBuf], exe: &Path) -> Result<KernelRun
 /// A progress line on standard error, unless `HOSTDP_QUIET` is set.
 fn progress(line: &str) {
     if !crate::runner::quiet() {
-        eprintln!("hostdp: {line}");
+        errln!("hostdp: {line}");
     }
 }
 

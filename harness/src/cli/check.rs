@@ -39,7 +39,7 @@ pub fn exec(args: Args) -> i32 {
                 policies_ok += 1;
                 for d in &docs {
                     if let hostdp_model::policy::PolicyDoc::NotAPolicy { kind, line, .. } = d {
-                        eprintln!("{}:{line}: note: a {kind}, not a policy; ignored", f.display());
+                        errln!("{}:{line}: note: a {kind}, not a policy; ignored", f.display());
                     }
                 }
             }
@@ -50,16 +50,16 @@ pub fn exec(args: Args) -> i32 {
         }
     }
     for w in &checked.warnings {
-        eprintln!("{w}");
+        errln!("{w}");
     }
     for e in &errors {
-        eprintln!("{e}");
+        errln!("{e}");
     }
     if bad == 0 {
-        println!("{scenarios_ok} scenario file(s) and {policies_ok} policy fixture(s) valid");
+        outln!("{scenarios_ok} scenario file(s) and {policies_ok} policy fixture(s) valid");
         exit::OK
     } else {
-        eprintln!("{bad} invalid file(s) of {} checked", scenarios_ok + policies_ok + bad);
+        errln!("{bad} invalid file(s) of {} checked", scenarios_ok + policies_ok + bad);
         exit::INVALID
     }
 }

@@ -57,12 +57,12 @@ fn cli(args: &DiffArgs) -> i32 {
         }
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "scenarios": diffs })).expect("serialise the diff")
         );
     } else {
-        print!("{}", table(&diffs));
+        out!("{}", table(&diffs));
     }
     if diffs.iter().any(ScenarioDiff::differs) {
         exit::FAILED
@@ -81,7 +81,7 @@ fn from_records(recs: Vec<RunRecord>, mechanism: bool) -> Result<Vec<ScenarioDif
             _ => None,
         };
         let Some(p) = profile.filter(|p| !by_profile.iter().any(|(q, _)| q == p)) else {
-            eprintln!(
+            errln!(
                 "hostdp diff: give one record (or its shards) per profile, each run under one profile with `hostdp run \
                  --profile P`; found a record with profiles {names:?}"
             );
@@ -90,7 +90,7 @@ fn from_records(recs: Vec<RunRecord>, mechanism: bool) -> Result<Vec<ScenarioDif
         by_profile.push((p, rec));
     }
     if by_profile.len() < 2 {
-        eprintln!("{}", DiffError::TooFew(by_profile.len()));
+        errln!("{}", DiffError::TooFew(by_profile.len()));
         return Err(exit::INVALID);
     }
     by_profile.sort_by_key(|(p, _)| Profile::ALL.iter().position(|q| q == p));
@@ -127,11 +127,11 @@ fn run_scenarios(args: &DiffArgs) -> Result<Vec<ScenarioDiff>, i32> {
     match run(args) {
         Ok(d) => Ok(d),
         Err(e @ (DiffError::Profile(_) | DiffError::TooFew(_) | DiffError::Scenario(_))) => {
-            eprintln!("{e}");
+            errln!("{e}");
             Err(exit::INVALID)
         }
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             Err(exit::ENVIRONMENT)
         }
     }

@@ -34,17 +34,17 @@ pub fn exec(args: Args) -> i32 {
     match explain(&a) {
         Ok(report) => {
             if args.format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("serialise the report"));
+                outln!("{}", serde_json::to_string_pretty(&report).expect("serialise the report"));
             } else {
-                print!("{}", table(&report));
+                out!("{}", table(&report));
             }
             if let Some(r) = report.refusal.as_deref().filter(|_| args.format == Format::Json) {
-                eprintln!("hostdp explain: the agent would refuse to start: {r}");
+                errln!("hostdp explain: the agent would refuse to start: {r}");
             }
             report.verdict.status()
         }
         Err(e) => {
-            eprintln!("hostdp explain: {e}");
+            errln!("hostdp explain: {e}");
             e.status()
         }
     }

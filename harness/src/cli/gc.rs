@@ -7,8 +7,8 @@ use crate::sys::topology;
 pub fn exec() -> i32 {
     let removed = topology::cleanup_stale();
     for r in &removed {
-        println!("removed {r}");
+        outln!("removed {r}");
     }
-    println!("{} stale item(s) removed", removed.len());
+    outln!("{} stale item(s) removed", removed.len());
     exit::OK
 }

@@ -35,7 +35,7 @@ fn attachments(netns: Option<&str>, json: bool) -> i32 {
         Some(n) => match crate::sys::netns::Netns::open(n) {
             Ok(ns) => Some(ns),
             Err(e) => {
-                eprintln!("hostdp inspect: {e}");
+                errln!("hostdp inspect: {e}");
                 return exit::INVALID;
             }
         },
@@ -48,18 +48,18 @@ fn attachments(netns: Option<&str>, json: bool) -> i32 {
     match res {
         Ok(atts) => {
             if json {
-                println!("{}", serde_json::json!({ "attachments": atts }));
+                outln!("{}", serde_json::json!({ "attachments": atts }));
             } else if atts.is_empty() {
-                println!("no attachments");
+                outln!("no attachments");
             } else {
                 for a in &atts {
-                    println!("{:<16} {:<8} {}  id {}", a.device, a.hook.as_str(), record::fmt_att(a), a.prog_id);
+                    outln!("{:<16} {:<8} {}  id {}", a.device, a.hook.as_str(), record::fmt_att(a), a.prog_id);
                 }
             }
             exit::OK
         }
         Err(e) => {
-            eprintln!("hostdp inspect: {e}");
+            errln!("hostdp inspect: {e}");
             exit::FAILED
         }
     }
@@ -71,7 +71,7 @@ fn maps(netns: Option<&str>, json: bool) -> i32 {
         Some(n) => match crate::sys::netns::Netns::open(n) {
             Ok(ns) => inspect::inspect_netns(&ns),
             Err(e) => {
-                eprintln!("hostdp inspect: {e}");
+                errln!("hostdp inspect: {e}");
                 return exit::INVALID;
             }
         },
@@ -80,15 +80,15 @@ fn maps(netns: Option<&str>, json: bool) -> i32 {
     let atts = match res {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("hostdp inspect: {e}");
+            errln!("hostdp inspect: {e}");
             return exit::FAILED;
         }
     };
     match policymap::read_policy_maps(&atts) {
-        Ok(maps) if json => println!("{}", serde_json::json!({ "attachments": atts, "maps": maps })),
-        Ok(maps) => print!("{}", policymap::render_table(&maps)),
+        Ok(maps) if json => outln!("{}", serde_json::json!({ "attachments": atts, "maps": maps })),
+        Ok(maps) => out!("{}", policymap::render_table(&maps)),
         Err(e) => {
-            eprintln!("hostdp inspect: {e}");
+            errln!("hostdp inspect: {e}");
             return exit::FAILED;
         }
     }

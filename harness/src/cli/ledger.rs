@@ -37,11 +37,11 @@ pub fn save_to(path: &Path) -> i32 {
     let s = snapshot();
     match save(path, &s) {
         Ok(()) => {
-            println!("hostdp ledger: saved {} to {}", summary(&s), path.display());
+            outln!("hostdp ledger: saved {} to {}", summary(&s), path.display());
             exit::OK
         }
         Err(e) => {
-            eprintln!("hostdp {e}");
+            errln!("hostdp {e}");
             exit::ENVIRONMENT
         }
     }
@@ -53,23 +53,23 @@ pub fn diff_with(path: &Path, wait: Duration) -> i32 {
     let before = match load(path) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("hostdp {e}");
+            errln!("hostdp {e}");
             return exit::INVALID;
         }
     };
     let d = diff_settled(&before, wait);
     if d.is_empty() {
-        println!("hostdp ledger: no difference from {} ({} item(s))", path.display(), before.items.len());
-        print!("{d}");
+        outln!("hostdp ledger: no difference from {} ({} item(s))", path.display(), before.items.len());
+        out!("{d}");
         exit::OK
     } else {
-        println!(
+        outln!(
             "hostdp ledger: {} item(s) left behind, {} removed, compared with {}:",
             d.added.len(),
             d.removed.len(),
             path.display()
         );
-        print!("{d}");
+        out!("{d}");
         exit::FAILED
     }
 }
@@ -79,11 +79,11 @@ pub fn show() -> i32 {
     let s = snapshot();
     for i in &s.items {
         let mark = if s.foreign.contains(i) { "  (other live run)" } else { "" };
-        println!("{i}{mark}");
+        outln!("{i}{mark}");
     }
     for n in &s.notes {
-        println!("# {n}");
+        outln!("# {n}");
     }
-    println!("# {}", summary(&s));
+    outln!("# {}", summary(&s));
     exit::OK
 }

@@ -6,6 +6,6 @@ use crate::model::profile;
 
 /// `hostdp profiles`.
 pub fn exec() -> i32 {
-    print!("{}", profile::render_table());
+    out!("{}", profile::render_table());
     exit::OK
 }

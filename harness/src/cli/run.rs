@@ -97,7 +97,7 @@ pub fn exec(mut args: Args) -> i32 {
         None => None,
         Some((_, Some(p))) => Some(p),
         Some((p, None)) => {
-            eprintln!("hostdp run: unknown profile {p:?}: give v1.14.4, v1.15, v1.16, v1.17, v1.18 or v1.19");
+            errln!("hostdp run: unknown profile {p:?}: give v1.14.4, v1.15, v1.16, v1.17, v1.18 or v1.19");
             return exit::INVALID;
         }
     };
@@ -127,7 +127,7 @@ pub fn exec(mut args: Args) -> i32 {
     }
     if let Some(p) = args.partition {
         if !quiet() {
-            eprintln!("hostdp: partition {p}: {} of the matrix's {} cells", chosen.len(), cells.len());
+            errln!("hostdp: partition {p}: {} of the matrix's {} cells", chosen.len(), cells.len());
         }
     }
     topology::install_signal_cleanup();
@@ -153,12 +153,12 @@ pub fn exec(mut args: Args) -> i32 {
             continue;
         }
         if !quiet() {
-            eprintln!("hostdp: kernel {k}: {} scenario(s)", mine.len());
+            errln!("hostdp: kernel {k}: {} scenario(s)", mine.len());
         }
         match run_target_as(k, &mine, jobs(args), profile) {
             Ok(r) => runs.push(r),
             Err(e) => {
-                eprintln!("hostdp run --kernel {k}: {e}");
+                errln!("hostdp run --kernel {k}: {e}");
                 return if e.is_environment() { exit::ENVIRONMENT } else { exit::FAILED };
             }
         }
@@ -188,21 +188,21 @@ pub fn exec(mut args: Args) -> i32 {
         written &= write_file(o, &report::markdown(&runs, ctx), true);
     }
     if report_to_file && args.output.is_some() {
-        print!("{}", record::table(&rec));
+        out!("{}", record::table(&rec));
     } else {
-        print!("{formatted}");
+        out!("{formatted}");
     }
     if args.suggest {
         let text = suggestions(&rec, profile);
         if args.format == RunFormat::Json {
-            eprint!("{text}");
+            err!("{text}");
         } else {
-            print!("{text}");
+            out!("{text}");
         }
     }
     if args.keep || rec.summary.failed + rec.summary.errors > 0 {
         // Objects and generated headers are never deleted: they are the template cache.
-        eprintln!("hostdp: compiled objects and node_config.h headers are in {}", cache_dir().display());
+        errln!("hostdp: compiled objects and node_config.h headers are in {}", cache_dir().display());
     }
     let s = rec.summary;
     if s.failed + s.errors > 0 || !written {
@@ -223,7 +223,7 @@ fn matrix(files: &[PathBuf], targets: &[String], profile: Option<Profile>) -> Re
             None => match scenario::load(f) {
                 Ok(sc) => sc.profile,
                 Err(e) => {
-                    eprintln!("{e}");
+                    errln!("{e}");
                     return Err(exit::INVALID);
                 }
             },
@@ -250,7 +250,7 @@ fn write_file(path: &Path, text: &str, append: bool) -> bool {
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()));
     if let Err(e) = &res {
-        eprintln!("hostdp run: cannot write {}: {e}", path.display());
+        errln!("hostdp run: cannot write {}: {e}", path.display());
     }
     res.is_ok()
 }

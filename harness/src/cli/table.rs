@@ -27,9 +27,9 @@ pub fn exec(args: Args) -> i32 {
     };
     let devs: Vec<&str> = args.devices.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
     if recs.len() == 1 {
-        print!("{}", record::behaviour_table(&recs[0], &devs));
+        out!("{}", record::behaviour_table(&recs[0], &devs));
     } else {
-        print!("{}", record::profile_table(&recs, &devs));
+        out!("{}", record::profile_table(&recs, &devs));
     }
     exit::OK
 }
@@ -40,11 +40,11 @@ pub fn read_records(cmd: &str, files: &[PathBuf]) -> Result<Vec<RunRecord>, i32>
     let mut recs = Vec::new();
     for record in files {
         let text = std::fs::read_to_string(record).map_err(|e| {
-            eprintln!("hostdp {cmd}: cannot read {}: {e}", record.display());
+            errln!("hostdp {cmd}: cannot read {}: {e}", record.display());
             exit::INVALID
         })?;
         let rec = serde_json::from_str::<RunRecord>(&text).map_err(|e| {
-            eprintln!("{}:{}:{}: not a hostdp result record: {e}", record.display(), e.line(), e.column());
+            errln!("{}:{}:{}: not a hostdp result record: {e}", record.display(), e.line(), e.column());
             exit::INVALID
         })?;
         recs.push(rec);

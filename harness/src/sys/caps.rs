@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn probe_is_fast_and_real() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: needs root");
+            errln!("skipping: needs root");
             return;
         }
         // Probed for real here, whatever a kept answer says.
@@ -239,7 +239,7 @@ mod tests {
         let t = std::time::Instant::now();
         let c = probe_now();
         let took = t.elapsed();
-        eprintln!("probe took {took:?}: {c:#?}");
+        errln!("probe took {took:?}: {c:#?}");
         assert!(took < std::time::Duration::from_millis(500), "probe took {took:?}");
         assert!(c.has("veth"), "{c:?}");
         assert!(c.has("bpf"), "{c:?}");

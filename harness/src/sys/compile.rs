@@ -357,11 +357,7 @@ impl Drop for HostCompiles {
         self.stop.store(true, Ordering::SeqCst);
         if let Some((n, spent)) = self.thread.take().and_then(|t| t.join().ok()) {
             if n > 0 && !crate::paths::get().quiet {
-                eprintln!(
-                    "hostdp: [{}] compiled {n} template(s) on the host in {:.1} s",
-                    self.label,
-                    spent.as_secs_f64()
-                );
+                errln!("hostdp: [{}] compiled {n} template(s) on the host in {:.1} s", self.label, spent.as_secs_f64());
             }
         }
     }
@@ -514,7 +510,7 @@ mod tests {
     fn no_clang() -> bool {
         let missing = Compiler::new(default_bpf_dir(), std::env::temp_dir()).clang_version().is_err();
         if missing {
-            eprintln!("skipping: no clang");
+            errln!("skipping: no clang");
         }
         missing
     }

@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn hiding_the_kernel_btf_stays_on_the_loader_thread() {
         if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-            eprintln!("skipped: needs root and /sys/kernel/btf/vmlinux");
+            errln!("skipped: needs root and /sys/kernel/btf/vmlinux");
             return;
         }
         let loader = super::new_loader();

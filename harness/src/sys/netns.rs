@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn create_enter_delete() {
         if !is_root() {
-            eprintln!("skipping: needs root");
+            errln!("skipping: needs root");
             return;
         }
         let name = format!("{PREFIX}unit-{}", std::process::id());

@@ -311,7 +311,7 @@ pub fn install_signal_cleanup() {
                 for dir in &r.dirs {
                     let _ = remove_dir_unmounting(dir);
                 }
-                eprintln!("hostdp: interrupted by signal {b}; removed {} namespaces", r.namespaces.len());
+                errln!("hostdp: interrupted by signal {b}; removed {} namespaces", r.namespaces.len());
                 // Exit holding the lock: nothing new can be created after the sweep.
                 std::process::exit(hostdp_model::exit::INTERRUPTED);
             })

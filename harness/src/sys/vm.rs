@@ -437,7 +437,7 @@ impl Progress {
                 if frame != self.last {
                     self.last = frame;
                     self.spinning = true;
-                    eprint!(
+                    err!(
                         "\r{} hostdp: {} VM booting ({} s)",
                         FRAMES[frame as usize % FRAMES.len()],
                         self.kernel,
@@ -465,14 +465,14 @@ impl Progress {
     /// A whole line, after clearing the spinner.
     fn line(&mut self, l: &str) {
         if std::mem::take(&mut self.spinning) {
-            eprint!("\r\x1b[2K");
+            err!("\r\x1b[2K");
         }
-        eprintln!("{l}");
+        errln!("{l}");
     }
 
     fn finish(&mut self) {
         if std::mem::take(&mut self.spinning) {
-            eprint!("\r\x1b[2K");
+            err!("\r\x1b[2K");
         }
     }
 }

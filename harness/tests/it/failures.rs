@@ -1,6 +1,7 @@
 //! A failing scenario says why (the selection rule, the plan op), and `hostdp run --suggest`
 //! prints `expect:` blocks that, pasted into the file, make it pass.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::support::root_or_skip;
@@ -121,4 +122,23 @@ fn a_failure_says_why_and_the_suggested_blocks_make_it_pass() {
     std::fs::write(&file, &fixed).unwrap();
     let o = hostdp(&["run", f]);
     assert_eq!(o.status.code(), Some(0), "the pasted blocks do not pass:\n{fixed}\n{}", text(&o));
+}
+
+/// A reader that goes away (`hostdp check … | head -1`) ends the output, not the process with
+/// a panic: the command exits with its own status.
+#[test]
+fn a_closed_pipe_is_no_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (args, status) in [(vec!["profiles"], 0), (vec!["check", "fixtures/broken"], 2)] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_hostdp"))
+            .args(&args)
+            .current_dir(&root)
+            .stdout(writer.try_clone().expect("the pipe's writer"))
+            .stderr(writer)
+            .output()
+            .expect("run hostdp");
+        assert_eq!(out.status.code(), Some(status), "hostdp {args:?} into a closed pipe: {out:?}");
+    }
 }
