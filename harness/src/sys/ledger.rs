@@ -150,21 +150,27 @@ pub fn snapshot() -> Snapshot {
         let text = p.display().to_string();
         add(&mut s, format!("bpffs {text}"), is_foreign_name(&text));
     }
-    match crate::sys::netlink::Rtnl::open().and_then(|nl| nl.links()) {
-        Ok(links) => {
-            for l in links {
-                add(&mut s, format!("link {} kind={} up={} mtu={}", l.name, l.kind, l.up, l.mtu), false);
+    // One netlink connection to this namespace for its links and their attachments.
+    match crate::sys::netlink::Rtnl::open() {
+        Ok(nl) => {
+            match nl.links() {
+                Ok(links) => {
+                    for l in links {
+                        add(&mut s, format!("link {} kind={} up={} mtu={}", l.name, l.kind, l.up, l.mtu), false);
+                    }
+                }
+                Err(e) => s.notes.push(format!("links of this namespace: {e}")),
+            }
+            match crate::sys::inspect::inspect_with(&nl) {
+                Ok(atts) => {
+                    for a in atts {
+                        add(&mut s, format!("attach {}", describe(&a)), false);
+                    }
+                }
+                Err(e) => s.notes.push(format!("attachments of this namespace: {e}")),
             }
         }
-        Err(e) => s.notes.push(format!("links of this namespace: {e}")),
-    }
-    match crate::sys::inspect::inspect_current() {
-        Ok(atts) => {
-            for a in atts {
-                add(&mut s, format!("attach {}", describe(&a)), false);
-            }
-        }
-        Err(e) => s.notes.push(format!("attachments of this namespace: {e}")),
+        Err(e) => s.notes.push(format!("links and attachments of this namespace: {e}")),
     }
 
     // Programs and maps: foreign when another live run's namespace has them attached, another
