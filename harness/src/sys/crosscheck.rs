@@ -104,7 +104,7 @@ pub fn compare(ns: &Netns, devices: &[String], atts: &[Attachment]) -> Vec<Strin
         out.push(format!("inspect lists {}, tc filter show does not", filter(d)));
     }
     // bpftool: tc (clsact) filters by name and id, and XDP programs by id and mode.
-    match tool(ns, &["bpftool", "-j", "net", "show"]) {
+    match tool(ns, &["bpftool", "-j", "net", "show"], "") {
         Err(e) => out.push(e),
         Ok(text) => {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -169,11 +169,24 @@ pub fn compare(ns: &Netns, devices: &[String], atts: &[Attachment]) -> Vec<Strin
     out
 }
 
-/// Runs a tool inside `ns`: spawned from a thread that entered it (one process, where `ip netns
-/// exec` would be two and a mount namespace).
-fn tool(ns: &Netns, args: &[&str]) -> Result<String, String> {
+/// Runs a tool inside `ns`, with `input` on its standard input: spawned from a thread that
+/// entered it (one process, where `ip netns exec` would be two and a mount namespace).
+fn tool(ns: &Netns, args: &[&str], input: &str) -> Result<String, String> {
+    let run = || -> std::io::Result<std::process::Output> {
+        let mut child = Command::new(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // A few kilobytes at most: they fit the pipe, so writing before reading cannot block.
+        let written = child.stdin.take().map(|mut i| i.write_all(input.as_bytes()));
+        let out = child.wait_with_output()?;
+        written.transpose()?;
+        Ok(out)
+    };
     let out = ns
-        .run(|| Command::new(args[0]).args(&args[1..]).output())
+        .run(run)
         .map_err(|e| format!("crosscheck: enter {}: {e}", ns.name()))?
         .map_err(|e| format!("crosscheck: run {}: {e}", args.join(" ")))?;
     if !out.status.success() {
@@ -194,20 +207,8 @@ fn tc_filters(ns: &Netns, devices: &[String]) -> Result<BTreeSet<TcKey>, String>
             order.push((dev, hook));
         }
     }
-    let mut child = Command::new("tc")
-        .args(["-netns", ns.name(), "-json", "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("crosscheck: run tc -batch: {e}"))?;
-    // A few kilobytes: they fit the pipe, so writing before reading cannot block.
-    let written = child.stdin.take().map(|mut i| i.write_all(script.as_bytes()));
-    let out = child.wait_with_output().map_err(|e| format!("crosscheck: run tc -batch: {e}"))?;
-    if !out.status.success() || matches!(written, Some(Err(_))) {
-        return Err(format!("crosscheck: tc filter show failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    let lists: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+    let out = tool(ns, &["tc", "-json", "-batch", "-"], &script)?;
+    let lists: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&out)
         .into_iter()
         .collect::<Result<_, _>>()
         .map_err(|e| format!("crosscheck: tc -json filter show printed no JSON: {e}"))?;

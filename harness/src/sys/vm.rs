@@ -276,9 +276,9 @@ pub fn run_in_vm_with(
 ) -> Result<VmOutput, VmError> {
     let mut attempt = 1;
     loop {
-        let mut panicked = false;
-        let r = boot_once(kernel, command, rw_dirs, cwd, opts, &mut panicked);
-        if !(r.is_err() && panicked && attempt < BOOT_ATTEMPTS) {
+        let r = boot_once(kernel, command, rw_dirs, cwd, opts);
+        let panicked = matches!(&r, Err(VmError::Boot { console_tail, .. }) if guest_panicked(console_tail));
+        if !panicked || attempt == BOOT_ATTEMPTS {
             return r;
         }
         attempt += 1;
@@ -292,20 +292,19 @@ pub fn run_in_vm_with(
     }
 }
 
-/// Whether a VM call that gave no status ended in a guest kernel panic.
+/// Whether a VM call that gave no status ended in a guest kernel panic (its console's last
+/// lines say so).
 fn guest_panicked(console: &str) -> bool {
     console.contains("Kernel panic - not syncing")
 }
 
-/// One boot of [`run_in_vm_with`]; when it gives no status, says whether the guest kernel
-/// panicked.
+/// One boot of [`run_in_vm_with`].
 fn boot_once(
     kernel: &KernelRef,
     command: &[String],
     rw_dirs: &[PathBuf],
     cwd: &Path,
     opts: &VmOptions,
-    panicked: &mut bool,
 ) -> Result<VmOutput, VmError> {
     let started = Instant::now();
     if command.is_empty() {
@@ -430,7 +429,6 @@ fn boot_once(
             Some(c) => format!("vng exited with {c} and the guest wrote no exit status"),
             None => format!("vng was killed ({exit}) before the guest wrote an exit status"),
         };
-        *panicked = guest_panicked(&console);
         return Err(VmError::Boot { kernel: kernel.name.clone(), how, console_tail: console_tail(&console) });
     };
     let read =
@@ -705,6 +703,8 @@ impl Drop for KillOnDrop {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_guest_kernel_panic_runs_the_call_again() {
         // The console of a debian-6.12 boot under TCG that panicked in one of about ten boots.
@@ -714,8 +714,6 @@ mod tests {
         assert!(guest_panicked(console));
         assert!(!guest_panicked("qemu-system-x86_64: could not load kernel"));
     }
-
-    use super::*;
 
     #[test]
     fn quotes_shell_words() {
