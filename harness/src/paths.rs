@@ -39,6 +39,9 @@ pub struct Paths {
     pub allow_modprobe: bool,
     /// `HOSTDP_CROSSCHECK=1`: every read-back is compared with `tc` and `bpftool`.
     pub crosscheck: bool,
+    /// `HOSTDP_TOOL_DIR`: in a VM guest, the tmpfs copy of `tc` and `bpftool` with their
+    /// libraries and loader (see `sys::vm::VmOptions::tools`), started from there.
+    pub tool_dir: Option<PathBuf>,
     /// `HOSTDP_QUIET` (any value): no progress lines.
     pub quiet: bool,
     /// `HOSTDP_FAULT`: test-only fault injection (`panic-after-step:N`, `sleep-after-each-step:MS`).
@@ -104,6 +107,7 @@ impl Paths {
             vm_timeout_secs: text("HOSTDP_VM_TIMEOUT").and_then(|s| s.trim().parse().ok()).filter(|&s| s > 0),
             allow_modprobe: text("HOSTDP_ALLOW_MODPROBE").is_some_and(|v| v == "1"),
             crosscheck: text("HOSTDP_CROSSCHECK").is_some_and(|v| v == "1"),
+            tool_dir: var("HOSTDP_TOOL_DIR"),
             quiet: var("HOSTDP_QUIET").is_some(),
             fault: text("HOSTDP_FAULT"),
             test_kernels: text("HOSTDP_TEST_KERNELS"),

@@ -139,6 +139,11 @@ pub fn run_target_as(
     opts.env.push(("HOSTDP_ALLOW_MODPROBE".into(), "1".into()));
     if crate::sys::crosscheck::enabled() {
         opts.env.push(("HOSTDP_CROSSCHECK".into(), "1".into()));
+        // The cross-check starts tc and bpftool at every step: from a tmpfs they start faster.
+        opts.tools = vm::tool_closure(crate::sys::crosscheck::TOOLS);
+        if !opts.tools.is_empty() {
+            opts.env.push(("HOSTDP_TOOL_DIR".into(), vm::GUEST_TOOLS.into()));
+        }
     }
     // The guest's templates are compiled here, at native speed, into the shared cache.
     let requests = results.path().join("compile");

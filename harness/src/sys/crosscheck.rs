@@ -5,8 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::sys::netns::Netns;
 use hostdp_model::observed::{Attachment, Hook, Mechanism};
@@ -18,6 +20,32 @@ pub fn enable() {
     FORCED.store(true, Ordering::Relaxed);
 }
 
+/// The programs the cross-check starts.
+pub const TOOLS: &[&str] = &["tc", "bpftool"];
+
+/// A command for tool `name`: from `HOSTDP_TOOL_DIR` when a VM guest staged one there (started
+/// through the loader copied beside it, with that folder as the library path), else from PATH.
+fn command(name: &str) -> Command {
+    static LOADER: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
+    let staged = LOADER.get_or_init(|| {
+        let dir = crate::paths::get().tool_dir.clone()?;
+        let loader = std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ld-linux")))?;
+        Some((dir, loader))
+    });
+    match staged {
+        Some((dir, loader)) if dir.join(name).is_file() => {
+            let mut c = Command::new(loader);
+            c.arg("--library-path").arg(dir).arg(dir.join(name));
+            c
+        }
+        _ => Command::new(name),
+    }
+}
+
 /// Whether steps are cross-checked: [`enable`]d, or `HOSTDP_CROSSCHECK=1`.
 pub fn enabled() -> bool {
     FORCED.load(Ordering::Relaxed) || crate::paths::get().crosscheck
@@ -26,7 +54,7 @@ pub fn enabled() -> bool {
 /// `run_cnt` of each program of `ids`, as `bpftool prog show` prints it (0 where it prints
 /// none: statistics off, or the program never ran). Programs are global objects: no namespace.
 pub fn run_counts(ids: &BTreeSet<u32>) -> Result<BTreeMap<u32, u64>, String> {
-    let out = Command::new("bpftool")
+    let out = command("bpftool")
         .args(["-j", "prog", "show"])
         .output()
         .map_err(|e| format!("crosscheck: run bpftool prog show: {e}"))?;
@@ -173,7 +201,7 @@ pub fn compare(ns: &Netns, devices: &[String], atts: &[Attachment]) -> Vec<Strin
 /// entered it (one process, where `ip netns exec` would be two and a mount namespace).
 fn tool(ns: &Netns, args: &[&str], input: &str) -> Result<String, String> {
     let run = || -> std::io::Result<std::process::Output> {
-        let mut child = Command::new(args[0])
+        let mut child = command(args[0])
             .args(&args[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
