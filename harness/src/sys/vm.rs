@@ -207,11 +207,10 @@ pub struct VmOptions {
     /// every 10 s otherwise), then every `hostdp: ` line the command writes to its standard
     /// error (a scenario started or done), prefixed with the kernel's name.
     pub progress: bool,
-    /// Files copied into [`GUEST_TOOLS`], a tmpfs, before the command (all or, if one fails,
-    /// none, and the folder is gone): programs it starts often
-    /// with their libraries and loader ([`tool_closure`]). Started from there they cost about
-    /// half as much: the 9p root keeps no page cache, so each start from it reads the files again
-    /// and TCG translates their code again.
+    /// Files copied into [`GUEST_TOOLS`], a tmpfs, before the command (all of them, or else the
+    /// folder is removed): programs it starts often, with their libraries and loader
+    /// ([`tool_closure`]). Started from there they cost less: the 9p root keeps no page cache, so
+    /// each start from it reads the files again and TCG translates their code again.
     pub tools: Vec<PathBuf>,
 }
 
