@@ -398,12 +398,26 @@ pub fn run_local(files: &[PathBuf], jobs: usize) -> Vec<ScenarioRecord> {
 /// [`run_local`], every file under `profile` when one is given.
 pub fn run_local_as(files: &[PathBuf], jobs: usize, profile: Option<Profile>) -> Vec<ScenarioRecord> {
     let run = RunId::new();
-    // Longest first, so that no long file starts last while the other jobs have finished: the
-    // number of steps is a fair guess of a file's time (about a second a step in a TCG guest).
-    // The records keep the order of `files`.
-    let mut order: Vec<(usize, &PathBuf)> = files.iter().enumerate().collect();
+    // Loaded first, so that the longest start first and no long file starts last while the other
+    // jobs have finished: the number of steps is a fair guess of a file's time (about a second a
+    // step in a TCG guest). The records keep the order of `files`.
+    let mut order: Vec<(usize, &PathBuf, Result<Scenario, String>)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let sc = scenario::load(f).map_err(|e| e.to_string());
+            (
+                i,
+                f,
+                sc.map(|sc| match profile {
+                    Some(p) => sc.with_profile(p),
+                    None => sc,
+                }),
+            )
+        })
+        .collect();
     if jobs > 1 {
-        order.sort_by_cached_key(|(_, f)| std::cmp::Reverse(std::fs::read_to_string(f).map_or(0, |t| step_count(&t))));
+        order.sort_by_key(|(_, _, sc)| std::cmp::Reverse(sc.as_ref().map_or(0, |sc| sc.steps.len())));
     }
     let queue = Mutex::new(order.into_iter());
     let results: Mutex<Vec<(usize, ScenarioRecord)>> = Mutex::new(Vec::new());
@@ -411,16 +425,13 @@ pub fn run_local_as(files: &[PathBuf], jobs: usize, profile: Option<Profile>) ->
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
                 let next = queue.lock().unwrap().next();
-                let Some((i, f)) = next else { break };
+                let Some((i, f, sc)) = next else { break };
                 if !quiet() {
                     errln!("hostdp: running {}", f.display());
                 }
-                let rec = match scenario::load(f) {
-                    Ok(sc) => match profile {
-                        Some(p) => run_scenario(&sc.with_profile(p), &run),
-                        None => run_scenario(&sc, &run),
-                    },
-                    Err(e) => invalid_record(f, &e.to_string()),
+                let rec = match sc {
+                    Ok(sc) => run_scenario(&sc, &run),
+                    Err(e) => invalid_record(f, &e),
                 };
                 if !quiet() {
                     errln!("hostdp: {} {} ({} ms)", rec.status.as_str(), f.display(), rec.millis);
@@ -432,35 +443,6 @@ pub fn run_local_as(files: &[PathBuf], jobs: usize, profile: Option<Profile>) ->
     let mut v = results.into_inner().unwrap();
     v.sort_by_key(|(i, _)| *i);
     v.into_iter().map(|(_, r)| r).collect()
-}
-
-/// The items of a scenario text's top-level `steps:` list, counted from the text alone (a guess
-/// for ordering the work, never a check): lines at the indentation of its first `- `.
-fn step_count(text: &str) -> usize {
-    let mut lines = text.lines().skip_while(|l| l.trim_end() != "steps:").skip(1);
-    let mut indent = None;
-    let mut n = 0;
-    for l in lines.by_ref() {
-        let body = l.trim_start();
-        let at = l.len() - body.len();
-        if body.is_empty() || body.starts_with('#') {
-            continue;
-        }
-        if at == 0 && !body.starts_with('-') {
-            break;
-        }
-        if body.starts_with("- ") || body == "-" {
-            match indent {
-                None => {
-                    indent = Some(at);
-                    n += 1;
-                }
-                Some(i) if i == at => n += 1,
-                _ => {}
-            }
-        }
-    }
-    n
 }
 
 pub(crate) fn quiet() -> bool {
@@ -478,29 +460,5 @@ fn invalid_record(f: &Path, msg: &str) -> ScenarioRecord {
         millis: 0,
         phases: None,
         steps: Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn step_count_reads_the_top_level_steps() {
-        let t = "name: x\nsteps:\n  - start: {}\n    expect:\n      devices: [a]\n  # a comment\n\n  - traffic: {to: 10.0.0.1}\n  -\n    cleanup: {}\nnode: {}\n";
-        assert_eq!(step_count(t), 3);
-        assert_eq!(step_count("steps:\n- start: {}\n- restart:\n    agent: {}\n"), 2);
-        assert_eq!(step_count("name: no steps\n"), 0);
-    }
-
-    #[test]
-    fn step_count_agrees_with_the_loader_on_every_scenario_file() {
-        let files = expand(&[project_root().join("scenarios")]);
-        assert!(files.len() > 100, "{} files", files.len());
-        for f in files {
-            let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
-            let text = std::fs::read_to_string(&f).unwrap();
-            assert_eq!(step_count(&text), sc.steps.len(), "{}", f.display());
-        }
     }
 }
