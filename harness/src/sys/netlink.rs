@@ -2,35 +2,37 @@
 //! create or change them. Everything here runs on a thread that is inside the target namespace
 //! (see [`crate::sys::netns`]); nothing here knows about scenarios.
 //!
-//! This is the harness's one netlink path. [`Rtnl`] is one rtnetlink connection opened in one
-//! namespace, with the current-thread runtime that drives it; callers open one per namespace
-//! and batch of work and pass it down. Links, addresses and routes go through rtnetlink's
-//! requests ([`Conn`], the async half); what rtnetlink has no request for (tc qdiscs and
-//! cls_bpf filters, IFLA_XDP; see [`crate::sys::tc`]) is a netlink-packet-route message sent
-//! on the same connection with [`Rtnl::request`]. Never use an [`Rtnl`] from within another
-//! tokio runtime.
+//! This is the harness's one netlink path. [`Rtnl`] is one rtnetlink socket opened in one
+//! namespace; callers open one per namespace and batch of work and pass it down. Every request
+//! is a netlink-packet-route message sent with [`Rtnl::request`] and answered on the calling
+//! thread: links, addresses, routes and neighbours here, tc qdiscs and cls_bpf filters and
+//! IFLA_XDP in [`crate::sys::tc`]. The messages are the ones iproute2 sends.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
-use futures::{StreamExt, TryStreamExt};
 use hostdp_model::observed::{feature_of_kind, EncapKind, LinkInfo, RouteInfo};
 use ipnet::IpNet;
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_MULTIPART, NLM_F_REPLACE, NLM_F_REQUEST,
+};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     BondMode, InfoBond, InfoData, InfoGeneve, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVrf, InfoVxlan,
     LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode, VlanProtocol,
 };
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::AsyncSocket;
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::Serialize;
 
 /// Errors of kernel calls on links, addresses and routes.
@@ -76,7 +78,7 @@ pub enum CallError {
     },
     /// The socket failed, not the kernel's answer.
     #[error(transparent)]
-    Transport(Box<rtnetlink::Error>),
+    Transport(Box<RequestError>),
 }
 
 /// A netlink-packet-route request the kernel refused, or that could not be sent.
@@ -85,8 +87,9 @@ pub enum RequestError {
     /// The kernel's errno, and its extended-ack text when it gave one.
     #[error("{errno}{}", ext.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())]
     Kernel { errno: std::io::Error, ext: Option<String> },
-    #[error(transparent)]
-    Transport(Box<rtnetlink::Error>),
+    /// Sending the request or receiving its replies failed.
+    #[error("netlink socket: {0}")]
+    Io(#[source] std::io::Error),
 }
 
 impl RequestError {
@@ -94,7 +97,7 @@ impl RequestError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             RequestError::Kernel { errno, .. } => errno.raw_os_error(),
-            RequestError::Transport(_) => None,
+            RequestError::Io(_) => None,
         }
     }
 }
@@ -317,10 +320,10 @@ pub fn parse_vlan_protocol(s: &str) -> Option<VlanProtocol> {
     }
 }
 
-/// A failed rtnetlink call as a [`CallError`], with a hint where the cause is usually a
-/// missing kernel feature.
-fn call_error(err: rtnetlink::Error, change: Option<&Change>) -> CallError {
-    let Some(errno) = errno_of(&err) else {
+/// A failed request as a [`CallError`], with a hint where the cause is usually a missing
+/// kernel feature.
+fn call_error(err: RequestError, change: Option<&Change>) -> CallError {
+    let Some(errno) = err.errno() else {
         return CallError::Transport(Box::new(err));
     };
     let hint = match change {
@@ -341,47 +344,178 @@ pub fn errno_text(code: i32) -> String {
     }
 }
 
-/// The errno of a failed call, if the kernel answered with one.
-pub fn errno_of(err: &rtnetlink::Error) -> Option<i32> {
-    match err {
-        rtnetlink::Error::NetlinkError(e) if e.raw_code() != 0 => Some(-e.raw_code()),
-        _ => None,
+/// Flags of a request that creates something and must not replace it (`ip link add`).
+const CREATE_EXCL: u16 = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+
+/// A link message as `ip link` builds one: the attributes in order, then `IFLA_LINKINFO`
+/// with the kind and its data.
+fn link_message(index: u32, attributes: Vec<LinkAttribute>, kind: Option<(InfoKind, Option<InfoData>)>) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m.attributes = attributes;
+    if let Some((kind, data)) = kind {
+        let mut info = vec![NlLinkInfo::Kind(kind)];
+        info.extend(data.map(NlLinkInfo::Data));
+        m.attributes.push(LinkAttribute::LinkInfo(info));
     }
+    m
 }
 
-/// The async half of [`Rtnl`]: one rtnetlink socket driven by the runtime it was opened in.
-#[derive(Clone)]
-struct Conn {
-    handle: Handle,
+/// An address message as `ip address add` builds one: local and address the same, and the
+/// IPv4 broadcast address for prefixes shorter than /31.
+fn address_message(index: u32, addr: &IpNet) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.index = index;
+    m.header.prefix_len = addr.prefix_len();
+    m.header.family = if addr.addr().is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.attributes.push(AddressAttribute::Address(addr.addr()));
+    m.attributes.push(AddressAttribute::Local(addr.addr()));
+    if let IpNet::V4(v4) = addr {
+        if v4.prefix_len() < 31 {
+            m.attributes.push(AddressAttribute::Broadcast(v4.broadcast()));
+        }
+    }
+    m
 }
 
-impl Conn {
-    /// Opens a socket in the calling thread's namespace. Must run inside a tokio runtime
-    /// (e.g. [`block_on`]), whose executor drives the socket.
-    pub fn open() -> Result<Conn> {
-        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+/// A permanent neighbour entry (`ip neigh replace IP lladdr MAC dev DEV`).
+fn neighbour_message(index: u32, ip: &IpAddr, mac: &[u8; 6]) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    m.header.kind = RouteType::Unspec;
+    m.attributes.push(NeighbourAttribute::Destination(match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(*v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(*v6),
+    }));
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m
+}
+
+/// One rtnetlink socket in the namespace of the thread that opened it: the handle callers pass
+/// down for every link, address, route, qdisc, filter and XDP request of one namespace. The
+/// socket stays in that namespace whichever thread uses it afterwards.
+///
+/// Requests are plain blocking send and receive on the calling thread, one at a time: no
+/// runtime, no background task. In a TCG guest the async machinery of a runtime cost more than
+/// the kernel's work for these small requests.
+pub struct Rtnl {
+    sock: Mutex<Socket>,
+    seq: AtomicU32,
+}
+
+impl Rtnl {
+    /// Opens a socket in the calling thread's namespace (run it inside
+    /// [`crate::sys::netns::Netns::run`] for another namespace).
+    pub fn open() -> Result<Rtnl> {
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+        sock.bind_auto().map_err(NetlinkError::Socket)?;
         // Kernel error strings ("Exclusivity flag on, cannot modify") make errors readable.
-        let _ = conn.socket_mut().socket_mut().set_ext_ack(true);
-        tokio::spawn(conn);
-        Ok(Conn { handle })
+        let _ = sock.set_ext_ack(true);
+        Ok(Rtnl { sock: Mutex::new(sock), seq: AtomicU32::new(1) })
+    }
+
+    /// Sends one netlink-packet-route message and collects the replies until the ACK (or the
+    /// end of a dump, or the one reply of a plain get). A NACK is [`RequestError::Kernel`] with
+    /// the kernel's extended-ack text ("Exclusivity flag on, cannot modify").
+    pub fn request(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> std::result::Result<Vec<RouteNetlinkMessage>, RequestError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        sock.send_to(&buf, &SocketAddr::new(0, 0), 0).map_err(RequestError::Io)?;
+        let expecting_ack = flags & NLM_F_ACK != 0;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = sock.recv_from_full().map_err(RequestError::Io)?;
+            let mut off = 0;
+            while off < data.len() {
+                let Ok(frame) = NetlinkBuffer::new_checked(&data[off..]) else {
+                    // A truncated datagram: nothing after it can be found either.
+                    break;
+                };
+                let (len, hflags, hseq) = (frame.length() as usize, frame.flags(), frame.sequence_number());
+                let bytes = &data[off..off + len];
+                off += (len + 3) & !3;
+                if hseq != seq {
+                    continue;
+                }
+                let multi = hflags & NLM_F_MULTIPART != 0;
+                // A reply this crate cannot decode is skipped, as rtnetlink's codec does.
+                let Ok(reply) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) else {
+                    if !multi && !expecting_ack {
+                        return Ok(out);
+                    }
+                    continue;
+                };
+                match reply.payload {
+                    NetlinkPayload::InnerMessage(m) => {
+                        out.push(m);
+                        if !multi && !expecting_ack {
+                            return Ok(out);
+                        }
+                    }
+                    NetlinkPayload::Error(e) if e.raw_code() != 0 => {
+                        return Err(RequestError::Kernel {
+                            errno: std::io::Error::from_raw_os_error(-e.raw_code()),
+                            ext: extack_message(&e.header, hflags),
+                        });
+                    }
+                    // The ACK, the end of a dump, an overrun.
+                    _ => return Ok(out),
+                }
+            }
+        }
+    }
+
+    /// [`Rtnl::request`] for a call of `op` on `object`.
+    fn call(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        op: &'static str,
+        object: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        self.request(msg, flags).map_err(|e| NetlinkError::Call {
+            op,
+            object: object.to_string(),
+            source: call_error(e, None),
+        })
     }
 
     /// Every link with its addresses: one link dump and one address dump.
-    pub async fn links(&self) -> Result<Vec<LinkInfo>> {
-        let call = |op: &'static str| {
-            move |e: rtnetlink::Error| NetlinkError::Call { op, object: "links".into(), source: call_error(e, None) }
-        };
-        let msgs: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await.map_err(call("list"))?;
-        let addrs: Vec<AddressMessage> =
-            self.handle.address().get().execute().try_collect().await.map_err(call("list addresses of"))?;
+    pub fn links(&self) -> Result<Vec<LinkInfo>> {
+        let msgs = self.call(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP, "list", "links")?;
+        let addrs = self.call(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+            "list addresses of",
+            "links",
+        )?;
         let mut by_index: HashMap<u32, Vec<IpNet>> = HashMap::new();
         for a in &addrs {
-            if let Some(net) = address_of(a) {
-                by_index.entry(a.header.index).or_default().push(net);
+            if let RouteNetlinkMessage::NewAddress(a) = a {
+                if let Some(net) = address_of(a) {
+                    by_index.entry(a.header.index).or_default().push(net);
+                }
             }
         }
         let mut out: Vec<LinkInfo> = msgs
             .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(m) => Some(m),
+                _ => None,
+            })
             .map(|m| {
                 let mut l = link_of(m);
                 l.addresses = by_index.remove(&l.index).unwrap_or_default();
@@ -393,56 +527,58 @@ impl Conn {
     }
 
     /// Every route of every table, IPv4 then IPv6.
-    pub async fn routes(&self) -> Result<Vec<RouteInfo>> {
+    pub fn routes(&self) -> Result<Vec<RouteInfo>> {
         let mut out = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut msg = RouteMessage::default();
             msg.header.address_family = family;
-            let msgs: Vec<RouteMessage> =
-                self.handle.route().get(msg).execute().try_collect().await.map_err(|e| NetlinkError::Call {
-                    op: "list",
-                    object: "routes".into(),
-                    source: call_error(e, None),
-                })?;
-            out.extend(msgs.iter().filter_map(route_of));
+            let msgs = self.call(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP, "list", "routes")?;
+            out.extend(msgs.iter().filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => route_of(r),
+                _ => None,
+            }));
         }
         Ok(out)
     }
 
+    /// The link named `name`; `None` if there is none.
+    fn link_named(&self, name: &str) -> std::result::Result<Option<LinkMessage>, RequestError> {
+        let get = link_message(0, vec![LinkAttribute::IfName(name.to_string())], None);
+        match self.request(RouteNetlinkMessage::GetLink(get), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The index of the link named `name`.
-    pub async fn index_of(&self, name: &str) -> Result<u32> {
-        let found: Vec<LinkMessage> =
-            self.handle.link().get().match_name(name.to_string()).execute().try_collect().await.map_err(|e| {
-                NetlinkError::Call {
-                    op: "find link",
-                    object: name.to_string(),
-                    source: if errno_of(&e) == Some(libc::ENODEV) {
-                        CallError::NoSuchLink(name.to_string())
-                    } else {
-                        call_error(e, None)
-                    },
-                }
-            })?;
-        found.first().map(|m| m.header.index).ok_or_else(|| NetlinkError::Call {
+    pub fn index_of(&self, name: &str) -> Result<u32> {
+        let missing = || NetlinkError::Call {
             op: "find link",
-            object: name.into(),
+            object: name.to_string(),
             source: CallError::NoSuchLink(name.to_string()),
-        })
+        };
+        match self.link_named(name) {
+            Ok(Some(m)) => Ok(m.header.index),
+            Ok(None) => Err(missing()),
+            Err(e) => {
+                Err(NetlinkError::Call { op: "find link", object: name.to_string(), source: call_error(e, None) })
+            }
+        }
     }
 
     /// Kind, UDP destination port (vxlan and geneve links) and index of the link named
     /// `name`; `None` if there is no such link.
-    async fn encap_of(&self, name: &str) -> Result<Option<(String, Option<u16>, u32)>> {
-        let found: std::result::Result<Vec<LinkMessage>, rtnetlink::Error> =
-            self.handle.link().get().match_name(name.to_string()).execute().try_collect().await;
-        let msgs = match found {
-            Ok(m) => m,
-            Err(e) if errno_of(&e) == Some(libc::ENODEV) => return Ok(None),
-            Err(e) => {
-                return Err(NetlinkError::Call { op: "find link", object: name.into(), source: call_error(e, None) })
-            }
-        };
-        let Some(m) = msgs.first() else { return Ok(None) };
+    fn encap_of(&self, name: &str) -> Result<Option<(String, Option<u16>, u32)>> {
+        let m = self.link_named(name).map_err(|e| NetlinkError::Call {
+            op: "find link",
+            object: name.into(),
+            source: call_error(e, None),
+        })?;
+        let Some(m) = m else { return Ok(None) };
         let mut port = None;
         for a in &m.attributes {
             if let LinkAttribute::LinkInfo(infos) = a {
@@ -459,67 +595,64 @@ impl Conn {
                 }
             }
         }
-        Ok(Some((link_of(m).kind, port, m.header.index)))
+        Ok(Some((link_of(&m).kind, port, m.header.index)))
     }
 
     /// Makes `name` a collect-metadata `kind` device on UDP port `port`, up: kept if it is
     /// one already, else created (or deleted and created again), as init.sh's
     /// `create_encap_dev` (v1.14.4) and `setupVxlanDevice`/`setupGeneveDevice` (v1.15+) do.
-    pub async fn ensure_encap_device(&self, name: &str, kind: EncapKind, port: u16) -> Result<EncapAction> {
-        let action = match self.encap_of(name).await? {
+    pub fn ensure_encap_device(&self, name: &str, kind: EncapKind, port: u16) -> Result<EncapAction> {
+        let action = match self.encap_of(name)? {
             Some((k, p, _)) if k == kind.as_str() && p == Some(port) => EncapAction::Kept,
             Some(_) => {
-                self.apply_one(&Change::DeleteLink { name: name.to_string() }).await?;
+                self.apply_one(&Change::DeleteLink { name: name.to_string() })?;
                 EncapAction::Recreated
             }
             None => EncapAction::Created,
         };
         if action != EncapAction::Kept {
-            let b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(match kind {
-                EncapKind::Vxlan => InfoKind::Vxlan,
-                EncapKind::Geneve => InfoKind::Geneve,
-            })
-            .name(name);
-            let data = match kind {
+            let (info_kind, data) = match kind {
                 // `external` in iproute2 also turns learning off.
-                EncapKind::Vxlan => InfoData::Vxlan(vec![
-                    InfoVxlan::CollectMetadata(true),
-                    InfoVxlan::Learning(false),
-                    InfoVxlan::Port(port),
-                ]),
-                EncapKind::Geneve => InfoData::Geneve(vec![InfoGeneve::CollectMetadata, InfoGeneve::Port(port)]),
+                EncapKind::Vxlan => (
+                    InfoKind::Vxlan,
+                    InfoData::Vxlan(vec![
+                        InfoVxlan::CollectMetadata(true),
+                        InfoVxlan::Learning(false),
+                        InfoVxlan::Port(port),
+                    ]),
+                ),
+                EncapKind::Geneve => {
+                    (InfoKind::Geneve, InfoData::Geneve(vec![InfoGeneve::CollectMetadata, InfoGeneve::Port(port)]))
+                }
             };
-            self.handle.link().add(b.set_info_data(data).build()).execute().await.map_err(|e| NetlinkError::Call {
-                op: "create link",
-                object: name.to_string(),
-                source: call_error(e, None),
-            })?;
+            let msg = link_message(0, vec![LinkAttribute::IfName(name.to_string())], Some((info_kind, Some(data))));
+            self.call(RouteNetlinkMessage::NewLink(msg), CREATE_EXCL, "create link", name)?;
         }
-        self.apply_one(&Change::SetUp { name: name.to_string(), up: true }).await?;
+        self.apply_one(&Change::SetUp { name: name.to_string(), up: true })?;
         Ok(action)
     }
 
     /// Deletes the link named `name` if there is one; whether there was.
-    pub async fn delete_link_if_present(&self, name: &str) -> Result<bool> {
-        if self.encap_of(name).await?.is_none() {
+    pub fn delete_link_if_present(&self, name: &str) -> Result<bool> {
+        if self.encap_of(name)?.is_none() {
             return Ok(false);
         }
-        self.apply_one(&Change::DeleteLink { name: name.to_string() }).await?;
+        self.apply_one(&Change::DeleteLink { name: name.to_string() })?;
         Ok(true)
     }
 
-    /// Issues `changes` in order on this socket; stops at the first failure.
-    pub async fn apply(&self, changes: &[Change]) -> Result<()> {
+    /// Applies `changes` in order; stops at the first failure.
+    pub fn apply(&self, changes: &[Change]) -> Result<()> {
         for c in changes {
-            self.apply_one(c).await?;
+            self.apply_one(c)?;
         }
         Ok(())
     }
 
     /// Reports a failed name lookup as a failure of the change (`delete link eth3: no such
     /// link eth3`).
-    async fn apply_one(&self, change: &Change) -> Result<()> {
-        self.apply_inner(change).await.map_err(|e| match e {
+    fn apply_one(&self, change: &Change) -> Result<()> {
+        self.apply_inner(change).map_err(|e| match e {
             NetlinkError::Call { op: "find link", object: missing, source } => {
                 let (op, object) = change.describe();
                 let source = match source {
@@ -532,88 +665,90 @@ impl Conn {
         })
     }
 
-    async fn apply_inner(&self, change: &Change) -> Result<()> {
+    fn apply_inner(&self, change: &Change) -> Result<()> {
         let (op, object) = change.describe();
         let fail = |source: CallError| NetlinkError::Call { op, object: object.clone(), source };
-        let kernel = |e: rtnetlink::Error| fail(call_error(e, Some(change)));
-        let link = self.handle.link();
+        let send = |msg: RouteNetlinkMessage, flags: u16| {
+            self.request(msg, flags).map(drop).map_err(|e| fail(call_error(e, Some(change))))
+        };
+        let set = |index: u32, attributes: Vec<LinkAttribute>| {
+            send(RouteNetlinkMessage::SetLink(link_message(index, attributes, None)), CREATE_EXCL)
+        };
         match change {
             Change::AddLink { name, link: spec } => {
                 // Kept open until the request is answered: the kernel reads the fd then.
                 let mut _peer_ns: Option<File> = None;
-                let msg = self.new_link_message(name, spec, &mut _peer_ns).await.map_err(|e| match e {
+                let msg = self.new_link_message(name, spec, &mut _peer_ns).map_err(|e| match e {
                     NetlinkError::Call { source, .. } => fail(source),
                     other => other,
                 })?;
-                link.add(msg).execute().await.map_err(kernel)
+                send(RouteNetlinkMessage::NewLink(msg), CREATE_EXCL)
             }
             Change::SetMaster { name, master } => {
-                let idx = self.index_of(name).await?;
-                let b = LinkUnspec::new_with_index(idx);
-                let b = match master {
-                    Some(m) => b.controller(self.index_of(m).await?),
-                    None => b.nocontroller(),
+                let idx = self.index_of(name)?;
+                let controller = match master {
+                    Some(m) => self.index_of(m)?,
+                    None => 0,
                 };
-                link.set(b.build()).execute().await.map_err(kernel)
+                set(idx, vec![LinkAttribute::Controller(controller)])
             }
             Change::SetUp { name, up } => {
-                let b = LinkUnspec::new_with_index(self.index_of(name).await?);
-                let b = if *up { b.up() } else { b.down() };
-                link.set(b.build()).execute().await.map_err(kernel)
+                let mut msg = link_message(self.index_of(name)?, Vec::new(), None);
+                msg.header.change_mask |= LinkFlags::Up;
+                if *up {
+                    msg.header.flags |= LinkFlags::Up;
+                }
+                send(RouteNetlinkMessage::SetLink(msg), CREATE_EXCL)
             }
-            Change::SetMtu { name, mtu } => {
-                let b = LinkUnspec::new_with_index(self.index_of(name).await?).mtu(*mtu);
-                link.set(b.build()).execute().await.map_err(kernel)
-            }
-            Change::SetMac { name, mac } => {
-                let b = LinkUnspec::new_with_index(self.index_of(name).await?).address(mac.to_vec());
-                link.set(b.build()).execute().await.map_err(kernel)
-            }
+            Change::SetMtu { name, mtu } => set(self.index_of(name)?, vec![LinkAttribute::Mtu(*mtu)]),
+            Change::SetMac { name, mac } => set(self.index_of(name)?, vec![LinkAttribute::Address(mac.to_vec())]),
             Change::AddAddress { name, addr } => {
-                let idx = self.index_of(name).await?;
-                self.handle.address().add(idx, addr.addr(), addr.prefix_len()).execute().await.map_err(kernel)
+                let msg = address_message(self.index_of(name)?, addr);
+                send(RouteNetlinkMessage::NewAddress(msg), CREATE_EXCL)
             }
             Change::AddRoute { dst, via, dev, table } => {
-                let oif = self.index_of(dev).await?;
+                let oif = self.index_of(dev)?;
                 let msg = route_message(dst, via.as_ref(), oif, *table).map_err(|m| fail(CallError::Invalid(m)))?;
-                self.handle.route().add(msg).execute().await.map_err(kernel)
+                send(RouteNetlinkMessage::NewRoute(msg), CREATE_EXCL)
             }
             Change::DeleteRoute { dst, via, dev, table } => {
-                let oif = self.index_of(dev).await?;
+                let oif = self.index_of(dev)?;
                 let msg = route_message(dst, via.as_ref(), oif, *table).map_err(|m| fail(CallError::Invalid(m)))?;
-                self.handle.route().del(msg).execute().await.map_err(kernel)
+                send(RouteNetlinkMessage::DelRoute(msg), NLM_F_ACK)
             }
             Change::DeleteLink { name } => {
-                let idx = self.index_of(name).await?;
-                link.del(idx).execute().await.map_err(kernel)
+                let msg = link_message(self.index_of(name)?, Vec::new(), None);
+                send(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)
             }
             Change::SetNeighbour { name, ip, mac } => {
-                let idx = self.index_of(name).await?;
-                self.handle.neighbours().add(idx, *ip).link_layer_address(mac).replace().execute().await.map_err(kernel)
+                let msg = neighbour_message(self.index_of(name)?, ip, mac);
+                send(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE)
             }
         }
     }
 
-    async fn new_link_message(&self, name: &str, spec: &NewLink, peer_ns: &mut Option<File>) -> Result<LinkMessage> {
+    fn new_link_message(&self, name: &str, spec: &NewLink, peer_ns: &mut Option<File>) -> Result<LinkMessage> {
         let bad = |message: String| NetlinkError::Call {
             op: "create link",
             object: name.into(),
             source: CallError::Invalid(message),
         };
-        let kinded = |kind: InfoKind| LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(kind).name(name);
+        let named = || vec![LinkAttribute::IfName(name.to_string())];
+        let kinded = |kind: InfoKind, data: Option<InfoData>| link_message(0, named(), Some((kind, data)));
         let msg = match spec {
             NewLink::Veth { peer, peer_netns } => {
-                let mut peer_b = LinkUnspec::new_with_name(peer);
+                let mut peer_attrs = vec![LinkAttribute::IfName(peer.clone())];
                 if let Some(path) = peer_netns {
                     let f = File::open(path).map_err(|source| NetlinkError::Call {
                         op: "create link",
                         object: name.into(),
                         source: CallError::Namespace { path: path.clone(), source },
                     })?;
-                    peer_b = peer_b.setns_by_fd(f.as_raw_fd());
+                    peer_attrs.push(LinkAttribute::NetNsFd(f.as_raw_fd()));
                     *peer_ns = Some(f);
                 }
-                kinded(InfoKind::Veth).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_b.build())))
+                let peer = link_message(0, peer_attrs, None);
+                kinded(InfoKind::Veth, Some(InfoData::Veth(InfoVeth::Peer(peer))))
             }
             NewLink::Bond { mode, miimon } => {
                 let mut info = Vec::new();
@@ -625,12 +760,7 @@ impl Conn {
                 if let Some(ms) = miimon {
                     info.push(InfoBond::MiiMon(*ms));
                 }
-                let b = kinded(InfoKind::Bond);
-                if info.is_empty() {
-                    b
-                } else {
-                    b.set_info_data(InfoData::Bond(info))
-                }
+                kinded(InfoKind::Bond, (!info.is_empty()).then_some(InfoData::Bond(info)))
             }
             NewLink::Vlan { parent, id, protocol } => {
                 let mut info = vec![InfoVlan::Id(*id)];
@@ -639,31 +769,31 @@ impl Conn {
                         parse_vlan_protocol(p).ok_or_else(|| bad(format!("unknown vlan protocol {p:?}")))?,
                     ));
                 }
-                kinded(InfoKind::Vlan).link(self.index_of(parent).await?).set_info_data(InfoData::Vlan(info))
+                let mut attrs = named();
+                attrs.push(LinkAttribute::Link(self.index_of(parent)?));
+                link_message(0, attrs, Some((InfoKind::Vlan, Some(InfoData::Vlan(info)))))
             }
-            NewLink::Bridge => kinded(InfoKind::Bridge),
-            NewLink::Dummy => kinded(InfoKind::Dummy),
-            NewLink::Ifb => kinded(InfoKind::Ifb),
-            NewLink::Wireguard => kinded(InfoKind::Wireguard),
+            NewLink::Bridge => kinded(InfoKind::Bridge, None),
+            NewLink::Dummy => kinded(InfoKind::Dummy, None),
+            NewLink::Ifb => kinded(InfoKind::Ifb, None),
+            NewLink::Wireguard => kinded(InfoKind::Wireguard, None),
             NewLink::Macvlan { parent, mode } => {
                 let m = mode.as_deref().unwrap_or("bridge");
                 let m = parse_macvlan_mode(m).ok_or_else(|| bad(format!("unknown macvlan mode {m:?}")))?;
-                kinded(InfoKind::MacVlan)
-                    .link(self.index_of(parent).await?)
-                    .set_info_data(InfoData::MacVlan(vec![InfoMacVlan::Mode(m)]))
+                let mut attrs = named();
+                attrs.push(LinkAttribute::Link(self.index_of(parent)?));
+                link_message(0, attrs, Some((InfoKind::MacVlan, Some(InfoData::MacVlan(vec![InfoMacVlan::Mode(m)])))))
             }
             NewLink::Vxlan { vni, port, parent } => {
                 let mut info = vec![InfoVxlan::Id(*vni), InfoVxlan::Port(port.unwrap_or(4789))];
                 if let Some(p) = parent {
-                    info.push(InfoVxlan::Link(self.index_of(p).await?));
+                    info.push(InfoVxlan::Link(self.index_of(p)?));
                 }
-                kinded(InfoKind::Vxlan).set_info_data(InfoData::Vxlan(info))
+                kinded(InfoKind::Vxlan, Some(InfoData::Vxlan(info)))
             }
-            NewLink::Vrf { table } => {
-                kinded(InfoKind::Vrf).set_info_data(InfoData::Vrf(vec![InfoVrf::TableId(*table)]))
-            }
+            NewLink::Vrf { table } => kinded(InfoKind::Vrf, Some(InfoData::Vrf(vec![InfoVrf::TableId(*table)]))),
         };
-        Ok(msg.build())
+        Ok(msg)
     }
 }
 
@@ -792,88 +922,6 @@ fn route_of(m: &RouteMessage) -> Option<RouteInfo> {
     let dst = dst.unwrap_or(if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) });
     let dst = IpNet::new(dst, m.header.destination_prefix_length).ok()?;
     Some(RouteInfo { dst, gateway, table, oif })
-}
-
-/// One rtnetlink connection in the namespace of the thread that opened it, with the
-/// current-thread runtime that drives it: the handle callers pass down for every link, address,
-/// route, qdisc, filter and XDP request of one namespace. The socket stays in that namespace
-/// whichever thread uses it afterwards.
-pub struct Rtnl {
-    rt: tokio::runtime::Runtime,
-    conn: Conn,
-}
-
-impl Rtnl {
-    /// Opens a connection in the calling thread's namespace (run it inside
-    /// [`crate::sys::netns::Netns::run`] for another namespace).
-    pub fn open() -> Result<Rtnl> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NetlinkError::Socket)?;
-        let conn = rt.block_on(async { Conn::open() })?;
-        Ok(Rtnl { rt, conn })
-    }
-
-    /// Every link with its addresses: one link dump and one address dump.
-    pub fn links(&self) -> Result<Vec<LinkInfo>> {
-        self.rt.block_on(self.conn.links())
-    }
-
-    /// Every route of every table, IPv4 then IPv6.
-    pub fn routes(&self) -> Result<Vec<RouteInfo>> {
-        self.rt.block_on(self.conn.routes())
-    }
-
-    /// The index of the link named `name`.
-    pub fn index_of(&self, name: &str) -> Result<u32> {
-        self.rt.block_on(self.conn.index_of(name))
-    }
-
-    /// Applies `changes` in order; stops at the first failure.
-    pub fn apply(&self, changes: &[Change]) -> Result<()> {
-        self.rt.block_on(self.conn.apply(changes))
-    }
-
-    /// See [`Conn::ensure_encap_device`].
-    pub fn ensure_encap_device(&self, name: &str, kind: EncapKind, port: u16) -> Result<EncapAction> {
-        self.rt.block_on(self.conn.ensure_encap_device(name, kind, port))
-    }
-
-    /// Deletes the link named `name` if there is one; whether there was.
-    pub fn delete_link_if_present(&self, name: &str) -> Result<bool> {
-        self.rt.block_on(self.conn.delete_link_if_present(name))
-    }
-
-    /// Sends a netlink-packet-route message rtnetlink has no request for and collects the
-    /// replies until the ACK (or the end of a dump). A NACK is [`RequestError::Kernel`] with the
-    /// kernel's extended-ack text ("Exclusivity flag on, cannot modify").
-    pub fn request(
-        &self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> std::result::Result<Vec<RouteNetlinkMessage>, RequestError> {
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        nl.finalize();
-        let mut handle = self.conn.handle.clone();
-        self.rt.block_on(async move {
-            let mut replies = handle.request(nl).map_err(|e| RequestError::Transport(Box::new(e)))?;
-            let mut out = Vec::new();
-            while let Some(reply) = replies.next().await {
-                let flags = reply.header.flags;
-                match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
-                    NetlinkPayload::Error(e) if e.raw_code() != 0 => {
-                        return Err(RequestError::Kernel {
-                            errno: std::io::Error::from_raw_os_error(-e.raw_code()),
-                            ext: extack_message(&e.header, flags),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-            Ok(out)
-        })
-    }
 }
 
 /// The kernel's NLMSGERR_ATTR_MSG from an error message's payload (original header, possibly

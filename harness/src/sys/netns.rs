@@ -1,9 +1,9 @@
 //! Named network namespaces, created and entered without forking.
 //!
 //! `setns` moves only the calling thread, so every kernel call for a namespace runs on an OS
-//! thread that entered it ([`Netns::run`]) with, where async netlink is needed, a current-thread
-//! tokio runtime (`netlink::block_on`). Namespaces are bind-mounted under `/run/netns` like iproute2
-//! does, so `ip netns exec NAME tc filter show ...` sees them too.
+//! thread that entered it ([`Netns::run`]); a netlink socket opened there stays in that
+//! namespace. Namespaces are bind-mounted under `/run/netns` like iproute2 does, so
+//! `ip netns exec NAME tc filter show ...` sees them too.
 
 use std::fs::File;
 use std::os::fd::AsFd;
