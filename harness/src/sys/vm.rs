@@ -223,6 +223,9 @@ pub struct VmOptions {
 /// The guest's folder of [`VmOptions::tools`].
 pub const GUEST_TOOLS: &str = "/run/hostdp-tools";
 
+/// Where the guest keeps the kernel's module helper (a tmpfs).
+const GUEST_HELPERS: &str = "/run/hostdp-helpers";
+
 /// `names` (looked up on PATH) with every shared library they load and the loader itself, as
 /// this machine's `ldd` lists them: the guest's root is this machine's, so the same files. Empty
 /// when a tool or `ldd` is missing; the guest then starts the tools from its root.
@@ -577,6 +580,16 @@ fn guest_script(run: &Path, cwd: &Path, command: &[String], opts: &VmOptions) ->
             writeln!(s, "grep -qs ' {dir} ' /proc/mounts || mount -t {fs} {fs} {dir} 2>>\"$R/modprobe.log\" || true");
     }
     let _ = writeln!(s, "ulimit -l unlimited 2>/dev/null || true");
+    // Every bpffs mount (one per node) asks the kernel for the bpf_preload module, which
+    // Debian's kernels do not build: each mount waited for a modprobe that searched the module
+    // indexes over 9p. The kernel's module helper answers that one at once and hands every
+    // other request to modprobe.
+    let _ = writeln!(
+        s,
+        "mkdir -p {GUEST_HELPERS} && printf '%s\\n' '#!/bin/sh' 'case \" $* \" in *\" bpf_preload \"*) exit 1;; esac' \
+         'exec modprobe \"$@\"' >{GUEST_HELPERS}/modprobe && chmod +x {GUEST_HELPERS}/modprobe \
+         && echo {GUEST_HELPERS}/modprobe >/proc/sys/kernel/modprobe 2>>\"$R/modprobe.log\""
+    );
     if !opts.tools.is_empty() {
         let files: Vec<String> = opts.tools.iter().map(|p| shell_quote(&p.to_string_lossy())).collect();
         let _ = writeln!(
@@ -831,6 +844,7 @@ mod tests {
         assert!(s.contains("export A='x y'"), "{s}");
         assert!(s.contains("modprobe -a bonding 8021q wireguard dummy sch_ingress cls_bpf"), "{s}");
         assert!(s.contains("mount -t bpf bpf /sys/fs/bpf"), "{s}");
+        assert!(s.contains("/proc/sys/kernel/modprobe"), "{s}");
         let status = s.find("mv \"$R/status.tmp\"").unwrap();
         assert!(status > s.find("$R/stdout").unwrap());
     }
