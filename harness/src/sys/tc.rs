@@ -2,9 +2,9 @@
 //! vishvananda/netlink: a clsact qdisc, cls_bpf filters named `<program>-<device>` with a given
 //! priority and handle, and XDP programs set on a link with IFLA_XDP.
 //!
-//! aya's own netlink attach names filters after the program and picks its own flags, and
-//! rtnetlink has no request for cls_bpf filters or IFLA_XDP, so the netlink-packet-route
-//! messages are built here and sent on the namespace's [`Rtnl`] connection the caller passes in.
+//! aya's own netlink attach names filters after the program and picks its own flags, so the
+//! netlink-packet-route messages are built here and sent on the namespace's [`Rtnl`] socket the
+//! caller passes in.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
