@@ -541,8 +541,9 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// The link named `name`; `None` if there is none.
-    fn link_named(&self, name: &str) -> std::result::Result<Option<LinkMessage>, RequestError> {
+    /// The link named `name`, by a targeted RTM_GETLINK (its cost does not grow with the link
+    /// count); `None` if there is none.
+    pub fn link_named(&self, name: &str) -> std::result::Result<Option<LinkMessage>, RequestError> {
         let get = link_message(0, vec![LinkAttribute::IfName(name.to_string())], None);
         match self.request(RouteNetlinkMessage::GetLink(get), 0) {
             Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {

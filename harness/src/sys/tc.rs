@@ -211,20 +211,11 @@ pub fn find_link(nl: &Rtnl, device: &str) -> Result<Link, TcError> {
     if device.is_empty() || device.len() >= 16 {
         return Err(no_link());
     }
-    let mut msg = LinkMessage::default();
-    msg.attributes.push(LinkAttribute::IfName(device.to_string()));
-    match nl.request(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK) {
-        Ok(replies) => replies
-            .into_iter()
-            .find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(link_from_message(&l)),
-                _ => None,
-            })
-            .filter(|l| l.name == device)
-            .ok_or_else(no_link),
-        Err(e) if e.errno() == Some(libc::ENODEV) => Err(no_link()),
-        Err(e) => Err(call_err("look up link", device)(e)),
-    }
+    nl.link_named(device)
+        .map_err(call_err("look up link", device))?
+        .map(|l| link_from_message(&l))
+        .filter(|l| l.name == device)
+        .ok_or_else(no_link)
 }
 
 fn link_from_message(l: &LinkMessage) -> Link {

@@ -583,12 +583,18 @@ fn guest_script(run: &Path, cwd: &Path, command: &[String], opts: &VmOptions) ->
     // Every bpffs mount (one per node) asks the kernel for the bpf_preload module, which
     // Debian's kernels do not build: each mount waited for a modprobe that searched the module
     // indexes over 9p. The kernel's module helper answers that one at once and hands every
-    // other request to modprobe.
+    // other request to the modprobe it named before.
     let _ = writeln!(
         s,
-        "mkdir -p {GUEST_HELPERS} && printf '%s\\n' '#!/bin/sh' 'case \" $* \" in *\" bpf_preload \"*) exit 1;; esac' \
-         'exec modprobe \"$@\"' >{GUEST_HELPERS}/modprobe && chmod +x {GUEST_HELPERS}/modprobe \
-         && echo {GUEST_HELPERS}/modprobe >/proc/sys/kernel/modprobe 2>>\"$R/modprobe.log\""
+        "M=$(cat /proc/sys/kernel/modprobe) && mkdir -p {GUEST_HELPERS} && cat >{GUEST_HELPERS}/modprobe <<EOF"
+    );
+    let _ = writeln!(s, "#!/bin/sh");
+    let _ = writeln!(s, "case \" \\$* \" in *\" bpf_preload \"*) exit 1;; esac");
+    let _ = writeln!(s, "exec $M \"\\$@\"");
+    let _ = writeln!(s, "EOF");
+    let _ = writeln!(
+        s,
+        "chmod +x {GUEST_HELPERS}/modprobe && echo {GUEST_HELPERS}/modprobe >/proc/sys/kernel/modprobe 2>>\"$R/modprobe.log\""
     );
     if !opts.tools.is_empty() {
         let files: Vec<String> = opts.tools.iter().map(|p| shell_quote(&p.to_string_lossy())).collect();
