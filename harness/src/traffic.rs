@@ -31,7 +31,16 @@ pub fn run(
     let _stats = if check { crate::sys::bpf::enable_run_stats().ok() } else { None };
     let runs_before = if check { Some(crosscheck::run_counts(&ids)) } else { None };
     let before = read_counters(&ids)?;
-    let outcome = send(sc, node, spec).map_err(|e| e.to_string())?;
+    // The step's packets the programs have dropped so far: the wait for missing ones ends once
+    // arrivals and drops cover them all.
+    let dropped = || -> u64 {
+        ids.iter()
+            .filter_map(|id| {
+                inspect::counters(*id).ok().map(|c| c.marked_dropped.saturating_sub(before[id].marked_dropped))
+            })
+            .sum()
+    };
+    let outcome = send(sc, node, spec, &dropped).map_err(|e| e.to_string())?;
     let after = read_counters(&ids)?;
     let mut disagreements = Vec::new();
     if let Some(runs_before) = runs_before {
@@ -84,7 +93,12 @@ fn link_spec<'a>(sc: &'a Scenario, name: &str) -> Option<&'a LinkSpec> {
     sc.topology.links.iter().chain(added).rfind(|l| l.name == name)
 }
 
-fn send(sc: &Scenario, node: &Node, spec: &TrafficSpec) -> Result<traffic::Outcome, TrafficError> {
+fn send(
+    sc: &Scenario,
+    node: &Node,
+    spec: &TrafficSpec,
+    dropped: &dyn Fn() -> u64,
+) -> Result<traffic::Outcome, TrafficError> {
     let l = link_spec(sc, &spec.link)
         .ok_or_else(|| TrafficError::Setup(format!("link {} is not in the scenario", spec.link)))?;
     if l.peer_in.unwrap_or_default() == PeerIn::Node {
@@ -120,7 +134,7 @@ fn send(sc: &Scenario, node: &Node, spec: &TrafficSpec) -> Result<traffic::Outco
                 None => node.netns(),
             };
             flow.via = Some(dev);
-            traffic::send(node.wire(), receiver, &flow)
+            traffic::send(node.wire(), receiver, &flow, dropped)
         }
         TrafficFrom::Node | TrafficFrom::Pod(_) => {
             let prefix = links
@@ -136,9 +150,9 @@ fn send(sc: &Scenario, node: &Node, spec: &TrafficSpec) -> Result<traffic::Outco
                         .pod(key)
                         .ok_or_else(|| TrafficError::Setup(format!("pod {key} does not exist on the node")))?;
                     pod_routing(node, pod)?;
-                    traffic::send(&pod.netns, node.wire(), &flow)
+                    traffic::send(&pod.netns, node.wire(), &flow, dropped)
                 }
-                _ => traffic::send(node.netns(), node.wire(), &flow),
+                _ => traffic::send(node.netns(), node.wire(), &flow, dropped),
             }
         }
     }

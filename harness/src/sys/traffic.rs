@@ -22,8 +22,12 @@ use hostdp_model::scenario::TrafficProto;
 pub const MARK_TOS: u32 = 0x94;
 
 /// How long to wait for the last packet to arrive after the last one was sent. Generous: the
-/// VMs run under emulation.
+/// VMs run under emulation. The wait ends sooner once every packet is accounted for: arrived,
+/// or dropped by an attached program (see [`send`]).
 const SETTLE: Duration = Duration::from_millis(1500);
+
+/// How often a wait for packets asks whether the missing ones were dropped.
+const POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrafficError {
@@ -171,8 +175,11 @@ fn marked_socket(flow: &Flow, ty: Type, proto: Protocol) -> Result<Socket, Traff
 }
 
 /// Sends `flow` from namespace `from` to a listener in namespace `to_ns` (for ICMP the replies
-/// come back to the sender and `to_ns` is not used) and counts what arrived.
-pub fn send(from: &Netns, to_ns: &Netns, flow: &Flow) -> Result<Outcome, TrafficError> {
+/// come back to the sender and `to_ns` is not used) and counts what arrived. `dropped` says how
+/// many of the step's packets the attached programs have dropped so far: a dropped packet never
+/// arrives, so the wait for the missing ones ends as soon as arrivals and drops cover them all
+/// (a step whose packets a program drops takes milliseconds, not [`SETTLE`]).
+pub fn send(from: &Netns, to_ns: &Netns, flow: &Flow, dropped: &dyn Fn() -> u64) -> Result<Outcome, TrafficError> {
     let data = payload(nonce());
     let dst = SockAddr::from(SocketAddr::new(flow.to, flow.port));
     match flow.proto {
@@ -191,7 +198,7 @@ pub fn send(from: &Netns, to_ns: &Netns, flow: &Flow) -> Result<Outcome, Traffic
                     sent += 1;
                 }
             }
-            let delivered = receive(&listener, flow.count, |b| b.ends_with(&data) || b == data.as_slice())?;
+            let delivered = receive(&listener, flow.count, |b| b.ends_with(&data) || b == data.as_slice(), dropped)?;
             Ok(Outcome { sent, delivered })
         }
         TrafficProto::Tcp => {
@@ -221,6 +228,9 @@ pub fn send(from: &Netns, to_ns: &Netns, flow: &Flow) -> Result<Outcome, Traffic
             let deadline = Instant::now() + Duration::from_millis(800);
             let mut accepted = Vec::new();
             while (accepted.len() as u32) < flow.count && Instant::now() < deadline {
+                if accepted.len() as u64 + dropped() >= u64::from(flow.count) {
+                    break;
+                }
                 match listener.accept() {
                     Ok((s, _)) => accepted.push(s),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -256,11 +266,16 @@ pub fn send(from: &Netns, to_ns: &Netns, flow: &Flow) -> Result<Outcome, Traffic
                 }
             }
             let v4 = flow.to.is_ipv4();
-            let delivered = receive(&sock, flow.count, |b| {
-                // IPv4 raw sockets deliver the IP header too; ICMPv6 ones do not.
-                let icmp = if v4 { b.get(usize::from(b.first().map_or(0, |x| x & 0x0f)) * 4..) } else { Some(b) };
-                icmp.is_some_and(|m| m.len() >= 8 && m[0] == reply && m[4..6] == id.to_be_bytes())
-            })?;
+            let delivered = receive(
+                &sock,
+                flow.count,
+                |b| {
+                    // IPv4 raw sockets deliver the IP header too; ICMPv6 ones do not.
+                    let icmp = if v4 { b.get(usize::from(b.first().map_or(0, |x| x & 0x0f)) * 4..) } else { Some(b) };
+                    icmp.is_some_and(|m| m.len() >= 8 && m[0] == reply && m[4..6] == id.to_be_bytes())
+                },
+                dropped,
+            )?;
             Ok(Outcome { sent, delivered })
         }
     }
@@ -270,17 +285,23 @@ fn dst_text(flow: &Flow) -> String {
     SocketAddr::new(flow.to, flow.port).to_string()
 }
 
-/// Reads from `s` until `want` packets matched or nothing more came for [`SETTLE`].
-fn receive(s: &Socket, want: u32, matches: impl Fn(&[u8]) -> bool) -> Result<u64, TrafficError> {
+/// Reads from `s` until `want` packets matched, or the ones missing were `dropped`, or nothing
+/// more came for [`SETTLE`].
+fn receive(
+    s: &Socket,
+    want: u32,
+    matches: impl Fn(&[u8]) -> bool,
+    dropped: &dyn Fn() -> u64,
+) -> Result<u64, TrafficError> {
     let mut got = 0u64;
     let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
     let mut deadline = Instant::now() + SETTLE;
     while got < u64::from(want) {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || got + dropped() >= u64::from(want) {
             break;
         }
-        s.set_read_timeout(Some(left)).map_err(io("set SO_RCVTIMEO", "listener"))?;
+        s.set_read_timeout(Some(left.min(POLL))).map_err(io("set SO_RCVTIMEO", "listener"))?;
         match s.recv_from(&mut buf) {
             Ok((n, _)) => {
                 // SAFETY: recv_from initialised the first `n` bytes.
@@ -290,7 +311,8 @@ fn receive(s: &Socket, want: u32, matches: impl Fn(&[u8]) -> bool) -> Result<u64
                     deadline = Instant::now() + SETTLE;
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            // A poll interval passed: ask `dropped` again, until the deadline.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io("receive", "listener")(e)),
         }
