@@ -51,6 +51,10 @@ pub struct Paths {
     /// `HOSTDP_COMPILE_HOST`: in a VM guest, the shared folder through which the host compiles
     /// the guest's templates (see `sys::compile::HostCompiles`).
     pub compile_host: Option<PathBuf>,
+    /// `HOSTDP_TEST_LOCAL_DONE`: a file the scenario tests create once every selected scenario
+    /// this kernel hosts has run (only VM batches remain): `ci/test` then starts the tests that
+    /// need the machine's namespaces to themselves.
+    pub test_local_done: Option<PathBuf>,
     /// `NEXTEST_RUN_ID`: set by cargo-nextest, which runs each test in a process of its own; the
     /// scenario tests' processes of one run share their VM batches through it.
     pub nextest_run_id: Option<String>,
@@ -112,6 +116,7 @@ impl Paths {
             fault: text("HOSTDP_FAULT"),
             test_kernels: text("HOSTDP_TEST_KERNELS"),
             compile_host: var("HOSTDP_COMPILE_HOST"),
+            test_local_done: var("HOSTDP_TEST_LOCAL_DONE"),
             nextest_run_id: text("NEXTEST_RUN_ID"),
             exe_path: var("PATH").map(PathBuf::into_os_string),
         }

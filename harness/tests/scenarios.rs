@@ -10,6 +10,8 @@
 //! review` after an intended change.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -21,30 +23,52 @@ fn main() {
     // The files this kernel hosts first: a VM test waits for its kernel's batch on a test
     // thread, and the batch runs meanwhile anyway (started below), so waiting last keeps the
     // threads for the local tests.
-    let mut files = hostdp::testing::scenario_files(&dir);
-    files.sort_by_cached_key(|f| hostdp::testing::needs_vm(f));
-    let trials: Vec<Trial> = files
-        .iter()
-        .map(|f| {
-            let (f, exe) = (f.clone(), exe.clone());
-            Trial::test(hostdp::testing::test_name(&f), move || check(&f, &exe))
-        })
-        .collect();
+    let mut files: Vec<(PathBuf, bool)> =
+        hostdp::testing::scenario_files(&dir).into_iter().map(|f| (f.clone(), hostdp::testing::needs_vm(&f))).collect();
+    files.sort_by_key(|(_, vm)| *vm);
     let selected: Vec<PathBuf> = files
         .iter()
-        .zip(&trials)
-        .filter(|(_, t)| !args.is_filtered_out(t) && !args.is_ignored(t))
+        .filter(|(f, _)| !args.is_filtered_out(&Trial::test(hostdp::testing::test_name(f), || Ok(()))))
         .map(|(f, _)| f.clone())
+        .collect();
+    // The selected files this kernel hosts: once the last of them has run, the runner is told
+    // (HOSTDP_TEST_LOCAL_DONE) while the VM batches go on.
+    let local = |f: &PathBuf, vm: bool| !vm && !args.list && selected.contains(f);
+    let local_left = Arc::new(AtomicUsize::new(files.iter().filter(|(f, vm)| local(f, *vm)).count()));
+    if !args.list && local_left.load(Ordering::SeqCst) == 0 {
+        hostdp::testing::local_scenarios_done();
+    }
+    let trials: Vec<Trial> = files
+        .iter()
+        .map(|(f, vm)| {
+            // Only the tests that run count down (a filtered-out one is dropped unrun).
+            let left = local(f, *vm).then(|| LocalLeft(local_left.clone()));
+            let (f, exe) = (f.clone(), exe.clone());
+            Trial::test(hostdp::testing::test_name(&f), move || {
+                let _left = left;
+                check(&f, &exe)
+            })
+        })
         .collect();
     // The VM batches start at once, beside the tests that run on this kernel.
     let prefetch =
-        !args.list && nix::unistd::geteuid().is_root() && selected.iter().any(|f| hostdp::testing::needs_vm(f));
+        !args.list && nix::unistd::geteuid().is_root() && files.iter().any(|(f, vm)| *vm && selected.contains(f));
     hostdp::testing::select(selected);
     if prefetch {
-        let exe = exe.clone();
-        std::thread::spawn(move || hostdp::testing::prefetch_vm_batches(&dir, &exe));
+        hostdp::testing::prefetch_vm_batches(dir, exe);
     }
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// Counts down the selected files this kernel hosts as their tests end (pass, fail or panic).
+struct LocalLeft(Arc<AtomicUsize>);
+
+impl Drop for LocalLeft {
+    fn drop(&mut self) {
+        if self.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            hostdp::testing::local_scenarios_done();
+        }
+    }
 }
 
 /// Runs one scenario file and compares what it observed with its snapshot.
