@@ -212,10 +212,10 @@ pub fn prefetch_vm_batches(dir: PathBuf, exe: PathBuf) {
 static PREFETCHING: AtomicBool = AtomicBool::new(false);
 
 /// Runs `f` (a scenario on this kernel) on this thread at nice 10 while this process's VM
-/// batches run: a guest boots on one vCPU, and the local tests at the same priority took a
-/// third of its core (debian-6.1 booted in 27 s beside them, 14 s alone). The VM's qemu is
-/// started from the prefetching thread, whose priority is left alone (a thread's nice value is
-/// its own on Linux, and children inherit their thread's).
+/// batches run: they are the longest chain of the run, and a guest boots on one vCPU, which
+/// the local tests beside it should not share at the same priority. The VM's qemu is started
+/// from the prefetching thread, whose priority is left alone (a thread's nice value is its
+/// own on Linux, and children inherit their thread's).
 fn beside_vm_batches<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(libc::id_t, libc::c_int);
     impl Drop for Restore {

@@ -28,7 +28,10 @@ fn main() {
     files.sort_by_key(|(_, vm)| *vm);
     let selected: Vec<PathBuf> = files
         .iter()
-        .filter(|(f, _)| !args.is_filtered_out(&Trial::test(hostdp::testing::test_name(f), || Ok(()))))
+        .filter(|(f, _)| {
+            let t = Trial::test(hostdp::testing::test_name(f), || Ok(()));
+            !args.is_filtered_out(&t) && !args.is_ignored(&t)
+        })
         .map(|(f, _)| f.clone())
         .collect();
     // The selected files this kernel hosts: once the last of them has run, the runner is told
