@@ -34,6 +34,8 @@ pub struct Paths {
     pub clang: Option<String>,
     /// `HOSTDP_VM_TIMEOUT`: seconds one VM call may take.
     pub vm_timeout_secs: Option<u64>,
+    /// `HOSTDP_VM_CPUS`: the guests' vCPUs (default 2).
+    pub vm_cpus: Option<u32>,
     /// `HOSTDP_ALLOW_MODPROBE=1`: the capability probe may make the kernel load modules (set
     /// inside the throwaway VMs).
     pub allow_modprobe: bool,
@@ -109,6 +111,7 @@ impl Paths {
             vng: var("HOSTDP_VNG"),
             clang: text("HOSTDP_CLANG"),
             vm_timeout_secs: text("HOSTDP_VM_TIMEOUT").and_then(|s| s.trim().parse().ok()).filter(|&s| s > 0),
+            vm_cpus: text("HOSTDP_VM_CPUS").and_then(|s| s.trim().parse().ok()).filter(|&n| n > 0),
             allow_modprobe: text("HOSTDP_ALLOW_MODPROBE").is_some_and(|v| v == "1"),
             crosscheck: text("HOSTDP_CROSSCHECK").is_some_and(|v| v == "1"),
             tool_dir: var("HOSTDP_TOOL_DIR"),

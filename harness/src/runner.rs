@@ -68,9 +68,9 @@ pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     scenario::expand(paths, &mut Vec::new())
 }
 
-/// The common start of `run` and `diff`: the files of `paths`, all valid, and root. On a
-/// problem, it is printed and the exit status returned.
-pub fn valid_files_as_root(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, i32> {
+/// The common start of `run` and `diff`: the files of `paths`, all valid and parsed, and root.
+/// On a problem, it is printed and the exit status returned.
+pub fn valid_files_as_root(cmd: &str, paths: &[PathBuf]) -> Result<Vec<Scenario>, i32> {
     let files = valid_files(cmd, paths)?;
     if !nix::unistd::geteuid().is_root() {
         errln!("hostdp {cmd}: needs root (network namespaces, bpf); run it with sudo");
@@ -79,8 +79,9 @@ pub fn valid_files_as_root(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>,
     Ok(files)
 }
 
-/// The files of `paths`, all valid (warnings are printed and allowed); no privileges needed.
-pub fn valid_files(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, i32> {
+/// The files of `paths`, all valid (warnings are printed and allowed), parsed once here for
+/// all that follows; no privileges needed.
+pub fn valid_files(cmd: &str, paths: &[PathBuf]) -> Result<Vec<Scenario>, i32> {
     let files = expand(paths);
     if files.is_empty() {
         let given: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
@@ -98,7 +99,7 @@ pub fn valid_files(cmd: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, i32> {
         }
         return Err(exit::INVALID);
     }
-    Ok(files)
+    Ok(checked.valid)
 }
 
 /// Runs one parsed scenario on this kernel.
@@ -380,14 +381,21 @@ fn run_step(
 /// debian-6.12`), or the command that fetches one when none is here.
 fn where_it_runs(sc: &Scenario) -> String {
     let kernels = hostdp_model::needs::hosting_kernels(sc);
-    let fetched: Vec<&str> =
-        kernels.iter().copied().filter(|k| crate::sys::vm::KernelRef::resolve(k).is_ok()).collect();
+    let fetched: Vec<&str> = kernels.iter().copied().filter(|k| kernel_fetched(k)).collect();
     let run = |ks: &[&str]| ks.iter().map(|k| format!("--kernel {k}")).collect::<Vec<_>>().join(" or ");
     match (fetched.is_empty(), kernels.first()) {
         (false, _) => format!("; run it with {}", run(&fetched)),
         (true, Some(k)) => format!("; fetch a kernel that has it with `ci/kernels {k}`, then run it with --kernel {k}"),
         (true, None) => String::new(),
     }
+}
+
+/// Whether a kernel is fetched here, looked up once per process: a batch in a guest skips
+/// several files, and each look-up there is a dozen reads of the shared folder.
+fn kernel_fetched(name: &'static str) -> bool {
+    static FETCHED: Mutex<BTreeMap<&'static str, bool>> = Mutex::new(BTreeMap::new());
+    let mut known = FETCHED.lock().unwrap_or_else(|e| e.into_inner());
+    *known.entry(name).or_insert_with(|| crate::sys::vm::KernelRef::resolve(name).is_ok())
 }
 
 /// Runs files on this kernel, `jobs` at a time. Invalid files become `error` records.
@@ -397,15 +405,25 @@ pub fn run_local(files: &[PathBuf], jobs: usize) -> Vec<ScenarioRecord> {
 
 /// [`run_local`], every file under `profile` when one is given.
 pub fn run_local_as(files: &[PathBuf], jobs: usize, profile: Option<Profile>) -> Vec<ScenarioRecord> {
+    let loaded = files.iter().map(|f| (f.clone(), scenario::load(f).map_err(|e| e.to_string()))).collect();
+    run_parsed(loaded, jobs, profile)
+}
+
+/// [`run_local_as`] with the files already read and parsed (a load error becomes the file's
+/// `error` record).
+pub fn run_parsed(
+    loaded: Vec<(PathBuf, Result<Scenario, String>)>,
+    jobs: usize,
+    profile: Option<Profile>,
+) -> Vec<ScenarioRecord> {
     let run = RunId::new();
-    // Loaded first, so that the longest start first and no long file starts last while the other
-    // jobs have finished: the number of steps is a fair guess of a file's time (about a second a
-    // step in a TCG guest). The records keep the order of `files`.
-    let mut order: Vec<(usize, &PathBuf, Result<Scenario, String>)> = files
-        .iter()
+    // The longest start first, so that no long file starts last while the other jobs have
+    // finished: the number of steps is a fair guess of a file's time (about a second a step in
+    // a TCG guest). The records keep the order of `loaded`.
+    let mut order: Vec<(usize, PathBuf, Result<Scenario, String>)> = loaded
+        .into_iter()
         .enumerate()
-        .map(|(i, f)| {
-            let sc = scenario::load(f).map_err(|e| e.to_string());
+        .map(|(i, (f, sc))| {
             (
                 i,
                 f,
@@ -431,7 +449,7 @@ pub fn run_local_as(files: &[PathBuf], jobs: usize, profile: Option<Profile>) ->
                 }
                 let rec = match sc {
                     Ok(sc) => run_scenario(&sc, &run),
-                    Err(e) => invalid_record(f, &e),
+                    Err(e) => invalid_record(&f, &e),
                 };
                 if !quiet() {
                     errln!("hostdp: {} {} ({} ms)", rec.status.as_str(), f.display(), rec.millis);

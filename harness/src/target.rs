@@ -67,6 +67,18 @@ pub fn run_target_as(
     jobs: usize,
     profile: Option<Profile>,
 ) -> Result<KernelRun, TargetError> {
+    run_target_with(target, files, jobs, profile, None)
+}
+
+/// [`run_target_as`] with the guest's vCPUs given (`None`: [`vm::VmOptions`]'s default), for
+/// batches that run side by side and share this machine's CPUs.
+pub fn run_target_with(
+    target: &str,
+    files: &[PathBuf],
+    jobs: usize,
+    profile: Option<Profile>,
+    cpus: Option<u32>,
+) -> Result<KernelRun, TargetError> {
     let t0 = Instant::now();
     if target == "host" || target == "local" {
         let scenarios = run_local_as(files, jobs, profile);
@@ -122,7 +134,10 @@ pub fn run_target_as(
     }
     let cache = cache_dir();
     let _ = std::fs::create_dir_all(&cache);
-    let mut opts = vm::VmOptions::default();
+    let mut opts = vm::VmOptions { exe_in_tmpfs: true, ..vm::VmOptions::default() };
+    if let Some(n) = cpus {
+        opts.cpus = n;
+    }
     // A batch's limit grows with it: on a loaded machine a TCG guest takes minutes per scenario
     // (HOSTDP_VM_TIMEOUT, when set, is the limit as given).
     if crate::paths::get().vm_timeout_secs.is_none() {

@@ -3,23 +3,25 @@
 //! that the snapshots hold.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::model::needs::share_out;
 use crate::model::record::{self, KernelRun, RunRecord, ScenarioRecord, Status};
 use crate::model::scenario;
 use crate::runner::{cache_dir, expand, project_root, run_scenario};
 use crate::sys::topology::{self, RunId};
-use crate::target::run_target;
+use crate::target::run_target_with;
 
 /// The per-file test behind `cargo test` (harness/tests/scenarios.rs): runs the scenario on
-/// this kernel; if this kernel cannot host it, inside the VM kernels of `HOSTDP_TEST_KERNELS`
-/// (default `debian-6.1,debian-6.12`) in turn until one can. VM runs are batched once per kernel
-/// however the tests run (threads of one process, or a process per test under nextest): the
-/// first test that needs a kernel runs, in one VM, every selected scenario (under nextest every
-/// scenario of the folder) that this kernel cannot host; the others read their record from that
-/// batch. Panics with the scenario path, the
-/// failing step, expected beside observed, and how to re-run just that one.
+/// this kernel; if this kernel cannot host it, inside one of the VM kernels of
+/// `HOSTDP_TEST_KERNELS` (default `debian-6.1,debian-6.12`), the one [`share_out`] gives it
+/// (the others in turn if that one skips it after all). VM runs are batched once per kernel
+/// however the tests run (threads of one process, or a process per test under nextest), and the
+/// kernels' batches run side by side: the first test that needs a kernel runs, in one VM, its
+/// share of the selected scenarios (under nextest of every scenario of the folder) that this
+/// kernel cannot host; the others read their record from that batch. Panics with the scenario
+/// path, the failing step, expected beside observed, and how to re-run just that one.
 pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -33,26 +35,27 @@ pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
     let mut tried =
         vec![format!("{}: {}", rec.kernel.clone().unwrap_or_default(), rec.reason.clone().unwrap_or_default())];
     let rec = if rec.status == Status::Skipped {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let planned = vm_plan(dir).kernel_of(path);
         let mut found = None;
-        for k in test_kernels() {
-            let batch = vm_batch(&k, path.parent().unwrap_or(Path::new(".")), exe);
-            let run = match batch {
-                Ok(run) => run,
-                Err(e) => {
-                    panic!("{}: this kernel cannot host it ({}) and the {k} VM failed: {e}", path.display(), tried[0])
-                }
-            };
-            let Some(r) = run.scenarios.iter().find(|r| Path::new(&r.file) == path) else {
-                tried.push(format!("{k}: not in the batch"));
-                continue;
-            };
-            if r.status == Status::Skipped {
-                tried.push(format!("{k} ({}): {}", run.kernel, r.reason.clone().unwrap_or_default()));
-                continue;
+        if let Some(k) = &planned {
+            let run = vm_batch(k, dir, exe).unwrap_or_else(|e| {
+                panic!("{}: this kernel cannot host it ({}) and the {k} VM failed: {e}", path.display(), tried[0])
+            });
+            found = ran_in(&run, k, path, &mut tried);
+        } else {
+            tried.push("no VM kernel planned for it".into());
+        }
+        // A batch skipped it after all (the kernels' table in the model was wrong for it): the
+        // other kernels, each in one batch of all such files once the planned batches have ended.
+        for k in test_kernels().iter().filter(|k| Some(*k) != planned.as_ref()) {
+            if found.is_some() {
+                break;
             }
-            errln!("{}: ran in the {k} VM (kernel {})", path.display(), run.kernel);
-            found = Some(r.clone());
-            break;
+            match retry_batch(k, dir, exe) {
+                Ok(run) => found = ran_in(&run, k, path, &mut tried),
+                Err(e) => tried.push(format!("{k}: {e}")),
+            }
         }
         found.unwrap_or_else(|| panic!("{}: skipped on every kernel tried: {}", path.display(), tried.join("; ")))
     } else {
@@ -72,6 +75,22 @@ pub fn test_scenario(path: &Path, exe: &Path) -> ScenarioRecord {
         );
     }
     rec
+}
+
+/// The record of `path` in `run` (kernel `k`'s batch) if it ran there; otherwise why not, in
+/// `tried`.
+fn ran_in(run: &KernelRun, k: &str, path: &Path, tried: &mut Vec<String>) -> Option<ScenarioRecord> {
+    match run.scenarios.iter().find(|r| Path::new(&r.file) == path) {
+        None => tried.push(format!("{k}: not in the batch")),
+        Some(r) if r.status == Status::Skipped => {
+            tried.push(format!("{k} ({}): {}", run.kernel, r.reason.clone().unwrap_or_default()))
+        }
+        Some(r) => {
+            errln!("{}: ran in the {k} VM (kernel {})", path.display(), run.kernel);
+            return Some(r.clone());
+        }
+    }
+    None
 }
 
 /// The observed state of a scenario record, per step, without what changes from run to run
@@ -193,23 +212,25 @@ pub fn select(files: Vec<PathBuf>) {
     }
 }
 
-/// Starts the VM batches of `dir` now, on a thread of their own (each kernel in turn), so that
-/// they overlap with the tests that run on this kernel; the tests that need them then wait for
-/// their record.
+/// Starts the VM batches of `dir` now, side by side, each on a thread of its own, so that they
+/// overlap with the tests that run on this kernel; the tests that need them then wait for their
+/// record.
 pub fn prefetch_vm_batches(dir: PathBuf, exe: PathBuf) {
-    PREFETCHING.store(true, Ordering::SeqCst);
-    std::thread::spawn(move || {
-        for k in test_kernels() {
-            if vm_batch(&k, &dir, &exe).is_err() {
-                break;
-            }
+    for (k, share) in vm_plan(&dir).shares {
+        if share.is_empty() {
+            continue;
         }
-        PREFETCHING.store(false, Ordering::SeqCst);
-    });
+        PREFETCHING.fetch_add(1, Ordering::SeqCst);
+        let (dir, exe) = (dir.clone(), exe.clone());
+        std::thread::spawn(move || {
+            let _ = vm_batch(&k, &dir, &exe);
+            PREFETCHING.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
 }
 
-/// Whether [`prefetch_vm_batches`] is running its VM batches.
-static PREFETCHING: AtomicBool = AtomicBool::new(false);
+/// How many of [`prefetch_vm_batches`]'s VM batches are running.
+static PREFETCHING: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `f` (a scenario on this kernel) on this thread at nice 10 while this process's VM
 /// batches run: they are the longest chain of the run (all 160 scenario tests, back to back:
@@ -224,7 +245,7 @@ fn beside_vm_batches<R>(f: impl FnOnce() -> R) -> R {
             unsafe { libc::setpriority(libc::PRIO_PROCESS, self.0, self.1) };
         }
     }
-    if !PREFETCHING.load(Ordering::SeqCst) {
+    if PREFETCHING.load(Ordering::SeqCst) == 0 {
         return f();
     }
     let tid = nix::unistd::gettid().as_raw() as libc::id_t;
@@ -237,44 +258,119 @@ fn beside_vm_batches<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// A VM batch already run: kernel, scenario folder, and its result.
-type Batch = (String, PathBuf, Result<KernelRun, String>);
+/// The test kernels' shares of the VM scenarios of one folder, and the vCPUs of each batch.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// Each test kernel, in order, with its files.
+    shares: Vec<(String, Vec<PathBuf>)>,
+    /// `HOSTDP_VM_CPUS`, else this machine's CPUs split between the batches that have files
+    /// (one or two each): two guests of two vCPUs on two cores took 153 s for the 60 VM files
+    /// where two of one took 93 s, and one after the other 115 s.
+    cpus: u32,
+}
 
-/// One VM run per kernel for all the scenarios of folder `dir` that need it: those this kernel
-/// cannot host and (for a later kernel) that every earlier kernel skipped. Shared by the
-/// threads of this process through memory and by the processes of one nextest run through
-/// [`shared_batch`].
-fn vm_batch(kernel: &str, dir: &Path, exe: &Path) -> Result<KernelRun, String> {
-    static BATCHES: Mutex<Vec<Batch>> = Mutex::new(Vec::new());
-    let mut batches = BATCHES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, _, r)) = batches.iter().find(|(k, d, _)| k == kernel && d == dir) {
-        return r.clone();
+impl Plan {
+    fn kernel_of(&self, path: &Path) -> Option<String> {
+        self.shares.iter().find(|(_, files)| files.iter().any(|f| f == path)).map(|(k, _)| k.clone())
+    }
+}
+
+/// The plan for folder `dir`'s selected scenarios that this kernel cannot host (every such
+/// scenario of the folder under nextest, so that all its processes agree): [`share_out`] over
+/// the test kernels. Made once per process and folder.
+fn vm_plan(dir: &Path) -> Plan {
+    static PLANS: Mutex<Vec<(PathBuf, Plan)>> = Mutex::new(Vec::new());
+    let mut plans = PLANS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = plans.iter().find(|(d, _)| d == dir) {
+        return p.clone();
     }
     let selected = SELECTED.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut files: Vec<PathBuf> = selected
+    let loaded: Vec<(PathBuf, scenario::Scenario)> = selected
         .unwrap_or_else(|| scenario_files(dir))
         .into_iter()
         .filter(|f| f.parent() == Some(dir) && needs_vm(f))
+        .filter_map(|f| scenario::load(&f).ok().map(|sc| (f, sc)))
         .collect();
-    for k in test_kernels().iter().take_while(|k| k.as_str() != kernel) {
-        if let Some((_, _, Ok(run))) = batches.iter().find(|(bk, d, _)| bk == k && d == dir) {
-            files.retain(|f| run.scenarios.iter().any(|r| Path::new(&r.file) == f && r.status == Status::Skipped));
+    let kernels = test_kernels();
+    let names: Vec<&str> = kernels.iter().map(String::as_str).collect();
+    let refs: Vec<&scenario::Scenario> = loaded.iter().map(|(_, sc)| sc).collect();
+    let mut shares: Vec<(String, Vec<PathBuf>)> = kernels.iter().map(|k| (k.clone(), Vec::new())).collect();
+    if !names.is_empty() {
+        for ((f, _), k) in loaded.iter().zip(share_out(&refs, &names)) {
+            shares[k].1.push(f.clone());
         }
     }
-    let res = if files.is_empty() {
-        Err(format!("no scenario of {} needs the {kernel} VM", dir.display()))
-    } else {
-        shared_batch(kernel, &files, exe)
-    };
-    batches.push((kernel.to_string(), dir.to_path_buf(), res.clone()));
-    res
+    let busy = shares.iter().filter(|(_, f)| !f.is_empty()).count().max(1) as u32;
+    let cpus = crate::paths::get().vm_cpus.unwrap_or_else(|| {
+        let here = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+        (here / busy).clamp(1, 2)
+    });
+    let plan = Plan { shares, cpus };
+    plans.push((dir.to_path_buf(), plan.clone()));
+    plan
+}
+
+/// A batch's result, made once by whichever test asks first; the others wait for it.
+type BatchCell = Arc<OnceLock<Result<KernelRun, String>>>;
+
+/// The cell of one batch: kernel, folder, and whether it is the retry.
+fn batch_cell(kernel: &str, dir: &Path, retry: bool) -> BatchCell {
+    static CELLS: Mutex<Vec<(String, PathBuf, bool, BatchCell)>> = Mutex::new(Vec::new());
+    let mut cells = CELLS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((.., c)) = cells.iter().find(|(k, d, r, _)| k == kernel && d == dir && *r == retry) {
+        return c.clone();
+    }
+    let c = BatchCell::default();
+    cells.push((kernel.to_string(), dir.to_path_buf(), retry, c.clone()));
+    c
+}
+
+/// One VM run of `kernel` for its share of the scenarios of folder `dir` (see [`vm_plan`]).
+/// Shared by the threads of this process through memory and by the processes of one nextest
+/// run through [`shared_batch`]; the kernels' batches run at the same time.
+fn vm_batch(kernel: &str, dir: &Path, exe: &Path) -> Result<KernelRun, String> {
+    batch_cell(kernel, dir, false)
+        .get_or_init(|| {
+            let plan = vm_plan(dir);
+            let files = plan.shares.iter().find(|(k, _)| k == kernel).map(|(_, f)| f.clone()).unwrap_or_default();
+            if files.is_empty() {
+                return Err(format!("no scenario of {} is planned for the {kernel} VM", dir.display()));
+            }
+            shared_batch(kernel, &files, exe, Some(plan.cpus))
+        })
+        .clone()
+}
+
+/// One VM run of `kernel` for the scenarios of `dir` that the batches of other kernels, planned
+/// for them, skipped; once those batches have ended.
+fn retry_batch(kernel: &str, dir: &Path, exe: &Path) -> Result<KernelRun, String> {
+    batch_cell(kernel, dir, true)
+        .get_or_init(|| {
+            let mut files = Vec::new();
+            for (k, share) in vm_plan(dir).shares.iter().filter(|(k, f)| k != kernel && !f.is_empty()) {
+                let Ok(run) = vm_batch(k, dir, exe) else { continue };
+                files.extend(
+                    share
+                        .iter()
+                        .filter(|f| {
+                            run.scenarios.iter().any(|r| Path::new(&r.file) == *f && r.status == Status::Skipped)
+                        })
+                        .cloned(),
+                );
+            }
+            if files.is_empty() {
+                return Err("no other kernel's batch skipped a scenario".into());
+            }
+            shared_batch(kernel, &files, exe, None)
+        })
+        .clone()
 }
 
 /// Runs `files` in one `kernel` VM, or reads the record of the process of this test run that
 /// did: the first takes a file lock in the cache, runs the batch and writes its record; the
 /// others wait on the lock, then read it. Keyed by the run (nextest's run id, else this
 /// process), the kernel, the scenario files and their contents, and the `hostdp` binary.
-fn shared_batch(kernel: &str, files: &[PathBuf], exe: &Path) -> Result<KernelRun, String> {
+fn shared_batch(kernel: &str, files: &[PathBuf], exe: &Path, cpus: Option<u32>) -> Result<KernelRun, String> {
     use nix::fcntl::{Flock, FlockArg};
     let dir = cache_dir().join("test-batches");
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -299,12 +395,13 @@ fn shared_batch(kernel: &str, files: &[PathBuf], exe: &Path) -> Result<KernelRun
     remove_old_batches(&dir);
     let dirs: std::collections::BTreeSet<String> =
         files.iter().map(|f| f.parent().unwrap_or(Path::new(".")).display().to_string()).collect();
+    let vcpus = cpus.map(|n| format!(" ({n} vCPU)")).unwrap_or_default();
     progress(&format!(
-        "running {} scenario(s) of {} in one {kernel} VM",
+        "running {} scenario(s) of {} in one {kernel} VM{vcpus}",
         files.len(),
         dirs.into_iter().collect::<Vec<_>>().join(", ")
     ));
-    let res = with_exe(exe, || run_target(kernel, files, 2)).map_err(|e| e.to_string());
+    let res = with_exe(exe, || run_target_with(kernel, files, 2, None, cpus)).map_err(|e| e.to_string());
     if let Ok(text) = serde_json::to_string(&res) {
         let _ = crate::sys::compile::write_atomic(&record, text.as_bytes());
     }

@@ -127,6 +127,55 @@ pub fn hosting_kernels(scenario: &Scenario) -> Vec<&'static str> {
         .collect()
 }
 
+/// Which of `kernels` (VM kernel names, in order of preference) runs each of `scenarios`, by
+/// index into `kernels`: decided before any VM boots, so that the kernels' batches can run side
+/// by side. A scenario goes to the first kernel that can host it, unless the choice cannot
+/// change what it observes: when every profile it runs under predates tcx (before v1.16 Cilium
+/// attaches with tc whatever the kernel has), it goes to the kernel with the least work so far,
+/// the longest such scenarios first (work: its steps, and one for the node). A scenario none of
+/// them hosts goes to the first, which then says why it skips it.
+pub fn share_out(scenarios: &[&Scenario], kernels: &[&str]) -> Vec<usize> {
+    let hosts: Vec<Vec<usize>> = scenarios
+        .iter()
+        .map(|sc| {
+            let able = hosting_kernels(sc);
+            (0..kernels.len()).filter(|&i| able.contains(&kernels[i])).collect()
+        })
+        .collect();
+    let work = |sc: &Scenario| sc.steps.len() + 1;
+    let mut load = vec![0usize; kernels.len()];
+    let mut out = vec![0usize; scenarios.len()];
+    let mut free = Vec::new();
+    for (i, sc) in scenarios.iter().enumerate() {
+        match hosts[i].as_slice() {
+            [_, _, ..] if tc_only(sc) => free.push(i),
+            [first, ..] => {
+                out[i] = *first;
+                load[*first] += work(sc);
+            }
+            [] => out[i] = 0,
+        }
+    }
+    free.sort_by_key(|&i| (std::cmp::Reverse(work(scenarios[i])), i));
+    for i in free {
+        let k = *hosts[i].iter().min_by_key(|&&k| (load[k], k)).expect("two or more hosts");
+        out[i] = k;
+        load[k] += work(scenarios[i]);
+    }
+    out
+}
+
+/// Whether every profile the scenario runs under (its own and each `restart`'s) predates tcx,
+/// so that it attaches the same way on any kernel. An unknown profile counts as not.
+fn tc_only(scenario: &Scenario) -> bool {
+    use crate::profile::{Change, Profile};
+    let restarts = scenario.steps.iter().filter_map(|st| match &st.action {
+        Action::Restart { profile: Some(p), .. } => Some(p),
+        _ => None,
+    });
+    std::iter::once(&scenario.profile).chain(restarts).all(|p| Profile::parse(p).is_some_and(|p| !p.has(Change::Tcx)))
+}
+
 /// The link kinds of the devices the scenario's agent creates (encapsulation, cilium_wg0): its
 /// configuration at the start and after each `restart` (profile changes included). A
 /// configuration the agent refuses creates nothing.
@@ -344,5 +393,34 @@ mod tests {
                 "kernel 6.6.1 is newer than 6.5 (requires kernel max)"
             ]
         );
+    }
+
+    #[test]
+    fn scenarios_that_attach_alike_everywhere_are_shared_out_the_rest_go_first() {
+        let sc = |profile: &str, requires: &str, steps: usize, restart: &str| {
+            let mut text = format!(
+                "profile: {profile}\n{requires}topology:\n  links:\n    - {{name: bond0, kind: bond}}\nsteps:\n  - start: {{}}\n"
+            );
+            for _ in 1..steps {
+                text.push_str(&format!("  - restart: {{{restart}}}\n"));
+            }
+            crate::scenario::parse(std::path::Path::new("s.yaml"), text.as_bytes()).unwrap()
+        };
+        let kernels = ["debian-6.1", "debian-6.12"];
+        let tcx = sc("v1.16", "", 3, "");
+        let tcx_only = sc("v1.16", "requires:\n  kernel: {min: \"6.6\"}\n", 1, "");
+        let old_long = sc("v1.14.4", "", 4, "");
+        let old_short = sc("v1.15", "", 1, "");
+        let old_short_2 = sc("v1.14.4", "", 1, "");
+        let upgraded = sc("v1.15", "", 2, "profile: v1.16");
+        let all = [&tcx, &tcx_only, &old_long, &old_short, &old_short_2, &upgraded];
+        // tcx (4) and upgraded (3) stay on 6.1, tcx_only (2) goes to 6.12; then the tc-only ones,
+        // longest first, each where the load is least: old_long (5) to 6.12 (2 < 7), old_short
+        // (2) to 6.1 (7 = 7: the first of the least), old_short_2 (2) to 6.12 (7 < 9).
+        assert_eq!(share_out(&all, &kernels), [0, 1, 1, 0, 1, 0]);
+        // Deterministic: the same input, the same answer; one kernel takes everything.
+        assert_eq!(share_out(&all, &kernels), share_out(&all, &kernels));
+        assert_eq!(share_out(&all, &kernels[..1]), [0; 6]);
+        assert!(tc_only(&old_long) && !tc_only(&upgraded) && !tc_only(&tcx));
     }
 }

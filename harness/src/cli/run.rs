@@ -11,8 +11,8 @@ use crate::model::partition::{Cell, Partition};
 use crate::model::profile::Profile;
 use crate::model::record::{self, KernelRun, RunRecord};
 use crate::model::report;
-use crate::model::scenario;
-use crate::runner::{cache_dir, quiet, run_local_as, valid_files, valid_files_as_root};
+use crate::model::scenario::Scenario;
+use crate::runner::{cache_dir, quiet, run_parsed, valid_files, valid_files_as_root};
 use crate::sys::topology;
 use crate::target::run_target_as;
 
@@ -101,16 +101,14 @@ pub fn exec(mut args: Args) -> i32 {
             return exit::INVALID;
         }
     };
-    let files = match if args.list { valid_files("run", &args.paths) } else { valid_files_as_root("run", &args.paths) }
+    // Parsed once here; the matrix and the local run use these.
+    let parsed = match if args.list { valid_files("run", &args.paths) } else { valid_files_as_root("run", &args.paths) }
     {
         Ok(f) => f,
         Err(code) => return code,
     };
     let targets: Vec<String> = if args.kernels.is_empty() { vec!["host".into()] } else { args.kernels.clone() };
-    let cells = match matrix(&files, &targets, profile) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let cells = matrix(&parsed, &targets, profile);
     let chosen = match args.partition {
         Some(p) => p.select(&cells),
         None => {
@@ -135,14 +133,15 @@ pub fn exec(mut args: Args) -> i32 {
     // Each kernel runs its chosen files, in the order given; a kernel with none is not booted.
     let mut runs = Vec::new();
     for k in &targets {
-        let mine: Vec<PathBuf> =
-            files.iter().filter(|f| chosen.iter().any(|c| &c.kernel == k && c.file == label(f))).cloned().collect();
+        let mine: Vec<&Scenario> =
+            parsed.iter().filter(|sc| chosen.iter().any(|c| &c.kernel == k && c.file == label(&sc.path))).collect();
         if mine.is_empty() {
             continue;
         }
         if args.kernels.is_empty() {
             let t0 = std::time::Instant::now();
-            let scenarios = run_local_as(&mine, jobs(args), profile);
+            let loaded = mine.iter().map(|&sc| (sc.path.clone(), Ok(sc.clone()))).collect();
+            let scenarios = run_parsed(loaded, jobs(args), profile);
             runs.push(KernelRun {
                 target: k.clone(),
                 kernel: crate::sys::caps::probe(&cache_dir()).kernel.clone(),
@@ -155,6 +154,7 @@ pub fn exec(mut args: Args) -> i32 {
         if !quiet() {
             errln!("hostdp: kernel {k}: {} scenario(s)", mine.len());
         }
+        let mine: Vec<PathBuf> = mine.iter().map(|sc| sc.path.clone()).collect();
         match run_target_as(k, &mine, jobs(args), profile) {
             Ok(r) => runs.push(r),
             Err(e) => {
@@ -215,24 +215,15 @@ pub fn exec(mut args: Args) -> i32 {
 }
 
 /// The matrix: every file on every kernel, under `--profile` or the file's own.
-fn matrix(files: &[PathBuf], targets: &[String], profile: Option<Profile>) -> Result<Vec<Cell>, i32> {
+fn matrix(parsed: &[Scenario], targets: &[String], profile: Option<Profile>) -> Vec<Cell> {
     let mut cells = Vec::new();
-    for f in files {
-        let p = match profile {
-            Some(p) => p.as_str().to_string(),
-            None => match scenario::load(f) {
-                Ok(sc) => sc.profile,
-                Err(e) => {
-                    errln!("{e}");
-                    return Err(exit::INVALID);
-                }
-            },
-        };
+    for sc in parsed {
+        let p = profile.map_or_else(|| sc.profile.clone(), |p| p.as_str().to_string());
         for k in targets {
-            cells.push(Cell { file: label(f), kernel: k.clone(), profile: p.clone() });
+            cells.push(Cell { file: label(&sc.path), kernel: k.clone(), profile: p.clone() });
         }
     }
-    Ok(cells)
+    cells
 }
 
 /// A file as the matrix names it: as given, as the record does.

@@ -94,14 +94,18 @@ fn boots_debian_6_1_loads_modules_and_returns_the_status() {
     // The links prove bonding and 8021q loaded; the last command fails, and its status must
     // come back; the marker proves the rw dir is writable from the guest, the leak that the
     // rest of the host stays untouched (the guest writes into a tmpfs overlay there).
+    // The program is started from the guest's tmpfs copy (`exe_in_tmpfs`), as a batch's hostdp
+    // is: the marker's second line is where the shell ran from.
     let script = format!(
-        "{BOND_VLAN}\nuname -r >{marker}\necho x >{leak}\nset +e\nip link add x0 type no-such-kind\n",
+        "{BOND_VLAN}\nuname -r >{marker}\nreadlink /proc/$$/exe >>{marker}\necho x >{leak}\nset +e\nip link add x0 type no-such-kind\n",
         marker = marker.display(),
         leak = leak.display()
     );
     // One vCPU: ci/test runs this beside the scenario tests' VM batches, on two cores.
-    let opts = VmOptions { cpus: 1, ..VmOptions::default() };
-    let out = run_in_vm_with(&kernel, &sh(&script), &[results.path().to_path_buf()], Path::new("/"), &opts)
+    let opts = VmOptions { cpus: 1, exe_in_tmpfs: true, ..VmOptions::default() };
+    let mut cmd = sh(&script);
+    cmd[0] = "/bin/sh".into();
+    let out = run_in_vm_with(&kernel, &cmd, &[results.path().to_path_buf()], Path::new("/"), &opts)
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "debian-6.1: whole call {:.1} s, command started {:.1} s after power-on",
@@ -115,7 +119,10 @@ fn boots_debian_6_1_loads_modules_and_returns_the_status() {
     }
     assert!(out.stderr.contains("clsact"), "{}", out.stderr);
     assert!(out.stderr.contains("Unknown device type"), "the failing command's message: {}", out.stderr);
-    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), kernel.release);
+    let marker = std::fs::read_to_string(&marker).unwrap();
+    let lines: Vec<&str> = marker.lines().collect();
+    assert_eq!(lines.first().copied(), Some(kernel.release.as_str()), "{marker}");
+    assert_eq!(lines.get(1).copied(), Some("/run/hostdp-exe/cmd"), "{marker}");
     assert!(!leak.exists(), "a write outside the rw dirs reached the host");
 }
 
