@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod ledger;
 pub mod netlink;
 pub mod netns;
+pub mod nlmsg;
 pub mod policymap;
 pub mod tc;
 pub mod timing;

@@ -6,7 +6,8 @@
 //! namespace; callers open one per namespace and batch of work and pass it down. Every request
 //! is a netlink-packet-route message sent with [`Rtnl::request`] and answered on the calling
 //! thread: links, addresses, routes and neighbours here, tc qdiscs and cls_bpf filters and
-//! IFLA_XDP in [`crate::sys::tc`]. The messages are the ones iproute2 sends.
+//! IFLA_XDP in [`crate::sys::tc`]. The messages are the ones iproute2 sends, built and read by
+//! [`crate::sys::nlmsg`].
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,22 +19,10 @@ use std::sync::Mutex;
 
 use hostdp_model::observed::{feature_of_kind, EncapKind, LinkInfo, RouteInfo};
 use ipnet::IpNet;
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_MULTIPART, NLM_F_REPLACE, NLM_F_REQUEST,
-};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    BondMode, InfoBond, InfoData, InfoGeneve, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVrf, InfoVxlan,
-    LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode, VlanProtocol,
-};
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::Serialize;
+
+use crate::sys::nlmsg::{self as m, Body};
 
 /// Errors of kernel calls on links, addresses and routes.
 #[derive(Debug, thiserror::Error)]
@@ -286,36 +275,37 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// iproute2's bond mode names (and numbers).
-pub fn parse_bond_mode(s: &str) -> Option<BondMode> {
+/// iproute2's bond mode names (and numbers): the IFLA_BOND_MODE value.
+pub fn parse_bond_mode(s: &str) -> Option<u8> {
     Some(match s {
-        "balance-rr" | "0" => BondMode::BalanceRr,
-        "active-backup" | "1" => BondMode::ActiveBackup,
-        "balance-xor" | "2" => BondMode::BalanceXor,
-        "broadcast" | "3" => BondMode::Broadcast,
-        "802.3ad" | "4" => BondMode::Ieee8023Ad,
-        "balance-tlb" | "5" => BondMode::BalanceTlb,
-        "balance-alb" | "6" => BondMode::BalanceAlb,
+        "balance-rr" | "0" => 0,
+        "active-backup" | "1" => 1,
+        "balance-xor" | "2" => 2,
+        "broadcast" | "3" => 3,
+        "802.3ad" | "4" => 4,
+        "balance-tlb" | "5" => 5,
+        "balance-alb" | "6" => 6,
         _ => return None,
     })
 }
 
-pub fn parse_macvlan_mode(s: &str) -> Option<MacVlanMode> {
+/// The IFLA_MACVLAN_MODE value of an iproute2 mode name.
+pub fn parse_macvlan_mode(s: &str) -> Option<u32> {
     Some(match s {
-        "bridge" => MacVlanMode::Bridge,
-        "private" => MacVlanMode::Private,
-        "vepa" => MacVlanMode::Vepa,
-        "passthru" => MacVlanMode::Passthrough,
-        "source" => MacVlanMode::Source,
+        "private" => 1,
+        "vepa" => 2,
+        "bridge" => 4,
+        "passthru" => 8,
+        "source" => 16,
         _ => return None,
     })
 }
 
-/// `802.1Q` / `802.1ad`, case-insensitively.
-pub fn parse_vlan_protocol(s: &str) -> Option<VlanProtocol> {
+/// `802.1Q` / `802.1ad`, case-insensitively: the ethertype.
+pub fn parse_vlan_protocol(s: &str) -> Option<u16> {
     match s.to_ascii_lowercase().as_str() {
-        "802.1q" => Some(VlanProtocol::Ieee8021Q),
-        "802.1ad" => Some(VlanProtocol::Ieee8021Ad),
+        "802.1q" => Some(0x8100),
+        "802.1ad" => Some(0x88a8),
         _ => None,
     }
 }
@@ -345,52 +335,58 @@ pub fn errno_text(code: i32) -> String {
 }
 
 /// Flags of a request that creates something and must not replace it (`ip link add`).
-const CREATE_EXCL: u16 = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+const CREATE_EXCL: u16 = m::NLM_F_ACK | m::NLM_F_CREATE | m::NLM_F_EXCL;
 
-/// A link message as `ip link` builds one: the attributes in order, then `IFLA_LINKINFO`
-/// with the kind and its data.
-fn link_message(index: u32, attributes: Vec<LinkAttribute>, kind: Option<(InfoKind, Option<InfoData>)>) -> LinkMessage {
-    let mut m = LinkMessage::default();
-    m.header.index = index;
-    m.attributes = attributes;
+/// A reply: message type and body (past the netlink header).
+pub type Reply = (u16, Vec<u8>);
+
+/// Adds attributes to a message being built.
+type Fill<'a> = &'a dyn Fn(&mut Body);
+
+/// A link message as `ip link` builds one: the header, the attributes `attrs` adds, then
+/// `IFLA_LINKINFO` with the kind and the data `data` adds, if any.
+fn link_message(index: u32, attrs: impl FnOnce(&mut Body), kind: Option<(&str, Option<Fill<'_>>)>) -> Body {
+    let mut b = Body::new(&m::ifinfo(index, 0, 0));
+    attrs(&mut b);
     if let Some((kind, data)) = kind {
-        let mut info = vec![NlLinkInfo::Kind(kind)];
-        info.extend(data.map(NlLinkInfo::Data));
-        m.attributes.push(LinkAttribute::LinkInfo(info));
+        b.nest(m::IFLA_LINKINFO, |b| {
+            b.str(m::IFLA_INFO_KIND, kind);
+            if let Some(data) = data {
+                b.nest(m::IFLA_INFO_DATA, data);
+            }
+        });
     }
-    m
+    b
 }
 
 /// An address message as `ip address add` builds one: local and address the same, and the
 /// IPv4 broadcast address for prefixes shorter than /31.
-fn address_message(index: u32, addr: &IpNet) -> AddressMessage {
-    let mut m = AddressMessage::default();
-    m.header.index = index;
-    m.header.prefix_len = addr.prefix_len();
-    m.header.family = if addr.addr().is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    m.attributes.push(AddressAttribute::Address(addr.addr()));
-    m.attributes.push(AddressAttribute::Local(addr.addr()));
+fn address_message(index: u32, addr: &IpNet) -> Body {
+    let family = if addr.addr().is_ipv4() { m::AF_INET } else { m::AF_INET6 };
+    let mut h = [0u8; m::IFADDR_LEN];
+    h[0] = family;
+    h[1] = addr.prefix_len();
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    let mut b = Body::new(&h);
+    let ip = m::ip_bytes(&addr.addr());
+    b.attr(m::IFA_ADDRESS, &ip).attr(m::IFA_LOCAL, &ip);
     if let IpNet::V4(v4) = addr {
         if v4.prefix_len() < 31 {
-            m.attributes.push(AddressAttribute::Broadcast(v4.broadcast()));
+            b.attr(m::IFA_BROADCAST, &v4.broadcast().octets());
         }
     }
-    m
+    b
 }
 
 /// A permanent neighbour entry (`ip neigh replace IP lladdr MAC dev DEV`).
-fn neighbour_message(index: u32, ip: &IpAddr, mac: &[u8; 6]) -> NeighbourMessage {
-    let mut m = NeighbourMessage::default();
-    m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    m.header.ifindex = index;
-    m.header.state = NeighbourState::Permanent;
-    m.header.kind = RouteType::Unspec;
-    m.attributes.push(NeighbourAttribute::Destination(match ip {
-        IpAddr::V4(v4) => NeighbourAddress::Inet(*v4),
-        IpAddr::V6(v6) => NeighbourAddress::Inet6(*v6),
-    }));
-    m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-    m
+fn neighbour_message(index: u32, ip: &IpAddr, mac: &[u8; 6]) -> Body {
+    let mut h = [0u8; 12];
+    h[0] = if ip.is_ipv4() { m::AF_INET } else { m::AF_INET6 };
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    h[8..10].copy_from_slice(&m::NUD_PERMANENT.to_ne_bytes());
+    let mut b = Body::new(&h);
+    b.attr(m::NDA_DST, &m::ip_bytes(ip)).attr(m::NDA_LLADDR, mac);
+    b
 }
 
 /// One rtnetlink socket in the namespace of the thread that opened it: the handle callers pass
@@ -416,77 +412,65 @@ impl Rtnl {
         Ok(Rtnl { sock: Mutex::new(sock), seq: AtomicU32::new(1) })
     }
 
-    /// Sends one netlink-packet-route message and collects the replies until the ACK (or the
+    /// Sends one request (message type, body) and collects the replies until the ACK (or the
     /// end of a dump, or the one reply of a plain get). A NACK is [`RequestError::Kernel`] with
     /// the kernel's extended-ack text ("Exclusivity flag on, cannot modify").
-    pub fn request(
-        &self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> std::result::Result<Vec<RouteNetlinkMessage>, RequestError> {
+    pub fn request(&self, kind: u16, body: &Body, flags: u16) -> std::result::Result<Vec<Reply>, RequestError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = seq;
-        let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
+        let mut buf = Vec::with_capacity(16 + body.0.len());
+        buf.extend_from_slice(&((16 + body.0.len()) as u32).to_ne_bytes());
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(&(m::NLM_F_REQUEST | flags).to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&body.0);
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         sock.send_to(&buf, &SocketAddr::new(0, 0), 0).map_err(RequestError::Io)?;
-        let expecting_ack = flags & NLM_F_ACK != 0;
+        let expecting_ack = flags & m::NLM_F_ACK != 0;
         let mut out = Vec::new();
         loop {
             let (data, _) = sock.recv_from_full().map_err(RequestError::Io)?;
             let mut off = 0;
-            while off < data.len() {
-                let Ok(frame) = NetlinkBuffer::new_checked(&data[off..]) else {
+            while off + 16 <= data.len() {
+                let len = m::u32_of(&data[off..]).unwrap_or(0) as usize;
+                if len < 16 || off + len > data.len() {
                     // A truncated datagram: nothing after it can be found either.
                     break;
-                };
-                let (len, hflags, hseq) = (frame.length() as usize, frame.flags(), frame.sequence_number());
-                let bytes = &data[off..off + len];
+                }
+                let frame = &data[off..off + len];
                 off += (len + 3) & !3;
-                if hseq != seq {
+                let kind = m::u16_of(&frame[4..]).unwrap_or(0);
+                let hflags = m::u16_of(&frame[6..]).unwrap_or(0);
+                if m::u32_of(&frame[8..]) != Some(seq) {
                     continue;
                 }
-                let multi = hflags & NLM_F_MULTIPART != 0;
-                // A reply this crate cannot decode is skipped, as rtnetlink's codec does.
-                let Ok(reply) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) else {
-                    if !multi && !expecting_ack {
-                        return Ok(out);
+                let payload = &frame[16..];
+                match kind {
+                    m::NLMSG_ERROR => {
+                        let code = m::u32_of(payload).unwrap_or(0) as i32;
+                        if code == 0 {
+                            return Ok(out);
+                        }
+                        return Err(RequestError::Kernel {
+                            errno: std::io::Error::from_raw_os_error(-code),
+                            ext: extack_message(payload.get(4..).unwrap_or_default(), hflags),
+                        });
                     }
-                    continue;
-                };
-                match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => {
-                        out.push(m);
-                        if !multi && !expecting_ack {
+                    m::NLMSG_DONE | m::NLMSG_OVERRUN => return Ok(out),
+                    _ => {
+                        out.push((kind, payload.to_vec()));
+                        if hflags & m::NLM_F_MULTI == 0 && !expecting_ack {
                             return Ok(out);
                         }
                     }
-                    NetlinkPayload::Error(e) if e.raw_code() != 0 => {
-                        return Err(RequestError::Kernel {
-                            errno: std::io::Error::from_raw_os_error(-e.raw_code()),
-                            ext: extack_message(&e.header, hflags),
-                        });
-                    }
-                    // The ACK, the end of a dump, an overrun.
-                    _ => return Ok(out),
                 }
             }
         }
     }
 
     /// [`Rtnl::request`] for a call of `op` on `object`.
-    fn call(
-        &self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-        op: &'static str,
-        object: &str,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
-        self.request(msg, flags).map_err(|e| NetlinkError::Call {
+    fn call(&self, kind: u16, body: &Body, flags: u16, op: &'static str, object: &str) -> Result<Vec<Reply>> {
+        self.request(kind, body, flags).map_err(|e| NetlinkError::Call {
             op,
             object: object.to_string(),
             source: call_error(e, None),
@@ -495,29 +479,22 @@ impl Rtnl {
 
     /// Every link with its addresses: one link dump and one address dump.
     pub fn links(&self) -> Result<Vec<LinkInfo>> {
-        let msgs = self.call(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP, "list", "links")?;
-        let addrs = self.call(
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            NLM_F_DUMP,
-            "list addresses of",
-            "links",
-        )?;
+        let msgs = self.call(m::RTM_GETLINK, &Body::new(&m::ifinfo(0, 0, 0)), m::NLM_F_DUMP, "list", "links")?;
+        let addrs =
+            self.call(m::RTM_GETADDR, &Body::new(&[0u8; m::IFADDR_LEN]), m::NLM_F_DUMP, "list addresses of", "links")?;
         let mut by_index: HashMap<u32, Vec<IpNet>> = HashMap::new();
-        for a in &addrs {
-            if let RouteNetlinkMessage::NewAddress(a) = a {
-                if let Some(net) = address_of(a) {
-                    by_index.entry(a.header.index).or_default().push(net);
+        for (kind, a) in &addrs {
+            if *kind == m::RTM_NEWADDR {
+                if let Some((index, net)) = address_of(a) {
+                    by_index.entry(index).or_default().push(net);
                 }
             }
         }
         let mut out: Vec<LinkInfo> = msgs
             .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(m) => Some(m),
-                _ => None,
-            })
-            .map(|m| {
-                let mut l = link_of(m);
+            .filter(|(kind, _)| *kind == m::RTM_NEWLINK)
+            .filter_map(|(_, body)| link_of(body))
+            .map(|mut l| {
                 l.addresses = by_index.remove(&l.index).unwrap_or_default();
                 l
             })
@@ -529,27 +506,27 @@ impl Rtnl {
     /// Every route of every table, IPv4 then IPv6.
     pub fn routes(&self) -> Result<Vec<RouteInfo>> {
         let mut out = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut msg = RouteMessage::default();
-            msg.header.address_family = family;
-            let msgs = self.call(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP, "list", "routes")?;
-            out.extend(msgs.iter().filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => route_of(r),
-                _ => None,
-            }));
+        for family in [m::AF_INET, m::AF_INET6] {
+            let mut h = [0u8; m::RTMSG_LEN];
+            h[0] = family;
+            let msgs = self.call(m::RTM_GETROUTE, &Body::new(&h), m::NLM_F_DUMP, "list", "routes")?;
+            out.extend(msgs.iter().filter(|(kind, _)| *kind == m::RTM_NEWROUTE).filter_map(|(_, r)| route_of(r)));
         }
         Ok(out)
     }
 
-    /// The link named `name`, by a targeted RTM_GETLINK (its cost does not grow with the link
-    /// count); `None` if there is none.
-    pub fn link_named(&self, name: &str) -> std::result::Result<Option<LinkMessage>, RequestError> {
-        let get = link_message(0, vec![LinkAttribute::IfName(name.to_string())], None);
-        match self.request(RouteNetlinkMessage::GetLink(get), 0) {
-            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(l),
-                _ => None,
-            })),
+    /// The link named `name` (the body of its RTM_NEWLINK), by a targeted RTM_GETLINK (its
+    /// cost does not grow with the link count); `None` if there is none.
+    pub fn link_named(&self, name: &str) -> std::result::Result<Option<Vec<u8>>, RequestError> {
+        let get = link_message(
+            0,
+            |b| {
+                b.str(m::IFLA_IFNAME, name);
+            },
+            None,
+        );
+        match self.request(m::RTM_GETLINK, &get, 0) {
+            Ok(replies) => Ok(replies.into_iter().find(|(kind, _)| *kind == m::RTM_NEWLINK).map(|(_, body)| body)),
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(e),
         }
@@ -563,7 +540,7 @@ impl Rtnl {
             source: CallError::NoSuchLink(name.to_string()),
         };
         match self.link_named(name) {
-            Ok(Some(m)) => Ok(m.header.index),
+            Ok(Some(body)) => m::link_index_flags(&body).map(|(index, _)| index).ok_or_else(missing),
             Ok(None) => Err(missing()),
             Err(e) => {
                 Err(NetlinkError::Call { op: "find link", object: name.to_string(), source: call_error(e, None) })
@@ -579,24 +556,26 @@ impl Rtnl {
             object: name.into(),
             source: call_error(e, None),
         })?;
-        let Some(m) = m else { return Ok(None) };
+        let Some(body) = m else { return Ok(None) };
+        let Some(link) = link_of(&body) else { return Ok(None) };
         let mut port = None;
-        for a in &m.attributes {
-            if let LinkAttribute::LinkInfo(infos) = a {
-                for i in infos {
-                    match i {
-                        NlLinkInfo::Data(InfoData::Vxlan(v)) => {
-                            port = v.iter().find_map(|x| if let InfoVxlan::Port(p) = x { Some(*p) } else { None });
-                        }
-                        NlLinkInfo::Data(InfoData::Geneve(v)) => {
-                            port = v.iter().find_map(|x| if let InfoGeneve::Port(p) = x { Some(*p) } else { None });
-                        }
-                        _ => {}
-                    }
+        for (kind, v) in m::body_attrs(&body, m::IFINFO_LEN) {
+            if kind != m::IFLA_LINKINFO {
+                continue;
+            }
+            for (ik, iv) in m::attrs(v) {
+                if ik != m::IFLA_INFO_DATA {
+                    continue;
                 }
+                let wanted = match link.kind.as_str() {
+                    "vxlan" => m::IFLA_VXLAN_PORT,
+                    "geneve" => m::IFLA_GENEVE_PORT,
+                    _ => continue,
+                };
+                port = m::attrs(iv).find(|(k, _)| *k == wanted).and_then(|(_, p)| m::be16_of(p));
             }
         }
-        Ok(Some((link_of(&m).kind, port, m.header.index)))
+        Ok(Some((link.kind, port, link.index)))
     }
 
     /// Makes `name` a collect-metadata `kind` device on UDP port `port`, up: kept if it is
@@ -612,22 +591,22 @@ impl Rtnl {
             None => EncapAction::Created,
         };
         if action != EncapAction::Kept {
-            let (info_kind, data) = match kind {
-                // `external` in iproute2 also turns learning off.
-                EncapKind::Vxlan => (
-                    InfoKind::Vxlan,
-                    InfoData::Vxlan(vec![
-                        InfoVxlan::CollectMetadata(true),
-                        InfoVxlan::Learning(false),
-                        InfoVxlan::Port(port),
-                    ]),
-                ),
-                EncapKind::Geneve => {
-                    (InfoKind::Geneve, InfoData::Geneve(vec![InfoGeneve::CollectMetadata, InfoGeneve::Port(port)]))
-                }
+            // `external` in iproute2 also turns learning off.
+            let vxlan = |b: &mut Body| {
+                b.u8(m::IFLA_VXLAN_COLLECT_METADATA, 1).u8(m::IFLA_VXLAN_LEARNING, 0).be16(m::IFLA_VXLAN_PORT, port);
             };
-            let msg = link_message(0, vec![LinkAttribute::IfName(name.to_string())], Some((info_kind, Some(data))));
-            self.call(RouteNetlinkMessage::NewLink(msg), CREATE_EXCL, "create link", name)?;
+            let geneve = |b: &mut Body| {
+                b.attr(m::IFLA_GENEVE_COLLECT_METADATA, &[]).be16(m::IFLA_GENEVE_PORT, port);
+            };
+            let data: Fill<'_> = match kind {
+                EncapKind::Vxlan => &vxlan,
+                EncapKind::Geneve => &geneve,
+            };
+            let named = |b: &mut Body| {
+                b.str(m::IFLA_IFNAME, name);
+            };
+            let msg = link_message(0, named, Some((kind.as_str(), Some(data))));
+            self.call(m::RTM_NEWLINK, &msg, CREATE_EXCL, "create link", name)?;
         }
         self.apply_one(&Change::SetUp { name: name.to_string(), up: true })?;
         Ok(action)
@@ -669,11 +648,11 @@ impl Rtnl {
     fn apply_inner(&self, change: &Change) -> Result<()> {
         let (op, object) = change.describe();
         let fail = |source: CallError| NetlinkError::Call { op, object: object.clone(), source };
-        let send = |msg: RouteNetlinkMessage, flags: u16| {
-            self.request(msg, flags).map(drop).map_err(|e| fail(call_error(e, Some(change))))
+        let send = |kind: u16, msg: Body, flags: u16| {
+            self.request(kind, &msg, flags).map(drop).map_err(|e| fail(call_error(e, Some(change))))
         };
-        let set = |index: u32, attributes: Vec<LinkAttribute>| {
-            send(RouteNetlinkMessage::SetLink(link_message(index, attributes, None)), CREATE_EXCL)
+        let set = |index: u32, attrs: &dyn Fn(&mut Body)| {
+            send(m::RTM_SETLINK, link_message(index, |b| attrs(b), None), CREATE_EXCL)
         };
         match change {
             Change::AddLink { name, link: spec } => {
@@ -683,161 +662,205 @@ impl Rtnl {
                     NetlinkError::Call { source, .. } => fail(source),
                     other => other,
                 })?;
-                send(RouteNetlinkMessage::NewLink(msg), CREATE_EXCL)
+                send(m::RTM_NEWLINK, msg, CREATE_EXCL)
             }
             Change::SetMaster { name, master } => {
                 let idx = self.index_of(name)?;
                 let controller = match master {
-                    Some(m) => self.index_of(m)?,
+                    Some(c) => self.index_of(c)?,
                     None => 0,
                 };
-                set(idx, vec![LinkAttribute::Controller(controller)])
+                set(idx, &|b| {
+                    b.u32(m::IFLA_MASTER, controller);
+                })
             }
             Change::SetUp { name, up } => {
-                let mut msg = link_message(self.index_of(name)?, Vec::new(), None);
-                msg.header.change_mask |= LinkFlags::Up;
-                if *up {
-                    msg.header.flags |= LinkFlags::Up;
-                }
-                send(RouteNetlinkMessage::SetLink(msg), CREATE_EXCL)
+                let flags = if *up { m::IFF_UP } else { 0 };
+                send(m::RTM_SETLINK, Body::new(&m::ifinfo(self.index_of(name)?, flags, m::IFF_UP)), CREATE_EXCL)
             }
-            Change::SetMtu { name, mtu } => set(self.index_of(name)?, vec![LinkAttribute::Mtu(*mtu)]),
-            Change::SetMac { name, mac } => set(self.index_of(name)?, vec![LinkAttribute::Address(mac.to_vec())]),
+            Change::SetMtu { name, mtu } => set(self.index_of(name)?, &|b| {
+                b.u32(m::IFLA_MTU, *mtu);
+            }),
+            Change::SetMac { name, mac } => set(self.index_of(name)?, &|b| {
+                b.attr(m::IFLA_ADDRESS, mac);
+            }),
             Change::AddAddress { name, addr } => {
-                let msg = address_message(self.index_of(name)?, addr);
-                send(RouteNetlinkMessage::NewAddress(msg), CREATE_EXCL)
+                send(m::RTM_NEWADDR, address_message(self.index_of(name)?, addr), CREATE_EXCL)
             }
             Change::AddRoute { dst, via, dev, table } => {
                 let oif = self.index_of(dev)?;
-                let msg = route_message(dst, via.as_ref(), oif, *table).map_err(|m| fail(CallError::Invalid(m)))?;
-                send(RouteNetlinkMessage::NewRoute(msg), CREATE_EXCL)
+                let msg = route_message(dst, via.as_ref(), oif, *table).map_err(|e| fail(CallError::Invalid(e)))?;
+                send(m::RTM_NEWROUTE, msg, CREATE_EXCL)
             }
             Change::DeleteRoute { dst, via, dev, table } => {
                 let oif = self.index_of(dev)?;
-                let msg = route_message(dst, via.as_ref(), oif, *table).map_err(|m| fail(CallError::Invalid(m)))?;
-                send(RouteNetlinkMessage::DelRoute(msg), NLM_F_ACK)
+                let msg = route_message(dst, via.as_ref(), oif, *table).map_err(|e| fail(CallError::Invalid(e)))?;
+                send(m::RTM_DELROUTE, msg, m::NLM_F_ACK)
             }
             Change::DeleteLink { name } => {
-                let msg = link_message(self.index_of(name)?, Vec::new(), None);
-                send(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)
+                send(m::RTM_DELLINK, Body::new(&m::ifinfo(self.index_of(name)?, 0, 0)), m::NLM_F_ACK)
             }
             Change::SetNeighbour { name, ip, mac } => {
                 let msg = neighbour_message(self.index_of(name)?, ip, mac);
-                send(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE)
+                send(m::RTM_NEWNEIGH, msg, m::NLM_F_ACK | m::NLM_F_CREATE | m::NLM_F_REPLACE)
             }
         }
     }
 
-    fn new_link_message(&self, name: &str, spec: &NewLink, peer_ns: &mut Option<File>) -> Result<LinkMessage> {
+    fn new_link_message(&self, name: &str, spec: &NewLink, peer_ns: &mut Option<File>) -> Result<Body> {
         let bad = |message: String| NetlinkError::Call {
             op: "create link",
             object: name.into(),
             source: CallError::Invalid(message),
         };
-        let named = || vec![LinkAttribute::IfName(name.to_string())];
-        let kinded = |kind: InfoKind, data: Option<InfoData>| link_message(0, named(), Some((kind, data)));
+        let named = |b: &mut Body| {
+            b.str(m::IFLA_IFNAME, name);
+        };
+        let kinded = |kind: &str, data: Option<Fill<'_>>| link_message(0, named, Some((kind, data)));
         let msg = match spec {
             NewLink::Veth { peer, peer_netns } => {
-                let mut peer_attrs = vec![LinkAttribute::IfName(peer.clone())];
+                // VETH_INFO_PEER holds a whole link message: header, then attributes.
+                let mut peer_msg = link_message(
+                    0,
+                    |b| {
+                        b.str(m::IFLA_IFNAME, peer);
+                    },
+                    None,
+                );
                 if let Some(path) = peer_netns {
                     let f = File::open(path).map_err(|source| NetlinkError::Call {
                         op: "create link",
                         object: name.into(),
                         source: CallError::Namespace { path: path.clone(), source },
                     })?;
-                    peer_attrs.push(LinkAttribute::NetNsFd(f.as_raw_fd()));
+                    peer_msg.u32(m::IFLA_NET_NS_FD, f.as_raw_fd() as u32);
                     *peer_ns = Some(f);
                 }
-                let peer = link_message(0, peer_attrs, None);
-                kinded(InfoKind::Veth, Some(InfoData::Veth(InfoVeth::Peer(peer))))
+                kinded(
+                    "veth",
+                    Some(&|b: &mut Body| {
+                        b.attr(m::VETH_INFO_PEER, &peer_msg.0);
+                    }),
+                )
             }
             NewLink::Bond { mode, miimon } => {
-                let mut info = Vec::new();
-                if let Some(m) = mode {
-                    info.push(InfoBond::Mode(
-                        parse_bond_mode(m).ok_or_else(|| bad(format!("unknown bond mode {m:?}")))?,
-                    ));
-                }
-                if let Some(ms) = miimon {
-                    info.push(InfoBond::MiiMon(*ms));
-                }
-                kinded(InfoKind::Bond, (!info.is_empty()).then_some(InfoData::Bond(info)))
+                let mode = match mode {
+                    Some(s) => Some(parse_bond_mode(s).ok_or_else(|| bad(format!("unknown bond mode {s:?}")))?),
+                    None => None,
+                };
+                let data = |b: &mut Body| {
+                    if let Some(v) = mode {
+                        b.u8(m::IFLA_BOND_MODE, v);
+                    }
+                    if let Some(ms) = miimon {
+                        b.u32(m::IFLA_BOND_MIIMON, *ms);
+                    }
+                };
+                kinded("bond", (mode.is_some() || miimon.is_some()).then_some(&data as Fill<'_>))
             }
             NewLink::Vlan { parent, id, protocol } => {
-                let mut info = vec![InfoVlan::Id(*id)];
-                if let Some(p) = protocol {
-                    info.push(InfoVlan::Protocol(
-                        parse_vlan_protocol(p).ok_or_else(|| bad(format!("unknown vlan protocol {p:?}")))?,
-                    ));
-                }
-                let mut attrs = named();
-                attrs.push(LinkAttribute::Link(self.index_of(parent)?));
-                link_message(0, attrs, Some((InfoKind::Vlan, Some(InfoData::Vlan(info)))))
+                let protocol = match protocol {
+                    Some(p) => Some(parse_vlan_protocol(p).ok_or_else(|| bad(format!("unknown vlan protocol {p:?}")))?),
+                    None => None,
+                };
+                let parent = self.index_of(parent)?;
+                let data = |b: &mut Body| {
+                    b.u16(m::IFLA_VLAN_ID, *id);
+                    if let Some(p) = protocol {
+                        b.be16(m::IFLA_VLAN_PROTOCOL, p);
+                    }
+                };
+                link_message(
+                    0,
+                    |b| {
+                        b.str(m::IFLA_IFNAME, name).u32(m::IFLA_LINK, parent);
+                    },
+                    Some(("vlan", Some(&data))),
+                )
             }
-            NewLink::Bridge => kinded(InfoKind::Bridge, None),
-            NewLink::Dummy => kinded(InfoKind::Dummy, None),
-            NewLink::Ifb => kinded(InfoKind::Ifb, None),
-            NewLink::Wireguard => kinded(InfoKind::Wireguard, None),
+            NewLink::Bridge => kinded("bridge", None),
+            NewLink::Dummy => kinded("dummy", None),
+            NewLink::Ifb => kinded("ifb", None),
+            NewLink::Wireguard => kinded("wireguard", None),
             NewLink::Macvlan { parent, mode } => {
-                let m = mode.as_deref().unwrap_or("bridge");
-                let m = parse_macvlan_mode(m).ok_or_else(|| bad(format!("unknown macvlan mode {m:?}")))?;
-                let mut attrs = named();
-                attrs.push(LinkAttribute::Link(self.index_of(parent)?));
-                link_message(0, attrs, Some((InfoKind::MacVlan, Some(InfoData::MacVlan(vec![InfoMacVlan::Mode(m)])))))
+                let s = mode.as_deref().unwrap_or("bridge");
+                let mode = parse_macvlan_mode(s).ok_or_else(|| bad(format!("unknown macvlan mode {s:?}")))?;
+                let parent = self.index_of(parent)?;
+                link_message(
+                    0,
+                    |b| {
+                        b.str(m::IFLA_IFNAME, name).u32(m::IFLA_LINK, parent);
+                    },
+                    Some((
+                        "macvlan",
+                        Some(&|b: &mut Body| {
+                            b.u32(m::IFLA_MACVLAN_MODE, mode);
+                        }),
+                    )),
+                )
             }
             NewLink::Vxlan { vni, port, parent } => {
-                let mut info = vec![InfoVxlan::Id(*vni), InfoVxlan::Port(port.unwrap_or(4789))];
-                if let Some(p) = parent {
-                    info.push(InfoVxlan::Link(self.index_of(p)?));
-                }
-                kinded(InfoKind::Vxlan, Some(InfoData::Vxlan(info)))
+                let parent = match parent {
+                    Some(p) => Some(self.index_of(p)?),
+                    None => None,
+                };
+                let data = |b: &mut Body| {
+                    b.u32(m::IFLA_VXLAN_ID, *vni).be16(m::IFLA_VXLAN_PORT, port.unwrap_or(4789));
+                    if let Some(p) = parent {
+                        b.u32(m::IFLA_VXLAN_LINK, p);
+                    }
+                };
+                kinded("vxlan", Some(&data))
             }
-            NewLink::Vrf { table } => kinded(InfoKind::Vrf, Some(InfoData::Vrf(vec![InfoVrf::TableId(*table)]))),
+            NewLink::Vrf { table } => kinded(
+                "vrf",
+                Some(&|b: &mut Body| {
+                    b.u32(m::IFLA_VRF_TABLE, *table);
+                }),
+            ),
         };
         Ok(msg)
     }
 }
 
 /// Builds a unicast route message (`scope link` without a gateway, as `ip route` does).
-fn route_message(dst: &IpNet, via: Option<&IpAddr>, oif: u32, table: u32) -> std::result::Result<RouteMessage, String> {
-    let (family, v4) = match dst {
-        IpNet::V4(_) => (AddressFamily::Inet, true),
-        IpNet::V6(_) => (AddressFamily::Inet6, false),
-    };
+fn route_message(dst: &IpNet, via: Option<&IpAddr>, oif: u32, table: u32) -> std::result::Result<Body, String> {
+    let v4 = matches!(dst, IpNet::V4(_));
     if let Some(g) = via {
         if g.is_ipv4() != v4 {
             return Err(format!("gateway {g} is not of the destination's address family"));
         }
     }
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = family;
-    msg.header.destination_prefix_length = dst.prefix_len();
-    msg.header.table = if table < 256 { table as u8 } else { RouteHeader::RT_TABLE_UNSPEC };
-    msg.header.protocol = RouteProtocol::Static;
-    msg.header.scope = if via.is_some() { RouteScope::Universe } else { RouteScope::Link };
-    msg.header.kind = RouteType::Unicast;
+    let mut h = [0u8; m::RTMSG_LEN];
+    h[0] = if v4 { m::AF_INET } else { m::AF_INET6 };
+    h[1] = dst.prefix_len();
+    // Tables from 256 on only fit RTA_TABLE: the header says RT_TABLE_UNSPEC then.
+    h[4] = if table < 256 { table as u8 } else { 0 };
+    h[5] = m::RTPROT_STATIC;
+    h[6] = if via.is_some() { m::RT_SCOPE_UNIVERSE } else { m::RT_SCOPE_LINK };
+    h[7] = m::RTN_UNICAST;
+    let mut b = Body::new(&h);
     if dst.prefix_len() > 0 {
-        msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst.network())));
+        b.attr(m::RTA_DST, &m::ip_bytes(&dst.network()));
     }
     if let Some(g) = via {
-        msg.attributes.push(RouteAttribute::Gateway(RouteAddress::from(*g)));
+        b.attr(m::RTA_GATEWAY, &m::ip_bytes(g));
     }
-    msg.attributes.push(RouteAttribute::Oif(oif));
-    msg.attributes.push(RouteAttribute::Table(table));
-    Ok(msg)
+    b.u32(m::RTA_OIF, oif).u32(m::RTA_TABLE, table);
+    Ok(b)
 }
 
-/// A link message as a [`LinkInfo`] (addresses left empty).
-fn link_of(m: &LinkMessage) -> LinkInfo {
-    let flags = m.header.flags;
+/// A link reply's body as a [`LinkInfo`] (addresses left empty).
+fn link_of(body: &[u8]) -> Option<LinkInfo> {
+    let (index, flags) = m::link_index_flags(body)?;
     let mut l = LinkInfo {
-        index: m.header.index,
+        index,
         name: String::new(),
         kind: String::new(),
-        up: flags.contains(LinkFlags::Up),
-        slave: flags.contains(LinkFlags::Port),
-        loopback: flags.contains(LinkFlags::Loopback),
-        multicast: flags.contains(LinkFlags::Multicast),
+        up: flags & m::IFF_UP != 0,
+        slave: flags & m::IFF_SLAVE != 0,
+        loopback: flags & m::IFF_LOOPBACK != 0,
+        multicast: flags & m::IFF_MULTICAST != 0,
         master_index: None,
         parent_index: None,
         vlan_id: None,
@@ -845,27 +868,24 @@ fn link_of(m: &LinkMessage) -> LinkInfo {
         mtu: 0,
         addresses: Vec::new(),
     };
-    for a in &m.attributes {
-        match a {
-            LinkAttribute::IfName(n) => l.name = n.clone(),
-            LinkAttribute::Mtu(v) => l.mtu = *v,
-            LinkAttribute::Controller(i) if *i != 0 => l.master_index = Some(*i),
+    let mut vlan_id = None;
+    for (kind, v) in m::body_attrs(body, m::IFINFO_LEN) {
+        match kind {
+            m::IFLA_IFNAME => l.name = m::str_of(v),
+            m::IFLA_MTU => l.mtu = m::u32_of(v).unwrap_or(0),
+            m::IFLA_MASTER => l.master_index = m::u32_of(v).filter(|i| *i != 0),
             // A veth's IFLA_LINK names its peer (maybe in another namespace), not a parent;
             // only stacked devices report a lower device here.
-            LinkAttribute::Link(i) if *i != 0 && *i != m.header.index => l.parent_index = Some(*i),
-            LinkAttribute::Address(b) if b.len() == 6 && b.iter().any(|x| *x != 0) => {
-                l.mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]]);
+            m::IFLA_LINK => l.parent_index = m::u32_of(v).filter(|i| *i != 0 && *i != index),
+            m::IFLA_ADDRESS if v.len() == 6 && v.iter().any(|x| *x != 0) => {
+                l.mac = Some([v[0], v[1], v[2], v[3], v[4], v[5]]);
             }
-            LinkAttribute::LinkInfo(infos) => {
-                for i in infos {
-                    match i {
-                        NlLinkInfo::Kind(k) => l.kind = k.to_string(),
-                        NlLinkInfo::Data(InfoData::Vlan(v)) => {
-                            for x in v {
-                                if let InfoVlan::Id(id) = x {
-                                    l.vlan_id = Some(*id);
-                                }
-                            }
+            m::IFLA_LINKINFO => {
+                for (ik, iv) in m::attrs(v) {
+                    match ik {
+                        m::IFLA_INFO_KIND => l.kind = m::str_of(iv),
+                        m::IFLA_INFO_DATA => {
+                            vlan_id = m::attrs(iv).find(|(k, _)| *k == m::IFLA_VLAN_ID).and_then(|(_, x)| m::u16_of(x))
                         }
                         _ => {}
                     }
@@ -874,54 +894,56 @@ fn link_of(m: &LinkMessage) -> LinkInfo {
             _ => {}
         }
     }
+    // IFLA_INFO_DATA's attribute numbers are the kind's own: only a VLAN's first is its id.
+    if l.kind == "vlan" {
+        l.vlan_id = vlan_id;
+    }
     if l.kind == "veth" {
         l.parent_index = None;
     }
-    l
+    Some(l)
 }
 
-/// The address of an address message: `IFA_LOCAL` for IPv4 (IFA_ADDRESS is the peer on
-/// point-to-point links), `IFA_ADDRESS` otherwise.
-fn address_of(a: &AddressMessage) -> Option<IpNet> {
+/// The link index and address of an address reply: `IFA_LOCAL` for IPv4 (IFA_ADDRESS is the
+/// peer on point-to-point links), `IFA_ADDRESS` otherwise.
+fn address_of(body: &[u8]) -> Option<(u32, IpNet)> {
+    let prefix = *body.get(1)?;
+    let index = m::u32_of(body.get(4..8)?)?;
     let mut local = None;
     let mut address = None;
-    for attr in &a.attributes {
-        match attr {
-            AddressAttribute::Local(ip) => local = Some(*ip),
-            AddressAttribute::Address(ip) => address = Some(*ip),
+    for (kind, v) in m::body_attrs(body, m::IFADDR_LEN) {
+        match kind {
+            m::IFA_LOCAL => local = m::ip_of(v),
+            m::IFA_ADDRESS => address = m::ip_of(v),
             _ => {}
         }
     }
     let ip = local.or(address)?;
-    IpNet::new(ip, a.header.prefix_len).ok()
+    Some((index, IpNet::new(ip, prefix).ok()?))
 }
 
-fn route_of(m: &RouteMessage) -> Option<RouteInfo> {
-    let v4 = match m.header.address_family {
-        AddressFamily::Inet => true,
-        AddressFamily::Inet6 => false,
+fn route_of(body: &[u8]) -> Option<RouteInfo> {
+    let v4 = match *body.first()? {
+        m::AF_INET => true,
+        m::AF_INET6 => false,
         _ => return None,
     };
+    let prefix = *body.get(1)?;
+    let mut table = u32::from(*body.get(4)?);
     let mut dst: Option<IpAddr> = None;
     let mut gateway = None;
-    let mut table = u32::from(m.header.table);
     let mut oif = None;
-    let ip = |a: &RouteAddress| match a {
-        RouteAddress::Inet(x) => Some(IpAddr::V4(*x)),
-        RouteAddress::Inet6(x) => Some(IpAddr::V6(*x)),
-        _ => None,
-    };
-    for a in &m.attributes {
-        match a {
-            RouteAttribute::Destination(d) => dst = ip(d),
-            RouteAttribute::Gateway(g) => gateway = ip(g),
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Oif(i) => oif = Some(*i),
+    for (kind, v) in m::body_attrs(body, m::RTMSG_LEN) {
+        match kind {
+            m::RTA_DST => dst = m::ip_of(v),
+            m::RTA_GATEWAY => gateway = m::ip_of(v),
+            m::RTA_TABLE => table = m::u32_of(v).unwrap_or(table),
+            m::RTA_OIF => oif = m::u32_of(v),
             _ => {}
         }
     }
     let dst = dst.unwrap_or(if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) });
-    let dst = IpNet::new(dst, m.header.destination_prefix_length).ok()?;
+    let dst = IpNet::new(dst, prefix).ok()?;
     Some(RouteInfo { dst, gateway, table, oif })
 }
 
@@ -982,19 +1004,19 @@ mod tests {
 
     #[test]
     fn modes() {
-        assert_eq!(parse_bond_mode("802.3ad"), Some(BondMode::Ieee8023Ad));
-        assert_eq!(parse_bond_mode("active-backup"), Some(BondMode::ActiveBackup));
+        assert_eq!(parse_bond_mode("802.3ad"), Some(4));
+        assert_eq!(parse_bond_mode("active-backup"), Some(1));
         assert!(parse_bond_mode("lacp").is_none());
-        assert_eq!(parse_macvlan_mode("passthru"), Some(MacVlanMode::Passthrough));
-        assert_eq!(parse_vlan_protocol("802.1ad"), Some(VlanProtocol::Ieee8021Ad));
-        assert_eq!(parse_vlan_protocol("802.1Q"), Some(VlanProtocol::Ieee8021Q));
+        assert_eq!(parse_macvlan_mode("passthru"), Some(8));
+        assert_eq!(parse_vlan_protocol("802.1ad"), Some(0x88a8));
+        assert_eq!(parse_vlan_protocol("802.1Q"), Some(0x8100));
         assert!(parse_vlan_protocol("qinq").is_none());
     }
 
     #[test]
     fn route_messages() {
-        let m = route_message(&"0.0.0.0/0".parse().unwrap(), Some(&"10.0.0.1".parse().unwrap()), 3, 100).unwrap();
-        let r = route_of(&m).unwrap();
+        let b = route_message(&"0.0.0.0/0".parse().unwrap(), Some(&"10.0.0.1".parse().unwrap()), 3, 100).unwrap();
+        let r = route_of(&b.0).unwrap();
         assert_eq!(
             r,
             RouteInfo {
@@ -1005,8 +1027,8 @@ mod tests {
             }
         );
         assert!(route_message(&"::/0".parse().unwrap(), Some(&"10.0.0.1".parse().unwrap()), 3, 254).is_err());
-        let m = route_message(&"fd00::/64".parse().unwrap(), None, 2, 1000).unwrap();
-        assert_eq!(m.header.table, 0);
-        assert_eq!(route_of(&m).unwrap().table, 1000);
+        let b = route_message(&"fd00::/64".parse().unwrap(), None, 2, 1000).unwrap();
+        assert_eq!(b.0[4], 0);
+        assert_eq!(route_of(&b.0).unwrap().table, 1000);
     }
 }

@@ -3,20 +3,17 @@
 //! priority and handle, and XDP programs set on a link with IFLA_XDP.
 //!
 //! aya's own netlink attach names filters after the program and picks its own flags, so the
-//! netlink-packet-route messages are built here and sent on the namespace's [`Rtnl`] socket the
-//! caller passes in.
+//! messages are built here ([`crate::sys::nlmsg`]) and sent on the namespace's [`Rtnl`] socket
+//! the caller passes in.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached};
-use netlink_packet_route::tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
-use netlink_packet_route::RouteNetlinkMessage;
 use serde::Serialize;
 
 use hostdp_model::observed::Hook;
 
 use crate::sys::netlink::{RequestError, Rtnl};
+use crate::sys::nlmsg::{self as m, Body};
 
 /// `ETH_P_ALL`: the filter sees every protocol (`tc ... protocol all`).
 pub const ETH_P_ALL: u16 = 0x0003;
@@ -94,12 +91,12 @@ impl Direction {
     }
 
     /// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS|EGRESS)`.
-    fn parent(self) -> TcHandle {
+    fn parent(self) -> u32 {
         let minor = match self {
-            Direction::Ingress => TcHandle::MIN_INGRESS,
-            Direction::Egress => TcHandle::MIN_EGRESS,
+            Direction::Ingress => m::TC_H_MIN_INGRESS,
+            Direction::Egress => m::TC_H_MIN_EGRESS,
         };
-        TcHandle { major: TcHandle::CLSACT.major, minor }
+        (m::TC_H_CLSACT & 0xffff_0000) | minor
     }
 }
 
@@ -192,14 +189,12 @@ pub fn ifindex(nl: &Rtnl, device: &str) -> Result<u32, TcError> {
 /// Every link of the calling thread's namespace with its MAC and XDP programs, by index.
 pub fn list_links(nl: &Rtnl) -> Result<Vec<Link>, TcError> {
     let replies = nl
-        .request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)
+        .request(m::RTM_GETLINK, &Body::new(&m::ifinfo(0, 0, 0)), m::NLM_F_DUMP)
         .map_err(call_err("list links", "*"))?;
     let mut links: Vec<Link> = replies
-        .into_iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(link_from_message(&l)),
-            _ => None,
-        })
+        .iter()
+        .filter(|(kind, _)| *kind == m::RTM_NEWLINK)
+        .filter_map(|(_, body)| link_from_message(body))
         .collect();
     links.sort_by_key(|l| l.index);
     Ok(links)
@@ -213,51 +208,54 @@ pub fn find_link(nl: &Rtnl, device: &str) -> Result<Link, TcError> {
     }
     nl.link_named(device)
         .map_err(call_err("look up link", device))?
-        .map(|l| link_from_message(&l))
+        .and_then(|body| link_from_message(&body))
         .filter(|l| l.name == device)
         .ok_or_else(no_link)
 }
 
-fn link_from_message(l: &LinkMessage) -> Link {
-    let mut link = Link { index: l.header.index, name: String::new(), mac: None, xdp: Vec::new() };
-    for attr in &l.attributes {
-        match attr {
-            LinkAttribute::IfName(n) => link.name = n.clone(),
-            LinkAttribute::Address(a) if a.len() == 6 && a.iter().any(|b| *b != 0) => {
-                link.mac = a.as_slice().try_into().ok();
-            }
-            LinkAttribute::Xdp(x) => link.xdp = xdp_progs(x),
+/// A link reply's body: index, name, MAC and XDP programs.
+fn link_from_message(body: &[u8]) -> Option<Link> {
+    let (index, _) = m::link_index_flags(body)?;
+    let mut link = Link { index, name: String::new(), mac: None, xdp: Vec::new() };
+    for (kind, v) in m::body_attrs(body, m::IFINFO_LEN) {
+        match kind {
+            m::IFLA_IFNAME => link.name = m::str_of(v),
+            m::IFLA_ADDRESS if v.len() == 6 && v.iter().any(|b| *b != 0) => link.mac = v.try_into().ok(),
+            m::IFLA_XDP => link.xdp = xdp_progs(v),
             _ => {}
         }
     }
-    link
+    Some(link)
 }
 
-/// IFLA_XDP read back: the attached mode and program id(s).
-fn xdp_progs(attrs: &[LinkXdp]) -> Vec<XdpProg> {
-    let mut attached = XdpAttached::None;
+/// IFLA_XDP read back (its nested attributes): the attached mode and program id(s).
+fn xdp_progs(nested: &[u8]) -> Vec<XdpProg> {
+    const NONE: u8 = 0;
+    const DRV: u8 = 1;
+    const SKB: u8 = 2;
+    const HW: u8 = 3;
+    const MULTI: u8 = 4;
+    let mut attached = NONE;
     let (mut prog, mut drv, mut skb, mut hw) = (None, None, None, None);
-    for a in attrs {
-        match a {
-            LinkXdp::Attached(m) => attached = *m,
-            LinkXdp::ProgId(id) => prog = Some(*id),
-            LinkXdp::DrvProgId(id) => drv = Some(*id),
-            LinkXdp::SkbProgId(id) => skb = Some(*id),
-            LinkXdp::HwProgId(id) => hw = Some(*id),
+    for (kind, v) in m::attrs(nested) {
+        match kind {
+            m::IFLA_XDP_ATTACHED => attached = v.first().copied().unwrap_or(NONE),
+            m::IFLA_XDP_PROG_ID => prog = m::u32_of(v),
+            m::IFLA_XDP_DRV_PROG_ID => drv = m::u32_of(v),
+            m::IFLA_XDP_SKB_PROG_ID => skb = m::u32_of(v),
+            m::IFLA_XDP_HW_PROG_ID => hw = m::u32_of(v),
             _ => {}
         }
     }
     let one = |mode, id: Option<u32>| id.map(|prog_id| XdpProg { prog_id, mode }).into_iter().collect();
     match attached {
-        XdpAttached::Driver => one(XdpAttachMode::Native, prog.or(drv)),
-        XdpAttached::SocketBuffer => one(XdpAttachMode::Generic, prog.or(skb)),
-        XdpAttached::Hardware => one(XdpAttachMode::Offload, prog.or(hw)),
-        XdpAttached::Multiple => {
-            [(XdpAttachMode::Native, drv), (XdpAttachMode::Generic, skb), (XdpAttachMode::Offload, hw)]
-                .into_iter()
-                .filter_map(|(mode, id)| id.map(|prog_id| XdpProg { prog_id, mode }))
-                .collect()
-        }
+        DRV => one(XdpAttachMode::Native, prog.or(drv)),
+        SKB => one(XdpAttachMode::Generic, prog.or(skb)),
+        HW => one(XdpAttachMode::Offload, prog.or(hw)),
+        MULTI => [(XdpAttachMode::Native, drv), (XdpAttachMode::Generic, skb), (XdpAttachMode::Offload, hw)]
+            .into_iter()
+            .filter_map(|(mode, id)| id.map(|prog_id| XdpProg { prog_id, mode }))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -269,22 +267,21 @@ pub fn ensure_clsact(nl: &Rtnl, device: &str) -> Result<(), TcError> {
     let index = ifindex(nl, device)?;
     // A targeted get of the clsact/ingress slot: a qdisc dump walks every link's qdiscs,
     // which made attaching to n links O(n²). ENOENT: the slot is empty.
-    let mut get = TcMessage::with_index(index as i32);
-    get.header.parent = TcHandle::CLSACT;
-    let qdiscs = match nl.request(RouteNetlinkMessage::GetQueueDiscipline(get), NLM_F_ACK) {
+    let get = Body::new(&m::tcmsg(index, 0, m::TC_H_CLSACT, 0));
+    let qdiscs = match nl.request(m::RTM_GETQDISC, &get, m::NLM_F_ACK) {
         Ok(q) => q,
         Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
         Err(e) => return Err(call_err(op, device)(e)),
     };
-    for q in qdiscs {
-        let RouteNetlinkMessage::NewQueueDiscipline(q) = q else { continue };
-        if q.header.index != index as i32 || q.header.parent != TcHandle::CLSACT {
+    for (kind, q) in qdiscs {
+        if kind != m::RTM_NEWQDISC || q.len() < m::TCMSG_LEN {
             continue;
         }
-        let kind = q.attributes.iter().find_map(|a| match a {
-            TcAttribute::Kind(k) => Some(k.clone()),
-            _ => None,
-        });
+        let (q_index, q_parent) = (m::u32_of(&q[4..8]), m::u32_of(&q[12..16]));
+        if q_index != Some(index) || q_parent != Some(m::TC_H_CLSACT) {
+            continue;
+        }
+        let kind = m::body_attrs(&q, m::TCMSG_LEN).find(|(k, _)| *k == m::TCA_KIND).map(|(_, v)| m::str_of(v));
         return match kind.as_deref() {
             Some("clsact") => Ok(()),
             // An ingress queue whose qdisc was deleted holds the placeholder: the slot is free.
@@ -294,11 +291,9 @@ pub fn ensure_clsact(nl: &Rtnl, device: &str) -> Result<(), TcError> {
             }
         };
     }
-    let mut msg = TcMessage::with_index(index as i32);
-    msg.header.parent = TcHandle::CLSACT;
-    msg.header.handle = TcHandle { major: 0xffff, minor: 0 };
-    msg.attributes.push(TcAttribute::Kind("clsact".into()));
-    match nl.request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL) {
+    let mut msg = Body::new(&m::tcmsg(index, 0xffff_0000, m::TC_H_CLSACT, 0));
+    msg.str(m::TCA_KIND, "clsact");
+    match nl.request(m::RTM_NEWQDISC, &msg, m::NLM_F_ACK | m::NLM_F_CREATE | m::NLM_F_EXCL) {
         Ok(_) => Ok(()),
         // Someone added it between the dump and the add.
         Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
@@ -306,13 +301,10 @@ pub fn ensure_clsact(nl: &Rtnl, device: &str) -> Result<(), TcError> {
     }
 }
 
-fn filter_header(index: u32, direction: Direction, priority: u16, protocol: u16, handle: u32) -> TcMessage {
-    let mut msg = TcMessage::with_index(index as i32);
-    msg.header.parent = direction.parent();
-    msg.header.handle = TcHandle::from(handle);
+fn filter_header(index: u32, direction: Direction, priority: u16, protocol: u16, handle: u32) -> Body {
     // tcm_info = TC_H_MAKE(prio << 16, htons(protocol)).
-    msg.header.info = ((priority as u32) << 16) | protocol.to_be() as u32;
-    msg
+    let info = ((priority as u32) << 16) | protocol.to_be() as u32;
+    Body::new(&m::tcmsg(index, handle, direction.parent(), info))
 }
 
 /// Adds or replaces (`tc filter replace`) a direct-action cls_bpf filter running `prog` on
@@ -322,13 +314,12 @@ pub fn replace_filter(nl: &Rtnl, device: &str, spec: &FilterSpec<'_>, prog: Borr
     ensure_clsact(nl, device)?;
     let index = ifindex(nl, device)?;
     let mut msg = filter_header(index, spec.direction, spec.priority, ETH_P_ALL, spec.handle);
-    msg.attributes.push(TcAttribute::Kind("bpf".into()));
-    msg.attributes.push(TcAttribute::Options(vec![
-        TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
-        TcOption::Bpf(TcFilterBpfOption::ProgName(spec.name.to_string())),
-        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-    ]));
-    nl.request(RouteNetlinkMessage::NewTrafficFilter(msg), NLM_F_ACK | NLM_F_CREATE)
+    msg.str(m::TCA_KIND, "bpf").nest(m::TCA_OPTIONS, |b| {
+        b.u32(m::TCA_BPF_FD, prog.as_raw_fd() as u32)
+            .str(m::TCA_BPF_NAME, spec.name)
+            .u32(m::TCA_BPF_FLAGS, m::TCA_BPF_FLAG_ACT_DIRECT);
+    });
+    nl.request(m::RTM_NEWTFILTER, &msg, m::NLM_F_ACK | m::NLM_F_CREATE)
         .map_err(call_err("replace tc filter", device))?;
     Ok(())
 }
@@ -348,22 +339,20 @@ pub fn list_filters_by_index(
     direction: Direction,
 ) -> Result<Vec<TcFilter>, TcError> {
     let msg = filter_header(index, direction, 0, 0, 0);
-    let replies = nl
-        .request(RouteNetlinkMessage::GetTrafficFilter(msg), NLM_F_DUMP)
-        .map_err(call_err("list tc filters", device))?;
+    let replies = nl.request(m::RTM_GETTFILTER, &msg, m::NLM_F_DUMP).map_err(call_err("list tc filters", device))?;
     let mut filters: Vec<TcFilter> = replies
-        .into_iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewTrafficFilter(f) => filter_from_message(&f, direction),
-            _ => None,
-        })
+        .iter()
+        .filter(|(kind, _)| *kind == m::RTM_NEWTFILTER)
+        .filter_map(|(_, body)| filter_from_message(body, direction))
         .collect();
     filters.sort_by_key(|f| (f.chain, f.priority, f.handle));
     Ok(filters)
 }
 
-fn filter_from_message(m: &TcMessage, direction: Direction) -> Option<TcFilter> {
-    let handle: u32 = m.header.handle.into();
+/// A filter reply's body (`tcmsg`, then attributes).
+fn filter_from_message(body: &[u8], direction: Direction) -> Option<TcFilter> {
+    let handle = m::u32_of(body.get(8..12)?)?;
+    let info = m::u32_of(body.get(16..20)?)?;
     // The dump lists each classifier instance (handle 0) before its filters; tc prints it as the
     // bare `filter protocol all pref 1 bpf chain 0` line. Only real filters are kept.
     if handle == 0 {
@@ -372,27 +361,29 @@ fn filter_from_message(m: &TcMessage, direction: Direction) -> Option<TcFilter> 
     let mut f = TcFilter {
         direction,
         kind: String::new(),
-        priority: (m.header.info >> 16) as u16,
+        priority: (info >> 16) as u16,
         handle,
-        protocol: u16::from_be((m.header.info & 0xffff) as u16),
+        protocol: u16::from_be((info & 0xffff) as u16),
         chain: None,
         name: None,
         prog_id: None,
         tag: None,
         direct_action: false,
     };
-    for a in &m.attributes {
-        match a {
-            TcAttribute::Kind(k) => f.kind = k.clone(),
-            TcAttribute::Chain(c) => f.chain = Some(*c),
-            TcAttribute::Options(opts) => {
-                for o in opts {
-                    let TcOption::Bpf(b) = o else { continue };
-                    match b {
-                        TcFilterBpfOption::ProgName(n) => f.name = Some(n.clone()),
-                        TcFilterBpfOption::ProgId(id) => f.prog_id = Some(*id),
-                        TcFilterBpfOption::ProgTag(t) => f.tag = Some(hex::encode(t)),
-                        TcFilterBpfOption::Flags(fl) => f.direct_action = fl.contains(TcBpfFlags::DirectAction),
+    for (kind, v) in m::body_attrs(body, m::TCMSG_LEN) {
+        match kind {
+            m::TCA_KIND => f.kind = m::str_of(v),
+            m::TCA_CHAIN => f.chain = m::u32_of(v),
+            // The option numbers are cls_bpf's: other classifiers' options are not read.
+            m::TCA_OPTIONS if f.kind == "bpf" => {
+                for (ok, ov) in m::attrs(v) {
+                    match ok {
+                        m::TCA_BPF_NAME => f.name = Some(m::str_of(ov)),
+                        m::TCA_BPF_ID => f.prog_id = m::u32_of(ov),
+                        m::TCA_BPF_TAG => f.tag = Some(hex::encode(ov)),
+                        m::TCA_BPF_FLAGS => {
+                            f.direct_action = m::u32_of(ov).is_some_and(|x| x & m::TCA_BPF_FLAG_ACT_DIRECT != 0)
+                        }
                         _ => {}
                     }
                 }
@@ -413,7 +404,7 @@ pub fn flush_filters(nl: &Rtnl, device: &str, direction: Direction) -> Result<us
     }
     // Priority 0 and protocol 0 address the whole chain: the kernel flushes it.
     let msg = filter_header(index, direction, 0, 0, 0);
-    nl.request(RouteNetlinkMessage::DelTrafficFilter(msg), NLM_F_ACK).map_err(call_err("delete tc filters", device))?;
+    nl.request(m::RTM_DELTFILTER, &msg, m::NLM_F_ACK).map_err(call_err("delete tc filters", device))?;
     Ok(n)
 }
 
@@ -433,16 +424,17 @@ pub fn delete_filter(
         return Ok(false);
     };
     let mut msg = filter_header(index, direction, priority, f.protocol, handle);
-    msg.attributes.push(TcAttribute::Kind(f.kind));
-    nl.request(RouteNetlinkMessage::DelTrafficFilter(msg), NLM_F_ACK).map_err(call_err("delete tc filter", device))?;
+    msg.str(m::TCA_KIND, &f.kind);
+    nl.request(m::RTM_DELTFILTER, &msg, m::NLM_F_ACK).map_err(call_err("delete tc filter", device))?;
     Ok(true)
 }
 
 fn set_xdp(nl: &Rtnl, device: &str, op: &'static str, index: u32, fd: i32, flags: u32) -> Result<(), TcError> {
-    let mut msg = LinkMessage::default();
-    msg.header.index = index;
-    msg.attributes.push(LinkAttribute::Xdp(vec![LinkXdp::Fd(fd), LinkXdp::Flags(flags)]));
-    nl.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK).map_err(call_err(op, device))?;
+    let mut msg = Body::new(&m::ifinfo(index, 0, 0));
+    msg.nest(m::IFLA_XDP, |b| {
+        b.u32(m::IFLA_XDP_FD, fd as u32).u32(m::IFLA_XDP_FLAGS, flags);
+    });
+    nl.request(m::RTM_SETLINK, &msg, m::NLM_F_ACK).map_err(call_err(op, device))?;
     Ok(())
 }
 
@@ -486,30 +478,33 @@ pub fn xdp(nl: &Rtnl, device: &str) -> Result<Vec<XdpProg>, TcError> {
 mod tests {
     use super::*;
 
+    fn tcmsg_of(b: &Body) -> (u32, u32, u32) {
+        (m::u32_of(&b.0[8..]).unwrap(), m::u32_of(&b.0[12..]).unwrap(), m::u32_of(&b.0[16..]).unwrap())
+    }
+
     #[test]
     fn parents_and_info_match_iproute2() {
-        let m = filter_header(7, Direction::Ingress, 1, ETH_P_ALL, 1);
-        assert_eq!(u32::from(m.header.parent), 0xffff_fff2);
-        assert_eq!(m.header.info, 0x0001_0300);
-        let m = filter_header(7, Direction::Egress, 100, ETH_P_ALL, 1);
-        assert_eq!(u32::from(m.header.parent), 0xffff_fff3);
-        assert_eq!(m.header.info >> 16, 100);
+        let (_, parent, info) = tcmsg_of(&filter_header(7, Direction::Ingress, 1, ETH_P_ALL, 1));
+        assert_eq!(parent, 0xffff_fff2);
+        assert_eq!(info, 0x0001_0300);
+        let (_, parent, info) = tcmsg_of(&filter_header(7, Direction::Egress, 100, ETH_P_ALL, 1));
+        assert_eq!(parent, 0xffff_fff3);
+        assert_eq!(info >> 16, 100);
     }
 
     #[test]
     fn filter_parse_skips_the_classifier_head() {
-        let mut m = filter_header(3, Direction::Egress, 5, ETH_P_ALL, 0);
-        m.attributes.push(TcAttribute::Kind("bpf".into()));
-        assert_eq!(filter_from_message(&m, Direction::Egress), None);
-        let mut m = filter_header(3, Direction::Egress, 5, ETH_P_ALL, 1);
-        m.attributes.push(TcAttribute::Kind("bpf".into()));
-        m.attributes.push(TcAttribute::Options(vec![
-            TcOption::Bpf(TcFilterBpfOption::ProgName("cil_to_netdev-eth0".into())),
-            TcOption::Bpf(TcFilterBpfOption::ProgId(42)),
-            TcOption::Bpf(TcFilterBpfOption::ProgTag([1, 2, 3, 4, 5, 6, 7, 0xab])),
-            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-        ]));
-        let f = filter_from_message(&m, Direction::Egress).unwrap();
+        let mut b = filter_header(3, Direction::Egress, 5, ETH_P_ALL, 0);
+        b.str(m::TCA_KIND, "bpf");
+        assert_eq!(filter_from_message(&b.0, Direction::Egress), None);
+        let mut b = filter_header(3, Direction::Egress, 5, ETH_P_ALL, 1);
+        b.str(m::TCA_KIND, "bpf").nest(m::TCA_OPTIONS, |b| {
+            b.str(m::TCA_BPF_NAME, "cil_to_netdev-eth0")
+                .u32(m::TCA_BPF_ID, 42)
+                .attr(m::TCA_BPF_TAG, &[1, 2, 3, 4, 5, 6, 7, 0xab])
+                .u32(m::TCA_BPF_FLAGS, m::TCA_BPF_FLAG_ACT_DIRECT);
+        });
+        let f = filter_from_message(&b.0, Direction::Egress).unwrap();
         assert_eq!(f.name.as_deref(), Some("cil_to_netdev-eth0"));
         assert_eq!((f.priority, f.handle, f.protocol, f.prog_id), (5, 1, ETH_P_ALL, Some(42)));
         assert_eq!(f.tag.as_deref(), Some("01020304050607ab"));
@@ -518,10 +513,22 @@ mod tests {
 
     #[test]
     fn xdp_modes_from_link_attributes() {
-        let v = xdp_progs(&[LinkXdp::Attached(XdpAttached::SocketBuffer), LinkXdp::ProgId(9)]);
+        let xdp = |f: &dyn Fn(&mut Body)| {
+            let mut b = Body::default();
+            f(&mut b);
+            xdp_progs(&b.0)
+        };
+        let v = xdp(&|b| {
+            b.u8(m::IFLA_XDP_ATTACHED, 2).u32(m::IFLA_XDP_PROG_ID, 9);
+        });
         assert_eq!(v, vec![XdpProg { prog_id: 9, mode: XdpAttachMode::Generic }]);
-        let v = xdp_progs(&[LinkXdp::Attached(XdpAttached::Multiple), LinkXdp::DrvProgId(1), LinkXdp::SkbProgId(2)]);
+        let v = xdp(&|b| {
+            b.u8(m::IFLA_XDP_ATTACHED, 4).u32(m::IFLA_XDP_DRV_PROG_ID, 1).u32(m::IFLA_XDP_SKB_PROG_ID, 2);
+        });
         assert_eq!(v.len(), 2);
-        assert!(xdp_progs(&[LinkXdp::Attached(XdpAttached::None)]).is_empty());
+        assert!(xdp(&|b| {
+            b.u8(m::IFLA_XDP_ATTACHED, 0);
+        })
+        .is_empty());
     }
 }
