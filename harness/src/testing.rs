@@ -233,10 +233,10 @@ pub fn prefetch_vm_batches(dir: PathBuf, exe: PathBuf) {
 static PREFETCHING: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `f` (a scenario on this kernel) on this thread at nice 10 while this process's VM
-/// batches run: they are the longest chain of the run (all 160 scenario tests, back to back:
-/// 124 s so, 127-138 s without). The VM's qemu is started
-/// from the prefetching thread, whose priority is left alone (a thread's nice value is its
-/// own on Linux, and children inherit their thread's).
+/// batches run: they are the longest chain of the run (all 160 scenario tests, back to back,
+/// when the batches ran one after the other: 124 s so, 127-138 s without). The VMs' qemu is
+/// started from the prefetching threads, whose priority is left alone (a thread's nice value is
+/// its own on Linux, and children inherit their thread's).
 fn beside_vm_batches<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(libc::id_t, libc::c_int);
     impl Drop for Restore {
