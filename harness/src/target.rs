@@ -97,6 +97,7 @@ pub fn run_target_with(
         .prefix("hostdp-vm-")
         .tempdir_in(vm_scratch_dir())
         .map_err(|e| io("make a scratch folder for the guest".into(), e))?;
+    let _scratch = vm::Scratch::track(results.path());
     let out_file = results.path().join("record.json");
     let built = match VM_EXE.with(|c| c.borrow().clone()) {
         Some(e) => e,

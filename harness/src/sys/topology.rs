@@ -311,7 +311,10 @@ pub fn install_signal_cleanup() {
                 for dir in &r.dirs {
                     let _ = remove_dir_unmounting(dir);
                 }
-                errln!("hostdp: interrupted by signal {b}; removed {} namespaces", r.namespaces.len());
+                // The guests of VM calls run in process groups of their own: they go too.
+                let vms = crate::sys::vm::kill_running();
+                let vms = if vms > 0 { format!(" and stopped {vms} VM(s)") } else { String::new() };
+                errln!("hostdp: interrupted by signal {b}; removed {} namespaces{vms}", r.namespaces.len());
                 // Exit holding the lock: nothing new can be created after the sweep.
                 std::process::exit(hostdp_model::exit::INTERRUPTED);
             })

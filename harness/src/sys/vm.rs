@@ -422,6 +422,7 @@ fn boot_once(
         .canonicalize()
         .map_err(|e| VmError::Prepare(format!("run folder {}: {e}", run_dir.path().display())))?;
     check_vng_path(&run)?;
+    let _scratch = Scratch::track(&run);
     let script_path = run.join("guest.sh");
     std::fs::write(&script_path, guest_script(&run, &cwd, command, opts))
         .map_err(|e| VmError::Prepare(format!("write {}: {e}", script_path.display())))?;
@@ -448,12 +449,15 @@ fn boot_once(
     cmd.arg("--exec").arg(format!("sh {}", shell_quote(&script_path.to_string_lossy())));
     // vng runs virtme-run by name: its own folder must be on PATH.
     cmd.env("PATH", path_with(vng.parent()));
+    // vng's own temporary files (the `virtme_ret*` status channel) go into the run folder, and
+    // with it, even when the call is killed (a timeout, a signal) before vng cleans up.
+    cmd.env("TMPDIR", &run);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // Its own process group, so a timeout takes qemu down with it.
     cmd.process_group(0);
 
     let child = cmd.spawn().map_err(|e| VmError::Spawn { vng: vng.clone(), message: e.to_string() })?;
-    let mut guard = KillOnDrop(Some(child));
+    let mut guard = KillOnDrop::new(child);
     let child = guard.0.as_mut().expect("child present");
     let out_reader = spawn_reader(child.stdout.take());
     let err_reader = spawn_reader(child.stderr.take());
@@ -790,10 +794,56 @@ fn spawn_reader<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHand
     })
 }
 
+/// The process groups of this process's running VM calls (vng and its qemu, each in a group of
+/// its own, out of reach of a terminal's Ctrl-C), for [`kill_running`].
+static RUNNING: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Folders of running VM calls (the guest's script and streams, a batch's scratch), for
+/// [`kill_running`]; see [`Scratch`].
+static SCRATCH: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every running VM call's process group, then removes their folders; how many calls
+/// there were. For a signal's cleanup, which ends the process without running [`KillOnDrop`]
+/// or any folder's destructor: the guests would run on, orphaned, and their folders stay.
+pub fn kill_running() -> usize {
+    let groups = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    for g in groups.iter() {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*g), nix::sys::signal::Signal::SIGKILL);
+    }
+    for d in SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    groups.len()
+}
+
+/// A VM call's folder, removed by [`kill_running`] on a signal while this lives (its
+/// `TempDir` removes it otherwise).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn track(dir: &Path) -> Scratch {
+        SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).push(dir.to_path_buf());
+        Scratch(dir.to_path_buf())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).retain(|d| *d != self.0);
+    }
+}
+
 /// Kills vng's whole process group (vng, qemu) if the call is abandoned: a timeout, a panic.
-struct KillOnDrop(Option<Child>);
+/// Registered in [`RUNNING`] while it lives.
+struct KillOnDrop(Option<Child>, i32);
 
 impl KillOnDrop {
+    fn new(child: Child) -> KillOnDrop {
+        let pgid = child.id() as i32;
+        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).push(pgid);
+        KillOnDrop(Some(child), pgid)
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.0.take() {
             let pgid = nix::unistd::Pid::from_raw(c.id() as i32);
@@ -807,6 +857,7 @@ impl KillOnDrop {
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         self.kill();
+        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).retain(|g| *g != self.1);
     }
 }
 

@@ -154,6 +154,62 @@ fn a_run_over_its_time_limit_is_killed() {
     assert!(t.elapsed() < Duration::from_secs(30), "killed promptly: {:?}", t.elapsed());
 }
 
+/// SIGTERM while `hostdp run --kernel` boots its guest: the run exits 130 and the guest does not
+/// run on. vng and qemu run in a process group of their own (a terminal's Ctrl-C does not reach
+/// them), so the signal's cleanup has to stop them itself.
+#[test]
+fn a_signal_during_a_vm_run_stops_its_guest() {
+    let Some(_) = vm_available("debian-6.1") else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hostdp"))
+        .args(["run", "--kernel", "debian-6.1", "scenarios/seed-kpr-partial-bond-vlan.yaml"])
+        .env("HOSTDP_CACHE_DIR", cache.path())
+        .env("TMPDIR", tmp.path())
+        .env("HOSTDP_QUIET", "1")
+        .current_dir(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The cache folder is shared into the guest, so it is on its qemu's command line.
+    let marker = cache.path().to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while qemus_with(&marker).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no qemu started within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !qemus_with(&marker).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "qemu still runs: {:?}", qemus_with(&marker));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The batch's scratch folder (in the cache) and the call's run folder (in TMPDIR) went too.
+    for dir in [cache.path().join("vm"), tmp.path().to_path_buf()] {
+        let left: Vec<_> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "left behind in {}: {left:?}", dir.display());
+    }
+}
+
+/// The processes whose command line names qemu and holds `marker`.
+fn qemus_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("qemu-system") && cmd.contains(marker)
+        })
+        .collect()
+}
+
 /// Boots every kernel with the bond/VLAN/clsact command and a bpffs check, and prints timings.
 #[test]
 #[ignore = "boots every kernel (about 30 s each under TCG); run with --ignored"]
