@@ -94,7 +94,7 @@ pub fn run_target_with(
     }
     let kernel = vm::KernelRef::resolve(target)?;
     let results = tempfile::Builder::new()
-        .prefix("hostdp-vm-")
+        .prefix(&vm::scratch_prefix())
         .tempdir_in(vm_scratch_dir())
         .map_err(|e| io("make a scratch folder for the guest".into(), e))?;
     let _scratch = vm::Scratch::track(results.path());

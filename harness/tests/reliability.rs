@@ -208,6 +208,37 @@ fn ledger_round_trips_and_sees_a_namespace() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
+/// A VM call's folder left in the temporary folder is a leak; another live run's is not.
+#[test]
+fn ledger_sees_a_vm_folder_left_behind() {
+    if !root() {
+        return;
+    }
+    let _t = turn();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("before.json");
+    let env = [("TMPDIR", tmp.path().to_str().unwrap())];
+    let o = run(&["ledger", "save", file.to_str().unwrap()], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    // No process has that pid (above the kernel's pid_max); the sleep is another live run.
+    let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let dead = tmp.path().join("hostdp-vm999999999-left");
+    let live = tmp.path().join(format!("hostdp-vm{}-running", other.id()));
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::create_dir(&live).unwrap();
+    let o = run(&["ledger", "diff", "--wait", "0", file.to_str().unwrap()], &env);
+    let _ = other.kill();
+    let _ = other.wait();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(out.contains(&format!("+ scratch {}", dead.display())), "{out}");
+    assert!(!out.contains(&live.display().to_string()), "{out}");
+    std::fs::remove_dir(&dead).unwrap();
+    std::fs::remove_dir(&live).unwrap();
+    let o = run(&["ledger", "diff", file.to_str().unwrap()], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
 #[test]
 fn pass_fail_and_panic_leave_nothing_behind() {
     if !root() {

@@ -1,9 +1,9 @@
 //! The leak ledger: a snapshot of the machine state the harness could leave behind (named
 //! namespaces, bpffs and netns mounts, `/run/hostdp`, `/sys/fs/bpf`, the links and tc/tcx/XDP
 //! attachments of this process's own namespace, loaded programs and maps with the harness's
-//! names), and a comparison of two snapshots. `hostdp ledger save FILE` before a test suite and
-//! `hostdp ledger diff FILE` after it prove the suite left nothing behind and touched nothing
-//! it did not create.
+//! names, VM calls' scratch folders), and a comparison of two snapshots. `hostdp ledger save
+//! FILE` before a test suite and `hostdp ledger diff FILE` after it prove the suite left nothing
+//! behind and touched nothing it did not create.
 //!
 //! Other runs may be live on the same machine (parallel test binaries, other developers): an
 //! item that belongs to another live process (a `hostdp-*` name whose owner pid is alive, a
@@ -149,6 +149,15 @@ pub fn snapshot() -> Snapshot {
     for p in walk(Path::new(SYS_BPF)) {
         let text = p.display().to_string();
         add(&mut s, format!("bpffs {text}"), is_foreign_name(&text));
+    }
+    // VM calls' folders, in the temporary folder and the cache (owner pid in the name).
+    for dir in [std::env::temp_dir(), crate::paths::get().cache.join("vm")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(crate::sys::vm::SCRATCH_PREFIX) {
+                add(&mut s, format!("scratch {}", e.path().display()), is_foreign_name(&name));
+            }
+        }
     }
     // One netlink connection to this namespace for its links and their attachments.
     match crate::sys::netlink::Rtnl::open() {
@@ -373,6 +382,7 @@ mod tests {
         assert_eq!(owner_in("hostdp-123-abc-node"), Some(123));
         assert_eq!(owner_in("hostdp-t77-3f-x"), Some(77));
         assert_eq!(owner_in("/run/hostdp/hostdp-9-z-1/bpffs/x"), Some(9));
+        assert_eq!(owner_in("hostdp-vm4242-Ab3xQz"), Some(4242));
         assert_eq!(owner_in("/run/hostdp"), None);
         assert_eq!(owner_in("hostdp-unit-12"), None);
         assert_eq!(owner_in("eth0"), None);

@@ -414,7 +414,7 @@ fn boot_once(
     }
 
     let run_dir = tempfile::Builder::new()
-        .prefix("hostdp-vm-")
+        .prefix(&scratch_prefix())
         .tempdir()
         .map_err(|e| VmError::Prepare(format!("create a run folder in {}: {e}", std::env::temp_dir().display())))?;
     let run = run_dir
@@ -792,6 +792,15 @@ fn spawn_reader<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHand
         }
         buf
     })
+}
+
+/// How the folders of VM calls are named: `hostdp-vm<pid>-…`, so that the leak ledger can tell
+/// a live run's from one left behind (`sys::ledger::owner_in`).
+pub const SCRATCH_PREFIX: &str = "hostdp-vm";
+
+/// This process's prefix for a VM call's folder.
+pub fn scratch_prefix() -> String {
+    format!("{SCRATCH_PREFIX}{}-", std::process::id())
 }
 
 /// The process groups of this process's running VM calls (vng and its qemu, each in a group of
