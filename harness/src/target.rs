@@ -57,21 +57,17 @@ impl TargetError {
 
 /// Runs files on one target: `host` (this kernel) or a VM kernel.
 pub fn run_target(target: &str, files: &[PathBuf], jobs: usize) -> Result<KernelRun, TargetError> {
-    run_target_as(target, files, jobs, None)
+    run_target_with(target, files, jobs, None, None)
 }
 
-/// [`run_target`], every file under `profile` when one is given.
-pub fn run_target_as(
-    target: &str,
-    files: &[PathBuf],
-    jobs: usize,
-    profile: Option<Profile>,
-) -> Result<KernelRun, TargetError> {
-    run_target_with(target, files, jobs, profile, None)
+/// Whether a target names this machine's kernel (`host`, `local`) rather than a VM kernel.
+pub fn is_host(target: &str) -> bool {
+    target == "host" || target == "local"
 }
 
-/// [`run_target_as`] with the guest's vCPUs given (`None`: [`vm::VmOptions`]'s default), for
-/// batches that run side by side and share this machine's CPUs.
+/// [`run_target`], every file under `profile` when one is given, and the guest's vCPUs given
+/// (`None`: [`vm::VmOptions`]'s default) for batches that run side by side and share this
+/// machine's CPUs.
 pub fn run_target_with(
     target: &str,
     files: &[PathBuf],
@@ -80,7 +76,7 @@ pub fn run_target_with(
     cpus: Option<u32>,
 ) -> Result<KernelRun, TargetError> {
     let t0 = Instant::now();
-    if target == "host" || target == "local" {
+    if is_host(target) {
         let scenarios = run_local_as(files, jobs, profile);
         let kernel = crate::sys::caps::probe(&cache_dir()).kernel.clone();
         let summary = record::Summary::of(&scenarios);

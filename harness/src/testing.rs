@@ -263,9 +263,7 @@ fn beside_vm_batches<R>(f: impl FnOnce() -> R) -> R {
 struct Plan {
     /// Each test kernel, in order, with its files.
     shares: Vec<(String, Vec<PathBuf>)>,
-    /// `HOSTDP_VM_CPUS`, else this machine's CPUs split between the batches that have files
-    /// (one or two each): two guests of two vCPUs on two cores took 153 s for the 60 VM files
-    /// where two of one took 93 s, and one after the other 115 s.
+    /// Each batch's vCPUs: `sys::vm::cpus_each` of the batches that have files.
     cpus: u32,
 }
 
@@ -285,11 +283,14 @@ fn vm_plan(dir: &Path) -> Plan {
         return p.clone();
     }
     let selected = SELECTED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let caps = crate::sys::caps::probe(&cache_dir());
+    // Those this kernel cannot host (as `needs_vm` says), each read once.
     let loaded: Vec<(PathBuf, scenario::Scenario)> = selected
         .unwrap_or_else(|| scenario_files(dir))
         .into_iter()
-        .filter(|f| f.parent() == Some(dir) && needs_vm(f))
+        .filter(|f| f.parent() == Some(dir))
         .filter_map(|f| scenario::load(&f).ok().map(|sc| (f, sc)))
+        .filter(|(_, sc)| !caps.missing_for(sc).is_empty())
         .collect();
     let kernels = test_kernels();
     let names: Vec<&str> = kernels.iter().map(String::as_str).collect();
@@ -300,12 +301,8 @@ fn vm_plan(dir: &Path) -> Plan {
             shares[k].1.push(f.clone());
         }
     }
-    let busy = shares.iter().filter(|(_, f)| !f.is_empty()).count().max(1) as u32;
-    let cpus = crate::paths::get().vm_cpus.unwrap_or_else(|| {
-        let here = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
-        (here / busy).clamp(1, 2)
-    });
-    let plan = Plan { shares, cpus };
+    let busy = shares.iter().filter(|(_, f)| !f.is_empty()).count() as u32;
+    let plan = Plan { shares, cpus: crate::sys::vm::cpus_each(busy) };
     plans.push((dir.to_path_buf(), plan.clone()));
     plan
 }

@@ -34,11 +34,8 @@ pub fn run(
     // The step's packets the programs have dropped so far: the wait for missing ones ends once
     // arrivals and drops cover them all.
     let dropped = || -> u64 {
-        ids.iter()
-            .filter_map(|id| {
-                inspect::counters(*id).ok().map(|c| c.marked_dropped.saturating_sub(before[id].marked_dropped))
-            })
-            .sum()
+        read_counters(&ids)
+            .map_or(0, |now| now.iter().map(|(id, c)| c.marked_dropped.saturating_sub(before[id].marked_dropped)).sum())
     };
     let outcome = send(sc, node, spec, &dropped).map_err(|e| e.to_string())?;
     let after = read_counters(&ids)?;

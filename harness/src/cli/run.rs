@@ -14,7 +14,7 @@ use crate::model::report;
 use crate::model::scenario::Scenario;
 use crate::runner::{cache_dir, quiet, run_parsed, valid_files, valid_files_as_root};
 use crate::sys::topology;
-use crate::target::run_target_with;
+use crate::target::{is_host, run_target_with};
 
 /// What `hostdp run` prints.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -156,8 +156,7 @@ pub fn exec(mut args: Args) -> i32 {
         return write_reports(args, profile, runs);
     }
     // Several VM kernels run side by side, each guest with its share of this machine's CPUs
-    // (one or two vCPUs): under TCG two guests of one vCPU on two cores finished the scenario
-    // tests' 60 VM files in 93 s, one after the other in 115 s, two of two vCPUs in 153 s.
+    // (`vm::cpus_each`).
     // A kernel that cannot boot is said before any other boots.
     for (k, _) in shares.iter().filter(|(k, _)| !is_host(k)) {
         if let Err(e) = crate::sys::vm::KernelRef::resolve(k) {
@@ -166,10 +165,7 @@ pub fn exec(mut args: Args) -> i32 {
         }
     }
     let vms = shares.iter().filter(|(k, _)| !is_host(k)).count() as u32;
-    let cpus = (vms > 1 && crate::paths::get().vm_cpus.is_none()).then(|| {
-        let here = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
-        (here / vms).clamp(1, 2)
-    });
+    let cpus = (vms > 1).then(|| crate::sys::vm::cpus_each(vms));
     let results: Vec<(&String, Result<KernelRun, crate::target::TargetError>)> = std::thread::scope(|s| {
         let started: Vec<_> = shares
             .iter()
@@ -201,11 +197,6 @@ pub fn exec(mut args: Args) -> i32 {
         Some(code) => code,
         None => write_reports(args, profile, runs),
     }
-}
-
-/// Whether a `--kernel` value means this machine's kernel.
-fn is_host(k: &str) -> bool {
-    k == "host" || k == "local"
 }
 
 /// Writes the record and reports of `runs` as `args` ask; the exit status.

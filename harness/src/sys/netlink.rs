@@ -851,7 +851,7 @@ fn route_message(dst: &IpNet, via: Option<&IpAddr>, oif: u32, table: u32) -> std
 }
 
 /// A link reply's body as a [`LinkInfo`] (addresses left empty).
-fn link_of(body: &[u8]) -> Option<LinkInfo> {
+pub(crate) fn link_of(body: &[u8]) -> Option<LinkInfo> {
     let (index, flags) = m::link_index_flags(body)?;
     let mut l = LinkInfo {
         index,

@@ -213,19 +213,11 @@ pub fn find_link(nl: &Rtnl, device: &str) -> Result<Link, TcError> {
         .ok_or_else(no_link)
 }
 
-/// A link reply's body: index, name, MAC and XDP programs.
+/// A link reply's body (read by [`crate::sys::netlink`]'s parser) with its XDP programs.
 fn link_from_message(body: &[u8]) -> Option<Link> {
-    let (index, _) = m::link_index_flags(body)?;
-    let mut link = Link { index, name: String::new(), mac: None, xdp: Vec::new() };
-    for (kind, v) in m::body_attrs(body, m::IFINFO_LEN) {
-        match kind {
-            m::IFLA_IFNAME => link.name = m::str_of(v),
-            m::IFLA_ADDRESS if v.len() == 6 && v.iter().any(|b| *b != 0) => link.mac = v.try_into().ok(),
-            m::IFLA_XDP => link.xdp = xdp_progs(v),
-            _ => {}
-        }
-    }
-    Some(link)
+    let l = crate::sys::netlink::link_of(body)?;
+    let xdp = m::body_attrs(body, m::IFINFO_LEN).find(|(k, _)| *k == m::IFLA_XDP).map(|(_, v)| xdp_progs(v));
+    Some(Link { index: l.index, name: l.name, mac: l.mac, xdp: xdp.unwrap_or_default() })
 }
 
 /// IFLA_XDP read back (its nested attributes): the attached mode and program id(s).
