@@ -101,7 +101,7 @@ pub fn run_target_with(
     };
     // The guest runs a copy: a rebuild of the binary while the VM boots must not pull it away.
     let exe = results.path().join("hostdp");
-    std::fs::copy(&built, &exe).map_err(|e| io(format!("copy {} for the guest", built.display()), e))?;
+    vm::copy_program_for_guest(&built, &exe).map_err(|e| io(format!("copy {} for the guest", built.display()), e))?;
     let mut cmd: Vec<String> = vec![
         exe.display().to_string(),
         "run".into(),

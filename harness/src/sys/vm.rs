@@ -271,6 +271,30 @@ pub const GUEST_TOOLS: &str = "/run/hostdp-tools";
 /// Where the guest keeps the kernel's module helper (a tmpfs).
 const GUEST_HELPERS: &str = "/run/hostdp-helpers";
 
+/// Copies program `from` to `to` for a guest to start, without its symbols and debug
+/// information when binutils' `strip` is on PATH (a plain copy otherwise). A guest reads a
+/// file over 9p at a few MB/s under TCG: copying the 38 MB test build into its tmpfs took 5.0 s
+/// of a debian-6.12 batch, the 16 MB stripped one 1.7 s. A panic in the guest still names its
+/// message and source line; only the frames of a backtrace lose their names.
+pub fn copy_program_for_guest(from: &Path, to: &Path) -> std::io::Result<()> {
+    if let Some(strip) = which("strip") {
+        let stripped = Command::new(strip)
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(to)
+            .arg(from)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if stripped {
+            return Ok(());
+        }
+    }
+    std::fs::copy(from, to).map(|_| ())
+}
+
 /// `names` (looked up on PATH) with every shared library they load and the loader itself, as
 /// this machine's `ldd` lists them: the guest's root is this machine's, so the same files. Empty
 /// when a tool or `ldd` is missing; the guest then starts the tools from its root.
@@ -885,6 +909,24 @@ impl Drop for KillOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_for_a_guest_is_copied_stripped_and_still_runs() {
+        let me = std::env::current_exe().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("prog");
+        copy_program_for_guest(&me, &copy).unwrap();
+        let (before, after) = (std::fs::metadata(&me).unwrap().len(), std::fs::metadata(&copy).unwrap().len());
+        if which("strip").is_some() {
+            assert!(after < before, "stripped copy of {} bytes from {before}", after);
+        } else {
+            assert_eq!(after, before);
+        }
+        // The test binary lists its tests: the copy is a whole program.
+        let out = Command::new(&copy).arg("--list").output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("a_program_for_a_guest_is_copied_stripped"));
+    }
 
     #[test]
     fn a_guest_kernel_panic_runs_the_call_again() {
