@@ -50,6 +50,14 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("run hostdp")
 }
 
+/// `hostdp ledger ARGS FILE`, with `env`.
+fn ledger_cmd(args: &[&str], file: &Path, env: &[(&str, &str)]) -> Output {
+    let mut all = vec!["ledger"];
+    all.extend_from_slice(args);
+    all.push(file.to_str().unwrap());
+    run(&all, env)
+}
+
 fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -195,16 +203,16 @@ fn ledger_round_trips_and_sees_a_namespace() {
     let _t = turn();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("before.json");
-    let o = run(&["ledger", "save", file.to_str().unwrap()], &[]);
+    let o = ledger_cmd(&["save"], &file, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let name = format!("hostdp-t{}-ledger", std::process::id());
     hostdp::sys::netns::Netns::create(&name).unwrap();
-    let o = run(&["ledger", "diff", "--wait", "0", file.to_str().unwrap()], &[]);
+    let o = ledger_cmd(&["diff", "--wait", "0"], &file, &[]);
     let _ = hostdp::sys::netns::delete_named(&name);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains(&format!("+ netns {name}")), "{out}");
-    let o = run(&["ledger", "diff", file.to_str().unwrap()], &[]);
+    let o = ledger_cmd(&["diff"], &file, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
@@ -218,7 +226,7 @@ fn ledger_sees_a_vm_folder_left_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("before.json");
     let env = [("TMPDIR", tmp.path().to_str().unwrap())];
-    let o = run(&["ledger", "save", file.to_str().unwrap()], &env);
+    let o = ledger_cmd(&["save"], &file, &env);
     assert!(o.status.success(), "{}", text(&o));
     // No process has that pid (above the kernel's pid_max); the sleep is another live run.
     let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
@@ -226,7 +234,7 @@ fn ledger_sees_a_vm_folder_left_behind() {
     let live = tmp.path().join(format!("hostdp-vm{}-running", other.id()));
     std::fs::create_dir(&dead).unwrap();
     std::fs::create_dir(&live).unwrap();
-    let o = run(&["ledger", "diff", "--wait", "0", file.to_str().unwrap()], &env);
+    let o = ledger_cmd(&["diff", "--wait", "0"], &file, &env);
     let _ = other.kill();
     let _ = other.wait();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -235,7 +243,7 @@ fn ledger_sees_a_vm_folder_left_behind() {
     assert!(!out.contains(&live.display().to_string()), "{out}");
     std::fs::remove_dir(&dead).unwrap();
     std::fs::remove_dir(&live).unwrap();
-    let o = run(&["ledger", "diff", file.to_str().unwrap()], &env);
+    let o = ledger_cmd(&["diff"], &file, &env);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
